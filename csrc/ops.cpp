@@ -1,0 +1,40 @@
+// The one place where every fusedrnn op schema is declared.
+//
+// Backends register implementations with TORCH_LIBRARY_IMPL in csrc/cpu and
+// csrc/cuda; autograd and fake (meta) implementations live in Python
+// (fusedrnn/ops.py), through torch.library.register_autograd / register_fake.
+//
+// Shapes (T = sequence length, B = batch, I = input size, H = hidden size,
+// L = number of layers; all tensors of one call share dtype and device):
+//
+// lstm_forward
+//   input   (T, B, I)
+//   hx, cx  (L, B, H)
+//   weights per layer, in nn.LSTM's order: w_ih (4H, I or H), w_hh (4H, H),
+//           then b_ih (4H), b_hh (4H) when has_biases
+//   train   when true, the activations backward needs are returned:
+//             gates   (L, T, B, 4H)  activated i, f, g, o
+//             cells   (L, T, B, H)   c_t of every layer and step
+//             hiddens (L-1, T, B, H) h_t of every layer but the last (the last
+//                                    layer's h_t is `output`)
+//           when false these three are empty tensors of shape (0,).
+//   returns output (T, B, H), hy (L, B, H), cy (L, B, H), gates, cells, hiddens
+//
+// lstm_backward
+//   takes the incoming gradients (grad_output (T,B,H), grad_hy, grad_cy (L,B,H);
+//   pass zeros for those that are not needed), the forward's inputs, its
+//   output and its saved gates/cells/hiddens, and returns
+//   grad_input (T,B,I), grad_hx, grad_cx (L,B,H), and one gradient per weight.
+#include <torch/library.h>
+
+TORCH_LIBRARY(fusedrnn, m) {
+  m.def(
+      "lstm_forward(Tensor input, Tensor hx, Tensor cx, Tensor[] weights, "
+      "bool has_biases, bool train) -> (Tensor output, Tensor hy, Tensor cy, "
+      "Tensor gates, Tensor cells, Tensor hiddens)");
+  m.def(
+      "lstm_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, "
+      "Tensor input, Tensor hx, Tensor cx, Tensor[] weights, bool has_biases, "
+      "Tensor output, Tensor gates, Tensor cells, Tensor hiddens) -> "
+      "(Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor[] grad_weights)");
+}
