@@ -1,0 +1,196 @@
+"""Pure-PyTorch, per-timestep reference implementations of the fusedrnn ops.
+
+This module is the ground truth the fused kernels are tested against, and it is
+meant to be read as documentation of the math.  Everything here is written with
+ordinary differentiable PyTorch operations, one timestep at a time, so autograd
+provides the reference gradients as well.
+
+Conventions are PyTorch's (``torch.nn.LSTM``), so weights load unchanged:
+
+* Shapes: ``T`` sequence length, ``B`` batch, ``I`` input size, ``H`` hidden
+  size, ``L`` number of layers.
+* Weights are given as one flat list in ``nn.LSTM``'s order
+  (``module._flat_weights``): per layer ``w_ih, w_hh, b_ih, b_hh``, the biases
+  only when ``has_biases``.
+* Dropout (training only) is applied between layers, to each layer's whole
+  output sequence, never after the last layer, with
+  ``torch.nn.functional.dropout(out, p, training=True)``; the fused module makes
+  the same calls in the same order, so under the same seed the masks coincide.
+
+The file is organised as cell -> layer -> stack so that GRU and plain RNN cells
+can be added next to the LSTM cell and reuse :func:`_stack`.
+"""
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["lstm_cell", "lstm_layer", "lstm", "split_weights"]
+
+
+# --------------------------------------------------------------------------
+# Cells
+# --------------------------------------------------------------------------
+
+def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
+              b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None
+              ) -> Tuple[Tensor, Tensor]:
+    r"""One LSTM step.
+
+    Shapes: ``x`` (B, I), ``h`` and ``c`` (B, H), ``w_ih`` (4H, I),
+    ``w_hh`` (4H, H), ``b_ih`` and ``b_hh`` (4H) or ``None``.
+
+    The gate pre-activations, in PyTorch's gate order i, f, g, o::
+
+        G = x W_ihᵀ + b_ih + h W_hhᵀ + b_hh            (B, 4H)
+        [G_i, G_f, G_g, G_o] = G split into four blocks of H columns
+
+        i = σ(G_i)          input gate
+        f = σ(G_f)          forget gate
+        g = tanh(G_g)       cell candidate
+        o = σ(G_o)          output gate
+
+        c' = f ⊙ c + i ⊙ g
+        h' = o ⊙ tanh(c')
+
+    Returns ``(h', c')``, both (B, H).
+    """
+    gates = x @ w_ih.t() + h @ w_hh.t()
+    if b_ih is not None:
+        gates = gates + b_ih
+    if b_hh is not None:
+        gates = gates + b_hh
+    g_i, g_f, g_g, g_o = gates.chunk(4, dim=-1)
+    i = torch.sigmoid(g_i)
+    f = torch.sigmoid(g_f)
+    g = torch.tanh(g_g)
+    o = torch.sigmoid(g_o)
+    c_new = f * c + i * g
+    h_new = o * torch.tanh(c_new)
+    return h_new, c_new
+
+
+# --------------------------------------------------------------------------
+# Layers: run one cell over the sequence
+# --------------------------------------------------------------------------
+
+def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, layer_weights: Sequence[Tensor]
+               ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+    r"""Run one LSTM layer over a sequence.
+
+    ``x`` (T, B, I), ``h0``/``c0`` (B, H), ``layer_weights`` =
+    ``(w_ih, w_hh)`` or ``(w_ih, w_hh, b_ih, b_hh)``.
+
+    For t = 0 … T-1: ``(h_t, c_t) = lstm_cell(x_t, h_{t-1}, c_{t-1}, …)``
+    with ``h_{-1} = h0``, ``c_{-1} = c0``.
+
+    Returns ``(out, (h_{T-1}, c_{T-1}))`` with ``out`` = stack of all h_t,
+    shape (T, B, H).  For T = 0 the output is empty and the final state is
+    the initial state.
+    """
+    h, c = h0, c0
+    outs: List[Tensor] = []
+    for t in range(x.shape[0]):
+        h, c = lstm_cell(x[t], h, c, *layer_weights)
+        outs.append(h)
+    if outs:
+        out = torch.stack(outs, dim=0)
+    else:
+        out = x.new_zeros((0, h0.shape[0], h0.shape[1]))
+    return out, (h, c)
+
+
+# --------------------------------------------------------------------------
+# Stacks: layers on top of each other, dropout in between
+# --------------------------------------------------------------------------
+
+def split_weights(weights: Sequence[Tensor], num_layers: int, has_biases: bool,
+                  per_layer_matrices: int = 2) -> List[List[Tensor]]:
+    """Split nn.LSTM/GRU/RNN's flat weight list into one list per layer.
+
+    Per layer there are ``per_layer_matrices`` matrices (w_ih, w_hh) followed,
+    when ``has_biases``, by as many bias vectors (b_ih, b_hh).
+    """
+    n = per_layer_matrices * (2 if has_biases else 1)
+    weights = list(weights)
+    if len(weights) != n * num_layers:
+        raise ValueError(
+            f"weights: expected {n * num_layers} tensors for num_layers={num_layers}, "
+            f"has_biases={has_biases}, got {len(weights)}")
+    return [weights[l * n:(l + 1) * n] for l in range(num_layers)]
+
+
+def _stack(layer_fn: Callable, x: Tensor, states: List[Tuple[Tensor, ...]],
+           layers: List[List[Tensor]], dropout: float, training: bool
+           ) -> Tuple[Tensor, List[Tuple[Tensor, ...]]]:
+    """Stack layers: layer l's input at time t is layer l-1's output at time t.
+
+    Between layers (never after the last) the whole output sequence of a
+    layer goes through ``F.dropout(out, p=dropout, training=True)`` when
+    ``training`` and ``dropout > 0``.
+    """
+    finals = []
+    num_layers = len(layers)
+    for l in range(num_layers):
+        x, final = layer_fn(x, *states[l], layers[l])
+        finals.append(final)
+        if training and dropout > 0 and l < num_layers - 1:
+            x = F.dropout(x, p=dropout, training=True)
+    return x, finals
+
+
+def _prepare_input(input: Tensor, batch_first: bool
+                   ) -> Tuple[Tensor, bool]:
+    """Return the input as (T, B, I) and whether it was unbatched (T, I)."""
+    if input.dim() == 2:
+        return input.unsqueeze(1), True
+    if input.dim() != 3:
+        raise ValueError(f"input: expected a 2-D (unbatched) or 3-D (batched) tensor, "
+                         f"got {input.dim()}-D")
+    if batch_first:
+        input = input.transpose(0, 1)
+    return input, False
+
+
+def lstm(input: Tensor, hx: Optional[Tuple[Tensor, Tensor]], weights: Sequence[Tensor], *,
+         num_layers: int, has_biases: bool = True, batch_first: bool = False,
+         dropout: float = 0.0, training: bool = False
+         ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+    r"""A stacked LSTM with ``torch.nn.LSTM``'s calling convention.
+
+    ``input``: (T, B, I); (B, T, I) when ``batch_first``; or unbatched (T, I).
+    ``hx``: ``(h0, c0)``, each (L, B, H) — (L, H) for unbatched input — or
+    ``None`` for zeros.  ``weights``: the flat list ``[w_ih_l0, w_hh_l0,
+    b_ih_l0, b_hh_l0, w_ih_l1, …]`` (no biases when ``has_biases=False``);
+    layer 0's ``w_ih`` is (4H, I), the others' (4H, H).
+
+    Layer l runs :func:`lstm_layer` from ``(h0[l], c0[l])`` on the output
+    sequence of layer l-1 (layer 0 on ``input``).  In training mode with
+    ``dropout > 0`` each layer's output but the last passes through
+    ``F.dropout(·, p=dropout, training=True)`` before it feeds the next layer.
+
+    Returns ``(output, (h_n, c_n))``: ``output`` is the last layer's h_t for
+    every t, (T, B, H) (batch_first / unbatched like the input); ``h_n`` and
+    ``c_n`` are every layer's final state, (L, B, H) (or (L, H)).
+    """
+    x, unbatched = _prepare_input(input, batch_first)
+    layers = split_weights(weights, num_layers, has_biases)
+    H = layers[0][1].shape[1]
+    B = x.shape[1]
+    if hx is None:
+        zeros = x.new_zeros((num_layers, B, H))
+        h0, c0 = zeros, zeros
+    else:
+        h0, c0 = hx
+        if unbatched:
+            h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+    states = [(h0[l], c0[l]) for l in range(num_layers)]
+    out, finals = _stack(lstm_layer, x, states, layers, dropout, training)
+    h_n = torch.stack([h for h, _ in finals], dim=0)
+    c_n = torch.stack([c for _, c in finals], dim=0)
+    if unbatched:
+        return out.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+    if batch_first:
+        out = out.transpose(0, 1)
+    return out, (h_n, c_n)
