@@ -82,7 +82,7 @@ def _nvidia_wheel_dirs():
 def extensions():
     cpu_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) +
                          glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cxx = ["-O3", "-std=c++17", "-fvisibility=hidden"]
+    cxx = ["-O3", "-fvisibility=hidden"]  # torch picks the C++ standard (C++20 for torch >= 2.13)
     define = [("FUSEDRNN_WITH_CUDA", "1" if WITH_CUDA else "0")]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if not WITH_CUDA:
@@ -102,7 +102,7 @@ def extensions():
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) +
                           glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
     incs, libs = _nvidia_wheel_dirs()
-    nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+    nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     return [CUDAExtension("fusedrnn._C", cpu_sources + cuda_sources,
                           include_dirs=include_dirs + incs, library_dirs=libs,
                           define_macros=define,
