@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import ops
+from . import _C, ops
 
 
 def _not_implemented(what: str) -> NotImplementedError:
@@ -80,6 +80,11 @@ class LSTM(nn.LSTM):
             raise RuntimeError(
                 f"fusedrnn.LSTM: input is on {x.device} but the module's weights are on "
                 f"{w0.device}; move one of them (e.g. input.to({str(w0.device)!r}))")
+        if x.device.type not in ("cpu", "cuda") or (x.is_cuda and not _C.cuda_compiled):
+            raise RuntimeError(
+                f"fusedrnn.LSTM: this build of fusedrnn has no kernels for {x.device.type} "
+                "tensors (CUDA kernels are compiled only when nvcc and a CUDA build of torch "
+                "are present at install time)")
         if not x.is_floating_point():
             raise ValueError(f"fusedrnn.LSTM: input must be floating point, got {x.dtype}")
 
