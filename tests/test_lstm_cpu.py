@@ -134,6 +134,9 @@ GRID = [
     pytest.param(3, 3, 5, 7, 1, True, True, True, False, F64, id="L3-unbatched-batch_first-f64"),
     pytest.param(1, 4, 7, 3, 2, False, True, True, False, F32, id="L1-unbatched-f32"),
     pytest.param(3, 6, 4, 9, 4, True, True, False, False, F32, id="L3-I>H-batch_first-f32"),
+    # Sizes that are not multiples of a SIMD width (AVX-512 float32 = 16 lanes).
+    pytest.param(2, 19, 37, 9, 7, False, True, False, True, F32, id="L2-I19-H37-B7-f32-hx"),
+    pytest.param(2, 19, 37, 9, 7, True, False, False, True, F64, id="L2-I19-H37-B7-nobias-f64-hx"),
 ]
 
 
@@ -208,6 +211,38 @@ def test_functional_ops_lstm_matches_reference():
         g2 = torch.autograd.grad((ro.sum() + rc.sum()), xr + w)
         for a, b in zip(g1, g2):
             torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("used", ["output", "h_n", "c_n", "h_n+c_n"])
+def test_gradients_when_only_some_outputs_are_used(used):
+    """Outputs that do not reach the loss get no gradient (None in backward)."""
+    fused, _ = make_pair(3, 5, 3, dtype=F64)
+    x, hx = make_inputs(3, 5, 3, 5, 2, F64)
+    grads = []
+    for impl in ("fused", "ref"):
+        xs = [_leaf(x), _leaf(hx[0]), _leaf(hx[1])]
+        if impl == "fused":
+            out, (h, c) = fused(xs[0], (xs[1], xs[2]))
+        else:
+            out, (h, c) = reference.lstm(xs[0], (xs[1], xs[2]), flat_weights(fused), num_layers=3)
+        parts = {"output": out, "h_n": h, "c_n": c}
+        loss = sum((parts[k] ** 2).sum() for k in used.split("+"))
+        grads.append(torch.autograd.grad(loss, xs + flat_weights(fused)))
+    for a, b, n in zip(*grads, ["input", "h0", "c0"] + fused._flat_weights_names):
+        torch.testing.assert_close(a, b, **tolerances(F64), msg=lambda m: f"grad {n}: {m}")
+
+
+def test_frozen_weights_input_gradient_only():
+    fused, ref_mod = make_pair(3, 5, 2, dtype=F64)
+    for p in list(fused.parameters()) + list(ref_mod.parameters()):
+        p.requires_grad_(False)
+    x = torch.randn(4, 2, 3, dtype=F64)
+    gs = []
+    for m in (fused, ref_mod):
+        xi = _leaf(x)
+        out, (h, c) = m(xi)
+        gs.append(torch.autograd.grad(out.sum() + c.sum(), xi)[0])
+    torch.testing.assert_close(gs[0], gs[1], **tolerances(F64))
 
 
 # ------------------------------------------------------------- drop-in --
@@ -311,6 +346,18 @@ def test_dropout_float32_matches_reference():
     torch.manual_seed(5)
     b = run_impl("ref", fused, ref_mod, x, hx)
     assert_parity(a, b, grad_names(fused, True, True), tolerances(F32), "dropout f32")
+
+
+@pytest.mark.parametrize("batch_first,unbatched", [(True, False), (False, True)])
+def test_dropout_layouts_match_reference(batch_first, unbatched):
+    fused, ref_mod = make_pair(3, 5, 2, dropout=0.4, batch_first=batch_first, dtype=F64)
+    fused.train()
+    x, hx = make_inputs(3, 5, 2, 5, 3, F64, batch_first, unbatched)
+    torch.manual_seed(11)
+    a = run_impl("fused", fused, ref_mod, x, hx)
+    torch.manual_seed(11)
+    b = run_impl("ref", fused, ref_mod, x, hx)
+    assert_parity(a, b, grad_names(fused, True, True), tolerances(F64), "dropout layout")
 
 
 def test_dropout_ignored_in_eval():
