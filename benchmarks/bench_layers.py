@@ -241,6 +241,14 @@ def git_revision():
         return None
 
 
+def load_average():
+    """The 1-minute load average, or None where the OS has none."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def log(msg=""):
     print(msg, flush=True)
 
@@ -289,6 +297,7 @@ def metadata(ctx):
         "fusedrnn_path": os.path.dirname(fr.__file__),
         "fusedrnn_cuda_compiled": int(getattr(fr._C, "cuda_compiled", 0)),
         "git": git_revision(),
+        "load_avg_start": load_average(),
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
     }
 
@@ -576,6 +585,7 @@ def describe(meta):
         ("torch", f"{meta['torch']} (CUDA {meta['torch_cuda']}, cuDNN {meta['cudnn']})"),
         ("TF32 allowed", tf32),
         ("fusedrnn", f"git {meta['git']}, CUDA compiled: {bool(meta['fusedrnn_cuda_compiled'])}"),
+        ("load average (1 min) at start", meta["load_avg_start"]),
         ("command", meta["command"]),
     ]
 
@@ -630,6 +640,9 @@ def write_plot(path, meta, rows, impl_names):
             ax.set_xlabel("layers L")
             ax.set_ylabel("median ms per call")
             ax.set_xscale("log", base=2)
+            ls = sorted({r["L"] for r in grows})
+            ax.set_xticks(ls)
+            ax.set_xticklabels([str(v) for v in ls])
             ax.grid(True, alpha=0.3)
             ax.legend()
     fig.suptitle(f"{meta['device_name']}, {meta['dtype']}, {meta['date'][:10]}")
@@ -760,6 +773,13 @@ def main(argv=None):
     for k, v in describe(meta):
         log(f"  {k}: {v}")
     log(f"  fusedrnn from: {meta['fusedrnn_path']}")
+    load = meta["load_avg_start"]
+    if load is not None and load > 0.5 * (os.cpu_count() or 1):
+        msg = (f"the machine was busy at the start (1-min load average {load} on "
+               f"{os.cpu_count()} cores): timings, multi-threaded CPU ones above all, "
+               f"may be inflated")
+        notes.append(msg)
+        log(f"  WARNING: {msg}")
     log("")
 
     rows = []
@@ -777,6 +797,7 @@ def main(argv=None):
             torch.cuda.empty_cache()
     elapsed = time.perf_counter() - t_start
     meta["elapsed_s"] = round(elapsed, 1)
+    meta["load_avg_end"] = load_average()
 
     log("")
     for mode in args.modes:
