@@ -560,6 +560,22 @@ def test_raw_op_errors():
     assert_raises(RuntimeError, lambda: op(x, h0[:1], c0, w, True, False), r"hx", r"1, 2, 4")
     assert_raises(RuntimeError, lambda: op(x, h0, c0[:, :1], w, True, False), r"cx", r"2, 1, 4")
     assert_raises(RuntimeError, lambda: op(x, h0.float(), c0, w, True, False), r"hx", r"dtype|Float")
+    # non-floating input; w_hh not (4H, H)
+    assert_raises(RuntimeError, lambda: op(x.long(), h0.long(), c0.long(), [t.long() for t in w],
+                                           True, False), r"input", r"float")
+    bad = list(w)
+    bad[1] = torch.randn(16, 5, dtype=F64)
+    assert_raises(RuntimeError, lambda: op(x, h0, c0, bad, True, False), r"w_hh", r"16, 5")
+    # backward with gradients / saved activations of the wrong shape
+    bwd = torch.ops.fusedrnn.lstm_backward
+    out, hy, cy, gates, cells, hiddens = op(x, h0, c0, w, True, True)
+    assert_raises(RuntimeError, lambda: bwd(torch.ones(3, 2, 5, dtype=F64), hy, cy, x, h0, c0, w,
+                                            True, out, gates, cells, hiddens),
+                  r"grad_output", r"3, 2, 4", r"3, 2, 5")
+    assert_raises(RuntimeError, lambda: bwd(out, hy[:1], cy, x, h0, c0, w, True, out, gates,
+                                            cells, hiddens), r"grad_hy")
+    assert_raises(RuntimeError, lambda: bwd(out, hy, cy, x, h0, c0, w, True, out, gates[:, :2],
+                                            cells, hiddens), r"gates", r"2, 3, 2, 16")
     # backward without the saved activations (forward ran with train=False)
     out, hy, cy, gates, cells, hiddens = op(x, h0, c0, w, True, False)
     assert_raises(RuntimeError, lambda: torch.ops.fusedrnn.lstm_backward(
