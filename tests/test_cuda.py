@@ -1,0 +1,346 @@
+"""CUDA backend of fusedrnn (csrc/cuda/lstm_cuda.cu).
+
+Every test here needs a CUDA device *and* a build of fusedrnn._C that contains
+the CUDA kernels; otherwise the module is skipped with the reason.
+
+What is checked:
+* float64 parity with the pure-PyTorch reference (outputs, h_n, c_n and the
+  gradients of input, h0, c0 and every weight/bias), tight tolerance;
+* float32 / float16 / bfloat16 parity with torch.nn.LSTM (cuDNN) holding the
+  same weights, TF32 off for both (restored afterwards);
+* the sizes that exercise the kernels' edges: 1-4 layers, odd sizes (I=3,
+  H=5), batch 1, T=1, H=300 (not a tile multiple), batches on both sides of
+  the 8/32-row tiles, a hidden size large enough for the 32-unit tiles,
+  batch_first, no biases;
+* float64 gradcheck of fusedrnn.ops.lstm and torch.library.opcheck of both
+  ops on CUDA;
+* bitwise determinism, inference (train=False) equal to training forward,
+  T=0 / B=0, CPU vs CUDA, mixed devices refused, cuda:1 vs cuda:0.
+"""
+import pytest
+import torch
+
+from conftest import flat_weights, fusedrnn_or_skip, make_pair, reference
+
+fusedrnn = fusedrnn_or_skip()
+
+if not torch.cuda.is_available():
+    pytest.skip("CUDA tests need a CUDA device (torch.cuda.is_available() is False)",
+                allow_module_level=True)
+if not getattr(fusedrnn._C, "cuda_compiled", 0):
+    pytest.skip("fusedrnn._C was built without its CUDA kernels (cuda_compiled == 0); "
+                "rebuild with nvcc available", allow_module_level=True)
+
+CUDA = torch.device("cuda", 0)
+F64, F32, F16, BF16 = torch.float64, torch.float32, torch.float16, torch.bfloat16
+
+# Per-dtype tolerance: a result r passes against the expected e when
+#   |r - e| <= TOL * |e| + TOL * max(1, max|e|)
+# (relative, plus an absolute floor scaled by the tensor's largest magnitude,
+# since gradients of the weights are sums over T·B terms).
+TOL = {
+    F64: 1e-10,  # vs the float64 reference: only summation order differs
+    F32: 1e-4,   # vs cuDNN, TF32 off: full fp32 in both, different order
+    F16: 2e-2,   # vs cuDNN in half: both round every stored value to 11 bits
+    BF16: 1e-1,  # vs cuDNN in bfloat16: 8-bit mantissa, rounded per step
+}
+
+
+@pytest.fixture(autouse=True)
+def no_tf32():
+    """Full fp32 GEMMs for cuBLAS and cuDNN alike, restored afterwards."""
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+# --------------------------------------------------------------- helpers --
+
+def _close(actual, expected, tol, name):
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
+    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
+    scale = max(1.0, e.abs().max().item()) if e.numel() else 1.0
+    torch.testing.assert_close(a, e, rtol=tol, atol=tol * scale,
+                               msg=lambda m: f"{name}: {m}")
+
+
+def _inputs(I, H, L, T, B, dtype, device=CUDA, batch_first=False, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    shape = (B, T, I) if batch_first else (T, B, I)
+    x = torch.randn(shape, generator=g)
+    h0 = 0.5 * torch.randn(L, B, H, generator=g)
+    c0 = 0.5 * torch.randn(L, B, H, generator=g)
+    return [t.to(device=device, dtype=dtype) for t in (x, h0, c0)]
+
+
+def _loss_weights(out, hn, cn, seed=2):
+    """Random weights for a loss that touches output, h_n and c_n (float32 or
+    float64, so the loss itself is not computed in half precision)."""
+    g = torch.Generator().manual_seed(seed)
+    dt = F64 if out.dtype == F64 else F32
+    return [torch.randn(t.shape, generator=g).to(device=t.device, dtype=dt) for t in (out, hn, cn)]
+
+
+def _loss(vals, ws):
+    return sum((v.to(w.dtype) * w).sum() for v, w in zip(vals, ws))
+
+
+def _run_module(mod, x, h0, c0):
+    """Outputs (output, h_n, c_n) and gradients [x, h0, c0, *weights]."""
+    x, h0, c0 = (t.detach().clone().requires_grad_() for t in (x, h0, c0))
+    mod.zero_grad(set_to_none=True)
+    out, (hn, cn) = mod(x, (h0, c0))
+    vals = [out, hn, cn]
+    _loss(vals, _loss_weights(*vals)).backward()
+    grads = [x.grad, h0.grad, c0.grad] + [w.grad for w in flat_weights(mod)]
+    return [v.detach() for v in vals], grads
+
+
+def _run_reference(weights, x, h0, c0, L, bias, batch_first):
+    ws = [w.detach().clone().requires_grad_() for w in weights]
+    x, h0, c0 = (t.detach().clone().requires_grad_() for t in (x, h0, c0))
+    out, (hn, cn) = reference.lstm(x, (h0, c0), ws, num_layers=L, has_biases=bias,
+                                   batch_first=batch_first)
+    vals = [out, hn, cn]
+    _loss(vals, _loss_weights(*vals)).backward()
+    return [v.detach() for v in vals], [x.grad, h0.grad, c0.grad] + [w.grad for w in ws]
+
+
+def _assert_results(got, want, tol, names_weights):
+    (vals_g, grads_g), (vals_w, grads_w) = got, want
+    for a, b, n in zip(vals_g, vals_w, ("output", "h_n", "c_n")):
+        _close(a, b, tol, n)
+    names = ["grad input", "grad h0", "grad c0"] + [f"grad {n}" for n in names_weights]
+    assert len(grads_g) == len(grads_w) == len(names)
+    for a, b, n in zip(grads_g, grads_w, names):
+        assert a is not None and b is not None, f"{n} is missing"
+        _close(a, b, tol, n)
+
+
+# (L, I, H, T, B, batch_first, bias)
+SHAPES = [
+    (1, 3, 5, 1, 1, False, True),      # odd sizes, T=1, batch 1
+    (2, 3, 5, 4, 1, False, True),
+    (1, 4, 7, 6, 3, True, True),       # batch_first
+    (3, 7, 300, 3, 3, False, True),    # H not a tile multiple
+    (4, 5, 6, 3, 5, True, True),       # 4 layers
+    (2, 10, 33, 3, 40, False, True),   # 32-row tiles with a remainder
+    (2, 6, 17, 5, 17, False, False),   # no biases; B just above the 8/32 switch
+    (1, 8, 64, 2, 16, False, True),    # two 8-row tiles exactly
+]
+
+
+def _ids(shapes):
+    return [f"L{L}-I{I}-H{H}-T{T}-B{B}{'-bf' if bf else ''}{'' if b else '-nobias'}"
+            for L, I, H, T, B, bf, b in shapes]
+
+
+# ------------------------------------------------------ float64 vs reference --
+
+@pytest.mark.parametrize("L,I,H,T,B,batch_first,bias", SHAPES, ids=_ids(SHAPES))
+def test_float64_matches_reference(L, I, H, T, B, batch_first, bias):
+    fused, _ = make_pair(I, H, L, bias=bias, batch_first=batch_first, dtype=F64, device=CUDA)
+    x, h0, c0 = _inputs(I, H, L, T, B, F64, batch_first=batch_first)
+    got = _run_module(fused, x, h0, c0)
+    want = _run_reference(flat_weights(fused), x, h0, c0, L, bias, batch_first)
+    _assert_results(got, want, TOL[F64], fused._flat_weights_names)
+
+
+# ------------------------------------------------------- vs cuDNN per dtype --
+
+def _cudnn_compare(dtype, L, I, H, T, B, batch_first, bias):
+    fused, ref = make_pair(I, H, L, bias=bias, batch_first=batch_first, dtype=dtype, device=CUDA)
+    x, h0, c0 = _inputs(I, H, L, T, B, dtype, batch_first=batch_first)
+    got = _run_module(fused, x, h0, c0)
+    try:
+        want = _run_module(ref, x, h0, c0)
+    except RuntimeError as e:  # e.g. a cuDNN without bfloat16 RNNs
+        pytest.skip(f"torch.nn.LSTM (cuDNN) cannot run {dtype} here: {e}")
+    _assert_results(got, want, TOL[dtype], fused._flat_weights_names)
+
+
+@pytest.mark.parametrize("L,I,H,T,B,batch_first,bias", SHAPES, ids=_ids(SHAPES))
+def test_float32_matches_cudnn(L, I, H, T, B, batch_first, bias):
+    _cudnn_compare(F32, L, I, H, T, B, batch_first, bias)
+
+
+# Half precision: short sequences keep the accumulated rounding comparable.
+SHAPES_HALF = [
+    (1, 3, 5, 1, 1, False, True),
+    (2, 8, 32, 5, 4, False, True),
+    (2, 7, 300, 3, 3, True, True),
+    (3, 16, 48, 4, 40, False, False),
+]
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("L,I,H,T,B,batch_first,bias", SHAPES_HALF, ids=_ids(SHAPES_HALF))
+def test_half_precision_matches_cudnn(dtype, L, I, H, T, B, batch_first, bias):
+    _cudnn_compare(dtype, L, I, H, T, B, batch_first, bias)
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
+def test_half_precision_close_to_float64(dtype):
+    """The same rounded weights/inputs run in float64 are the truth; the
+    half-precision run must stay within the dtype's tolerance of it."""
+    L, I, H, T, B = 2, 8, 40, 4, 6
+    fused, _ = make_pair(I, H, L, dtype=dtype, device=CUDA)
+    x, h0, c0 = _inputs(I, H, L, T, B, dtype)
+    got = _run_module(fused, x, h0, c0)
+    exact = _run_reference([w.double() for w in flat_weights(fused)], x.double(),
+                           h0.double(), c0.double(), L, True, False)
+    _assert_results(got, exact, TOL[dtype], fused._flat_weights_names)
+
+
+@pytest.mark.parametrize("B", [3, 40])
+def test_wide_hidden_uses_large_tiles(B):
+    """H = 4500 gives ceil(H/32) = 141 CTAs per 8/32-row batch tile, at least
+    one per SM on an H100/H200 (132 SMs), so the kernels run with 32-unit tiles;
+    the smaller tests above run the 16-unit tiles."""
+    _cudnn_compare(F32, 1, 8, 4500, 2, B, False, True)
+
+
+# ------------------------------------------------------ gradcheck / opcheck --
+
+def _raw_args(L=2, bias=True, dtype=F64, T=3, B=2, I=3, H=4, requires_grad=False):
+    fused, _ = make_pair(I, H, L, bias=bias, dtype=dtype, device=CUDA)
+    w = [p.detach().clone().requires_grad_(requires_grad) for p in flat_weights(fused)]
+    x, h0, c0 = (t.requires_grad_(requires_grad) for t in _inputs(I, H, L, T, B, dtype))
+    return [x, h0, c0, w, bias]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_gradcheck_ops_lstm(bias):
+    x, h0, c0, w, _ = _raw_args(L=2, bias=bias, requires_grad=True)
+
+    def fn(x, h, c, *ws):
+        return fusedrnn.ops.lstm(x, h, c, list(ws), bias)
+
+    assert torch.autograd.gradcheck(fn, [x, h0, c0] + w, eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_opcheck_lstm_forward(bias):
+    op = torch.ops.fusedrnn.lstm_forward.default
+    torch.library.opcheck(op, _raw_args(bias=bias) + [False])
+    torch.library.opcheck(op, _raw_args(bias=bias) + [True])
+    torch.library.opcheck(op, _raw_args(bias=bias, requires_grad=True) + [True])
+    torch.library.opcheck(op, _raw_args(L=1, bias=bias, dtype=F32, requires_grad=True) + [True])
+
+
+@pytest.mark.parametrize("L", [1, 3])
+def test_opcheck_lstm_backward(L):
+    x, h0, c0, w, bias = _raw_args(L=L)
+    out, hy, cy, gates, cells, hiddens = torch.ops.fusedrnn.lstm_forward(x, h0, c0, w, bias, True)
+    T, B, H = out.shape
+    assert gates.shape == (L, T, B, 4 * H)
+    assert cells.shape == (L, T, B, H)
+    assert hiddens.shape == (L - 1, T, B, H)
+    go, gh, gc = torch.randn_like(out), torch.randn_like(hy), torch.randn_like(cy)
+    args = [go, gh, gc, x, h0, c0, w, bias, out, gates, cells, hiddens]
+    torch.library.opcheck(torch.ops.fusedrnn.lstm_backward.default, args)
+
+
+# ---------------------------------------------------------- determinism etc --
+
+def test_two_runs_bitwise_identical():
+    fused, _ = make_pair(10, 300, 2, dtype=F32, device=CUDA)
+    x, h0, c0 = _inputs(10, 300, 2, 6, 40, F32)
+    (v1, g1), (v2, g2) = _run_module(fused, x, h0, c0), _run_module(fused, x, h0, c0)
+    for a, b in zip(v1 + g1, v2 + g2):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("L", [1, 3])
+def test_inference_matches_training_forward(L):
+    """train=False (no saved activations, ping-pong scratch between layers)
+    gives bitwise the same forward results as train=True."""
+    fused, _ = make_pair(6, 37, L, dtype=F32, device=CUDA)
+    x, h0, c0 = _inputs(6, 37, L, 5, 9, F32)
+    w = flat_weights(fused)
+    a = torch.ops.fusedrnn.lstm_forward(x, h0, c0, w, True, False)
+    b = torch.ops.fusedrnn.lstm_forward(x, h0, c0, w, True, True)
+    for k in range(3):
+        assert torch.equal(a[k], b[k])
+    for k in range(3, 6):
+        assert a[k].shape == (0,)
+    # The saved activations are consistent with the outputs.
+    T, B, H = b[0].shape
+    assert torch.equal(b[4][-1, -1], b[2][-1].to(b[4].dtype))      # cells[L-1, T-1] == c_n
+    if L > 1:
+        assert torch.equal(b[5][:, -1], b[1][:-1])                 # hiddens[:, T-1] == h_n[:-1]
+
+
+def test_cpu_and_cuda_agree():
+    L, I, H, T, B = 3, 5, 19, 4, 6
+    fused_cpu, _ = make_pair(I, H, L, dtype=F64, device="cpu")
+    fused_gpu, _ = make_pair(I, H, L, dtype=F64, device=CUDA)
+    fused_gpu.load_state_dict(fused_cpu.state_dict())
+    x, h0, c0 = _inputs(I, H, L, T, B, F64, device="cpu")
+    got = _run_module(fused_gpu, x.to(CUDA), h0.to(CUDA), c0.to(CUDA))
+    want = _run_module(fused_cpu, x, h0, c0)
+    _assert_results(got, want, TOL[F64], fused_cpu._flat_weights_names)
+
+
+def test_zero_length_sequence_ops():
+    """T = 0 through the functional: no kernel runs, h_n = h0, c_n = c0, and
+    their gradients pass straight through."""
+    L, I, H, B = 2, 3, 5, 4
+    x, h0, c0, w, bias = _raw_args(L=L, T=0, B=B, I=I, H=H, requires_grad=True)
+    out, hy, cy = fusedrnn.ops.lstm(x, h0, c0, w, bias)
+    assert out.shape == (0, B, H)
+    assert torch.equal(hy, h0) and torch.equal(cy, c0)
+    gh, gc = torch.randn_like(hy), torch.randn_like(cy)
+    ((hy * gh).sum() + (cy * gc).sum()).backward()
+    assert torch.equal(h0.grad, gh) and torch.equal(c0.grad, gc)
+    assert x.grad is None or x.grad.shape == x.shape
+    for p in w:
+        assert p.grad is None or torch.count_nonzero(p.grad) == 0
+
+
+def test_zero_batch_ops():
+    L, I, H, T = 2, 3, 5, 4
+    x, h0, c0, w, bias = _raw_args(L=L, T=T, B=0, I=I, H=H, requires_grad=True)
+    out, hy, cy = fusedrnn.ops.lstm(x, h0, c0, w, bias)
+    assert out.shape == (T, 0, H) and hy.shape == (L, 0, H) and cy.shape == (L, 0, H)
+    out.sum().backward()
+    for p in w:
+        assert p.grad is None or torch.count_nonzero(p.grad) == 0
+
+
+# ------------------------------------------------------------ device errors --
+
+def test_mixed_devices_refused():
+    fused, _ = make_pair(3, 5, 2, dtype=F32, device="cpu")
+    x, h0, c0 = _inputs(3, 5, 2, 4, 2, F32)  # on cuda
+    with pytest.raises((RuntimeError, ValueError), match="(?i)device|cuda|cpu"):
+        fused(x, (h0, c0))
+    # The raw op refuses it too, whichever argument is on the other device.
+    w_cpu = flat_weights(fused)
+    w_gpu = [p.detach().to(CUDA) for p in w_cpu]
+    op = torch.ops.fusedrnn.lstm_forward
+    with pytest.raises(RuntimeError, match="(?i)device"):
+        op(x, h0, c0, w_cpu, True, False)
+    with pytest.raises(RuntimeError, match="(?i)device"):
+        op(x, h0.cpu(), c0, w_gpu, True, False)
+    with pytest.raises(RuntimeError, match="(?i)device"):
+        op(x.cpu(), h0.cpu(), c0.cpu(), w_gpu, True, False)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2,
+                    reason="needs at least two CUDA devices (cuda:1 vs cuda:0)")
+def test_second_device_matches_first():
+    L, I, H, T, B = 2, 5, 33, 4, 3
+    fused0, _ = make_pair(I, H, L, dtype=F32, device="cuda:0")
+    fused1, _ = make_pair(I, H, L, dtype=F32, device="cuda:1")
+    fused1.load_state_dict(fused0.state_dict())
+    x, h0, c0 = _inputs(I, H, L, T, B, F32, device="cuda:0")
+    with torch.cuda.device(0):  # the current device differs from the tensors'
+        got = _run_module(fused1, x.to("cuda:1"), h0.to("cuda:1"), c0.to("cuda:1"))
+    want = _run_module(fused0, x, h0, c0)
+    assert all(t.device == torch.device("cuda:1") for t in got[0] + got[1])
+    _assert_results(got, want, TOL[F32], fused0._flat_weights_names)
