@@ -7,10 +7,42 @@
 #define FUSEDRNN_WITH_CUDA 0
 #endif
 
+namespace fusedrnn {
+bool cpu_fast_step_available();
+void set_cpu_fast_step_enabled(bool on);
+bool cpu_fast_step_enabled();
+}  // namespace fusedrnn
+
+static PyObject* cpu_fast_step_available(PyObject*, PyObject*) {
+  return PyBool_FromLong(fusedrnn::cpu_fast_step_available());
+}
+
+static PyObject* cpu_fast_step_enabled(PyObject*, PyObject*) {
+  return PyBool_FromLong(fusedrnn::cpu_fast_step_enabled());
+}
+
+static PyObject* set_cpu_fast_step_enabled(PyObject*, PyObject* arg) {
+  const int on = PyObject_IsTrue(arg);
+  if (on < 0) return nullptr;
+  fusedrnn::set_cpu_fast_step_enabled(on != 0);
+  Py_RETURN_NONE;
+}
+
+static PyMethodDef fusedrnn_methods[] = {
+    {"cpu_fast_step_available", cpu_fast_step_available, METH_NOARGS,
+     "True when this CPU runs the AVX-512 fused float32 step kernels."},
+    {"cpu_fast_step_enabled", cpu_fast_step_enabled, METH_NOARGS,
+     "Whether float32 CPU calls use the fused step kernels when available."},
+    {"set_cpu_fast_step_enabled", set_cpu_fast_step_enabled, METH_O,
+     "Enable (True) or disable (False) the fused float32 CPU step kernels; when "
+     "disabled the CPU path uses at::addmm plus a pointwise pass (for tests and "
+     "benchmarks)."},
+    {nullptr, nullptr, 0, nullptr}};
+
 static struct PyModuleDef fusedrnn_module = {
     PyModuleDef_HEAD_INIT, "_C",
     "fusedrnn native library (ops are registered with torch.ops.fusedrnn)", -1,
-    nullptr};
+    fusedrnn_methods};
 
 PyMODINIT_FUNC PyInit__C(void) {
   PyObject* m = PyModule_Create(&fusedrnn_module);

@@ -19,12 +19,9 @@
 #include <torch/library.h>
 
 #include "cell_math.h"
-#if __has_include("cpu/fast_step.h")
 #include "cpu/fast_step.h"
-#define FUSEDRNN_FAST_STEP 1
-#else
-#define FUSEDRNN_FAST_STEP 0
-#endif
+
+#include <atomic>
 #include "lstm_checks.h"
 
 namespace fusedrnn {
@@ -39,29 +36,21 @@ void torch_parallel_for(int64_t n, void* ctx, void (*task)(void*, int64_t, int64
   at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) { task(ctx, b, e); });
 }
 
-#if FUSEDRNN_FAST_STEP
-bool use_fast_step(const Tensor& input) {
+std::atomic<bool> g_fast_step_enabled{true};
+
+bool fast_step_available() {
   static const bool ok = [] {
     if (!cpu::fast_step_supported()) return false;
     cpu::set_parallel_for(&torch_parallel_for);
     return true;
   }();
-  return ok && input.scalar_type() == at::kFloat;
+  return ok;
 }
-#else
-bool use_fast_step(const Tensor&) { return false; }
-namespace cpu {
-inline size_t packed_forward_size(int64_t) { return 0; }
-inline size_t packed_backward_size(int64_t) { return 0; }
-inline void pack_forward(const float*, int64_t, float*) {}
-inline void pack_backward(const float*, int64_t, float*) {}
-inline void lstm_step_forward(int64_t, int64_t, const float*, const float*, int64_t, const float*,
-                              int64_t, const float*, float*, float*, int64_t, float*) {}
-inline void lstm_step_backward(int64_t, int64_t, const float*, const float*, int64_t,
-                               const float*, const float*, const float*, const float*, float*,
-                               float*) {}
-}  // namespace cpu
-#endif
+
+bool use_fast_step(const Tensor& input) {
+  return input.scalar_type() == at::kFloat && g_fast_step_enabled.load() &&
+         fast_step_available();
+}
 
 // ---------------------------------------------------------------- forward --
 
@@ -331,6 +320,11 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cpu(
 }
 
 }  // namespace
+
+// Switches for fusedrnn._C (see csrc/module.cpp).
+bool cpu_fast_step_available() { return fast_step_available(); }
+void set_cpu_fast_step_enabled(bool on) { g_fast_step_enabled.store(on); }
+bool cpu_fast_step_enabled() { return g_fast_step_enabled.load(); }
 
 TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
   m.impl("lstm_forward", &lstm_forward_cpu);
