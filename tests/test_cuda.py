@@ -41,9 +41,12 @@ F64, F32, F16, BF16 = torch.float64, torch.float32, torch.float16, torch.bfloat1
 TOL = {
     F64: 1e-10,  # vs the float64 reference: only summation order differs
     F32: 1e-4,   # vs cuDNN, TF32 off: full fp32 in both, different order
-    F16: 2e-2,   # vs cuDNN in half: both round every stored value to 11 bits
-    BF16: 1e-1,  # vs cuDNN in bfloat16: 8-bit mantissa, rounded per step
+    F16: 5e-3,   # vs cuDNN in half: both round every stored value to 11 bits
+    BF16: 3e-2,  # vs cuDNN in bfloat16: 8-bit mantissa, rounded per step
 }
+# (The half-precision shapes below need about 6e-4 (float16) and 5e-3
+# (bfloat16) against the float64 truth with the CPU kernels' rounding, so the
+# limits leave room for cuDNN's own error on the other side.)
 
 
 @pytest.fixture(autouse=True)
