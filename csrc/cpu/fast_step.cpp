@@ -221,11 +221,13 @@ void bwd_task_scalar(void* ctx, int64_t begin, int64_t end) {
 
 #define FS_TARGET __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma")))
 #define FS_INLINE FS_TARGET inline __attribute__((always_inline))
+#ifndef FS_PF_HINT
+#define FS_PF_HINT _MM_HINT_T0
+#endif
 
 // Full-mask forms of a few intrinsics.  The plain GCC 12 versions pass
 // _mm512_undefined_ps() as the merge source, which trips -Wuninitialized.
 constexpr __mmask16 kAll = static_cast<__mmask16>(0xFFFF);
-FS_INLINE __m512 v_min(__m512 a, __m512 b) { return _mm512_mask_min_ps(a, kAll, a, b); }
 FS_INLINE __m512 v_max(__m512 a, __m512 b) { return _mm512_mask_max_ps(a, kAll, a, b); }
 FS_INLINE __m512 v_scalef(__m512 a, __m512 b) {
   return _mm512_mask_scalef_ps(a, kAll, a, b);
@@ -235,11 +237,11 @@ FS_INLINE __m512 v_round(__m512 a) {
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
 
-// x = n*ln2 + r with |r| <= ln2/2 (x clamped to [-100, 100]; NaN kept), and
-// pm1 = expm1(r) by its Taylor polynomial (truncation < 3e-10 relative).
-FS_INLINE void exp_reduce(__m512 x, __m512& n, __m512& pm1) {
-  // min/max return their second operand when either is NaN: NaN passes.
-  x = v_min(_mm512_set1_ps(100.0f), x);
+// x = n*ln2 + r with |r| <= ln2/2, for x <= 0 (x clamped to >= -100; NaN
+// kept), and pm1 = expm1(r) by its Taylor polynomial to degree 8
+// (truncation < 3e-10 relative).
+FS_INLINE void exp_reduce_nonpos(__m512 x, __m512& n, __m512& pm1) {
+  // max returns its second operand when either is NaN: NaN passes.
   x = v_max(_mm512_set1_ps(-100.0f), x);
   n = v_round(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)));
   // ln2 split: hi has 9 significant bits so n*hi is exact for |n| <= 256.
@@ -255,18 +257,23 @@ FS_INLINE void exp_reduce(__m512 x, __m512& n, __m512& pm1) {
   pm1 = _mm512_fmadd_ps(_mm512_mul_ps(r, r), q, r);
 }
 
-// e^x; overflows to +inf, underflows to 0, NaN -> NaN.
-FS_INLINE __m512 v_exp(__m512 x) {
-  __m512 n, pm1;
-  exp_reduce(x, n, pm1);
-  return v_scalef(_mm512_add_ps(pm1, _mm512_set1_ps(1.0f)), n);
+// 1/d for d in [1, 2] (or NaN): rcp14 (rel. error < 2^-14) plus one Newton
+// step, which leaves about 1 ulp.
+FS_INLINE __m512 v_recip_1_2(__m512 d) {
+  const __m512 r = _mm512_mask_rcp14_ps(d, kAll, d);
+  return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(1.0f)), r);
 }
 
-// 1 / (1 + e^-x)
+// sigmoid(x) with e = exp(-|x|) in [0, 1]:  x >= 0: 1/(1+e),  x < 0: e/(1+e).
+// No overflow anywhere; sigmoid(+-large) -> 1 / 0; NaN -> NaN.
 FS_INLINE __m512 v_sigmoid(__m512 x) {
-  const __m512 one = _mm512_set1_ps(1.0f);
-  const __m512 e = v_exp(_mm512_sub_ps(_mm512_setzero_ps(), x));
-  return _mm512_div_ps(one, _mm512_add_ps(one, e));
+  const __m512 ax = _mm512_abs_ps(x);
+  __m512 n, pm1;
+  exp_reduce_nonpos(_mm512_sub_ps(_mm512_setzero_ps(), ax), n, pm1);
+  const __m512 e = v_scalef(_mm512_add_ps(pm1, _mm512_set1_ps(1.0f)), n);
+  const __m512 r = v_recip_1_2(_mm512_add_ps(_mm512_set1_ps(1.0f), e));
+  const __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+  return _mm512_mask_mul_ps(r, neg, r, e);
 }
 
 // tanh(x) = sign(x) * (-t / (2 + t)),  t = expm1(-2|x|) in [-1, 0].
@@ -276,13 +283,14 @@ FS_INLINE __m512 v_tanh(__m512 x) {
   const __m512i sign_mask = _mm512_set1_epi32(0x80000000);
   const __m512 ax = _mm512_abs_ps(x);
   __m512 n, pm1;
-  exp_reduce(_mm512_mul_ps(ax, _mm512_set1_ps(-2.0f)), n, pm1);
+  exp_reduce_nonpos(_mm512_mul_ps(ax, _mm512_set1_ps(-2.0f)), n, pm1);
   // expm1(x) = 2^n * pm1 + (2^n - 1)   (exact for n = 0)
   const __m512 one = _mm512_set1_ps(1.0f);
   const __m512 t = _mm512_add_ps(v_scalef(pm1, n),
                                  _mm512_sub_ps(v_scalef(one, n), one));
-  const __m512 th = _mm512_div_ps(t, _mm512_sub_ps(_mm512_set1_ps(-2.0f), t));
-  // th >= 0 (or NaN); put the sign of x on it.
+  const __m512 r = v_recip_1_2(_mm512_add_ps(_mm512_set1_ps(2.0f), t));
+  const __m512 th = _mm512_fnmadd_ps(t, r, _mm512_setzero_ps());  // -t/(2+t) >= 0
+  // put the sign of x on it.
   return _mm512_castsi512_ps(_mm512_or_si512(
       _mm512_castps_si512(th),
       _mm512_and_si512(_mm512_castps_si512(x), sign_mask)));
@@ -291,6 +299,50 @@ FS_INLINE __m512 v_tanh(__m512 x) {
 FS_INLINE __mmask16 tail_mask(int64_t n) {
   return n >= 16 ? static_cast<__mmask16>(0xFFFF)
                  : static_cast<__mmask16>((1u << n) - 1u);
+}
+
+// acc[r][v] += sum_k rowp[r][k] * w[k*ws + 16v .. 16v+15]  for k < K.
+// The broadcast rows are software-prefetched FS_ROW_PF floats ahead (they
+// were usually written by the other cores during the previous step).
+#ifndef FS_ROW_PF
+#define FS_ROW_PF 128
+#endif
+template <int R, int NV>
+FS_INLINE void kloop(__m512 (&acc)[R][NV], const float* const (&rowp)[R],
+                     const float* w, int64_t K, int64_t ws) {
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    if (FS_ROW_PF > 0) {
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r)
+        _mm_prefetch(reinterpret_cast<const char*>(rowp[r] + k + FS_ROW_PF), _MM_HINT_T0);
+    }
+#pragma GCC unroll 2
+    for (int64_t kk = k; kk < k + 16; ++kk) {
+      const float* wk = w + kk * ws;
+      __m512 wv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_ps(wk + 16 * v);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const __m512 hb = _mm512_set1_ps(rowp[r][kk]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(hb, wv[v], acc[r][v]);
+      }
+    }
+  }
+  for (; k < K; ++k) {
+    const float* wk = w + k * ws;
+    __m512 wv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_ps(wk + 16 * v);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 hb = _mm512_set1_ps(rowp[r][k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(hb, wv[v], acc[r][v]);
+    }
+  }
 }
 
 // One forward micro-tile: rows [b0, b0+R), units [16p, 16p+16) ∩ [0, H).
@@ -307,26 +359,10 @@ FS_TARGET void fwd_tile(const FwdArgs& a, int64_t b0, int64_t p) {
     for (int q = 0; q < 4; ++q) acc[r][q] = _mm512_maskz_loadu_ps(m, g + q * H);
   }
   if (a.h_prev != nullptr) {
-    const float* wp = a.packed + p * H * 64;
     const float* hp[R];
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) hp[r] = a.h_prev + (b0 + r) * a.ld_h;
-#pragma GCC unroll 2
-    for (int64_t k = 0; k < H; ++k) {
-      const float* w = wp + k * 64;
-      const __m512 w0 = _mm512_loadu_ps(w);
-      const __m512 w1 = _mm512_loadu_ps(w + 16);
-      const __m512 w2 = _mm512_loadu_ps(w + 32);
-      const __m512 w3 = _mm512_loadu_ps(w + 48);
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        const __m512 hb = _mm512_set1_ps(hp[r][k]);
-        acc[r][0] = _mm512_fmadd_ps(hb, w0, acc[r][0]);
-        acc[r][1] = _mm512_fmadd_ps(hb, w1, acc[r][1]);
-        acc[r][2] = _mm512_fmadd_ps(hb, w2, acc[r][2]);
-        acc[r][3] = _mm512_fmadd_ps(hb, w3, acc[r][3]);
-      }
-    }
+    kloop<R, 4>(acc, hp, a.packed + p * H * 64, H, 64);
   }
   // Epilogue: vector lstm_cell_forward.
 #pragma GCC unroll 1
@@ -368,16 +404,16 @@ FS_TARGET void fwd_tile_dispatch(const FwdArgs& a, int64_t b0, int rows,
 // Software prefetch of the epilogue operands of a tile (they are touched
 // once per step and usually come from L3/DRAM; the weights stay in L2).
 FS_INLINE void prefetch_vec(const float* p) {
-  _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0);
-  _mm_prefetch(reinterpret_cast<const char*>(p + 15), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(p), FS_PF_HINT);
+  _mm_prefetch(reinterpret_cast<const char*>(p + 15), FS_PF_HINT);
 }
 FS_INLINE void prefetchw_vec(float* p) {
   // prefetchw needs PRFCHW; a T0 read prefetch is the portable fallback.
-  _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0);
-  _mm_prefetch(reinterpret_cast<const char*>(p + 15), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(p), FS_PF_HINT);
+  _mm_prefetch(reinterpret_cast<const char*>(p + 15), FS_PF_HINT);
 }
 
-FS_TARGET void prefetch_fwd_tile(const FwdArgs& a, int64_t b0, int64_t b1,
+FS_INLINE void prefetch_fwd_tile(const FwdArgs& a, int64_t b0, int64_t b1,
                                  int64_t p) {
   const int64_t H = a.H, j0 = p * 16;
   for (int64_t b = b0; b < b1; ++b) {
@@ -391,29 +427,42 @@ FS_TARGET void prefetch_fwd_tile(const FwdArgs& a, int64_t b0, int64_t b1,
   }
 }
 
-// Calls fn(panel, r0, r1) for every tile of tasks [begin, end), in order.
-template <typename Fn>
-inline void for_each_tile(const RowSplit& rows, int64_t begin, int64_t end, Fn fn) {
-  for (int64_t t = begin; t < end; ++t) {
-    const int64_t p = t / rows.n_blocks, rb = t % rows.n_blocks;
-    const int64_t t0 = rb * rows.tiles_per_block;
-    const int64_t t1 = std::min(rows.n_tiles, t0 + rows.tiles_per_block);
-    for (int64_t tt = t0; tt < t1; ++tt) fn(p, rows.tile_begin(tt), rows.tile_begin(tt + 1));
+// Iterates over the tiles of tasks [begin, end) in order:
+// (panel, rows [r0, r1)).
+struct TileIter {
+  const RowSplit& rows;
+  int64_t t, end, tt, t1;
+  TileIter(const RowSplit& r, int64_t begin, int64_t end_)
+      : rows(r), t(begin), end(end_), tt(0), t1(0) {
+    if (t < end) start_task();
   }
-}
+  void start_task() {
+    const int64_t rb = t % rows.n_blocks;
+    tt = rb * rows.tiles_per_block;
+    t1 = std::min(rows.n_tiles, tt + rows.tiles_per_block);
+  }
+  bool valid() const { return t < end; }
+  int64_t panel() const { return t / rows.n_blocks; }
+  int64_t r0() const { return rows.tile_begin(tt); }
+  int64_t r1() const { return rows.tile_begin(tt + 1); }
+  void next() {
+    if (++tt < t1) return;
+    if (++t < end) start_task();
+  }
+};
 
 FS_TARGET void fwd_task_avx512(void* ctx, int64_t begin, int64_t end) {
   const FwdArgs& a = *static_cast<const FwdArgs*>(ctx);
-  // Run each tile after issuing the prefetches for the one that follows it.
-  bool have = false;
-  int64_t cp = 0, cr0 = 0, cr1 = 0;
-  for_each_tile(a.rows, begin, end, [&](int64_t p, int64_t r0, int64_t r1) {
-    prefetch_fwd_tile(a, r0, r1, p);
-    if (have) fwd_tile_dispatch(a, cr0, static_cast<int>(cr1 - cr0), cp);
-    have = true;
-    cp = p; cr0 = r0; cr1 = r1;
-  });
-  if (have) fwd_tile_dispatch(a, cr0, static_cast<int>(cr1 - cr0), cp);
+  // Each tile runs after the prefetches for the tile that follows it.
+  TileIter it(a.rows, begin, end);
+  if (!it.valid()) return;
+  prefetch_fwd_tile(a, it.r0(), it.r1(), it.panel());
+  while (it.valid()) {
+    const int64_t p = it.panel(), r0 = it.r0(), r1 = it.r1();
+    it.next();
+    if (it.valid()) prefetch_fwd_tile(a, it.r0(), it.r1(), it.panel());
+    fwd_tile_dispatch(a, r0, static_cast<int>(r1 - r0), p);
+  }
 }
 
 // One backward micro-tile: rows [b0, b0+R), units [64q, 64q + 16NV) ∩ [0, H).
@@ -434,23 +483,10 @@ FS_TARGET void bwd_tile(const BwdArgs& a, int64_t b0, int64_t q) {
   }
   if (a.dG_next != nullptr) {
     const int64_t K = 4 * H;
-    const float* wp = a.packed + q * K * 64;
     const float* gp[R];
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) gp[r] = a.dG_next + (b0 + r) * K;
-#pragma GCC unroll 2
-    for (int64_t k = 0; k < K; ++k) {
-      const float* w = wp + k * (16 * NV);
-      __m512 wv[NV];
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_ps(w + 16 * v);
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        const __m512 gb = _mm512_set1_ps(gp[r][k]);
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(gb, wv[v], acc[r][v]);
-      }
-    }
+    kloop<R, NV>(acc, gp, a.packed + q * K * 64, K, 16 * NV);
   }
   // Epilogue: vector lstm_cell_backward.
   const __m512 one = _mm512_set1_ps(1.0f);
@@ -510,7 +546,7 @@ FS_TARGET void bwd_tile_rows(const BwdArgs& a, int64_t b0, int rows, int64_t q) 
   }
 }
 
-FS_TARGET void prefetch_bwd_tile(const BwdArgs& a, int64_t b0, int64_t b1,
+FS_INLINE void prefetch_bwd_tile(const BwdArgs& a, int64_t b0, int64_t b1,
                                  int64_t q, int nv) {
   const int64_t H = a.H;
   for (int64_t b = b0; b < b1; ++b) {
@@ -542,18 +578,20 @@ FS_TARGET void bwd_tile_dispatch(const BwdArgs& a, int64_t b0, int rows, int64_t
 FS_TARGET void bwd_task_avx512(void* ctx, int64_t begin, int64_t end) {
   const BwdArgs& a = *static_cast<const BwdArgs*>(ctx);
   const int64_t Hp = ceil_div(a.H, 16) * 16;
-  auto nv_of = [&](int64_t q) {
-    return static_cast<int>(std::min<int64_t>(64, Hp - 64 * q) / 16);
-  };
-  bool have = false;
-  int64_t cq = 0, cr0 = 0, cr1 = 0;
-  for_each_tile(a.rows, begin, end, [&](int64_t q, int64_t r0, int64_t r1) {
-    prefetch_bwd_tile(a, r0, r1, q, nv_of(q));
-    if (have) bwd_tile_dispatch(a, cr0, static_cast<int>(cr1 - cr0), cq, nv_of(cq));
-    have = true;
-    cq = q; cr0 = r0; cr1 = r1;
-  });
-  if (have) bwd_tile_dispatch(a, cr0, static_cast<int>(cr1 - cr0), cq, nv_of(cq));
+  TileIter it(a.rows, begin, end);
+  if (!it.valid()) return;
+  int nv = static_cast<int>(std::min<int64_t>(64, Hp - 64 * it.panel()) / 16);
+  prefetch_bwd_tile(a, it.r0(), it.r1(), it.panel(), nv);
+  while (it.valid()) {
+    const int64_t q = it.panel(), r0 = it.r0(), r1 = it.r1();
+    const int cur_nv = nv;
+    it.next();
+    if (it.valid()) {
+      nv = static_cast<int>(std::min<int64_t>(64, Hp - 64 * it.panel()) / 16);
+      prefetch_bwd_tile(a, it.r0(), it.r1(), it.panel(), nv);
+    }
+    bwd_tile_dispatch(a, r0, static_cast<int>(r1 - r0), q, cur_nv);
+  }
 }
 
 #endif  // FUSEDRNN_X86

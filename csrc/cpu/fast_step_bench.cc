@@ -461,6 +461,13 @@ void bench(int64_t B, int64_t H, int threads, int reps) {
                       hs.data() + B * H, H, gates.data());
     tf1.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
   }
+  std::vector<double> tb1;
+  for (int rep = 0; rep < reps * 10; ++rep) {
+    auto t0 = Clock::now();
+    lstm_step_backward(B, H, pb.data(), dy.data(), H, dG.data(), gates.data(), cs.data(),
+                       cs.data() + B * H, dc.data(), dG.data() + B * G);
+    tb1.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
   pool::start(1);
   auto line = [&](const char* what, std::vector<double> v) {
     std::sort(v.begin(), v.end());
@@ -474,6 +481,7 @@ void bench(int64_t B, int64_t H, int threads, int reps) {
   line("forward (sequence)", tf);
   line("forward (hot step)", tf1);
   line("backward (sequence)", tb);
+  line("backward (hot step)", tb1);
 }
 
 int main(int argc, char** argv) {
