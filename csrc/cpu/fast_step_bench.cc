@@ -51,8 +51,9 @@ void run_chunk(int id) {
   if (b < e) g_task(g_ctx, b, e);
 }
 
-void worker(int id) {
-  uint64_t seen = 0;
+void worker(int id, uint64_t seen) {
+  // seen = the generation current when the pool was started (a new worker
+  // must not run the previous pool's last job).
   for (;;) {
     int spins = 0;
     uint64_t g;
@@ -88,7 +89,8 @@ void stop() {
 void start(int threads) {
   stop();
   g_threads = threads;
-  for (int i = 1; i < threads; ++i) g_workers.emplace_back(worker, i);
+  const uint64_t gen0 = g_gen.load();
+  for (int i = 1; i < threads; ++i) g_workers.emplace_back(worker, i, gen0);
   set_parallel_for(threads > 1 ? parallel_for : nullptr);
 }
 }  // namespace pool
