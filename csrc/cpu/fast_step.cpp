@@ -27,7 +27,7 @@
 
 #include "../cell_math.h"
 
-#if defined(__x86_64__) || defined(_M_X64)
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(FUSEDRNN_NO_X86_KERNELS)
 #define FUSEDRNN_X86 1
 #include <immintrin.h>
 #else
@@ -221,6 +221,28 @@ void bwd_task_scalar(void* ctx, int64_t begin, int64_t end) {
 
 #define FS_TARGET __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma")))
 #define FS_INLINE FS_TARGET inline __attribute__((always_inline))
+
+// Tunables (compile-time; the defaults are what measured best on the
+// 2-core Zen 5 development machine, see fast_step_bench.cc).
+// 1/d in the activations: exact division (default; measured as fast as
+// rcp14 + Newton here) or rcp14 + one Newton step.
+#ifndef FS_USE_DIV
+#define FS_USE_DIV 1
+#endif
+// Broadcast-row software prefetch distance in floats (0 = off; measured: no
+// gain, the hardware prefetcher keeps up).
+#ifndef FS_ROW_PF
+#define FS_ROW_PF 0
+#endif
+// Unroll of the K loop (inside blocks of 16) and of the epilogue row loop.
+#ifndef FS_KUNROLL
+#define FS_KUNROLL 4
+#endif
+constexpr int kKUnroll = FS_KUNROLL;
+#ifndef FS_EPI_UNROLL
+#define FS_EPI_UNROLL 1
+#endif
+constexpr int kEpiUnroll = FS_EPI_UNROLL;
 // Software prefetch of the epilogue operands one tile ahead.  Measured: it
 // helps the forward step (gx and gates_out are cold every step) and does not
 // help the backward step.
@@ -266,11 +288,15 @@ FS_INLINE void exp_reduce_nonpos(__m512 x, __m512& n, __m512& pm1) {
   pm1 = _mm512_fmadd_ps(_mm512_mul_ps(r, r), q, r);
 }
 
-// 1/d for d in [1, 2] (or NaN): rcp14 (rel. error < 2^-14) plus one Newton
-// step, which leaves about 1 ulp.
+// 1/d for d in [1, 2] (or NaN): division, or rcp14 (rel. error < 2^-14)
+// plus one Newton step, which leaves about 1 ulp.
 FS_INLINE __m512 v_recip_1_2(__m512 d) {
+#if FS_USE_DIV
+  return _mm512_div_ps(_mm512_set1_ps(1.0f), d);
+#else
   const __m512 r = _mm512_mask_rcp14_ps(d, kAll, d);
   return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(1.0f)), r);
+#endif
 }
 
 // sigmoid(x) with e = exp(-|x|) in [0, 1]:  x >= 0: 1/(1+e),  x < 0: e/(1+e).
@@ -311,15 +337,8 @@ FS_INLINE __mmask16 tail_mask(int64_t n) {
 }
 
 // acc[r][v] += sum_k rowp[r][k] * w[k*ws + 16v .. 16v+15]  for k < K.
-// Optionally the broadcast rows are software-prefetched FS_ROW_PF floats
-// ahead (measured: no gain, the hardware prefetcher keeps up; off).
-#ifndef FS_ROW_PF
-#define FS_ROW_PF 0
-#endif
-#ifndef FS_KUNROLL
-#define FS_KUNROLL 4
-#endif
-constexpr int kKUnroll = FS_KUNROLL;
+// The broadcast rows may be software-prefetched FS_ROW_PF floats ahead
+// (tunable, see the top of the AVX-512 section).
 template <int R, int NV>
 FS_INLINE void kloop(__m512 (&acc)[R][NV], const float* const (&rowp)[R],
                      const float* w, int64_t K, int64_t ws) {
@@ -379,7 +398,7 @@ FS_TARGET void fwd_tile(const FwdArgs& a, int64_t b0, int64_t p) {
     kloop<R, 4>(acc, hp, a.packed + p * H * 64, H, 64);
   }
   // Epilogue: vector lstm_cell_forward.
-#pragma GCC unroll 1
+#pragma GCC unroll kEpiUnroll
   for (int r = 0; r < R; ++r) {
     const int64_t b = b0 + r;
     const __m512 gi = v_sigmoid(acc[r][0]);

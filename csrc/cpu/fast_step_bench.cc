@@ -5,7 +5,7 @@
 //   g++ -O3 -std=c++17 -Icsrc csrc/cpu/fast_step.cpp csrc/cpu/fast_step_bench.cc -o /tmp/fsb -pthread
 // Run:    /tmp/fsb            (checks + timings)
 //         /tmp/fsb --quick    (checks only)
-//         /tmp/fsb --bench-only [--reps N]
+//         /tmp/fsb --bench-only [--reps N] [--shape B H]...
 
 #include <algorithm>
 #include <atomic>
@@ -488,10 +488,15 @@ void bench(int64_t B, int64_t H, int threads, int reps) {
 
 int main(int argc, char** argv) {
   bool quick = false, bench_only = false;
+  std::vector<std::pair<int64_t, int64_t>> shapes;
   int reps = 300;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     else if (!std::strcmp(argv[i], "--bench-only")) bench_only = true;
+    else if (!std::strcmp(argv[i], "--shape") && i + 2 < argc) {
+      shapes.emplace_back(std::atoll(argv[i + 1]), std::atoll(argv[i + 2]));
+      i += 2;
+    }
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
   }
   std::printf("fast_step_supported() = %d\n", (int)fast_step_supported());
@@ -509,7 +514,9 @@ int main(int argc, char** argv) {
   }
   std::printf("%s\n", g_failures ? "CHECKS FAILED" : "all checks passed");
   if (!quick) {
-    for (int threads : {1, 2}) bench(32, 256, threads, reps);
+    if (shapes.empty()) shapes.emplace_back(32, 256);
+    for (auto& sh : shapes)
+      for (int threads : {1, 2}) bench(sh.first, sh.second, threads, reps);
   }
   pool::stop();
   return g_failures ? 1 : 0;
