@@ -24,8 +24,10 @@ namespace cpu {
 // The public functions work on every CPU; this only says which path runs.
 bool fast_step_supported();
 
-// Number of floats the packed buffers need.  Buffers should be 64-byte
-// aligned for best speed (any 4-byte alignment is correct).
+// Number of floats the packed buffers need.  Any float alignment is correct
+// (64-byte alignment is nice to have; no measurable difference here).  The
+// packed buffers are read-only during the steps and may be shared by
+// concurrent calls.
 size_t packed_forward_size(int64_t H);   // ceil(H/16) * H * 64
 size_t packed_backward_size(int64_t H);  // 4H * 16*ceil(H/16)
 
