@@ -79,15 +79,34 @@ def _nvidia_wheel_dirs():
     return incs, libs
 
 
+def _openmp_torch():
+    """True when torch's CPU parallelism is OpenMP (ATen/Config.h says so)."""
+    import torch
+    config = os.path.join(os.path.dirname(torch.__file__), "include", "ATen", "Config.h")
+    try:
+        with open(config) as f:
+            return re.search(r"#define AT_PARALLEL_OPENMP 1", f.read()) is not None
+    except OSError:
+        return False
+
+
 def extensions():
     cpu_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) +
                          glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cxx = ["-O3", "-fvisibility=hidden"]  # torch picks the C++ standard (C++20 for torch >= 2.13)
+    # torch picks the C++ standard (C++20 for torch >= 2.13).  -fopenmp matters:
+    # at::parallel_for is inlined from ATen's headers as an OpenMP region, which
+    # silently runs on one thread when the extension is compiled without it.
+    cxx = ["-O3", "-fvisibility=hidden"]
+    link = []
+    if _openmp_torch():
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     define = [("FUSEDRNN_WITH_CUDA", "1" if WITH_CUDA else "0")]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if not WITH_CUDA:
         return [CppExtension("fusedrnn._C", cpu_sources, include_dirs=include_dirs,
-                             define_macros=define, extra_compile_args={"cxx": cxx})]
+                             define_macros=define, extra_compile_args={"cxx": cxx},
+                             extra_link_args=link)]
 
     import torch
     if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
@@ -105,7 +124,7 @@ def extensions():
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     return [CUDAExtension("fusedrnn._C", cpu_sources + cuda_sources,
                           include_dirs=include_dirs + incs, library_dirs=libs,
-                          define_macros=define,
+                          define_macros=define, extra_link_args=link,
                           extra_compile_args={"cxx": cxx, "nvcc": nvcc})]
 
 
