@@ -103,15 +103,17 @@ void layer_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
   }
 
   if (use_fast_step(x)) {
-    std::vector<float> packed(cpu::packed_forward_size(H));
-    cpu::pack_forward(w_hh.data_ptr<float>(), H, packed.data());
+    // Packed once per call, reused by all T steps (uninitialised: packing fills it).
+    Tensor packed_t = at::empty({static_cast<int64_t>(cpu::packed_forward_size(H))}, x.options());
+    float* packed = packed_t.data_ptr<float>();
+    cpu::pack_forward(w_hh.data_ptr<float>(), H, packed);
     const float* h_prev = h0.data_ptr<float>();
     float* c_state = cy.data_ptr<float>();
     for (int64_t t = 0; t < T; ++t) {
       float* c_out = cells ? cells->data_ptr<float>() + t * B * H : c_state;
       const float* c_prev = (cells && t > 0) ? c_out - B * H : c_state;
       float* h_out = out.data_ptr<float>() + t * B * H;
-      cpu::lstm_step_forward(B, H, packed.data(), gx.data_ptr<float>() + t * B * G4, G4,
+      cpu::lstm_step_forward(B, H, packed, gx.data_ptr<float>() + t * B * G4, G4,
                              h_prev, H, c_prev, c_out, h_out, H,
                              gates ? gates->data_ptr<float>() + t * B * G4 : nullptr);
       h_prev = h_out;
@@ -231,13 +233,14 @@ Tensor layer_backward(const Tensor& dy, const Tensor& dhy, const Tensor& dcy,
   Tensor dy_last = dy[T - 1] + dhy;
 
   if (use_fast_step(dy)) {
-    std::vector<float> packed(cpu::packed_backward_size(H));
-    cpu::pack_backward(w_hh.data_ptr<float>(), H, packed.data());
+    Tensor packed_t = at::empty({static_cast<int64_t>(cpu::packed_backward_size(H))}, dy.options());
+    float* packed = packed_t.data_ptr<float>();
+    cpu::pack_backward(w_hh.data_ptr<float>(), H, packed);
     float* dc = grad_c0.data_ptr<float>();
     for (int64_t t = T - 1; t >= 0; --t) {
       const float* dy_t = t == T - 1 ? dy_last.data_ptr<float>() : dy.data_ptr<float>() + t * B * H;
       const float* c_prev = t > 0 ? cells.data_ptr<float>() + (t - 1) * B * H : c0.data_ptr<float>();
-      cpu::lstm_step_backward(B, H, packed.data(), dy_t, H,
+      cpu::lstm_step_backward(B, H, packed, dy_t, H,
                               t == T - 1 ? nullptr : dG.data_ptr<float>() + (t + 1) * B * G4,
                               gates.data_ptr<float>() + t * B * G4, c_prev,
                               cells.data_ptr<float>() + t * B * H, dc,
@@ -298,9 +301,11 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cpu(
     const int64_t I_l = x.size(2);
     // Weight gradients: one GEMM each over all timesteps.
     grad_w[l * s.per_layer] = at::mm(dG2.t(), x.reshape({T * B, I_l}));
-    Tensor dw_hh = at::zeros({G4, H}, input.options());
-    if (T > 0) {
-      at::mm_out(dw_hh, dG[0].t(), hx[l]);
+    Tensor dw_hh;
+    if (T == 0) {
+      dw_hh = at::zeros({G4, H}, input.options());
+    } else {
+      dw_hh = at::mm(dG[0].t(), hx[l]);
       if (T > 1) {
         dw_hh.addmm_(dG.slice(0, 1).reshape({(T - 1) * B, G4}).t(),
                      out.slice(0, 0, T - 1).reshape({(T - 1) * B, H}));
