@@ -509,6 +509,7 @@ def bench_config(ctx, cname, cfg, impls, notes):
         t0 = time.perf_counter()
         res = measure(ctx, cases, {n: impls[n].headline for n in cases}, notes,
                       f"{cname} {mode}")
+        load = load_average()
         base_ms = res.get(BASELINE, {}).get("median_ms")
         parts = []
         for name, r in res.items():
@@ -516,7 +517,7 @@ def bench_config(ctx, cname, cfg, impls, notes):
             row = {"config": cname, **cfg.shape(), "cell": cfg.cell, "mode": mode,
                    "impl": name, "label": impls[name].label,
                    "max_abs_diff_vs_torch": diffs.get(name, 0.0 if name == BASELINE else None),
-                   **r}
+                   "load_avg_after": load, **r}
             rows.append(row)
             s = f"{name} {r['median_ms']:.3f} ms"
             if name != BASELINE and r["speedup_vs_torch"]:
