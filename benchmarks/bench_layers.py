@@ -679,7 +679,7 @@ def parse_args(argv):
     p.add_argument("--reps", type=int, help="measurement rounds (default: fit --budget)")
     p.add_argument("--budget", type=float,
                    help="seconds of measurement per configuration and mode when --reps is "
-                        "not given (default 6 on the CPU, 3 on CUDA, 1 with --quick)")
+                        "not given (default 10 on the CPU, 3 on CUDA, 1 with --quick)")
     p.add_argument("--warmup", type=int, help="warm-up runs per implementation (default 3, "
                                               "1 with --quick)")
     p.add_argument("--reference-limit", type=float, default=5.0,
@@ -740,7 +740,7 @@ def main(argv=None):
         torch.backends.cuda.matmul.allow_tf32 = args.tf32 == "on"
         torch.backends.cudnn.allow_tf32 = args.tf32 == "on"
     if args.budget is None:
-        args.budget = 1.0 if args.quick else (3.0 if device.type == "cuda" else 6.0)
+        args.budget = 1.0 if args.quick else (3.0 if device.type == "cuda" else 10.0)
 
     names = list(IMPLS)
     if args.impls:
