@@ -4,6 +4,8 @@
 plain PyTorch ground truth; `fusedrnn.ops` holds the autograd-enabled
 functional over the native ops `torch.ops.fusedrnn.*`.
 """
+import torch  # noqa: F401  (loads libtorch/libc10, which fusedrnn._C links against)
+
 try:
     from . import _C  # noqa: F401  (loading the library registers the ops)
 except ImportError as e:  # pragma: no cover - depends on the build
