@@ -181,7 +181,7 @@ def dist_info():
     return 0, 1
 
 
-def train(args, impl, device, init_state=None, log=print):
+def train(args, impl, device, init_state=None, log=lambda *a: print(*a, flush=True)):
     """Trains one model; returns a dict of results (and the model)."""
     rank, world = dist_info()
     torch.manual_seed(args.seed)
@@ -297,7 +297,7 @@ def main(argv=None):
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":
             torch.cuda.set_device(device)
-    say = print if rank == 0 else (lambda *a, **k: None)
+    say = (lambda *a, **k: print(*a, **k, flush=True)) if rank == 0 else (lambda *a, **k: None)
     impls = ["fusedrnn", "torch"] if args.compare else [args.impl]
     say(f"The Time Machine, {args.cell.upper()} {args.layers}x{args.hidden}, batch {args.batch_size}, "
         f"{args.steps} steps, lr {args.lr}, {args.epochs} epochs, on {device}"
