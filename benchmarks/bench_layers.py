@@ -1,11 +1,25 @@
 #!/usr/bin/env python3
-"""Stacked-LSTM benchmark: fusedrnn.LSTM against torch.nn.LSTM and the reference.
+"""Stacked-RNN benchmark: fusedrnn.LSTM/GRU/RNN against torch.nn and the reference.
 
 Run from the repository root:
 
     python benchmarks/bench_layers.py            # default sweep on the best device
     python benchmarks/bench_layers.py --quick    # a small, fast smoke run
+    python benchmarks/bench_layers.py --configs d2l --cells lstm,gru,rnn
     python benchmarks/bench_layers.py --list-configs
+
+Cells (--cells): every configuration runs once per chosen cell (default: each
+cell fusedrnn provides: lstm, and gru/rnn when fusedrnn.GRU/RNN exist), with
+torch.nn.LSTM/GRU/RNN as the baseline of its rows.  In the default sweeps a
+configuration runs only the cells listed in its Config.cells (the layer sweep
+points are LSTM-only, GRU/RNN run at d2l), which keeps the default CPU run at a
+few minutes; configurations named with --configs run every chosen cell.
+
+Implementations (--impls): torch (the baseline), fusedrnn, fusedrnn-generic
+(CPU float32 only: fusedrnn with its fused AVX-512 step kernels switched off,
+i.e. at::addmm + a pointwise pass per step, to show what the fused step buys),
+the reference, and optional peers (other RNN libraries, e.g. flashrnn on CUDA)
+that are used when importable and otherwise skipped with a note.
 
 Protocol (see DESIGN.md, "Benchmark protocol"):
   * every implementation runs in this one process on the same inputs and the
@@ -22,19 +36,24 @@ Protocol (see DESIGN.md, "Benchmark protocol"):
     and the peak memory of each implementation is measured separately; on the
     CPU each run is timed with time.perf_counter;
   * "x torch" is t_torch / t_impl: above 1 means faster than torch.nn.LSTM
-    (cuDNN on CUDA, PyTorch's own kernels on the CPU).
+    (or nn.GRU / nn.RNN for those rows; cuDNN on CUDA, PyTorch's own kernels
+    on the CPU).
 
 Results go to --out (default benchmarks/results) as <device-slug>_<date>.json
-and .md, plus a PNG of time against layers when matplotlib is importable.
+and .md, plus a PNG when matplotlib is importable: time against layers for
+each layer sweep, and the speedup over torch of every configuration (bars).
 
 Adding a configuration: add an entry to CONFIGS.  Adding an implementation or
-a variant of one (a kernel tier, say): add an Impl to IMPLS.  Adding a cell
-type (GRU, RNN): add a Cell to CELLS and give configs cell="gru".
+a variant of one (a kernel tier, say): add an Impl to IMPLS.  Adding a peer
+library: subclass PeerImpl (module name, devices, cells, build) and add it to
+IMPLS.  Adding a cell type: add a Cell to CELLS and list it in configs' cells.
 """
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import glob
+import importlib
 import json
 import os
 import platform
@@ -60,7 +79,11 @@ class Config:
     I: int                      # input size
     H: int                      # hidden size
     L: int                      # layers
-    cell: str = "lstm"          # key into CELLS
+    # Cells the default and --quick sweeps run this configuration for (a
+    # configuration named with --configs runs every chosen cell).
+    cells: Tuple[str, ...] = ("lstm",)
+    # The cell of one run: set per run (dataclasses.replace), a key into CELLS.
+    cell: str = "lstm"
     devices: Tuple[str, ...] = ("cpu", "cuda")  # default sweeps that include it
     quick: Tuple[str, ...] = ()  # --quick sweeps that include it
     sweep: Optional[str] = None  # layer-sweep group: plotted as time against L
@@ -76,14 +99,14 @@ CONFIGS: Dict[str, Config] = {
     # It is also the L=2 point of the d2l layer sweep.
     "d2l-L1": Config(32, 35, 28, 256, 1, sweep="d2l", quick=("cpu",), about="layer sweep"),
     "d2l": Config(32, 35, 28, 256, 2, sweep="d2l", quick=("cpu", "cuda"),
-                  about="D2L deep-RNN chapter (= d2l-L2)"),
+                  cells=("lstm", "gru", "rnn"), about="D2L deep-RNN chapter (= d2l-L2)"),
     # Same shape as d2l; kept so it can be named, left out of the default sweeps.
     "d2l-L2": Config(32, 35, 28, 256, 2, sweep="d2l", devices=(), about="layer sweep (= d2l)"),
     "d2l-L4": Config(32, 35, 28, 256, 4, sweep="d2l", about="layer sweep"),
     "d2l-L8": Config(32, 35, 28, 256, 8, sweep="d2l", quick=("cuda",), about="layer sweep"),
     # GPU sizes (too slow for a 2-core CPU sweep; name them with --configs to run there).
     "fastrnns": Config(64, 100, 512, 512, 1, devices=("cuda",), quick=("cuda",),
-                       about="PyTorch fastrnns default"),
+                       cells=("lstm", "gru", "rnn"), about="PyTorch fastrnns default"),
     "appleyard": Config(64, 100, 512, 512, 4, devices=("cuda",),
                         about="Appleyard et al. 2016"),
     "large": Config(256, 100, 1024, 1024, 4, devices=("cuda",), about="large"),
@@ -99,30 +122,78 @@ CONFIGS: Dict[str, Config] = {
 
 @dataclasses.dataclass
 class Cell:
-    torch_module: Callable            # (torch) -> nn.Module class
-    fused_module: Callable            # (fusedrnn) -> module class
-    reference: Callable               # (fusedrnn) -> function(input, hx, weights, **kw)
+    title: str                        # "LSTM": the class name in torch.nn and fusedrnn
     n_states: int                     # 2 for LSTM (h, c), 1 for GRU/RNN (h)
+    kwargs: Dict[str, object] = dataclasses.field(default_factory=dict)  # module ctor extras
+    ref_name: str = ""                # function in fusedrnn.reference (default: title.lower())
+    ref_kwargs: Dict[str, object] = dataclasses.field(default_factory=dict)
+
+    def torch_module(self, torch):
+        return getattr(torch.nn, self.title)
+
+    def fused_module(self, fr):
+        return getattr(fr, self.title)
+
+    def available(self, fr) -> bool:
+        """Whether this build of fusedrnn provides the cell."""
+        return hasattr(fr, self.title)
+
+    def reference(self, fr):
+        """fusedrnn.reference's function(input, hx, weights, **kw) -> (output, states)."""
+        fn = getattr(fr.reference, self.ref_name or self.title.lower(), None)
+        if fn is None:
+            raise SkipImpl(f"fusedrnn.reference has no {self.ref_name or self.title.lower()}()")
+        if self.ref_kwargs:
+            return lambda *a, **kw: fn(*a, **kw, **self.ref_kwargs)
+        return fn
 
 
 CELLS: Dict[str, Cell] = {
-    "lstm": Cell(torch_module=lambda torch: torch.nn.LSTM,
-                 fused_module=lambda fr: fr.LSTM,
-                 reference=lambda fr: fr.reference.lstm,
-                 n_states=2),
-    # "gru": Cell(lambda torch: torch.nn.GRU, lambda fr: fr.GRU, lambda fr: fr.reference.gru, 1),
+    "lstm": Cell("LSTM", 2),
+    "gru": Cell("GRU", 1),
+    "rnn": Cell("RNN", 1, kwargs={"nonlinearity": "tanh"}, ref_kwargs={"nonlinearity": "tanh"}),
+    # Not in the default set: the same kernels as rnn with another activation.
+    "rnn-relu": Cell("RNN", 1, kwargs={"nonlinearity": "relu"}, ref_name="rnn",
+                     ref_kwargs={"nonlinearity": "relu"}),
 }
+DEFAULT_CELLS = ("lstm", "gru", "rnn")
+
+
+def cell_label(cell: str) -> str:
+    """How rows of a cell are labelled: LSTM, GRU, RNN, RNN-relu."""
+    c = CELLS[cell]
+    nl = c.kwargs.get("nonlinearity")
+    return c.title + (f"-{nl}" if nl and nl != "tanh" else "")
+
+
+def fast_step_switch(fr, on: bool):
+    """A context manager that sets fusedrnn._C.set_cpu_fast_step_enabled(on) and
+    restores the previous setting on exit, exceptions included."""
+    @contextlib.contextmanager
+    def scope():
+        prev = fr._C.cpu_fast_step_enabled()
+        fr._C.set_cpu_fast_step_enabled(on)
+        try:
+            yield
+        finally:
+            fr._C.set_cpu_fast_step_enabled(prev)
+    return scope
 
 
 class Runner:
-    """One implementation built for one configuration: call it like nn.LSTM."""
+    """One implementation built for one configuration: call it like nn.LSTM.
 
-    def __init__(self, fn, params):
+    scope() is entered around every call, forward and backward together (a
+    setting that must hold while the backward kernels run, say)."""
+
+    def __init__(self, fn, params, scope=contextlib.nullcontext):
         self.fn = fn            # (input, hx) -> (output, states)
         self.params = params    # tensors whose .grad is reset between runs
+        self.scope = scope
 
     def __call__(self, x, hx):
-        return self.fn(x, hx)
+        with self.scope():
+            return self.fn(x, hx)
 
 
 class Impl:
@@ -130,18 +201,26 @@ class Impl:
 
     headline=False marks a slow implementation that is measured for context
     only: it takes part in fewer of the interleaved rounds, so that it does not
-    set the repetition count of the others.
+    set the repetition count of the others.  label may name the cell with
+    {Cell} (LSTM, GRU, ...).  applicable() says, once per run, why the
+    implementation cannot take part at all (None: it can).
     """
     name = ""
     label = ""
     headline = True
+
+    def label_for(self, cell: str) -> str:
+        return self.label.format(Cell=cell_label(cell))
+
+    def applicable(self, ctx) -> Optional[str]:
+        return None
 
     def build(self, ctx, cfg: Config, base) -> Runner:
         raise NotImplementedError
 
 
 class TorchImpl(Impl):
-    name, label = "torch", "torch.nn.LSTM"
+    name, label = "torch", "torch.nn.{Cell}"
 
     def build(self, ctx, cfg, base):
         return Runner(lambda x, hx: base(x, hx), list(base.parameters()))
@@ -150,20 +229,46 @@ class TorchImpl(Impl):
 class FusedImpl(Impl):
     """fusedrnn's module.  kwargs go to its constructor (e.g. a future tier=)."""
 
-    def __init__(self, name="fusedrnn", label="fusedrnn.LSTM", **kwargs):
+    def __init__(self, name="fusedrnn", label="fusedrnn.{Cell}", **kwargs):
         self.name, self.label, self.kwargs = name, label, kwargs
 
+    def scope(self, ctx):
+        return contextlib.nullcontext
+
     def build(self, ctx, cfg, base):
-        cls = CELLS[cfg.cell].fused_module(ctx.fusedrnn)
-        mod = cls(cfg.I, cfg.H, num_layers=cfg.L, **self.kwargs)
+        cell = CELLS[cfg.cell]
+        cls = cell.fused_module(ctx.fusedrnn)
+        mod = cls(cfg.I, cfg.H, num_layers=cfg.L, **cell.kwargs, **self.kwargs)
         mod = mod.to(device=ctx.device, dtype=ctx.dtype)
         mod.load_state_dict(base.state_dict())
         mod.train()
-        return Runner(lambda x, hx: mod(x, hx), list(mod.parameters()))
+        return Runner(lambda x, hx: mod(x, hx), list(mod.parameters()), self.scope(ctx))
+
+
+class GenericStepImpl(FusedImpl):
+    """fusedrnn with the CPU float32 fused (AVX-512) step kernels switched off:
+    the generic at::addmm + pointwise step.  Shows what the fused step buys."""
+
+    def __init__(self):
+        super().__init__("fusedrnn-generic", "fusedrnn.{Cell} (generic step)")
+
+    def applicable(self, ctx):
+        C = ctx.fusedrnn._C
+        if not hasattr(C, "set_cpu_fast_step_enabled"):
+            return "this fusedrnn has no switch for its CPU step kernels"
+        if ctx.device.type != "cpu" or ctx.dtype != ctx.torch.float32:
+            return "CPU float32 only (the fused step kernels exist only there)"
+        if not C.cpu_fast_step_available():
+            return ("the fused CPU step kernels are not available on this CPU/build "
+                    "(the fusedrnn row already runs the generic step)")
+        return None
+
+    def scope(self, ctx):
+        return fast_step_switch(ctx.fusedrnn, False)
 
 
 class ReferenceImpl(Impl):
-    name, label = "reference", "fusedrnn.reference"
+    name, label = "reference", "fusedrnn.reference.{Cell}"
     headline = False
 
     def build(self, ctx, cfg, base):
@@ -184,12 +289,112 @@ class SkipImpl(Exception):
     """An implementation that does not run on a configuration, and why."""
 
 
+class PeerImpl(Impl):
+    """Another library's RNN, used when its package imports.
+
+    Subclasses set name/label, `module` (what to import), `devices` and
+    `cells` they support, and implement build(ctx, cfg, base) with self.mod,
+    the imported module.  Weights come from `base` (the torch module), so the
+    forward results are checked against torch like everyone else's.
+    """
+    module = ""
+    devices: Tuple[str, ...] = ("cuda",)
+    cells: Tuple[str, ...] = ("lstm",)
+    mod = None
+    status = "not checked"
+
+    def detect(self):
+        """Import the package once; returns (and records) a short status."""
+        if self.status == "not checked":
+            try:
+                self.mod = importlib.import_module(self.module)
+                version = getattr(self.mod, "__version__", None)
+                self.status = "available" + (f" ({version})" if version else "")
+            except ImportError:
+                self.status = "not installed"
+            except Exception as e:  # noqa: BLE001 (a broken install is a skip, with the reason)
+                self.status = f"import error ({type(e).__name__}: {e})"
+        return self.status
+
+    def applicable(self, ctx):
+        status = self.detect()
+        if not status.startswith("available"):
+            return status
+        if ctx.device.type not in self.devices:
+            return f"runs on {', '.join(self.devices)} only"
+        return None
+
+    def check_cell(self, cfg):
+        if cfg.cell not in self.cells:
+            raise SkipImpl(f"{self.module} peer is wired for {', '.join(self.cells)} only")
+
+
+class FlashRNNImpl(PeerImpl):
+    """FlashRNN (NX-AI, pip install flashrnn), its documented functional API:
+
+        states, last_states = flashrnn.flashrnn(Wx, R, b, states=s0,
+                                                function="lstm", backend="cuda_fused",
+                                                dtype="float32")
+
+    with Wx (B, T, G, N, D) the input projections, R (G, N, D, P) the recurrent
+    weights (gate, head, output, input), b (G, N, D), states (S, B, 1, N, D),
+    returning states (S, B, T, N, D) and last states (S, B, 1, N, D).  One call
+    per layer, one head of size H; the input projection x W_ih^T is done with a
+    torch matmul and timed as part of the call.  Gate order i, f, g, o as torch.
+    """
+    name, label, module = "flashrnn", "flashrnn ({backend})", "flashrnn"
+    devices, cells = ("cuda",), ("lstm",)
+
+    def __init__(self, backend="cuda_fused"):
+        self.backend = backend
+
+    def label_for(self, cell):
+        return self.label.format(backend=self.backend)
+
+    def build(self, ctx, cfg, base):
+        self.check_cell(cfg)
+        dtype = str(ctx.dtype).replace("torch.", "")
+        if dtype not in ("float32", "float16", "bfloat16"):
+            raise SkipImpl(f"flashrnn has no {dtype} kernels")
+        fn = getattr(self.mod, "flashrnn", None)
+        if not callable(fn):
+            raise SkipImpl("flashrnn.flashrnn() not found in the installed package")
+        H, L, per = cfg.H, cfg.L, 4
+        w = base._flat_weights
+        params, layers = [], []
+        for layer in range(L):
+            w_ih, w_hh, b_ih, b_hh = (t.detach() for t in w[layer * per:(layer + 1) * per])
+            W = w_ih.clone().requires_grad_(True)
+            R = w_hh.reshape(4, 1, H, H).clone().requires_grad_(True)
+            b = (b_ih + b_hh).reshape(4, 1, H).clone().requires_grad_(True)
+            params += [W, R, b]
+            layers.append((W, R, b))
+        backend = self.backend
+
+        def run(x, hx):
+            h0, c0 = hx
+            T, B = x.shape[0], x.shape[1]
+            layer_in, hs, cs = x, [], []
+            for layer, (W, R, b) in enumerate(layers):
+                Wx = (layer_in.transpose(0, 1) @ W.t()).reshape(B, T, 4, 1, H)
+                s0 = ctx.torch.stack((h0[layer], c0[layer])).reshape(2, B, 1, 1, H)
+                states, last = fn(Wx, R, b, states=s0, function="lstm", backend=backend,
+                                  dtype=dtype)
+                layer_in = states[0].reshape(B, T, H).transpose(0, 1)
+                hs.append(last[0].reshape(B, H))
+                cs.append(last[1].reshape(B, H))
+            return layer_in, (ctx.torch.stack(hs), ctx.torch.stack(cs))
+        return Runner(run, params)
+
+
 # The order is the column order; "torch" is the baseline and must come first.
 IMPLS: Dict[str, Impl] = {
     "torch": TorchImpl(),
     "fusedrnn": FusedImpl(),
-    # e.g. "fusedrnn-persistent": FusedImpl("fusedrnn-persistent", "fusedrnn (persistent)",
+    # e.g. "fusedrnn-persistent": FusedImpl("fusedrnn-persistent", "fusedrnn.{Cell} (persistent)",
     #                                       tier="persistent"),
+    "fusedrnn-generic": GenericStepImpl(),
+    "flashrnn": FlashRNNImpl(),
     "reference": ReferenceImpl(),
 }
 BASELINE = "torch"
@@ -297,6 +502,10 @@ def metadata(ctx):
         "fusedrnn_path": os.path.dirname(fr.__file__),
         "fusedrnn_cuda_compiled": int(getattr(fr._C, "cuda_compiled", 0)),
         "git": git_revision(),
+        "cpu_fast_step_available": (bool(fr._C.cpu_fast_step_available())
+                                    if hasattr(fr._C, "cpu_fast_step_available") else None),
+        "cpu_fast_step_enabled": (bool(fr._C.cpu_fast_step_enabled())
+                                  if hasattr(fr._C, "cpu_fast_step_enabled") else None),
         "load_avg_start": load_average(),
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
     }
@@ -356,12 +565,14 @@ class Case:
 
     def run(self):
         torch = self.ctx.torch
-        if self.mode == "fwd":
-            with torch.no_grad():
-                self.runner(self.x, self.hx)
-        else:
-            outs = as_list(self.runner(self.x, self.hx))
-            torch.autograd.backward(outs, self.grads)
+        with self.runner.scope():   # around forward and backward both
+            if self.mode == "fwd":
+                with torch.no_grad():
+                    self.runner.fn(self.x, self.hx)
+            else:
+                # as_list: (output, (h_n, c_n)) for LSTM, (output, h_n) for GRU/RNN
+                outs = as_list(self.runner.fn(self.x, self.hx))
+                torch.autograd.backward(outs, self.grads)
 
     def timed(self):
         """One run, in milliseconds."""
@@ -459,8 +670,9 @@ def bench_config(ctx, cname, cfg, impls, notes):
     """Both modes of one configuration; returns a list of result rows."""
     torch = ctx.torch
     cell = CELLS[cfg.cell]
+    tag = f"{cname} {cell_label(cfg.cell)}"
     torch.manual_seed(ctx.args.seed)
-    base = cell.torch_module(torch)(cfg.I, cfg.H, num_layers=cfg.L)
+    base = cell.torch_module(torch)(cfg.I, cfg.H, num_layers=cfg.L, **cell.kwargs)
     base = base.to(device=ctx.device, dtype=ctx.dtype).train()
 
     runners = {}
@@ -468,10 +680,10 @@ def bench_config(ctx, cname, cfg, impls, notes):
         try:
             runners[name] = impl.build(ctx, cfg, base)
         except SkipImpl as e:
-            notes.append(f"{cname}: {name} skipped: {e}")
+            notes.append(f"{tag}: {name} skipped: {e}")
             log(f"    {name} skipped: {e}")
         except Exception as e:  # noqa: BLE001
-            notes.append(f"{cname}: {name} could not be built: {type(e).__name__}: {e}")
+            notes.append(f"{tag}: {name} could not be built: {type(e).__name__}: {e}")
             log(f"    {name} could not be built: {type(e).__name__}: {e}")
 
     # Same inputs for every implementation; forward results checked against torch.
@@ -485,13 +697,13 @@ def bench_config(ctx, cname, cfg, impls, notes):
             try:
                 diffs[name] = max_abs_diff(as_list(runners[name](x, hx)), ref_out)
             except Exception as e:  # noqa: BLE001
-                notes.append(f"{cname}: {name} failed: {type(e).__name__}: {e}")
+                notes.append(f"{tag}: {name} failed: {type(e).__name__}: {e}")
                 log(f"    {name} failed: {type(e).__name__}: {e}")
                 del runners[name]
                 continue
             tol = tolerance(str(ctx.dtype).replace("torch.", ""))
             if diffs[name] > tol:
-                msg = (f"{cname}: WARNING {name} differs from {BASELINE}: "
+                msg = (f"{tag}: WARNING {name} differs from {BASELINE}: "
                        f"max |diff| {diffs[name]:.3g} > {tol:g}")
                 notes.append(msg)
                 log("    " + msg)
@@ -508,14 +720,15 @@ def bench_config(ctx, cname, cfg, impls, notes):
         cases = {n: Case(ctx, r, mode, x, hx, leaves, grads) for n, r in runners.items()}
         t0 = time.perf_counter()
         res = measure(ctx, cases, {n: impls[n].headline for n in cases}, notes,
-                      f"{cname} {mode}")
+                      f"{tag} {mode}")
         load = load_average()
         base_ms = res.get(BASELINE, {}).get("median_ms")
         parts = []
         for name, r in res.items():
             r["speedup_vs_torch"] = (base_ms / r["median_ms"]) if base_ms else None
-            row = {"config": cname, **cfg.shape(), "cell": cfg.cell, "mode": mode,
-                   "impl": name, "label": impls[name].label,
+            row = {"config": cname, **cfg.shape(), "cell": cfg.cell,
+                   "cell_label": cell_label(cfg.cell), "mode": mode,
+                   "impl": name, "label": impls[name].label_for(cfg.cell),
                    "max_abs_diff_vs_torch": diffs.get(name, 0.0 if name == BASELINE else None),
                    "load_avg_after": load, **r}
             rows.append(row)
@@ -537,7 +750,7 @@ MODE_TITLES = {"fwd": "forward (no grad)", "fwdbwd": "forward + backward"}
 
 def table_rows(rows, mode, impl_names, cuda):
     """Header and body of the results table for one mode."""
-    header = ["config", "B", "T", "I", "H", "L"]
+    header = ["config", "cell", "B", "T", "I", "H", "L"]
     for n in impl_names:
         header.append(f"{n} ms")
         if n != BASELINE:
@@ -545,11 +758,12 @@ def table_rows(rows, mode, impl_names, cuda):
     if cuda:
         header += [f"{n} MiB" for n in impl_names]
     body = []
-    configs = list(dict.fromkeys(r["config"] for r in rows if r["mode"] == mode))
-    for c in configs:
-        by = {r["impl"]: r for r in rows if r["mode"] == mode and r["config"] == c}
+    keys = list(dict.fromkeys((r["config"], r["cell"]) for r in rows if r["mode"] == mode))
+    for c, cell in keys:
+        by = {r["impl"]: r for r in rows
+              if r["mode"] == mode and r["config"] == c and r["cell"] == cell}
         any_row = next(iter(by.values()))
-        line = [c] + [str(any_row[k]) for k in ("B", "T", "I", "H", "L")]
+        line = [c, cell_label(cell)] + [str(any_row[k]) for k in ("B", "T", "I", "H", "L")]
         for n in impl_names:
             r = by.get(n)
             line.append(f"{r['median_ms']:.3f}" if r else "-")
@@ -566,14 +780,14 @@ def table_rows(rows, mode, impl_names, cuda):
 
 def text_table(header, body):
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
-    fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w)  # noqa: E731
+    fmt = lambda cells: "  ".join(c.rjust(w) if i > 1 else c.ljust(w)  # noqa: E731
                                   for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(b) for b in body])
 
 
 def md_table(header, body):
     lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+             "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
     lines += ["| " + " | ".join(b) + " |" for b in body]
     return "\n".join(lines)
 
@@ -591,7 +805,12 @@ def describe(meta):
         ("dtype", meta["dtype"]),
         ("torch", f"{meta['torch']} (CUDA {meta['torch_cuda']}, cuDNN {meta['cudnn']})"),
         ("TF32 allowed", tf32),
-        ("fusedrnn", f"git {meta['git']}, CUDA compiled: {bool(meta['fusedrnn_cuda_compiled'])}"),
+        ("fusedrnn", f"git {meta['git']}, CUDA compiled: {bool(meta['fusedrnn_cuda_compiled'])}"
+                     + (f", CPU fused step kernels: available {meta['cpu_fast_step_available']}, "
+                        f"enabled {meta['cpu_fast_step_enabled']}"
+                        if meta.get("cpu_fast_step_available") is not None else "")),
+        ("cells", ", ".join(meta.get("cells", []))),
+        ("peers", ", ".join(f"{k}: {v}" for k, v in meta.get("peers", {}).items()) or "none"),
         ("load average (1 min) at start", meta["load_avg_start"]),
         ("command", meta["command"]),
     ]
@@ -599,13 +818,20 @@ def describe(meta):
 
 def write_markdown(path, meta, rows, impl_names, notes):
     cuda = meta["device_type"] == "cuda"
-    out = [f"# fusedrnn stacked-LSTM benchmark: {meta['device_name']}, {meta['date'][:10]}", ""]
+    out = [f"# fusedrnn stacked-RNN benchmark: {meta['device_name']}, {meta['date'][:10]}", ""]
     out += [f"- {k}: {v}" for k, v in describe(meta)]
-    out += ["", "Median time per call in milliseconds; `x torch` = t(torch.nn.LSTM) / t(impl), "
+    out += ["", "Median time per call in milliseconds; `x torch` = t(torch.nn.LSTM / GRU / RNN, "
+            "the row's cell) / t(impl), "
             "above 1 is faster than torch" + (" (cuDNN)" if cuda else "") + ". "
             + ("MiB = peak memory allocated by one call. " if cuda else "")
             + "Implementations were timed in interleaved rounds in one process on the same "
             "inputs and weights.", ""]
+    out += ["Implementations:", ""]
+    for n in impl_names:
+        labels = list(dict.fromkeys(r["label"] for r in rows if r["impl"] == n))
+        if labels:
+            out.append(f"- `{n}`: {', '.join(labels)}")
+    out.append("")
     for mode in MODE_TITLES:
         if any(r["mode"] == mode for r in rows):
             out += [f"## {MODE_TITLES[mode]}", "", md_table(*table_rows(rows, mode, impl_names, cuda)),
@@ -617,6 +843,9 @@ def write_markdown(path, meta, rows, impl_names, notes):
 
 
 def write_plot(path, meta, rows, impl_names):
+    """Time against L for each layer sweep with more than one L (a row of panels
+    per sweep and cell, one panel per mode), and below them the speedup over
+    torch of every configuration and cell (bars per implementation and mode)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -624,26 +853,38 @@ def write_plot(path, meta, rows, impl_names):
     except ImportError:
         log("note: matplotlib is not installed: no plot written (pip install matplotlib)")
         return False
+    modes = [m for m in MODE_TITLES if any(r["mode"] == m for r in rows)]
     groups = {}
     for r in rows:
         cfg = CONFIGS.get(r["config"])
         if cfg and cfg.sweep:
-            groups.setdefault(cfg.sweep, []).append(r)
-    if not groups or not any(len({r["L"] for r in g}) > 1 for g in groups.values()):
-        log("note: no layer sweep with more than one L was run: no plot written")
+            groups.setdefault((cfg.sweep, r["cell"]), []).append(r)
+    groups = {k: g for k, g in groups.items() if len({r["L"] for r in g}) > 1}
+    # Bars: headline implementations other than the baseline (the slow reference
+    # would flatten the scale), one group of bars per configuration and cell.
+    bar_impls = [n for n in impl_names if n != BASELINE and IMPLS[n].headline
+                 and any(r["impl"] == n and r.get("speedup_vs_torch") for r in rows)]
+    keys = list(dict.fromkeys((r["config"], r["cell"]) for r in rows))
+    if not groups and not bar_impls:
+        log("note: nothing to plot (no layer sweep with more than one L, no speedups)")
         return False
-    modes = [m for m in MODE_TITLES if any(r["mode"] == m for r in rows)]
-    fig, axes = plt.subplots(len(groups), len(modes), figsize=(5.5 * len(modes), 4 * len(groups)),
-                             squeeze=False)
-    for gi, (group, grows) in enumerate(groups.items()):
+
+    n_line_rows = len(groups)
+    ncols = max(1, len(modes))
+    nrows = n_line_rows + (1 if bar_impls else 0)
+    fig = plt.figure(figsize=(max(5.5 * ncols, 1.1 * len(keys) + 3), 4 * nrows))
+    gs = fig.add_gridspec(nrows, ncols)
+    colors = {n: f"C{i}" for i, n in enumerate(impl_names)}
+    for gi, ((group, cell), grows) in enumerate(groups.items()):
         for mi, mode in enumerate(modes):
-            ax = axes[gi][mi]
+            ax = fig.add_subplot(gs[gi, mi])
             for n in impl_names:
                 pts = sorted({r["L"]: r["median_ms"] for r in grows
                               if r["mode"] == mode and r["impl"] == n}.items())
                 if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=n)
-            ax.set_title(f"{group}: {MODE_TITLES[mode]}")
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=n,
+                            color=colors[n])
+            ax.set_title(f"{group} {cell_label(cell)}: {MODE_TITLES[mode]}")
             ax.set_xlabel("layers L")
             ax.set_ylabel("median ms per call")
             ax.set_xscale("log", base=2)
@@ -652,6 +893,29 @@ def write_plot(path, meta, rows, impl_names):
             ax.set_xticklabels([str(v) for v in ls])
             ax.grid(True, alpha=0.3)
             ax.legend()
+    if bar_impls:
+        ax = fig.add_subplot(gs[n_line_rows, :])
+        series = [(n, m) for n in bar_impls for m in modes]
+        width = 0.8 / len(series)
+        hatches = {"fwd": "", "fwdbwd": "//"}
+        for si, (n, m) in enumerate(series):
+            xs, ys = [], []
+            for ki, (c, cell) in enumerate(keys):
+                r = next((r for r in rows if r["config"] == c and r["cell"] == cell
+                          and r["impl"] == n and r["mode"] == m), None)
+                if r and r.get("speedup_vs_torch"):
+                    xs.append(ki - 0.4 + width * (si + 0.5))
+                    ys.append(r["speedup_vs_torch"])
+            if xs:
+                ax.bar(xs, ys, width, color=colors[n], hatch=hatches.get(m, ""),
+                       edgecolor="black", linewidth=0.4, label=f"{n}, {MODE_TITLES[m]}")
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(keys)))
+        ax.set_xticklabels([f"{c}\n{cell_label(cell)}" for c, cell in keys])
+        ax.set_ylabel("x torch (t_torch / t_impl)")
+        ax.set_title("speedup over torch.nn per configuration (above 1: faster than torch)")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize="small")
     fig.suptitle(f"{meta['device_name']}, {meta['dtype']}, {meta['date'][:10]}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -672,14 +936,17 @@ def parse_args(argv):
                    default="float32")
     p.add_argument("--configs", help="comma-separated names from --list-configs "
                                      "(default: the device's sweep)")
-    p.add_argument("--impls", help=f"comma-separated, from {', '.join(IMPLS)} (default: all)")
+    p.add_argument("--cells", help=f"comma-separated, from {', '.join(CELLS)} (default: those of "
+                                   f"{', '.join(DEFAULT_CELLS)} that fusedrnn provides)")
+    p.add_argument("--impls", help=f"comma-separated, from {', '.join(IMPLS)} (default: all "
+                                   f"that apply; peers when installed)")
     p.add_argument("--no-reference", action="store_true", help="leave out the reference")
     p.add_argument("--modes", default="fwd,fwdbwd", help="fwd, fwdbwd or both (default)")
     p.add_argument("--quick", action="store_true", help="small sweep and few repetitions")
     p.add_argument("--reps", type=int, help="measurement rounds (default: fit --budget)")
     p.add_argument("--budget", type=float,
                    help="seconds of measurement per configuration and mode when --reps is "
-                        "not given (default 10 on the CPU, 3 on CUDA, 1 with --quick)")
+                        "not given (default 8 on the CPU, 3 on CUDA, 1 with --quick)")
     p.add_argument("--warmup", type=int, help="warm-up runs per implementation (default 3, "
                                               "1 with --quick)")
     p.add_argument("--reference-limit", type=float, default=5.0,
@@ -707,10 +974,12 @@ def parse_args(argv):
 
 
 def list_configs():
-    log(f"{'name':12s} {'B':>4s} {'T':>5s} {'I':>5s} {'H':>5s} {'L':>2s}  cell  default on   about")
+    log(f"{'name':12s} {'B':>4s} {'T':>5s} {'I':>5s} {'H':>5s} {'L':>2s}  {'default cells':14s} "
+        f"default on  about")
     for n, c in CONFIGS.items():
-        log(f"{n:12s} {c.B:4d} {c.T:5d} {c.I:5d} {c.H:5d} {c.L:2d}  {c.cell:4s}  "
+        log(f"{n:12s} {c.B:4d} {c.T:5d} {c.I:5d} {c.H:5d} {c.L:2d}  {','.join(c.cells):14s} "
             f"{','.join(c.devices) or '-':10s}  {c.about}")
+    log("(configurations named with --configs run every chosen cell)")
 
 
 def main(argv=None):
@@ -740,9 +1009,30 @@ def main(argv=None):
         torch.backends.cuda.matmul.allow_tf32 = args.tf32 == "on"
         torch.backends.cudnn.allow_tf32 = args.tf32 == "on"
     if args.budget is None:
-        args.budget = 1.0 if args.quick else (3.0 if device.type == "cuda" else 10.0)
+        args.budget = 1.0 if args.quick else (3.0 if device.type == "cuda" else 8.0)
+
+    notes = []
+    ctx = Context(torch, fusedrnn, device, dtype, args)
+
+    # Cells: the chosen ones that this build of fusedrnn provides.
+    if args.cells:
+        cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+        unknown = [c for c in cells if c not in CELLS]
+        if unknown:
+            sys.exit(f"bench_layers: unknown cell(s) {unknown}; known: {list(CELLS)}")
+    else:
+        cells = list(DEFAULT_CELLS)
+    for c in list(cells):
+        if not CELLS[c].available(fusedrnn):
+            cells.remove(c)
+            notes.append(f"cell {c}: fusedrnn.{CELLS[c].title} is not in this build of "
+                         f"fusedrnn: skipped")
+    cells = list(dict.fromkeys(cells))
+    if not cells:
+        sys.exit("bench_layers: none of the chosen cells is provided by this fusedrnn")
 
     names = list(IMPLS)
+    explicit_impls = bool(args.impls)
     if args.impls:
         names = [n.strip() for n in args.impls.split(",") if n.strip()]
         unknown = [n for n in names if n not in IMPLS]
@@ -753,6 +1043,18 @@ def main(argv=None):
     if args.no_reference and "reference" in names:
         names.remove("reference")
     names = [n for n in IMPLS if n in names]  # registry order, baseline first
+    peers = {}
+    for n in list(names):
+        impl = IMPLS[n]
+        why = impl.applicable(ctx)
+        if isinstance(impl, PeerImpl):
+            peers[n] = impl.status if why is None else why
+            if why is not None:
+                notes.append(f"peer {n}: {why}, skipped")
+        elif why is not None and explicit_impls:
+            notes.append(f"{n}: {why}: skipped")
+        if why is not None:
+            names.remove(n)
     impls = {n: IMPLS[n] for n in names}
 
     if args.configs:
@@ -764,10 +1066,18 @@ def main(argv=None):
     else:
         key = "quick" if args.quick else "devices"
         cnames = [n for n, c in CONFIGS.items() if device.type in getattr(c, key)]
+    # The runs, cell by cell: every chosen cell for configurations named with
+    # --configs; in the default sweeps only the cells the configuration lists.
+    runs = [(cn, cell) for cell in cells for cn in cnames
+            if args.configs or cell in CONFIGS[cn].cells]
+    skipped_cells = [c for c in cells if not any(rc == c for _, rc in runs)]
+    if skipped_cells:
+        notes.append(f"cell(s) {', '.join(skipped_cells)}: not part of the default sweep's "
+                     f"configurations; name them with --configs")
 
-    ctx = Context(torch, fusedrnn, device, dtype, args)
     meta = metadata(ctx)
-    notes = []
+    meta["cells"] = cells
+    meta["peers"] = peers
     if not args.configs and "d2l" in cnames:
         notes.append("d2l is also the L=2 point of the d2l layer sweep (d2l-L2 is the same shape)")
     if args.quick:
@@ -775,8 +1085,8 @@ def main(argv=None):
     if device.type == "cpu" and torch.cuda.is_available() is False and args.device == "auto":
         notes.append("no GPU available: CPU run")
 
-    log(f"fusedrnn benchmark: {len(cnames)} configuration(s) x {len(args.modes)} mode(s), "
-        f"implementations: {', '.join(names)}")
+    log(f"fusedrnn benchmark: {len(runs)} run(s) ({len(cnames)} configuration(s), cells "
+        f"{', '.join(cells)}) x {len(args.modes)} mode(s), implementations: {', '.join(names)}")
     for k, v in describe(meta):
         log(f"  {k}: {v}")
     log(f"  fusedrnn from: {meta['fusedrnn_path']}")
@@ -791,14 +1101,14 @@ def main(argv=None):
 
     rows = []
     t_start = time.perf_counter()
-    for i, cname in enumerate(cnames, 1):
-        cfg = CONFIGS[cname]
-        log(f"[{i}/{len(cnames)}] {cname}: B={cfg.B} T={cfg.T} I={cfg.I} H={cfg.H} L={cfg.L} "
-            f"({cfg.cell})")
+    for i, (cname, cell) in enumerate(runs, 1):
+        cfg = dataclasses.replace(CONFIGS[cname], cell=cell)
+        log(f"[{i}/{len(runs)}] {cname} {cell_label(cell)}: B={cfg.B} T={cfg.T} I={cfg.I} "
+            f"H={cfg.H} L={cfg.L}")
         try:
             rows += bench_config(ctx, cname, cfg, impls, notes)
         except Exception as e:  # noqa: BLE001 (keep the other configurations' results)
-            notes.append(f"{cname}: failed: {type(e).__name__}: {e}")
+            notes.append(f"{cname} {cell_label(cell)}: failed: {type(e).__name__}: {e}")
             log(f"    failed: {type(e).__name__}: {e}")
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -828,9 +1138,16 @@ def main(argv=None):
             stem += "-quick"
         stem = os.path.join(args.out, f"{stem}_{meta['date'][:10]}")
         with open(stem + ".json", "w") as f:
-            json.dump({"meta": meta, "configs": {c: dataclasses.asdict(CONFIGS[c]) for c in cnames},
-                       "implementations": {n: impls[n].label for n in names},
-                       "results": rows, "notes": notes}, f, indent=1)
+            configs = {}
+            for c in cnames:
+                d = dataclasses.asdict(CONFIGS[c])
+                d.pop("cell")
+                d["cells_run"] = [rc for cn, rc in runs if cn == c]
+                configs[c] = d
+            json.dump({"meta": meta, "configs": configs, "cells": cells,
+                       "implementations": {n: {c: impls[n].label_for(c) for c in cells}
+                                           for n in names},
+                       "peers": peers, "results": rows, "notes": notes}, f, indent=1)
         write_markdown(stem + ".md", meta, rows, names, notes)
         written = [stem + ".json", stem + ".md"]
         if write_plot(stem + ".png", meta, rows, names):
