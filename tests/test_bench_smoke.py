@@ -1,0 +1,94 @@
+"""Smoke test of benchmarks/bench_layers.py: a tiny configuration end to end.
+
+Runs the benchmark script in a subprocess (as a user would) on the `tiny`
+configuration with two measurement rounds, for every cell this build of
+fusedrnn provides, and checks that it exits cleanly and that its tables show
+every implementation and cell that applies on this machine.  Writes no files.
+"""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, fusedrnn_or_skip
+
+fusedrnn = fusedrnn_or_skip()
+
+SCRIPT = os.path.join(ROOT, "benchmarks", "bench_layers.py")
+TIMEOUT_S = 50
+
+
+def _run(*args):
+    cmd = [sys.executable, SCRIPT, "--device", "cpu", "--configs", "tiny", "--reps", "2",
+           "--warmup", "1", "--threads", "1", "--no-save", *args]
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"bench_layers.py took longer than {TIMEOUT_S} s:\n{e.stdout or ''}")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"exit status {proc.returncode}:\n{out}"
+    return out
+
+
+def _table_headers(out):
+    """The header line of each results table (the line after '== ...')."""
+    lines = out.splitlines()
+    return [lines[i + 1] for i, line in enumerate(lines[:-1]) if line.startswith("== ")]
+
+
+def test_bench_layers_tiny_all_cells():
+    cells = ["lstm"] + [c for c, cls in (("gru", "GRU"), ("rnn", "RNN")) if hasattr(fusedrnn, cls)]
+    out = _run("--cells", ",".join(cells))
+
+    headers = _table_headers(out)
+    assert len(headers) == 2, f"expected a forward and a forward+backward table:\n{out}"
+    impls = ["torch", "fusedrnn", "reference"]
+    fast = getattr(fusedrnn._C, "cpu_fast_step_available", lambda: False)()
+    if fast:
+        impls.append("fusedrnn-generic")
+    for header in headers:
+        for name in impls:
+            assert f" {name} ms" in header, f"{name} missing from the table header:\n{out}"
+    # One row per cell in each table.
+    rows = [line.split() for line in out.splitlines() if line.startswith("tiny ")]
+    assert sorted(r[1] for r in rows) == sorted(2 * [c.upper() for c in cells]), out
+    for r in rows:
+        assert "-" not in r[2:], f"an implementation has no result in this row: {r}\n{out}"
+
+    try:
+        import flashrnn  # noqa: F401
+    except ImportError:
+        assert "peer flashrnn: not installed, skipped" in out, out
+
+
+def test_bench_layers_impls_selection():
+    """--impls picks columns; the baseline is always there."""
+    out = _run("--cells", "lstm", "--impls", "fusedrnn", "--modes", "fwd")
+    headers = _table_headers(out)
+    assert len(headers) == 1
+    assert " torch ms" in headers[0] and " fusedrnn ms" in headers[0]
+    assert "reference ms" not in headers[0] and "generic" not in headers[0]
+
+
+def test_fast_step_switch_restores_on_exception():
+    """The generic-step row switches the fused CPU kernels off around each call
+    and must restore the previous setting, also when the call raises."""
+    if not hasattr(fusedrnn._C, "set_cpu_fast_step_enabled"):
+        pytest.skip("this fusedrnn has no switch for its CPU step kernels")
+    spec = importlib.util.spec_from_file_location("bench_layers", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    before = fusedrnn._C.cpu_fast_step_enabled()
+    try:
+        for start in (True, False):
+            fusedrnn._C.set_cpu_fast_step_enabled(start)
+            scope = bench.fast_step_switch(fusedrnn, not start)
+            with pytest.raises(RuntimeError):
+                with scope():
+                    assert fusedrnn._C.cpu_fast_step_enabled() == (not start)
+                    raise RuntimeError("boom")
+            assert fusedrnn._C.cpu_fast_step_enabled() == start
+    finally:
+        fusedrnn._C.set_cpu_fast_step_enabled(before)
