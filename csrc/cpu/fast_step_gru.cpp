@@ -274,6 +274,12 @@ void task_scalar(void* ctx, int64_t begin, int64_t end) {
 #define FSG_FWD_EPI_PF 1
 #endif
 
+// The same for the GRU backward epilogue operands (saved state, dy, carry,
+// h_prev, outputs).
+#ifndef FSG_BWD_EPI_PF
+#define FSG_BWD_EPI_PF 0
+#endif
+
 // relu keeping NaN: x < 0 ? 0 : x.
 FS_INLINE __m512 v_relu(__m512 x) {
   const __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
@@ -445,6 +451,24 @@ FS_TARGET void gru_bwd_tile(const GruBwdArgs& a, int64_t b0, int64_t q) {
   }
 }
 
+FS_INLINE void gru_bwd_prefetch(const GruBwdArgs& a, int64_t b0, int64_t b1, int64_t q) {
+  if (!FSG_BWD_EPI_PF) return;
+  const int64_t H = a.H, K = 3 * H;
+  const int nv = wide_nv(H, q);
+  for (int64_t b = b0; b < b1; ++b)
+    for (int v = 0; v < nv; ++v) {
+      const int64_t j = q * 64 + 16 * v;
+      prefetch_vec(a.dy + b * a.ld_dy + j);
+      prefetchw_vec(a.dh_carry + b * H + j);
+      for (int g = 0; g < 4; ++g) prefetch_vec(a.saved + b * 4 * H + g * H + j);
+      if (a.h_prev != nullptr) prefetch_vec(a.h_prev + b * a.ld_h + j);
+      for (int g = 0; g < 3; ++g) {
+        prefetchw_vec(a.dgx + b * K + g * H + j);
+        prefetchw_vec(a.dgh + b * K + g * H + j);
+      }
+    }
+}
+
 // ---- RNN forward / backward -----------------------------------------------
 
 template <int R, int NV>
@@ -533,6 +557,19 @@ FS_TARGET void rnn_bwd_tile(const RnnBwdArgs& a, int64_t b0, int64_t q) {
     }                                                                          \
   }
 FSG_WIDE_TILE_ANY(gru_bwd_tile, GruBwdArgs)
+
+FS_TARGET void gru_bwd_task_avx512(void* ctx, int64_t begin, int64_t end) {
+  const GruBwdArgs& a = *static_cast<const GruBwdArgs*>(ctx);
+  TileIter it(a.rows, begin, end);
+  if (!it.valid()) return;
+  gru_bwd_prefetch(a, it.r0(), it.r1(), it.panel());
+  while (it.valid()) {
+    const int64_t q = it.panel(), r0 = it.r0(), r1 = it.r1();
+    it.next();
+    if (it.valid()) gru_bwd_prefetch(a, it.r0(), it.r1(), it.panel());
+    gru_bwd_tile_any(a, r0, static_cast<int>(r1 - r0), q);
+  }
+}
 FSG_WIDE_TILE_ANY(rnn_fwd_tile, RnnFwdArgs)
 FSG_WIDE_TILE_ANY(rnn_bwd_tile, RnnBwdArgs)
 
@@ -617,7 +654,7 @@ void gru_step_backward(int64_t B, int64_t H, const float* packed_bwd,
   const int64_t n_tasks = ceil_div(H, 64) * a.rows.n_blocks;
 #if FUSEDRNN_X86
   if (use_fast_path()) {
-    run_parallel(n_tasks, &a, task_avx512<GruBwdArgs, gru_bwd_tile_any>);
+    run_parallel(n_tasks, &a, gru_bwd_task_avx512);
     return;
   }
 #endif
