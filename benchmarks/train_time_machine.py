@@ -181,76 +181,104 @@ def dist_info():
     return 0, 1
 
 
-def train(args, impl, device, init_state=None, log=lambda *a: print(*a, flush=True)):
-    """Trains one model; returns a dict of results (and the model)."""
-    rank, world = dist_info()
-    torch.manual_seed(args.seed)
-    corpus, vocab = load_corpus(args.data, 0 if args.full_text else args.max_tokens)
-    held = None
-    if args.full_text:
-        split = int(len(corpus) * 0.9)
-        corpus, held = corpus[:split], corpus[split:]
-    if args.batch_size % world:
-        raise SystemExit(f"--batch-size {args.batch_size} must be divisible by the "
-                         f"{world} processes")
-    local_rows = slice(rank * args.batch_size // world, (rank + 1) * args.batch_size // world)
+class Run:
+    """One model in training: its data order, optimiser and history."""
 
-    model = CharModel(make_rnn(args.cell, impl, len(vocab), args.hidden, args.layers), len(vocab))
-    if init_state is not None:
-        model.load_state_dict(init_state)
-    model.to(device)
-    net = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    params = [p for p in model.parameters()]
-    opt = torch.optim.SGD(params, lr=args.lr)
-    rng = random.Random(args.seed)
+    def __init__(self, args, impl, device, init_state=None):
+        self.args, self.impl, self.device = args, impl, device
+        self.rank, self.world = dist_info()
+        torch.manual_seed(args.seed)
+        corpus, self.vocab = load_corpus(args.data, 0 if args.full_text else args.max_tokens)
+        self.held = None
+        if args.full_text:
+            split = int(len(corpus) * 0.9)
+            corpus, self.held = corpus[:split], corpus[split:]
+        self.corpus = corpus
+        if args.batch_size % self.world:
+            raise SystemExit(f"--batch-size {args.batch_size} must be divisible by the "
+                             f"{self.world} processes")
+        self.rows = slice(self.rank * args.batch_size // self.world,
+                          (self.rank + 1) * args.batch_size // self.world)
+        self.model = CharModel(make_rnn(args.cell, impl, len(self.vocab), args.hidden,
+                                        args.layers), len(self.vocab))
+        if init_state is not None:
+            self.model.load_state_dict(init_state)
+        self.model.to(device)
+        self.net = self.model
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.params = list(self.model.parameters())
+        self.opt = torch.optim.SGD(self.params, lr=args.lr)
+        self.rng = random.Random(args.seed)  # same batches for every implementation
+        self.history, self.speeds = [], []
+        self.tokens, self.seconds = 0, 0.0
 
-    history = []
-    ppl, speed = float("nan"), 0.0
-    t_all = time.perf_counter()
-    for epoch in range(args.epochs):
+    def epoch(self):
+        """One pass over the corpus; returns (perplexity, tokens/s) of the epoch."""
+        args, device, model = self.args, self.device, self.model
         state, total, n = None, 0.0, 0
         t0 = time.perf_counter()
-        for x, y in sequential_batches(corpus, args.batch_size, args.steps, rng):
-            x, y = x[local_rows].to(device), y[local_rows].to(device)
-            if state is None:
-                state = model.begin_state(x.shape[0], device)
-            else:
-                state = detach_state(state)
-            y_hat, state = net(x, state)
+        for x, y in sequential_batches(self.corpus, args.batch_size, args.steps, self.rng):
+            x, y = x[self.rows].to(device), y[self.rows].to(device)
+            state = model.begin_state(x.shape[0], device) if state is None else detach_state(state)
+            y_hat, state = self.net(x, state)
             loss = F.cross_entropy(y_hat, y.T.reshape(-1))
-            opt.zero_grad(set_to_none=True)
+            self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            clip_gradients(params, args.clip)
-            opt.step()
+            clip_gradients(self.params, args.clip)
+            self.opt.step()
             total += loss.item() * y.numel()
             n += y.numel()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0
-        if world > 1:  # global loss and token count, as one process would see them
+        if self.world > 1:  # global loss and token count, as one process would see them
             agg = torch.tensor([total, float(n)], dtype=torch.float64)
             torch.distributed.all_reduce(agg)
             total, n = agg.tolist()
         ppl = math.exp(total / n)
-        speed = n / dt
-        history.append(ppl)
-        if rank == 0 and ((epoch + 1) % args.log_every == 0 or epoch + 1 == args.epochs):
-            log(f"  [{impl}] epoch {epoch + 1:4d}/{args.epochs}  perplexity {ppl:7.3f}  "
-                f"{speed:10.1f} tokens/sec  ({time.perf_counter() - t_all:6.1f} s)")
-    result = {
-        "impl": impl, "cell": args.cell, "epochs": args.epochs, "perplexity": ppl,
-        "tokens_per_sec": speed, "final_loss": math.log(ppl), "history": history,
-        "train_seconds": time.perf_counter() - t_all, "world_size": world,
-        "samples": {p: predict(p, 50, model, vocab, device)
-                    for p in ("time traveller", "traveller")},
-    }
-    if held is not None:
-        result["heldout_perplexity"] = heldout_perplexity(model, held, args.batch_size,
-                                                          args.steps, device)
-    return result, model
+        self.history.append(ppl)
+        self.speeds.append(n / dt)
+        self.tokens += n
+        self.seconds += dt
+        return ppl, n / dt
+
+    def result(self):
+        ppl = self.history[-1] if self.history else float("nan")
+        res = {
+            "impl": self.impl, "cell": self.args.cell, "epochs": len(self.history),
+            "perplexity": ppl, "final_loss": math.log(ppl),
+            # As the book reports it: the speed of the last epoch.
+            "tokens_per_sec": self.speeds[-1] if self.speeds else 0.0,
+            # Steadier: all tokens over all training time (excludes text generation).
+            "tokens_per_sec_mean": self.tokens / self.seconds if self.seconds else 0.0,
+            "train_seconds": self.seconds, "world_size": self.world, "history": self.history,
+            "samples": {p: predict(p, 50, self.model, self.vocab, self.device)
+                        for p in ("time traveller", "traveller")},
+        }
+        if self.held is not None:
+            res["heldout_perplexity"] = heldout_perplexity(
+                self.model, self.held, self.args.batch_size, self.args.steps, self.device)
+        return res
+
+
+def train_many(args, impls, device, init_state=None, log=lambda *a: print(*a, flush=True)):
+    """Trains one model per implementation, epochs interleaved (A, B, A, B, ...) so
+    that a busy machine slows them alike; returns [(result, model)]."""
+    runs = [Run(args, impl, device, init_state) for impl in impls]
+    for epoch in range(args.epochs):
+        for run in runs:
+            ppl, speed = run.epoch()
+            if run.rank == 0 and ((epoch + 1) % args.log_every == 0 or epoch + 1 == args.epochs):
+                log(f"  [{run.impl}] epoch {epoch + 1:4d}/{args.epochs}  perplexity {ppl:7.3f}  "
+                    f"{speed:10.1f} tokens/sec  ({run.seconds:6.1f} s training)")
+    return [(run.result(), run.model) for run in runs]
+
+
+def train(args, impl, device, init_state=None, log=lambda *a: print(*a, flush=True)):
+    """Trains one model; returns (result dict, model)."""
+    return train_many(args, [impl], device, init_state, log)[0]
 
 
 def parse_args(argv=None):
@@ -309,23 +337,25 @@ def main(argv=None):
         init = CharModel(make_rnn(args.cell, "torch", len(vocab), args.hidden, args.layers),
                          len(vocab)).state_dict()
     results = []
-    for impl in impls:
-        res, model = train(args, impl, device, init_state=init, log=say)
+    for (res, model), impl in zip(train_many(args, impls, device, init_state=init, log=say), impls):
         results.append(res)
         if args.save_params:
             path = args.save_params if world == 1 else f"{args.save_params}.rank{rank}"
             torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()},
                        path if len(impls) == 1 else f"{path}.{impl}")
-        say(f"{impl}: perplexity {res['perplexity']:.1f}, {res['tokens_per_sec']:.1f} tokens/sec on {device}")
+        say(f"{impl}: perplexity {res['perplexity']:.1f}, {res['tokens_per_sec']:.1f} tokens/sec "
+            f"on {device} (mean over all epochs {res['tokens_per_sec_mean']:.1f})")
         if "heldout_perplexity" in res:
             say(f"{impl}: held-out perplexity {res['heldout_perplexity']:.2f}")
         for text in res["samples"].values():
             say(text)
     if args.compare and rank == 0:
         a, b = results
-        say(f"\n{'impl':10s} {'perplexity':>10s} {'tokens/s':>12s}\n"
-            + "\n".join(f"{r['impl']:10s} {r['perplexity']:10.3f} {r['tokens_per_sec']:12.1f}" for r in results)
-            + f"\nfusedrnn / torch tokens/s: {a['tokens_per_sec'] / b['tokens_per_sec']:.2f}x")
+        say(f"\n{'impl':10s} {'perplexity':>10s} {'tokens/s':>12s} {'mean tokens/s':>14s}\n"
+            + "\n".join(f"{r['impl']:10s} {r['perplexity']:10.3f} {r['tokens_per_sec']:12.1f} "
+                        f"{r['tokens_per_sec_mean']:14.1f}" for r in results)
+            + f"\nfusedrnn / torch tokens/s (mean over all epochs, epochs interleaved): "
+              f"{a['tokens_per_sec_mean'] / b['tokens_per_sec_mean']:.2f}x")
     if args.json:
         path = args.json if world == 1 else f"{args.json}.rank{rank}"
         with open(path, "w") as f:
