@@ -25,6 +25,36 @@
 //   pass zeros for those that are not needed), the forward's inputs, its
 //   output and its saved gates/cells/hiddens, and returns
 //   grad_input (T,B,I), grad_hx, grad_cx (L,B,H), and one gradient per weight.
+//
+// gru_forward
+//   input   (T, B, I)
+//   hx      (L, B, H)
+//   weights per layer, in nn.GRU's order: w_ih (3H, I or H), w_hh (3H, H),
+//           then b_ih (3H), b_hh (3H) when has_biases; gate order r, z, n
+//   train   when true, the activations backward needs are returned:
+//             saved   (L, T, B, 4H)  per row [r | z | n | gh_n]: the activated
+//                                    r, z, n and gh_n = W_hn h_{t-1} + b_hn (the
+//                                    recurrent n part, needed for dr because b_hn
+//                                    sits inside r·(…))
+//             hiddens (L-1, T, B, H) h_t of every layer but the last
+//           when false both are empty tensors of shape (0,).
+//   returns output (T, B, H), hy (L, B, H), saved, hiddens
+//
+// gru_backward
+//   takes grad_output (T,B,H) and grad_hy (L,B,H) (zeros for those not
+//   needed), the forward's inputs, its output and its saved/hiddens;
+//   returns grad_input (T,B,I), grad_hx (L,B,H) and one gradient per weight.
+//
+// rnn_forward (plain Elman RNN: h' = tanh or relu(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh))
+//   input (T, B, I); hx (L, B, H); weights as nn.RNN's: w_ih (H, I or H),
+//   w_hh (H, H), then b_ih (H), b_hh (H) when has_biases; relu selects ReLU
+//   (else tanh).  train: hiddens (L-1, T, B, H) h_t of every layer but the last
+//   (the activation's derivative is a function of h_t alone), else (0,).
+//   returns output (T, B, H), hy (L, B, H), hiddens
+//
+// rnn_backward
+//   takes grad_output (T,B,H), grad_hy (L,B,H), the forward's inputs, its
+//   output and hiddens; returns grad_input, grad_hx and one gradient per weight.
 #include <torch/library.h>
 
 TORCH_LIBRARY(fusedrnn, m) {
@@ -37,4 +67,18 @@ TORCH_LIBRARY(fusedrnn, m) {
       "Tensor input, Tensor hx, Tensor cx, Tensor[] weights, bool has_biases, "
       "Tensor output, Tensor gates, Tensor cells, Tensor hiddens) -> "
       "(Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor[] grad_weights)");
+  m.def(
+      "gru_forward(Tensor input, Tensor hx, Tensor[] weights, bool has_biases, bool train) "
+      "-> (Tensor output, Tensor hy, Tensor saved, Tensor hiddens)");
+  m.def(
+      "gru_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, "
+      "Tensor[] weights, bool has_biases, Tensor output, Tensor saved, Tensor hiddens) -> "
+      "(Tensor grad_input, Tensor grad_hx, Tensor[] grad_weights)");
+  m.def(
+      "rnn_forward(Tensor input, Tensor hx, Tensor[] weights, bool has_biases, bool relu, "
+      "bool train) -> (Tensor output, Tensor hy, Tensor hiddens)");
+  m.def(
+      "rnn_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, "
+      "Tensor[] weights, bool has_biases, bool relu, Tensor output, Tensor hiddens) -> "
+      "(Tensor grad_input, Tensor grad_hx, Tensor[] grad_weights)");
 }

@@ -1,8 +1,9 @@
 """fusedrnn: stacked recurrent networks with fused per-layer-timestep kernels.
 
-`fusedrnn.LSTM` is a drop-in for `torch.nn.LSTM`; `fusedrnn.reference` is the
-plain PyTorch ground truth; `fusedrnn.ops` holds the autograd-enabled
-functional over the native ops `torch.ops.fusedrnn.*`.
+`fusedrnn.LSTM`, `fusedrnn.GRU` and `fusedrnn.RNN` are drop-ins for
+`torch.nn.LSTM` / `nn.GRU` / `nn.RNN`; `fusedrnn.reference` is the plain
+PyTorch ground truth; `fusedrnn.ops` holds the autograd-enabled functionals
+(`lstm`, `gru`, `rnn`) over the native ops `torch.ops.fusedrnn.*`.
 """
 import torch  # noqa: F401  (loads libtorch/libc10, which fusedrnn._C links against)
 
@@ -15,7 +16,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
         "`python setup.py build_ext --inplace` (with the torch you run it with).") from e
 
 from . import ops, reference  # noqa: E402
-from .modules import LSTM  # noqa: E402
+from .modules import GRU, LSTM, RNN  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -25,4 +26,4 @@ def cuda_compiled() -> bool:
     return bool(_C.cuda_compiled)
 
 
-__all__ = ["LSTM", "ops", "reference", "cuda_compiled"]
+__all__ = ["LSTM", "GRU", "RNN", "ops", "reference", "cuda_compiled"]

@@ -1,5 +1,12 @@
-"""Drop-in replacements for torch.nn recurrent modules, running fusedrnn's kernels."""
-from typing import Optional, Tuple
+"""Drop-in replacements for torch.nn recurrent modules, running fusedrnn's kernels.
+
+`LSTM`, `GRU` and `RNN` subclass `torch.nn.LSTM` / `nn.GRU` / `nn.RNN` (same
+constructor, parameters, initialisation and ``state_dict``) and share their
+forward plumbing — input/state validation, layouts (batch_first, unbatched),
+dropout between layers — through `_FusedRNNMixin`; each only says how to call
+its op.
+"""
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -9,12 +16,165 @@ from torch.nn.utils.rnn import PackedSequence
 from . import _C, ops
 
 
-def _not_implemented(what: str) -> NotImplementedError:
+def _not_implemented(what: str, kind: str = "LSTM") -> NotImplementedError:
     return NotImplementedError(
-        f"fusedrnn.LSTM: {what} is not implemented yet; use torch.nn.LSTM for it for now")
+        f"fusedrnn.{kind}: {what} is not implemented yet; use torch.nn.{kind} for it for now")
 
 
-class LSTM(nn.LSTM):
+class _FusedRNNMixin:
+    """Forward plumbing shared by the fused modules (mixed in before the nn class).
+
+    Subclasses set ``_kind`` ("LSTM", "GRU", "RNN"), ``_state_names`` (the
+    names of the recurrent states in hx: ("h_0", "c_0") or ("h_0",)) and
+    implement ``_call_op(x, states, weights) -> (output, finals)`` running the
+    stack (or one layer) on (T, B, I) input and (L, B, H) states.
+    """
+
+    _kind = "RNN"
+    _state_names: Tuple[str, ...] = ("h_0",)
+
+    def _check_config(self) -> None:
+        if self.bidirectional:
+            raise _not_implemented("bidirectional=True", self._kind)
+        if getattr(self, "proj_size", 0) > 0:
+            raise _not_implemented("proj_size > 0", self._kind)
+
+    def _state_label(self, i: int, name: str) -> str:
+        # nn.LSTM says "hidden[0]"/"hidden[1]", nn.GRU/RNN just "hidden".
+        if len(self._state_names) > 1:
+            return f"hidden[{i}] ({name})"
+        return f"hidden ({name})"
+
+    def _check_state(self, state, i: int, input: Tensor, expected: Tuple[int, ...]) -> None:
+        name = self._state_names[i]
+        if not isinstance(state, Tensor):
+            raise TypeError(
+                f"fusedrnn.{self._kind}: expected {name} to be a Tensor, got {type(state).__name__}")
+        if tuple(state.shape) != expected:
+            raise RuntimeError(
+                f"Expected {self._state_label(i, name)} size {expected}, got {list(state.shape)}")
+        if state.dtype != input.dtype:
+            raise ValueError(
+                f"fusedrnn.{self._kind}: {name} dtype ({state.dtype}) does not match input dtype "
+                f"({input.dtype})")
+        if state.device != input.device:
+            raise RuntimeError(
+                f"fusedrnn.{self._kind}: {name} is on {state.device} but input is on "
+                f"{input.device}; input and states must be on the module's device")
+
+    def _prepare_input(self, input) -> Tuple[Tensor, bool]:
+        """Validate ``input`` against the module; return it as (T, B, I) and
+        whether it was batched."""
+        kind = self._kind
+        if isinstance(input, PackedSequence):
+            raise _not_implemented("PackedSequence input", kind)
+        if not isinstance(input, Tensor):
+            raise TypeError(f"fusedrnn.{kind}: expected input to be a Tensor, got {type(input).__name__}")
+        if input.dim() not in (2, 3):
+            raise ValueError(f"{kind}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+        batched = input.dim() == 3
+        x = input if batched else input.unsqueeze(1)
+        if batched and self.batch_first:
+            x = x.transpose(0, 1)
+        T, B, I = x.shape
+        if I != self.input_size:
+            raise RuntimeError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {I}")
+        if T == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN "
+                               f"(fusedrnn.{kind} got an input with 0 timesteps)")
+        w0 = self._flat_weights[0]
+        if x.dtype != w0.dtype:
+            raise ValueError(
+                f"RNN input dtype ({x.dtype}) does not match weight dtype ({w0.dtype}). "
+                f"Convert input: input.to({w0.dtype}), or convert model: model.to({x.dtype})")
+        if x.device != w0.device:
+            raise RuntimeError(
+                f"fusedrnn.{kind}: input is on {x.device} but the module's weights are on "
+                f"{w0.device}; move one of them (e.g. input.to({str(w0.device)!r}))")
+        if x.device.type not in ("cpu", "cuda") or (x.is_cuda and not _C.cuda_compiled):
+            raise RuntimeError(
+                f"fusedrnn.{kind}: this build of fusedrnn has no kernels for {x.device.type} "
+                "tensors (CUDA kernels are compiled only when nvcc and a CUDA build of torch "
+                "are present at install time)")
+        if not x.is_floating_point():
+            raise ValueError(f"fusedrnn.{kind}: input must be floating point, got {x.dtype}")
+        return x, batched
+
+    def _prepare_states(self, hx, x: Tensor, batched: bool) -> List[Tensor]:
+        """Validate ``hx`` (a tensor for GRU/RNN, a pair for LSTM, or None);
+        return the states as (L, B, H) tensors."""
+        L, H = self.num_layers, self.hidden_size
+        B = x.shape[1]
+        n = len(self._state_names)
+        if hx is None:
+            return [x.new_zeros((L, B, H)) for _ in range(n)]
+        if n == 1:
+            if not isinstance(hx, Tensor):
+                raise TypeError(
+                    f"fusedrnn.{self._kind}: expected hx to be a Tensor (h_0), got {type(hx).__name__}")
+            states = [hx]
+        else:
+            if not isinstance(hx, (tuple, list)) or len(hx) != n:
+                raise TypeError(
+                    f"fusedrnn.{self._kind}: expected hx to be a tuple (h_0, c_0) of two tensors")
+            states = list(hx)
+        if all(isinstance(s, Tensor) for s in states):
+            want = 3 if batched else 2
+            if any(s.dim() != want for s in states):
+                kind = "batched 3-D" if batched else "unbatched 2-D"
+                if n == 1:
+                    raise RuntimeError(
+                        f"For {kind} input, hx should also be {want}-D but got "
+                        f"{states[0].dim()}-D tensor")
+                dims = ", ".join(f"{s.dim()}-D" for s in states)
+                raise RuntimeError(
+                    f"For {kind} input, hx and cx should also be {want}-D but got "
+                    f"({dims}) tensors")
+        if not batched:
+            states = [s.unsqueeze(1) for s in states]
+        for i, s in enumerate(states):
+            self._check_state(s, i, x, (L, B, H))
+        return states
+
+    def _run_stack(self, x: Tensor, states: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
+        """The whole stack in one op call, or, with dropout in training, one op
+        call per layer with ``F.dropout`` between layers (never after the last),
+        in the reference's order so that masks coincide under the same seed."""
+        weights = self._flat_weights
+        L = self.num_layers
+        if not (self.dropout > 0 and self.training and L > 1):
+            return self._call_op(x, states, weights)
+        per = 4 if self.bias else 2
+        finals: List[List[Tensor]] = [[] for _ in states]
+        layer_in = x
+        for l in range(L):
+            out, fin = self._call_op(layer_in, [s[l:l + 1] for s in states],
+                                     weights[l * per:(l + 1) * per])
+            for acc, f in zip(finals, fin):
+                acc.append(f)
+            layer_in = F.dropout(out, p=self.dropout, training=True) if l < L - 1 else out
+        return layer_in, [torch.cat(f, 0) for f in finals]
+
+    def _fused_forward(self, input, hx) -> Tuple[Tensor, List[Tensor]]:
+        """Validate, run, and restore the caller's layout.  Returns the output
+        and the final states."""
+        x, batched = self._prepare_input(input)
+        states = self._prepare_states(hx, x, batched)
+        output, finals = self._run_stack(x, states)
+        if batched and self.batch_first:
+            output = output.transpose(0, 1)
+        if not batched:
+            output = output.squeeze(1)
+            finals = [f.squeeze(1) for f in finals]
+        return output, finals
+
+    def _call_op(self, x: Tensor, states: List[Tensor], weights: Sequence[Tensor]
+                 ) -> Tuple[Tensor, List[Tensor]]:
+        raise NotImplementedError
+
+
+class LSTM(_FusedRNNMixin, nn.LSTM):
     """A stacked LSTM computed by fusedrnn's fused kernels.
 
     Same constructor, parameters (names, shapes, initialisation), ``state_dict``
@@ -29,102 +189,80 @@ class LSTM(nn.LSTM):
     ``proj_size > 0`` and PackedSequence input.
     """
 
+    _kind = "LSTM"
+    _state_names = ("h_0", "c_0")
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.bidirectional:
-            raise _not_implemented("bidirectional=True")
-        if self.proj_size > 0:
-            raise _not_implemented("proj_size > 0")
+        self._check_config()
 
-    def _check_state(self, state, name: str, input: Tensor, expected: Tuple[int, ...]):
-        if not isinstance(state, Tensor):
-            raise TypeError(f"fusedrnn.LSTM: expected {name} to be a Tensor, got {type(state).__name__}")
-        if tuple(state.shape) != expected:
-            raise RuntimeError(
-                f"Expected hidden[{0 if name == 'h_0' else 1}] ({name}) size {expected}, "
-                f"got {list(state.shape)}")
-        if state.dtype != input.dtype:
-            raise ValueError(
-                f"fusedrnn.LSTM: {name} dtype ({state.dtype}) does not match input dtype "
-                f"({input.dtype})")
-        if state.device != input.device:
-            raise RuntimeError(
-                f"fusedrnn.LSTM: {name} is on {state.device} but input is on {input.device}; "
-                "input and states must be on the module's device")
+    def _call_op(self, x, states, weights):
+        output, h_n, c_n = ops.lstm(x, states[0], states[1], weights, self.bias)
+        return output, [h_n, c_n]
 
     def forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None):
-        if isinstance(input, PackedSequence):
-            raise _not_implemented("PackedSequence input")
-        if not isinstance(input, Tensor):
-            raise TypeError(f"fusedrnn.LSTM: expected input to be a Tensor, got {type(input).__name__}")
-        if input.dim() not in (2, 3):
-            raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
-        batched = input.dim() == 3
-        x = input if batched else input.unsqueeze(1)
-        if batched and self.batch_first:
-            x = x.transpose(0, 1)
-        T, B, I = x.shape
-        if I != self.input_size:
-            raise RuntimeError(
-                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {I}")
-        if T == 0:
-            raise RuntimeError("Expected sequence length to be larger than 0 in RNN "
-                               "(fusedrnn.LSTM got an input with 0 timesteps)")
-        weights = self._flat_weights
-        w0 = weights[0]
-        if x.dtype != w0.dtype:
-            raise ValueError(
-                f"RNN input dtype ({x.dtype}) does not match weight dtype ({w0.dtype}). "
-                f"Convert input: input.to({w0.dtype}), or convert model: model.to({x.dtype})")
-        if x.device != w0.device:
-            raise RuntimeError(
-                f"fusedrnn.LSTM: input is on {x.device} but the module's weights are on "
-                f"{w0.device}; move one of them (e.g. input.to({str(w0.device)!r}))")
-        if x.device.type not in ("cpu", "cuda") or (x.is_cuda and not _C.cuda_compiled):
-            raise RuntimeError(
-                f"fusedrnn.LSTM: this build of fusedrnn has no kernels for {x.device.type} "
-                "tensors (CUDA kernels are compiled only when nvcc and a CUDA build of torch "
-                "are present at install time)")
-        if not x.is_floating_point():
-            raise ValueError(f"fusedrnn.LSTM: input must be floating point, got {x.dtype}")
-
-        L, H = self.num_layers, self.hidden_size
-        if hx is None:
-            h0 = x.new_zeros((L, B, H))
-            c0 = x.new_zeros((L, B, H))
-        else:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError("fusedrnn.LSTM: expected hx to be a tuple (h_0, c_0) of two tensors")
-            h0, c0 = hx
-            if isinstance(h0, Tensor) and isinstance(c0, Tensor):
-                want = 3 if batched else 2
-                if h0.dim() != want or c0.dim() != want:
-                    kind = "batched 3-D" if batched else "unbatched 2-D"
-                    raise RuntimeError(
-                        f"For {kind} input, hx and cx should also be {want}-D but got "
-                        f"({h0.dim()}-D, {c0.dim()}-D) tensors")
-            if not batched:
-                h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
-            self._check_state(h0, "h_0", x, (L, B, H))
-            self._check_state(c0, "c_0", x, (L, B, H))
-
-        if self.dropout > 0 and self.training and L > 1:
-            # Dropout sits between layers: run the stack one layer per op call.
-            per = 4 if self.bias else 2
-            hs, cs = [], []
-            layer_in = x
-            for l in range(L):
-                out, h_l, c_l = ops.lstm(layer_in, h0[l:l + 1], c0[l:l + 1],
-                                         weights[l * per:(l + 1) * per], self.bias)
-                hs.append(h_l)
-                cs.append(c_l)
-                layer_in = F.dropout(out, p=self.dropout, training=True) if l < L - 1 else out
-            output, h_n, c_n = layer_in, torch.cat(hs, 0), torch.cat(cs, 0)
-        else:
-            output, h_n, c_n = ops.lstm(x, h0, c0, weights, self.bias)
-
-        if batched and self.batch_first:
-            output = output.transpose(0, 1)
-        if not batched:
-            output, h_n, c_n = output.squeeze(1), h_n.squeeze(1), c_n.squeeze(1)
+        output, (h_n, c_n) = self._fused_forward(input, hx)
         return output, (h_n, c_n)
+
+
+class GRU(_FusedRNNMixin, nn.GRU):
+    """A stacked GRU computed by fusedrnn's fused kernels.
+
+    Same constructor, parameters (names, shapes, initialisation), ``state_dict``
+    and forward contract as :class:`torch.nn.GRU`, of which it is a subclass
+    (gate order r, z, n; ``b_hn`` inside the reset product, as in PyTorch).
+
+    Inputs: ``input`` of shape (T, B, I), (B, T, I) with ``batch_first=True``,
+    or unbatched (T, I); optional ``hx`` (h_0) of shape (L, B, H), or (L, H) for
+    unbatched input.  Returns ``output, h_n``.
+
+    Not implemented yet (NotImplementedError): ``bidirectional=True`` and
+    PackedSequence input.
+    """
+
+    _kind = "GRU"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._check_config()
+
+    def _call_op(self, x, states, weights):
+        output, h_n = ops.gru(x, states[0], weights, self.bias)
+        return output, [h_n]
+
+    def forward(self, input, hx: Optional[Tensor] = None):
+        output, (h_n,) = self._fused_forward(input, hx)
+        return output, h_n
+
+
+class RNN(_FusedRNNMixin, nn.RNN):
+    """A stacked plain (Elman) RNN, tanh or ReLU, computed by fusedrnn's kernels.
+
+    Same constructor (``nonlinearity='tanh'`` or ``'relu'``; anything else is a
+    ValueError, as in torch.nn), parameters, initialisation, ``state_dict`` and
+    forward contract as :class:`torch.nn.RNN`, of which it is a subclass.
+
+    Inputs: ``input`` of shape (T, B, I), (B, T, I) with ``batch_first=True``,
+    or unbatched (T, I); optional ``hx`` (h_0) of shape (L, B, H), or (L, H) for
+    unbatched input.  Returns ``output, h_n``.
+
+    Not implemented yet (NotImplementedError): ``bidirectional=True`` and
+    PackedSequence input.
+    """
+
+    _kind = "RNN"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._check_config()
+
+    def _call_op(self, x, states, weights):
+        output, h_n = ops.rnn(x, states[0], weights, self.bias, self.nonlinearity)
+        return output, [h_n]
+
+    def forward(self, input, hx: Optional[Tensor] = None):
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise ValueError(
+                f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
+        output, (h_n,) = self._fused_forward(input, hx)
+        return output, h_n

@@ -1,7 +1,7 @@
 """Autograd and fake (shape) registrations for the native fusedrnn ops.
 
 The op schemas live in csrc/ops.cpp; the kernels in csrc/cpu and csrc/cuda.
-`lstm` below is the differentiable functional the modules call.
+`lstm`, `gru` and `rnn` below are the differentiable functionals the modules call.
 """
 from typing import List, Sequence, Tuple
 
@@ -97,4 +97,160 @@ def lstm(input: Tensor, hx: Tensor, cx: Tensor, weights: Sequence[Tensor],
     return output, hy, cy
 
 
-__all__: List[str] = ["lstm"]
+# ====================================================================== GRU ==
+
+def _stack_sizes(op, input, weights, has_biases):
+    """(T, B, L, H) of a stacked-RNN call, for the fake implementations."""
+    torch._check(input.dim() == 3,
+                 lambda: f"fusedrnn.{op}: expected input of shape (T, B, I), got {input.dim()}-D")
+    per_layer = 4 if has_biases else 2
+    torch._check(len(weights) > 0 and len(weights) % per_layer == 0,
+                 lambda: f"fusedrnn.{op}: expected {per_layer} weight tensors per layer, "
+                         f"got {len(weights)}")
+    T, B, _ = input.shape
+    return T, B, len(weights) // per_layer, weights[1].shape[1]
+
+
+@torch.library.register_fake("fusedrnn::gru_forward")
+def _gru_forward_fake(input, hx, weights, has_biases, train):
+    T, B, L, H = _stack_sizes("gru", input, weights, has_biases)
+    output = input.new_empty((T, B, H))
+    hy = input.new_empty((L, B, H))
+    if train:
+        saved = input.new_empty((L, T, B, 4 * H))
+        hiddens = input.new_empty((L - 1, T, B, H))
+    else:
+        saved, hiddens = (input.new_empty((0,)) for _ in range(2))
+    return output, hy, saved, hiddens
+
+
+@torch.library.register_fake("fusedrnn::gru_backward")
+def _gru_backward_fake(grad_output, grad_hy, input, hx, weights, has_biases, output, saved,
+                       hiddens):
+    return (torch.empty_like(input, memory_format=torch.contiguous_format),
+            torch.empty_like(hx, memory_format=torch.contiguous_format),
+            [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights])
+
+
+def _no_train_error(op):
+    return RuntimeError(
+        f"fusedrnn.{op}_forward was called with train=False, which keeps nothing for "
+        f"backward; call it with train=True (fusedrnn.ops.{op} does this whenever a "
+        "gradient is needed)")
+
+
+def _gru_setup_context(ctx, inputs, output):
+    input, hx, weights, has_biases, train = inputs
+    out, _hy, saved, hiddens = output
+    ctx.has_biases = has_biases
+    ctx.train = train
+    ctx.save_for_backward(input, hx, out, saved, hiddens, *weights)
+
+
+def _gru_backward(ctx, grad_output, grad_hy, *_workspace_grads):
+    input, hx, out, saved, hiddens, *weights = ctx.saved_tensors
+    if not ctx.train:
+        raise _no_train_error("gru")
+    if grad_output is None:
+        grad_output = torch.zeros_like(out)
+    if grad_hy is None:
+        grad_hy = torch.zeros_like(hx)
+    grad_input, grad_hx, grad_w = _ops.gru_backward(
+        grad_output, grad_hy, input, hx, weights, ctx.has_biases, out, saved, hiddens)
+    return grad_input, grad_hx, list(grad_w), None, None
+
+
+torch.library.register_autograd("fusedrnn::gru_forward", _gru_backward,
+                                setup_context=_gru_setup_context)
+
+
+# ====================================================================== RNN ==
+
+@torch.library.register_fake("fusedrnn::rnn_forward")
+def _rnn_forward_fake(input, hx, weights, has_biases, relu, train):
+    T, B, L, H = _stack_sizes("rnn", input, weights, has_biases)
+    output = input.new_empty((T, B, H))
+    hy = input.new_empty((L, B, H))
+    hiddens = input.new_empty((L - 1, T, B, H)) if train else input.new_empty((0,))
+    return output, hy, hiddens
+
+
+@torch.library.register_fake("fusedrnn::rnn_backward")
+def _rnn_backward_fake(grad_output, grad_hy, input, hx, weights, has_biases, relu, output,
+                       hiddens):
+    return (torch.empty_like(input, memory_format=torch.contiguous_format),
+            torch.empty_like(hx, memory_format=torch.contiguous_format),
+            [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights])
+
+
+def _rnn_setup_context(ctx, inputs, output):
+    input, hx, weights, has_biases, relu, train = inputs
+    out, _hy, hiddens = output
+    ctx.has_biases = has_biases
+    ctx.relu = relu
+    ctx.train = train
+    ctx.save_for_backward(input, hx, out, hiddens, *weights)
+
+
+def _rnn_backward(ctx, grad_output, grad_hy, *_workspace_grads):
+    input, hx, out, hiddens, *weights = ctx.saved_tensors
+    if not ctx.train:
+        raise _no_train_error("rnn")
+    if grad_output is None:
+        grad_output = torch.zeros_like(out)
+    if grad_hy is None:
+        grad_hy = torch.zeros_like(hx)
+    grad_input, grad_hx, grad_w = _ops.rnn_backward(
+        grad_output, grad_hy, input, hx, weights, ctx.has_biases, ctx.relu, out, hiddens)
+    return grad_input, grad_hx, list(grad_w), None, None, None
+
+
+torch.library.register_autograd("fusedrnn::rnn_forward", _rnn_backward,
+                                setup_context=_rnn_setup_context)
+
+
+# --------------------------------------------------------------- functionals --
+
+def _needs_grad(*tensors) -> bool:
+    """Whether backward can be called on the result: keep the activations then."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def gru(input: Tensor, hx: Tensor, weights: Sequence[Tensor],
+        has_biases: bool = True) -> Tuple[Tensor, Tensor]:
+    """Stacked GRU over a whole sequence, differentiable.
+
+    input (T, B, I); hx (L, B, H); weights in nn.GRU's flat order
+    ([w_ih_l0, w_hh_l0, b_ih_l0, b_hh_l0, w_ih_l1, ...], gate order r, z, n;
+    no biases when has_biases is False).  Returns output (T, B, H) and
+    h_n (L, B, H).  The activations backward needs are kept only when a
+    gradient is required.
+    """
+    weights = list(weights)
+    train = _needs_grad(input, hx, *weights)
+    output, hy, *_ = _ops.gru_forward(input, hx, weights, has_biases, train)
+    return output, hy
+
+
+_NONLINEARITIES = ("tanh", "relu")
+
+
+def rnn(input: Tensor, hx: Tensor, weights: Sequence[Tensor], has_biases: bool = True,
+        nonlinearity: str = "tanh") -> Tuple[Tensor, Tensor]:
+    """Stacked plain (Elman) RNN over a whole sequence, differentiable.
+
+    h_t = act(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh), act = tanh or relu
+    (``nonlinearity``).  input (T, B, I); hx (L, B, H); weights in nn.RNN's flat
+    order.  Returns output (T, B, H) and h_n (L, B, H).
+    """
+    if nonlinearity not in _NONLINEARITIES:
+        raise ValueError(
+            f"fusedrnn.rnn: unknown nonlinearity {nonlinearity!r}; select from 'tanh' or 'relu'")
+    weights = list(weights)
+    train = _needs_grad(input, hx, *weights)
+    output, hy, _ = _ops.rnn_forward(input, hx, weights, has_biases, nonlinearity == "relu",
+                                     train)
+    return output, hy
+
+
+__all__: List[str] = ["lstm", "gru", "rnn"]

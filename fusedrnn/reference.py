@@ -17,8 +17,9 @@ Conventions are PyTorch's (``torch.nn.LSTM``), so weights load unchanged:
   ``torch.nn.functional.dropout(out, p, training=True)``; the fused module makes
   the same calls in the same order, so under the same seed the masks coincide.
 
-The file is organised as cell -> layer -> stack so that GRU and plain RNN cells
-can be added next to the LSTM cell and reuse :func:`_stack`.
+The file is organised as cell -> layer -> stack; the GRU (``torch.nn.GRU``'s
+conventions, gate order r, z, n) and the plain tanh/ReLU RNN (``torch.nn.RNN``)
+sit next to the LSTM and reuse :func:`_stack`.
 """
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -26,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["lstm_cell", "lstm_layer", "lstm", "split_weights"]
+__all__ = ["lstm_cell", "lstm_layer", "lstm", "gru_cell", "gru_layer", "gru",
+           "rnn_cell", "rnn_layer", "rnn", "split_weights"]
 
 
 # --------------------------------------------------------------------------
@@ -194,3 +196,155 @@ def lstm(input: Tensor, hx: Optional[Tuple[Tensor, Tensor]], weights: Sequence[T
     if batch_first:
         out = out.transpose(0, 1)
     return out, (h_n, c_n)
+
+
+# --------------------------------------------------------------------------
+# GRU
+# --------------------------------------------------------------------------
+
+def gru_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor,
+             b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None) -> Tensor:
+    r"""One GRU step (``torch.nn.GRU``'s conventions, gate order r, z, n).
+
+    Shapes: ``x`` (B, I), ``h`` (B, H), ``w_ih`` (3H, I), ``w_hh`` (3H, H),
+    ``b_ih`` and ``b_hh`` (3H) or ``None``::
+
+        gx = x W_ihᵀ + b_ih,   gh = h W_hhᵀ + b_hh              (B, 3H)
+        r = σ(gx_r + gh_r)          reset gate
+        z = σ(gx_z + gh_z)          update gate
+        n = tanh(gx_n + r ⊙ gh_n)   candidate (b_hn sits inside the r product)
+        h' = (1 − z) ⊙ n + z ⊙ h
+
+    Returns ``h'`` (B, H).
+    """
+    gx = x @ w_ih.t()
+    gh = h @ w_hh.t()
+    if b_ih is not None:
+        gx = gx + b_ih
+    if b_hh is not None:
+        gh = gh + b_hh
+    x_r, x_z, x_n = gx.chunk(3, dim=-1)
+    h_r, h_z, h_n = gh.chunk(3, dim=-1)
+    r = torch.sigmoid(x_r + h_r)
+    z = torch.sigmoid(x_z + h_z)
+    n = torch.tanh(x_n + r * h_n)
+    return (1 - z) * n + z * h
+
+
+def _run_layer(cell: Callable, x: Tensor, h0: Tensor, layer_weights: Sequence[Tensor],
+               **kw) -> Tuple[Tensor, Tuple[Tensor]]:
+    """Run a single-state cell over the sequence: ``h_t = cell(x_t, h_{t-1}, …)``.
+    Returns ``(out (T, B, H), (h_{T-1},))``; for T = 0 the output is empty and
+    the final state is ``h0``."""
+    h = h0
+    outs: List[Tensor] = []
+    for t in range(x.shape[0]):
+        h = cell(x[t], h, *layer_weights, **kw)
+        outs.append(h)
+    if outs:
+        out = torch.stack(outs, dim=0)
+    else:
+        out = x.new_zeros((0, h0.shape[0], h0.shape[1]))
+    return out, (h,)
+
+
+def gru_layer(x: Tensor, h0: Tensor, layer_weights: Sequence[Tensor]
+              ) -> Tuple[Tensor, Tuple[Tensor]]:
+    r"""Run one GRU layer over a sequence: ``x`` (T, B, I), ``h0`` (B, H),
+    ``layer_weights`` = ``(w_ih, w_hh)`` or ``(w_ih, w_hh, b_ih, b_hh)``.
+    Returns ``(out (T, B, H), (h_{T-1},))``."""
+    return _run_layer(gru_cell, x, h0, layer_weights)
+
+
+def _single_state_stack(layer_fn: Callable, input: Tensor, hx: Optional[Tensor],
+                        weights: Sequence[Tensor], num_layers: int, has_biases: bool,
+                        batch_first: bool, dropout: float, training: bool
+                        ) -> Tuple[Tensor, Tensor]:
+    """A GRU/RNN stack with nn.GRU/nn.RNN's calling convention (one state h)."""
+    x, unbatched = _prepare_input(input, batch_first)
+    layers = split_weights(weights, num_layers, has_biases)
+    H = layers[0][1].shape[1]
+    B = x.shape[1]
+    if hx is None:
+        h0 = x.new_zeros((num_layers, B, H))
+    else:
+        h0 = hx.unsqueeze(1) if unbatched else hx
+    states = [(h0[l],) for l in range(num_layers)]
+    out, finals = _stack(layer_fn, x, states, layers, dropout, training)
+    h_n = torch.stack([h for (h,) in finals], dim=0)
+    if unbatched:
+        return out.squeeze(1), h_n.squeeze(1)
+    if batch_first:
+        out = out.transpose(0, 1)
+    return out, h_n
+
+
+def gru(input: Tensor, hx: Optional[Tensor], weights: Sequence[Tensor], *,
+        num_layers: int, has_biases: bool = True, batch_first: bool = False,
+        dropout: float = 0.0, training: bool = False) -> Tuple[Tensor, Tensor]:
+    r"""A stacked GRU with ``torch.nn.GRU``'s calling convention.
+
+    ``input``: (T, B, I); (B, T, I) when ``batch_first``; or unbatched (T, I).
+    ``hx``: h0 of shape (L, B, H) — (L, H) for unbatched input — or ``None``
+    for zeros.  ``weights``: the flat list ``[w_ih_l0, w_hh_l0, b_ih_l0,
+    b_hh_l0, w_ih_l1, …]`` (no biases when ``has_biases=False``); layer 0's
+    ``w_ih`` is (3H, I), the others' (3H, H).  Layer l runs :func:`gru_layer`
+    from ``h0[l]`` on layer l-1's output sequence; dropout as in :func:`lstm`.
+
+    Returns ``(output, h_n)``: ``output`` (T, B, H) (batch_first / unbatched
+    like the input), ``h_n`` (L, B, H) (or (L, H)).
+    """
+    return _single_state_stack(gru_layer, input, hx, weights, num_layers, has_biases,
+                               batch_first, dropout, training)
+
+
+# --------------------------------------------------------------------------
+# Plain (Elman) RNN, tanh or ReLU
+# --------------------------------------------------------------------------
+
+def rnn_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor,
+             b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None, *,
+             nonlinearity: str = "tanh") -> Tensor:
+    r"""One plain RNN step (``torch.nn.RNN``)::
+
+        h' = act(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh),   act = tanh or relu
+
+    Shapes: ``x`` (B, I), ``h`` (B, H), ``w_ih`` (H, I), ``w_hh`` (H, H),
+    ``b_ih``, ``b_hh`` (H) or ``None``.  Returns ``h'`` (B, H).
+    """
+    pre = x @ w_ih.t() + h @ w_hh.t()
+    if b_ih is not None:
+        pre = pre + b_ih
+    if b_hh is not None:
+        pre = pre + b_hh
+    if nonlinearity == "tanh":
+        return torch.tanh(pre)
+    if nonlinearity == "relu":
+        return torch.relu(pre)
+    raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+
+
+def rnn_layer(x: Tensor, h0: Tensor, layer_weights: Sequence[Tensor], *,
+              nonlinearity: str = "tanh") -> Tuple[Tensor, Tuple[Tensor]]:
+    r"""Run one plain RNN layer over a sequence: ``x`` (T, B, I), ``h0``
+    (B, H).  Returns ``(out (T, B, H), (h_{T-1},))``."""
+    return _run_layer(rnn_cell, x, h0, layer_weights, nonlinearity=nonlinearity)
+
+
+def rnn(input: Tensor, hx: Optional[Tensor], weights: Sequence[Tensor], *,
+        num_layers: int, has_biases: bool = True, batch_first: bool = False,
+        dropout: float = 0.0, training: bool = False, nonlinearity: str = "tanh"
+        ) -> Tuple[Tensor, Tensor]:
+    r"""A stacked plain RNN with ``torch.nn.RNN``'s calling convention.
+
+    Same arguments and results as :func:`gru`, with (H, ·) weight matrices and
+    ``nonlinearity`` ``"tanh"`` or ``"relu"``.
+    """
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+
+    def layer_fn(x, h0, layer_weights):
+        return rnn_layer(x, h0, layer_weights, nonlinearity=nonlinearity)
+
+    return _single_state_stack(layer_fn, input, hx, weights, num_layers, has_biases,
+                               batch_first, dropout, training)

@@ -1,0 +1,249 @@
+// CPU implementation of fusedrnn::rnn_forward / rnn_backward (plain Elman RNN,
+// tanh or ReLU): the whole stack in one op call (same architecture as
+// lstm_cpu.cpp).
+//
+// Per layer (layers run one after another):
+//   1. the input projection of all T steps as one GEMM, written straight into
+//      the layer's output buffer:  Out = X (T·B × I_l) · W_ihᵀ + (b_ih + b_hh)
+//   2. per timestep ONE fused step: h_{t-1} · W_hhᵀ with the activation
+//      (rnn_cell_forward, cell_math.h) applied right after it.  For float32 on
+//      CPUs with AVX-512 the step is fast_step_gru.cpp's kernel (W_hh packed
+//      once per call, activation as the GEMM tile's epilogue; the projection
+//      then goes to a separate buffer); otherwise one GEMM Out_t += h_{t-1} ·
+//      W_hhᵀ (at::addmm_) and one parallel pointwise pass in place.
+// Backward runs each layer's recurrence in reverse.  Per step one fused step
+// (kernel, or GEMM + pointwise pass): dG_t = (dy_t + dG_{t+1} · W_hh) times
+// the activation's derivative, a function of h_t alone (tanh' = 1 − h²,
+// ReLU' = [h > 0]); so the forward saves only the layer outputs.  Afterwards dW_ih,
+// dW_hh, db (= db_ih = db_hh) and dX are large GEMMs/reductions over all
+// timesteps.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "cell_math.h"
+#include "cpu/fast_step_gru.h"
+#include "rnn_checks.h"
+
+namespace fusedrnn {
+
+// lstm_cpu.cpp owns the switch of the fused float32 step kernels
+// (fusedrnn._C.set_cpu_fast_step_enabled) and installs at::parallel_for as
+// their threading hook the first time availability is asked.
+bool cpu_fast_step_available();
+bool cpu_fast_step_enabled();
+
+namespace {
+
+using at::Tensor;
+
+constexpr const char* kOp = "fusedrnn.rnn";
+
+// Grain for the pointwise passes: elements per task.
+constexpr int64_t kGrain = 4096;
+
+bool use_fast_step(const Tensor& t) {
+  return t.scalar_type() == at::kFloat && cpu_fast_step_enabled() && cpu_fast_step_available();
+}
+
+// ---------------------------------------------------------------- forward --
+
+// In place over n = B·H elements: h = act(pre).
+template <typename scalar_t>
+void rnn_forward_pass(int64_t n, scalar_t* h, bool relu) {
+  using acc_t = typename acc_type<scalar_t>::type;
+  at::parallel_for(0, n, kGrain, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) h[k] = rnn_cell_forward<acc_t>(h[k], relu);
+  });
+}
+
+// Runs one layer over all T steps; `out` (T, B, H) receives h_t.
+void layer_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
+                   const Tensor* b_ih, const Tensor* b_hh, const Tensor& h0, bool relu,
+                   Tensor& out, Tensor& hy) {
+  const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(1);
+  const bool fast = use_fast_step(x);
+  // The generic path projects straight into `out` and finishes each step in
+  // place; the kernel's output must not alias its gx, so it gets a buffer.
+  Tensor gx = fast ? at::empty({T, B, H}, x.options()) : out;
+  Tensor gx2 = gx.view({T * B, H});
+  Tensor x2 = x.reshape({T * B, x.size(2)});
+  if (b_ih) {
+    at::addmm_out(gx2, *b_ih + *b_hh, x2, w_ih.t());
+  } else {
+    at::mm_out(gx2, x2, w_ih.t());
+  }
+  if (T == 0) {
+    hy.copy_(h0);
+    return;
+  }
+  if (fast) {
+    Tensor packed_t =
+        at::empty({static_cast<int64_t>(cpu::rnn_packed_forward_size(H))}, x.options());
+    float* packed = packed_t.data_ptr<float>();
+    cpu::rnn_pack_forward(w_hh.data_ptr<float>(), H, packed);
+    const float* h_prev = h0.data_ptr<float>();
+    for (int64_t t = 0; t < T; ++t) {
+      float* h_out = out.data_ptr<float>() + t * B * H;
+      cpu::rnn_step_forward(B, H, relu, packed, gx.data_ptr<float>() + t * B * H, H, h_prev, H,
+                            h_out, H);
+      h_prev = h_out;
+    }
+  } else {
+    Tensor w_hh_t = w_hh.t();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rnn_forward_cpu", [&] {
+      for (int64_t t = 0; t < T; ++t) {
+        Tensor o_t = out[t];
+        o_t.addmm_(t == 0 ? h0 : out[t - 1], w_hh_t);
+        rnn_forward_pass<scalar_t>(B * H, o_t.data_ptr<scalar_t>(), relu);
+      }
+    });
+  }
+  hy.copy_(out[T - 1]);
+}
+
+std::tuple<Tensor, Tensor, Tensor> rnn_forward_cpu(const Tensor& input_, const Tensor& hx_,
+                                                   at::TensorList weights_, bool has_biases,
+                                                   bool relu, bool train) {
+  const RnnSizes s = check_stack_args(kOp, 1, input_, hx_, {}, weights_, has_biases);
+  const Tensor input = input_.contiguous();
+  const Tensor hx = hx_.contiguous();
+  std::vector<Tensor> w;
+  for (const auto& t : weights_) w.push_back(t.contiguous());
+
+  const auto opts = input.options();
+  Tensor output = at::empty({s.T, s.B, s.H}, opts);
+  Tensor hy = at::empty({s.L, s.B, s.H}, opts);
+  Tensor hiddens = train ? at::empty({s.L - 1, s.T, s.B, s.H}, opts) : at::empty({0}, opts);
+  Tensor scratch[2];  // ping-pong layer outputs in inference
+  Tensor x = input;
+  for (int64_t l = 0; l < s.L; ++l) {
+    const Tensor* wl = &w[l * s.per_layer];
+    Tensor out;
+    if (l == s.L - 1) {
+      out = output;
+    } else if (train) {
+      out = hiddens[l];
+    } else {
+      if (!scratch[l % 2].defined()) scratch[l % 2] = at::empty({s.T, s.B, s.H}, opts);
+      out = scratch[l % 2];
+    }
+    Tensor hy_l = hy[l];
+    layer_forward(x, wl[0], wl[1], has_biases ? &wl[2] : nullptr, has_biases ? &wl[3] : nullptr,
+                  hx[l], relu, out, hy_l);
+    x = out;
+  }
+  return {output, hy, hiddens};
+}
+
+// --------------------------------------------------------------- backward --
+
+// In place over n = B·H elements: dG = act'(h) · dh, dG holding dh on entry.
+template <typename scalar_t>
+void rnn_backward_pass(int64_t n, scalar_t* dG, const scalar_t* h, bool relu) {
+  using acc_t = typename acc_type<scalar_t>::type;
+  at::parallel_for(0, n, kGrain, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) dG[k] = rnn_cell_backward<acc_t>(dG[k], h[k], relu);
+  });
+}
+
+// Backward through one layer.  dy (T, B, H): gradient reaching the layer's
+// outputs from above; out (T, B, H): the layer's h_t.  Fills dG (T, B, H),
+// the pre-activation gradients, and grad_h0 (B, H).
+void layer_backward(const Tensor& dy, const Tensor& dhy, const Tensor& w_hh, const Tensor& out,
+                    bool relu, Tensor& dG, Tensor& grad_h0) {
+  const int64_t T = dy.size(0), B = dy.size(1), H = w_hh.size(1);
+  if (T == 0) {
+    grad_h0.copy_(dhy);
+    return;
+  }
+  if (use_fast_step(dy)) {
+    Tensor packed_t =
+        at::empty({static_cast<int64_t>(cpu::rnn_packed_backward_size(H))}, dy.options());
+    float* packed = packed_t.data_ptr<float>();
+    cpu::rnn_pack_backward(w_hh.data_ptr<float>(), H, packed);
+    Tensor dy_last = dy[T - 1] + dhy;  // the last step also receives grad_hy
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const float* dy_t =
+          t == T - 1 ? dy_last.data_ptr<float>() : dy.data_ptr<float>() + t * B * H;
+      cpu::rnn_step_backward(B, H, relu, packed, dy_t, H,
+                             t == T - 1 ? nullptr : dG.data_ptr<float>() + (t + 1) * B * H,
+                             out.data_ptr<float>() + t * B * H, H,
+                             dG.data_ptr<float>() + t * B * H);
+    }
+  } else {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "rnn_backward_cpu", [&] {
+      for (int64_t t = T - 1; t >= 0; --t) {
+        Tensor dG_t = dG[t];
+        if (t == T - 1) {
+          at::add_out(dG_t, dy[t], dhy);  // the last step also receives grad_hy
+        } else {
+          at::addmm_out(dG_t, dy[t], dG[t + 1], w_hh);
+        }
+        rnn_backward_pass<scalar_t>(B * H, dG_t.data_ptr<scalar_t>(),
+                                    out.data_ptr<scalar_t>() + t * B * H, relu);
+      }
+    });
+  }
+  at::mm_out(grad_h0, dG[0], w_hh);
+}
+
+std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_cpu(
+    const Tensor& grad_output_, const Tensor& grad_hy_, const Tensor& input_, const Tensor& hx_,
+    at::TensorList weights_, bool has_biases, bool relu, const Tensor& output_,
+    const Tensor& hiddens_) {
+  const RnnSizes s = check_stack_args(kOp, 1, input_, hx_, {}, weights_, has_biases);
+  check_rnn_backward_args(s, input_, grad_output_, grad_hy_, output_, hiddens_);
+  const Tensor input = input_.contiguous(), hx = hx_.contiguous();
+  const Tensor output = output_.contiguous(), hiddens = hiddens_.contiguous();
+  const Tensor grad_hy = grad_hy_.contiguous();
+  std::vector<Tensor> w;
+  for (const auto& t : weights_) w.push_back(t.contiguous());
+
+  const int64_t T = s.T, B = s.B, H = s.H;
+  const auto opts = input.options();
+  Tensor grad_hx = at::empty_like(hx);
+  std::vector<Tensor> grad_w(w.size());
+  Tensor dy = grad_output_.contiguous();
+  Tensor grad_input;
+  Tensor dG = at::empty({T, B, H}, opts);
+  Tensor dG2 = dG.view({T * B, H});
+  for (int64_t l = s.L - 1; l >= 0; --l) {
+    const Tensor* wl = &w[l * s.per_layer];
+    const Tensor x = l == 0 ? input : hiddens[l - 1];       // layer input (T, B, I_l)
+    const Tensor out = l == s.L - 1 ? output : hiddens[l];  // layer output h_t
+    Tensor gh0 = grad_hx[l];
+    layer_backward(dy, grad_hy[l], wl[1], out, relu, dG, gh0);
+    const int64_t I_l = x.size(2);
+    grad_w[l * s.per_layer] = at::mm(dG2.t(), x.reshape({T * B, I_l}));
+    Tensor dw_hh;
+    if (T == 0) {
+      dw_hh = at::zeros({H, H}, opts);
+    } else {
+      dw_hh = at::mm(dG[0].t(), hx[l]);
+      if (T > 1) {
+        dw_hh.addmm_(dG.slice(0, 1).reshape({(T - 1) * B, H}).t(),
+                     out.slice(0, 0, T - 1).reshape({(T - 1) * B, H}));
+      }
+    }
+    grad_w[l * s.per_layer + 1] = dw_hh;
+    if (has_biases) {
+      Tensor db = dG2.sum(0);
+      grad_w[l * s.per_layer + 2] = db;
+      grad_w[l * s.per_layer + 3] = db.clone();
+    }
+    dy = at::mm(dG2, wl[0]).view({T, B, I_l});
+    if (l == 0) grad_input = dy;
+  }
+  return {grad_input, grad_hx, grad_w};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
+  m.impl("rnn_forward", &rnn_forward_cpu);
+  m.impl("rnn_backward", &rnn_backward_cpu);
+}
+
+}  // namespace fusedrnn
