@@ -32,6 +32,7 @@ class _FusedRNNMixin:
 
     _kind = "RNN"
     _state_names: Tuple[str, ...] = ("h_0",)
+    _has_cuda_kernels = False  # the cell's ops have a CUDA implementation
 
     def _check_config(self) -> None:
         if self.bidirectional:
@@ -97,6 +98,8 @@ class _FusedRNNMixin:
                 f"fusedrnn.{kind}: this build of fusedrnn has no kernels for {x.device.type} "
                 "tensors (CUDA kernels are compiled only when nvcc and a CUDA build of torch "
                 "are present at install time)")
+        if x.is_cuda and not self._has_cuda_kernels:
+            raise _not_implemented("CUDA input (its kernels are CPU-only so far)", kind)
         if not x.is_floating_point():
             raise ValueError(f"fusedrnn.{kind}: input must be floating point, got {x.dtype}")
         return x, batched
@@ -191,6 +194,7 @@ class LSTM(_FusedRNNMixin, nn.LSTM):
 
     _kind = "LSTM"
     _state_names = ("h_0", "c_0")
+    _has_cuda_kernels = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -347,3 +347,12 @@ def test_second_device_matches_first():
     want = _run_module(fused0, x, h0, c0)
     assert all(t.device == torch.device("cuda:1") for t in got[0] + got[1])
     _assert_results(got, want, TOL[F32], fused0._flat_weights_names)
+
+
+@pytest.mark.parametrize("kind", ["GRU", "RNN"])
+def test_gru_rnn_on_cuda_refused_clearly(kind):
+    """GRU/RNN have CPU kernels only so far: CUDA input is a NotImplementedError
+    that says so, not a dispatcher error."""
+    mod = getattr(fusedrnn, kind)(3, 5, 2).to(CUDA)
+    with pytest.raises(NotImplementedError, match=r"CUDA"):
+        mod(torch.randn(4, 2, 3, device=CUDA))
