@@ -27,7 +27,13 @@ class _FusedRNNMixin:
     Subclasses set ``_kind`` ("LSTM", "GRU", "RNN"), ``_state_names`` (the
     names of the recurrent states in hx: ("h_0", "c_0") or ("h_0",)) and
     implement ``_call_op(x, states, weights) -> (output, finals)`` running the
-    stack (or one layer) on (T, B, I) input and (L, B, H) states.
+    stack (or one layer, one direction) on (T, B, I) input and (L, B, H) states.
+
+    ``bidirectional=True`` runs layer by layer: the forward direction is the op
+    on the layer's input with the layer's weights, the reverse direction the
+    same op on the time-flipped input with the ``_reverse`` weights (its output
+    flipped back); the layer's output is both concatenated, (T, B, 2H), and the
+    states are ordered as in torch.nn: [l0 fwd, l0 bwd, l1 fwd, ...].
     """
 
     _kind = "RNN"
@@ -35,8 +41,6 @@ class _FusedRNNMixin:
     _has_cuda_kernels = False  # the cell's ops have a CUDA implementation
 
     def _check_config(self) -> None:
-        if self.bidirectional:
-            raise _not_implemented("bidirectional=True", self._kind)
         if getattr(self, "proj_size", 0) > 0:
             raise _not_implemented("proj_size > 0", self._kind)
 
@@ -106,12 +110,12 @@ class _FusedRNNMixin:
 
     def _prepare_states(self, hx, x: Tensor, batched: bool) -> List[Tensor]:
         """Validate ``hx`` (a tensor for GRU/RNN, a pair for LSTM, or None);
-        return the states as (L, B, H) tensors."""
-        L, H = self.num_layers, self.hidden_size
+        return the states as (D*L, B, H) tensors (D = 2 when bidirectional)."""
+        DL, H = self.num_layers * (2 if self.bidirectional else 1), self.hidden_size
         B = x.shape[1]
         n = len(self._state_names)
         if hx is None:
-            return [x.new_zeros((L, B, H)) for _ in range(n)]
+            return [x.new_zeros((DL, B, H)) for _ in range(n)]
         if n == 1:
             if not isinstance(hx, Tensor):
                 raise TypeError(
@@ -137,26 +141,42 @@ class _FusedRNNMixin:
         if not batched:
             states = [s.unsqueeze(1) for s in states]
         for i, s in enumerate(states):
-            self._check_state(s, i, x, (L, B, H))
+            self._check_state(s, i, x, (DL, B, H))
         return states
 
     def _run_stack(self, x: Tensor, states: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
-        """The whole stack in one op call, or, with dropout in training, one op
-        call per layer with ``F.dropout`` between layers (never after the last),
+        """The whole stack in one op call or, when bidirectional or with dropout
+        in training, layer by layer: one op call per layer and direction (the
+        reverse one on the time-flipped input), the directions' outputs
+        concatenated, and ``F.dropout`` between layers (never after the last),
         in the reference's order so that masks coincide under the same seed."""
         weights = self._flat_weights
         L = self.num_layers
-        if not (self.dropout > 0 and self.training and L > 1):
+        D = 2 if self.bidirectional else 1
+        dropout = self.dropout > 0 and self.training and L > 1
+        if D == 1 and not dropout:
             return self._call_op(x, states, weights)
         per = 4 if self.bias else 2
         finals: List[List[Tensor]] = [[] for _ in states]
         layer_in = x
         for l in range(L):
-            out, fin = self._call_op(layer_in, [s[l:l + 1] for s in states],
-                                     weights[l * per:(l + 1) * per])
-            for acc, f in zip(finals, fin):
-                acc.append(f)
-            layer_in = F.dropout(out, p=self.dropout, training=True) if l < L - 1 else out
+            outs = []
+            for d in range(D):
+                k = l * D + d  # index of (layer, direction) in states and weights
+                layer_states = [s[k:k + 1] for s in states]
+                layer_weights = weights[k * per:(k + 1) * per]
+                if d == 0:
+                    out, fin = self._call_op(layer_in, layer_states, layer_weights)
+                else:
+                    out, fin = self._call_op(torch.flip(layer_in, (0,)), layer_states,
+                                             layer_weights)
+                    out = torch.flip(out, (0,))
+                outs.append(out)
+                for acc, f in zip(finals, fin):
+                    acc.append(f)
+            out = outs[0] if D == 1 else torch.cat(outs, dim=2)
+            layer_in = F.dropout(out, p=self.dropout, training=True) \
+                if dropout and l < L - 1 else out
         return layer_in, [torch.cat(f, 0) for f in finals]
 
     def _fused_forward(self, input, hx) -> Tuple[Tensor, List[Tensor]]:
@@ -185,11 +205,12 @@ class LSTM(_FusedRNNMixin, nn.LSTM):
     a ``torch.nn.LSTM`` state_dict loads unchanged, and back.
 
     Inputs: ``input`` of shape (T, B, I), (B, T, I) with ``batch_first=True``,
-    or unbatched (T, I); optional ``hx = (h_0, c_0)`` of shape (L, B, H), or
-    (L, H) for unbatched input.  Returns ``output, (h_n, c_n)``.
+    or unbatched (T, I); optional ``hx = (h_0, c_0)`` of shape (D*L, B, H), or
+    (D*L, H) for unbatched input (D = 2 when ``bidirectional``, else 1).
+    Returns ``output, (h_n, c_n)``; output has D*H features.
 
-    Not implemented yet (NotImplementedError): ``bidirectional=True``,
-    ``proj_size > 0`` and PackedSequence input.
+    Not implemented yet (NotImplementedError): ``proj_size > 0`` and
+    PackedSequence input.
     """
 
     _kind = "LSTM"
@@ -217,11 +238,11 @@ class GRU(_FusedRNNMixin, nn.GRU):
     (gate order r, z, n; ``b_hn`` inside the reset product, as in PyTorch).
 
     Inputs: ``input`` of shape (T, B, I), (B, T, I) with ``batch_first=True``,
-    or unbatched (T, I); optional ``hx`` (h_0) of shape (L, B, H), or (L, H) for
-    unbatched input.  Returns ``output, h_n``.
+    or unbatched (T, I); optional ``hx`` (h_0) of shape (D*L, B, H), or (D*L, H)
+    for unbatched input (D = 2 when ``bidirectional``, else 1).  Returns
+    ``output, h_n``; output has D*H features.
 
-    Not implemented yet (NotImplementedError): ``bidirectional=True`` and
-    PackedSequence input.
+    Not implemented yet (NotImplementedError): PackedSequence input.
     """
 
     _kind = "GRU"
@@ -247,11 +268,11 @@ class RNN(_FusedRNNMixin, nn.RNN):
     forward contract as :class:`torch.nn.RNN`, of which it is a subclass.
 
     Inputs: ``input`` of shape (T, B, I), (B, T, I) with ``batch_first=True``,
-    or unbatched (T, I); optional ``hx`` (h_0) of shape (L, B, H), or (L, H) for
-    unbatched input.  Returns ``output, h_n``.
+    or unbatched (T, I); optional ``hx`` (h_0) of shape (D*L, B, H), or (D*L, H)
+    for unbatched input (D = 2 when ``bidirectional``, else 1).  Returns
+    ``output, h_n``; output has D*H features.
 
-    Not implemented yet (NotImplementedError): ``bidirectional=True`` and
-    PackedSequence input.
+    Not implemented yet (NotImplementedError): PackedSequence input.
     """
 
     _kind = "RNN"

@@ -16,6 +16,12 @@ Conventions are PyTorch's (``torch.nn.LSTM``), so weights load unchanged:
   output sequence, never after the last layer, with
   ``torch.nn.functional.dropout(out, p, training=True)``; the fused module makes
   the same calls in the same order, so under the same seed the masks coincide.
+* Bidirectional (``bidirectional=True``, as ``torch.nn``): every layer also
+  runs a reverse direction, t = T-1 … 0, with its own weights (the
+  ``_reverse`` ones, which follow the forward ones of the same layer in the
+  flat list); the layer's output is ``cat(forward, reverse)`` on the feature
+  dimension, (T, B, 2H), which is what the next layer (and dropout) sees.
+  States are (2L, B, H), ordered [l0 forward, l0 reverse, l1 forward, …].
 
 The file is organised as cell -> layer -> stack; the GRU (``torch.nn.GRU``'s
 conventions, gate order r, z, n) and the plain tanh/ReLU RNN (``torch.nn.RNN``)
@@ -77,25 +83,34 @@ def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
 # Layers: run one cell over the sequence
 # --------------------------------------------------------------------------
 
-def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, layer_weights: Sequence[Tensor]
-               ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+def _time_steps(T: int, reverse: bool):
+    """The order in which a layer visits the timesteps."""
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, layer_weights: Sequence[Tensor],
+               reverse: bool = False) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
     r"""Run one LSTM layer over a sequence.
 
     ``x`` (T, B, I), ``h0``/``c0`` (B, H), ``layer_weights`` =
     ``(w_ih, w_hh)`` or ``(w_ih, w_hh, b_ih, b_hh)``.
 
     For t = 0 … T-1: ``(h_t, c_t) = lstm_cell(x_t, h_{t-1}, c_{t-1}, …)``
-    with ``h_{-1} = h0``, ``c_{-1} = c0``.
+    with ``h_{-1} = h0``, ``c_{-1} = c0``.  With ``reverse`` the sequence is
+    walked backwards, t = T-1 … 0, starting from ``(h0, c0)`` at t = T-1.
 
-    Returns ``(out, (h_{T-1}, c_{T-1}))`` with ``out`` = stack of all h_t,
-    shape (T, B, H).  For T = 0 the output is empty and the final state is
-    the initial state.
+    Returns ``(out, (h_last, c_last))`` with ``out`` = all h_t in time order,
+    shape (T, B, H), and the state after the last step taken (t = T-1, or
+    t = 0 when ``reverse``).  For T = 0 the output is empty and the final
+    state is the initial state.
     """
     h, c = h0, c0
     outs: List[Tensor] = []
-    for t in range(x.shape[0]):
+    for t in _time_steps(x.shape[0], reverse):
         h, c = lstm_cell(x[t], h, c, *layer_weights)
         outs.append(h)
+    if reverse:
+        outs.reverse()
     if outs:
         out = torch.stack(outs, dim=0)
     else:
@@ -124,19 +139,30 @@ def split_weights(weights: Sequence[Tensor], num_layers: int, has_biases: bool,
 
 
 def _stack(layer_fn: Callable, x: Tensor, states: List[Tuple[Tensor, ...]],
-           layers: List[List[Tensor]], dropout: float, training: bool
-           ) -> Tuple[Tensor, List[Tuple[Tensor, ...]]]:
+           layers: List[List[Tensor]], dropout: float, training: bool,
+           bidirectional: bool = False) -> Tuple[Tensor, List[Tuple[Tensor, ...]]]:
     """Stack layers: layer l's input at time t is layer l-1's output at time t.
+
+    ``states`` and ``layers`` hold one entry per layer and direction, in the
+    order l0 (forward), [l0 reverse,] l1, …; ``layer_fn(x, *state, weights,
+    reverse=…)`` runs one of them.  With ``bidirectional`` a layer's output is
+    the forward and reverse outputs concatenated on the last dimension.
 
     Between layers (never after the last) the whole output sequence of a
     layer goes through ``F.dropout(out, p=dropout, training=True)`` when
     ``training`` and ``dropout > 0``.
     """
+    D = 2 if bidirectional else 1
     finals = []
-    num_layers = len(layers)
+    num_layers = len(layers) // D
     for l in range(num_layers):
-        x, final = layer_fn(x, *states[l], layers[l])
-        finals.append(final)
+        outs = []
+        for d in range(D):
+            k = l * D + d
+            out, final = layer_fn(x, *states[k], layers[k], reverse=(d == 1))
+            outs.append(out)
+            finals.append(final)
+        x = torch.cat(outs, dim=-1) if D == 2 else outs[0]
         if training and dropout > 0 and l < num_layers - 1:
             x = F.dropout(x, p=dropout, training=True)
     return x, finals
@@ -157,7 +183,7 @@ def _prepare_input(input: Tensor, batch_first: bool
 
 def lstm(input: Tensor, hx: Optional[Tuple[Tensor, Tensor]], weights: Sequence[Tensor], *,
          num_layers: int, has_biases: bool = True, batch_first: bool = False,
-         dropout: float = 0.0, training: bool = False
+         dropout: float = 0.0, training: bool = False, bidirectional: bool = False
          ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
     r"""A stacked LSTM with ``torch.nn.LSTM``'s calling convention.
 
@@ -175,20 +201,27 @@ def lstm(input: Tensor, hx: Optional[Tuple[Tensor, Tensor]], weights: Sequence[T
     Returns ``(output, (h_n, c_n))``: ``output`` is the last layer's h_t for
     every t, (T, B, H) (batch_first / unbatched like the input); ``h_n`` and
     ``c_n`` are every layer's final state, (L, B, H) (or (L, H)).
+
+    With ``bidirectional`` (``torch.nn``'s convention): ``weights`` holds per
+    layer the forward then the ``_reverse`` tensors, layers above the first
+    take 2H inputs, ``hx`` and the final states are (2L, B, H) ordered
+    [l0 forward, l0 reverse, l1 forward, …], and ``output`` has 2H features,
+    the forward and reverse outputs of the last layer concatenated.
     """
     x, unbatched = _prepare_input(input, batch_first)
-    layers = split_weights(weights, num_layers, has_biases)
+    n = num_layers * (2 if bidirectional else 1)
+    layers = split_weights(weights, n, has_biases)
     H = layers[0][1].shape[1]
     B = x.shape[1]
     if hx is None:
-        zeros = x.new_zeros((num_layers, B, H))
+        zeros = x.new_zeros((n, B, H))
         h0, c0 = zeros, zeros
     else:
         h0, c0 = hx
         if unbatched:
             h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
-    states = [(h0[l], c0[l]) for l in range(num_layers)]
-    out, finals = _stack(lstm_layer, x, states, layers, dropout, training)
+    states = [(h0[k], c0[k]) for k in range(n)]
+    out, finals = _stack(lstm_layer, x, states, layers, dropout, training, bidirectional)
     h_n = torch.stack([h for h, _ in finals], dim=0)
     c_n = torch.stack([c for _, c in finals], dim=0)
     if unbatched:
@@ -232,15 +265,18 @@ def gru_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor,
 
 
 def _run_layer(cell: Callable, x: Tensor, h0: Tensor, layer_weights: Sequence[Tensor],
-               **kw) -> Tuple[Tensor, Tuple[Tensor]]:
-    """Run a single-state cell over the sequence: ``h_t = cell(x_t, h_{t-1}, …)``.
-    Returns ``(out (T, B, H), (h_{T-1},))``; for T = 0 the output is empty and
-    the final state is ``h0``."""
+               reverse: bool = False, **kw) -> Tuple[Tensor, Tuple[Tensor]]:
+    """Run a single-state cell over the sequence: ``h_t = cell(x_t, h_{t-1}, …)``
+    (with ``reverse``, t = T-1 … 0 and ``h_t = cell(x_t, h_{t+1}, …)``).
+    Returns ``(out (T, B, H) in time order, (h_last,))``; for T = 0 the output
+    is empty and the final state is ``h0``."""
     h = h0
     outs: List[Tensor] = []
-    for t in range(x.shape[0]):
+    for t in _time_steps(x.shape[0], reverse):
         h = cell(x[t], h, *layer_weights, **kw)
         outs.append(h)
+    if reverse:
+        outs.reverse()
     if outs:
         out = torch.stack(outs, dim=0)
     else:
@@ -248,29 +284,30 @@ def _run_layer(cell: Callable, x: Tensor, h0: Tensor, layer_weights: Sequence[Te
     return out, (h,)
 
 
-def gru_layer(x: Tensor, h0: Tensor, layer_weights: Sequence[Tensor]
-              ) -> Tuple[Tensor, Tuple[Tensor]]:
-    r"""Run one GRU layer over a sequence: ``x`` (T, B, I), ``h0`` (B, H),
-    ``layer_weights`` = ``(w_ih, w_hh)`` or ``(w_ih, w_hh, b_ih, b_hh)``.
-    Returns ``(out (T, B, H), (h_{T-1},))``."""
-    return _run_layer(gru_cell, x, h0, layer_weights)
+def gru_layer(x: Tensor, h0: Tensor, layer_weights: Sequence[Tensor],
+              reverse: bool = False) -> Tuple[Tensor, Tuple[Tensor]]:
+    r"""Run one GRU layer over a sequence (backwards in time with ``reverse``):
+    ``x`` (T, B, I), ``h0`` (B, H), ``layer_weights`` = ``(w_ih, w_hh)`` or
+    ``(w_ih, w_hh, b_ih, b_hh)``.  Returns ``(out (T, B, H), (h_last,))``."""
+    return _run_layer(gru_cell, x, h0, layer_weights, reverse)
 
 
 def _single_state_stack(layer_fn: Callable, input: Tensor, hx: Optional[Tensor],
                         weights: Sequence[Tensor], num_layers: int, has_biases: bool,
-                        batch_first: bool, dropout: float, training: bool
-                        ) -> Tuple[Tensor, Tensor]:
+                        batch_first: bool, dropout: float, training: bool,
+                        bidirectional: bool = False) -> Tuple[Tensor, Tensor]:
     """A GRU/RNN stack with nn.GRU/nn.RNN's calling convention (one state h)."""
     x, unbatched = _prepare_input(input, batch_first)
-    layers = split_weights(weights, num_layers, has_biases)
+    n = num_layers * (2 if bidirectional else 1)
+    layers = split_weights(weights, n, has_biases)
     H = layers[0][1].shape[1]
     B = x.shape[1]
     if hx is None:
-        h0 = x.new_zeros((num_layers, B, H))
+        h0 = x.new_zeros((n, B, H))
     else:
         h0 = hx.unsqueeze(1) if unbatched else hx
-    states = [(h0[l],) for l in range(num_layers)]
-    out, finals = _stack(layer_fn, x, states, layers, dropout, training)
+    states = [(h0[k],) for k in range(n)]
+    out, finals = _stack(layer_fn, x, states, layers, dropout, training, bidirectional)
     h_n = torch.stack([h for (h,) in finals], dim=0)
     if unbatched:
         return out.squeeze(1), h_n.squeeze(1)
@@ -281,7 +318,8 @@ def _single_state_stack(layer_fn: Callable, input: Tensor, hx: Optional[Tensor],
 
 def gru(input: Tensor, hx: Optional[Tensor], weights: Sequence[Tensor], *,
         num_layers: int, has_biases: bool = True, batch_first: bool = False,
-        dropout: float = 0.0, training: bool = False) -> Tuple[Tensor, Tensor]:
+        dropout: float = 0.0, training: bool = False, bidirectional: bool = False
+        ) -> Tuple[Tensor, Tensor]:
     r"""A stacked GRU with ``torch.nn.GRU``'s calling convention.
 
     ``input``: (T, B, I); (B, T, I) when ``batch_first``; or unbatched (T, I).
@@ -292,10 +330,11 @@ def gru(input: Tensor, hx: Optional[Tensor], weights: Sequence[Tensor], *,
     from ``h0[l]`` on layer l-1's output sequence; dropout as in :func:`lstm`.
 
     Returns ``(output, h_n)``: ``output`` (T, B, H) (batch_first / unbatched
-    like the input), ``h_n`` (L, B, H) (or (L, H)).
+    like the input), ``h_n`` (L, B, H) (or (L, H)).  ``bidirectional`` as in
+    :func:`lstm`: 2L states, output with 2H features.
     """
     return _single_state_stack(gru_layer, input, hx, weights, num_layers, has_biases,
-                               batch_first, dropout, training)
+                               batch_first, dropout, training, bidirectional)
 
 
 # --------------------------------------------------------------------------
@@ -324,27 +363,30 @@ def rnn_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor,
     raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
 
 
-def rnn_layer(x: Tensor, h0: Tensor, layer_weights: Sequence[Tensor], *,
-              nonlinearity: str = "tanh") -> Tuple[Tensor, Tuple[Tensor]]:
-    r"""Run one plain RNN layer over a sequence: ``x`` (T, B, I), ``h0``
-    (B, H).  Returns ``(out (T, B, H), (h_{T-1},))``."""
-    return _run_layer(rnn_cell, x, h0, layer_weights, nonlinearity=nonlinearity)
+def rnn_layer(x: Tensor, h0: Tensor, layer_weights: Sequence[Tensor],
+              reverse: bool = False, *, nonlinearity: str = "tanh"
+              ) -> Tuple[Tensor, Tuple[Tensor]]:
+    r"""Run one plain RNN layer over a sequence (backwards in time with
+    ``reverse``): ``x`` (T, B, I), ``h0`` (B, H).  Returns
+    ``(out (T, B, H), (h_last,))``."""
+    return _run_layer(rnn_cell, x, h0, layer_weights, reverse, nonlinearity=nonlinearity)
 
 
 def rnn(input: Tensor, hx: Optional[Tensor], weights: Sequence[Tensor], *,
         num_layers: int, has_biases: bool = True, batch_first: bool = False,
-        dropout: float = 0.0, training: bool = False, nonlinearity: str = "tanh"
-        ) -> Tuple[Tensor, Tensor]:
+        dropout: float = 0.0, training: bool = False, nonlinearity: str = "tanh",
+        bidirectional: bool = False) -> Tuple[Tensor, Tensor]:
     r"""A stacked plain RNN with ``torch.nn.RNN``'s calling convention.
 
     Same arguments and results as :func:`gru`, with (H, ·) weight matrices and
-    ``nonlinearity`` ``"tanh"`` or ``"relu"``.
+    ``nonlinearity`` ``"tanh"`` or ``"relu"``; ``bidirectional`` as in
+    :func:`lstm`.
     """
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
 
-    def layer_fn(x, h0, layer_weights):
-        return rnn_layer(x, h0, layer_weights, nonlinearity=nonlinearity)
+    def layer_fn(x, h0, layer_weights, reverse=False):
+        return rnn_layer(x, h0, layer_weights, reverse, nonlinearity=nonlinearity)
 
     return _single_state_stack(layer_fn, input, hx, weights, num_layers, has_biases,
-                               batch_first, dropout, training)
+                               batch_first, dropout, training, bidirectional)

@@ -1,0 +1,355 @@
+"""bidirectional=True for fusedrnn.LSTM / GRU / RNN (tanh and ReLU) on CPU.
+
+Ground truths: torch.nn.LSTM / GRU / RNN holding the same weights and the
+per-timestep reference (reference.lstm / gru / rnn with bidirectional=True).
+Covered here:
+
+* parity of output, h_n (and c_n) and every gradient (input, h0/c0, all
+  weights including the ``_reverse`` ones) over a grid: layers 1-3, T 1-7,
+  B 1-3, batch_first, unbatched, bias=False, hx given or not, float32/float64;
+* dropout between layers on the concatenated output: same masks as
+  torch.nn (CPU) and the reference under the same seed; none in eval;
+* parameter names and state_dict both ways with torch.nn.*(bidirectional=True);
+* a wrong h0/c0 shape (L instead of 2L) is a clear error, as in torch.nn;
+* float64 gradcheck of a tiny bidirectional LSTM module forward;
+* the reference itself against torch.nn.
+"""
+import pytest
+import torch
+
+from conftest import fusedrnn_or_skip, reference, tolerances
+
+fusedrnn = fusedrnn_or_skip()
+
+F32, F64 = torch.float32, torch.float64
+KINDS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
+I, H = 3, 5
+
+
+# --------------------------------------------------------------- helpers --
+
+def _nl(kind):
+    return kind.split("_")[1] if kind.startswith("rnn") else None
+
+
+def _n_states(kind):
+    return 2 if kind == "lstm" else 1
+
+
+def make_pair(kind, L=1, seed=0, **kw):
+    """A bidirectional fused module and the torch.nn one with identical weights
+    (the torch one receives the fused one's state_dict)."""
+    name = kind.split("_")[0].upper()
+    extra = {} if _nl(kind) is None else dict(nonlinearity=_nl(kind))
+    torch.manual_seed(seed)
+    fused = getattr(fusedrnn, name)(I, H, L, bidirectional=True, **extra, **kw)
+    torch_mod = getattr(torch.nn, name)(I, H, L, bidirectional=True, **extra, **kw)
+    torch_mod.load_state_dict(fused.state_dict())
+    return fused, torch_mod
+
+
+def make_inputs(kind, L, T, B, dtype, batch_first=False, unbatched=False, with_hx=True):
+    shape = (T, I) if unbatched else ((B, T, I) if batch_first else (T, B, I))
+    x = torch.randn(shape, dtype=dtype)
+    hshape = (2 * L, H) if unbatched else (2 * L, B, H)
+    hx = [torch.randn(hshape, dtype=dtype) for _ in range(_n_states(kind))] if with_hx else None
+    return x, hx
+
+
+def _pack_hx(kind, hx):
+    if hx is None:
+        return None
+    return tuple(hx) if kind == "lstm" else hx[0]
+
+
+def _unpack_finals(kind, finals):
+    return list(finals) if kind == "lstm" else [finals]
+
+
+def run_impl(impl, kind, fused, torch_mod, x, hx):
+    """Forward + backward through "fused", "torch" or "ref" (the reference with
+    the fused module's parameters and settings).  Returns ``(results, grads)``:
+    results = [output, h_n(, c_n)], grads = gradients of input, of each given
+    initial state and of every flat weight (by name)."""
+    module = torch_mod if impl == "torch" else fused
+    module.zero_grad(set_to_none=True)
+    xi = x.detach().clone().requires_grad_(True)
+    hxi = None if hx is None else [t.detach().clone().requires_grad_(True) for t in hx]
+    if impl == "ref":
+        kw = dict(num_layers=module.num_layers, has_biases=module.bias,
+                  batch_first=module.batch_first, dropout=module.dropout,
+                  training=module.training, bidirectional=True)
+        if kind == "lstm":
+            fn = reference.lstm
+        elif kind == "gru":
+            fn = reference.gru
+        else:
+            fn = reference.rnn
+            kw["nonlinearity"] = _nl(kind)
+        out, finals = fn(xi, _pack_hx(kind, hxi), module._flat_weights, **kw)
+    else:
+        out, finals = module(xi, _pack_hx(kind, hxi))
+    results = [out] + _unpack_finals(kind, finals)
+    g = torch.Generator().manual_seed(1234)
+    loss = sum((r * torch.randn(r.shape, generator=g, dtype=r.dtype).to(r.device)).sum()
+               for r in results)
+    loss.backward()
+    grads = {"input": xi.grad}
+    if hxi is not None:
+        for i, t in enumerate(hxi):
+            grads[f"hx[{i}]"] = t.grad
+    for name in module._flat_weights_names:
+        grads[name] = getattr(module, name).grad
+    return [r.detach() for r in results], grads
+
+
+def assert_parity(a, b, tol, what):
+    (ra, ga), (rb, gb) = a, b
+    assert len(ra) == len(rb)
+    for i, (s, t) in enumerate(zip(ra, rb)):
+        assert s.shape == t.shape, f"{what}: result {i} shape {s.shape} vs {t.shape}"
+        torch.testing.assert_close(s, t, **tol, msg=lambda m: f"{what}: result {i}: {m}")
+    assert list(ga) == list(gb)
+    for name in ga:
+        assert ga[name] is not None and gb[name] is not None, f"{what}: no grad for {name}"
+        torch.testing.assert_close(ga[name], gb[name], **tol,
+                                   msg=lambda m: f"{what}: grad {name}: {m}")
+
+
+# ------------------------------------------------------------ parity grid --
+
+# (L, T, B, batch_first, unbatched, bias, with_hx)
+CONFIGS = [
+    (1, 1, 1, False, False, True, False),
+    (1, 7, 3, False, False, True, True),
+    (2, 5, 2, True, False, True, True),
+    (3, 4, 3, False, False, False, True),
+    (2, 6, 1, False, True, True, True),
+    (3, 3, 2, True, False, False, False),
+    (2, 2, 3, False, True, False, False),
+    (3, 1, 2, False, False, True, True),
+]
+
+
+def _cfg_id(c):
+    L, T, B, bf, ub, bias, hx = c
+    return (f"L{L}-T{T}-B{B}" + ("-bf" if bf else "") + ("-unbatched" if ub else "")
+            + ("" if bias else "-nobias") + ("-hx" if hx else ""))
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=_cfg_id)
+@pytest.mark.parametrize("kind", KINDS)
+def test_parity(kind, cfg, dtype):
+    L, T, B, batch_first, unbatched, bias, with_hx = cfg
+    fused, torch_mod = make_pair(kind, L, bias=bias, batch_first=batch_first, dtype=dtype)
+    x, hx = make_inputs(kind, L, T, B, dtype, batch_first, unbatched, with_hx)
+    a = run_impl("fused", kind, fused, torch_mod, x, hx)
+    b = run_impl("torch", kind, fused, torch_mod, x, hx)
+    c = run_impl("ref", kind, fused, torch_mod, x, hx)
+    tol = tolerances(dtype)
+    assert a[0][0].shape[-1] == 2 * H
+    assert a[0][1].shape[0] == 2 * L
+    assert_parity(a, b, tol, f"{kind} {cfg} vs torch.nn")
+    assert_parity(a, c, tol, f"{kind} {cfg} vs reference")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reference_matches_torch_nn(kind):
+    fused, torch_mod = make_pair(kind, 2, dtype=F64)
+    x, hx = make_inputs(kind, 2, 5, 3, F64)
+    assert_parity(run_impl("ref", kind, fused, torch_mod, x, hx),
+                  run_impl("torch", kind, fused, torch_mod, x, hx),
+                  tolerances(F64), f"{kind} reference vs torch.nn")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_grad_forward(kind):
+    fused, torch_mod = make_pair(kind, 2, dtype=F64)
+    x, hx = make_inputs(kind, 2, 4, 2, F64)
+    with torch.no_grad():
+        out, finals = fused(x, _pack_hx(kind, hx))
+        tout, tfinals = torch_mod(x, _pack_hx(kind, hx))
+    torch.testing.assert_close(out, tout, **tolerances(F64))
+    for s, t in zip(_unpack_finals(kind, finals), _unpack_finals(kind, tfinals)):
+        torch.testing.assert_close(s, t, **tolerances(F64))
+
+
+def test_directions_are_independent_per_layer():
+    # The reverse half of the last layer's output at t=T-1 depends only on the
+    # last input step in a 1-layer stack; the forward half at t=0 only on x[0].
+    fused, _ = make_pair("lstm", 1, dtype=F64)
+    x = torch.randn(5, 2, I, dtype=F64)
+    out, _ = fused(x)
+    out1, _ = fused(x[-1:])
+    out0, _ = fused(x[:1])
+    torch.testing.assert_close(out[-1, :, H:], out1[0, :, H:], **tolerances(F64))
+    torch.testing.assert_close(out[0, :, :H], out0[0, :, :H], **tolerances(F64))
+
+
+# -------------------------------------------------------------- dropout --
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_dropout_training_matches_torch_nn_and_reference(kind, dtype):
+    """On CPU nn.LSTM/GRU/RNN apply dropout to each layer's concatenated
+    (T, B, 2H) output in layer order, as the fused module and the reference
+    do, so the masks coincide under the same seed."""
+    fused, torch_mod = make_pair(kind, 3, dropout=0.5, dtype=dtype)
+    fused.train()
+    torch_mod.train()
+    x, hx = make_inputs(kind, 3, 6, 3, dtype)
+    results = {}
+    for impl in ("fused", "torch", "ref"):
+        torch.manual_seed(42)
+        results[impl] = run_impl(impl, kind, fused, torch_mod, x, hx)
+    tol = tolerances(dtype)
+    assert_parity(results["fused"], results["torch"], tol, f"{kind} dropout vs torch.nn")
+    assert_parity(results["fused"], results["ref"], tol, f"{kind} dropout vs reference")
+    # The masks really did something: without dropout the result differs.
+    fused.eval()
+    plain = run_impl("fused", kind, fused, torch_mod, x, hx)
+    assert not torch.allclose(plain[0][0], results["fused"][0][0])
+
+
+@pytest.mark.parametrize("batch_first,unbatched", [(True, False), (False, True)])
+def test_dropout_layouts_match_reference(batch_first, unbatched):
+    fused, torch_mod = make_pair("gru", 2, dropout=0.4, batch_first=batch_first, dtype=F64)
+    x, hx = make_inputs("gru", 2, 5, 2, F64, batch_first, unbatched)
+    torch.manual_seed(7)
+    a = run_impl("fused", "gru", fused, torch_mod, x, hx)
+    torch.manual_seed(7)
+    b = run_impl("ref", "gru", fused, torch_mod, x, hx)
+    assert_parity(a, b, tolerances(F64), "dropout layout")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_dropout_ignored_in_eval(kind):
+    fused, torch_mod = make_pair(kind, 3, dropout=0.5, dtype=F64)
+    fused.eval()
+    torch_mod.eval()
+    x, hx = make_inputs(kind, 3, 4, 2, F64)
+    assert_parity(run_impl("fused", kind, fused, torch_mod, x, hx),
+                  run_impl("torch", kind, fused, torch_mod, x, hx),
+                  tolerances(F64), f"{kind} eval with dropout")
+
+
+# ---------------------------------------------------- drop-in behaviour --
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_parameters_and_state_dict_both_ways(kind):
+    name = kind.split("_")[0].upper()
+    extra = {} if _nl(kind) is None else dict(nonlinearity=_nl(kind))
+    for bias in (True, False):
+        torch.manual_seed(3)
+        fused = getattr(fusedrnn, name)(I, H, 2, bias=bias, bidirectional=True, **extra)
+        torch.manual_seed(3)
+        torch_mod = getattr(torch.nn, name)(I, H, 2, bias=bias, bidirectional=True, **extra)
+        assert isinstance(fused, getattr(torch.nn, name))
+        # Same names, shapes and (same seed) initialisation as torch.nn.
+        sd_f, sd_t = fused.state_dict(), torch_mod.state_dict()
+        assert list(sd_f) == list(sd_t)
+        assert "weight_ih_l0_reverse" in sd_f and "weight_hh_l1_reverse" in sd_f
+        assert sd_f["weight_ih_l1"].shape[1] == 2 * H
+        for k in sd_f:
+            assert torch.equal(sd_f[k], sd_t[k]), k
+        # torch.nn -> fused
+        torch.manual_seed(9)
+        other = getattr(torch.nn, name)(I, H, 2, bias=bias, bidirectional=True, **extra)
+        fused.load_state_dict(other.state_dict())
+        x = torch.randn(4, 2, I)
+        out_f, _ = fused(x)
+        out_o, _ = other(x)
+        torch.testing.assert_close(out_f, out_o, **tolerances(F32))
+        # fused -> torch.nn
+        torch_mod.load_state_dict(fused.state_dict())
+        out_t, _ = torch_mod(x)
+        torch.testing.assert_close(out_f, out_t, **tolerances(F32))
+
+
+# ------------------------------------------------------------ bad input --
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_wrong_state_shape_is_a_clear_error(kind):
+    fused, torch_mod = make_pair(kind, 2)
+    x = torch.randn(4, 3, I)
+    # L instead of 2L states: torch.nn rejects it too.
+    bad = [torch.randn(2, 3, H) for _ in range(_n_states(kind))]
+    with pytest.raises(RuntimeError, match=r"\(4, 3, 5\).*\[2, 3, 5\]"):
+        fused(x, _pack_hx(kind, bad))
+    with pytest.raises(RuntimeError, match=r"\(4, 3, 5\)"):
+        torch_mod(x, _pack_hx(kind, bad))
+    # Unbatched input wants (2L, H).
+    bad = [torch.randn(2, H) for _ in range(_n_states(kind))]
+    with pytest.raises(RuntimeError, match=r"\(4, 1, 5\)|\(4, 5\)"):
+        fused(x[:, 0], _pack_hx(kind, bad))
+    if kind == "lstm":
+        # Only c_0 wrong.
+        hx = (torch.randn(4, 3, H), torch.randn(2, 3, H))
+        with pytest.raises(RuntimeError, match=r"hidden\[1\].*\(4, 3, 5\)"):
+            fused(x, hx)
+
+
+def test_packed_sequence_still_not_implemented():
+    from torch.nn.utils.rnn import pack_padded_sequence
+    fused, _ = make_pair("lstm", 1)
+    packed = pack_padded_sequence(torch.randn(4, 2, I), torch.tensor([4, 2]))
+    with pytest.raises(NotImplementedError, match=r"(?i)packed"):
+        fused(packed)
+
+
+def test_proj_size_still_not_implemented():
+    with pytest.raises(NotImplementedError, match=r"proj_size"):
+        fusedrnn.LSTM(I, H, bidirectional=True, proj_size=2)
+
+
+# ------------------------------------------------------------- gradcheck --
+
+def test_gradcheck_lstm_module():
+    torch.manual_seed(0)
+    module = fusedrnn.LSTM(2, 3, 2, bidirectional=True, dtype=F64)
+    names = list(module._flat_weights_names)
+    params = [getattr(module, n).detach().clone().requires_grad_(True) for n in names]
+    x = torch.randn(3, 2, 2, dtype=F64, requires_grad=True)
+    h0 = torch.randn(4, 2, 3, dtype=F64, requires_grad=True)
+    c0 = torch.randn(4, 2, 3, dtype=F64, requires_grad=True)
+
+    def fn(x, h0, c0, *ws):
+        out, (h, c) = torch.func.functional_call(module, dict(zip(names, ws)), (x, (h0, c0)))
+        return out, h, c
+
+    assert torch.autograd.gradcheck(fn, (x, h0, c0, *params), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+# --------------------------------------------------------------- compile --
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_compile_fullgraph_matches_eager(kind):
+    """The layer-by-layer path (flip, cat, dropout) traces into one graph
+    (allow_rnn: Dynamo refuses nn.RNN subclasses otherwise, see test_compile)."""
+    fused, torch_mod = make_pair(kind, 2, dropout=0.3, dtype=F64)
+    x, hx = make_inputs(kind, 2, 4, 2, F64)
+    for training in (False, True):
+        fused.train(training)
+        torch.manual_seed(11)
+        eager = run_impl("fused", kind, fused, torch_mod, x, hx)
+        torch._dynamo.reset()
+        with torch._dynamo.config.patch(allow_rnn=True):
+            compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
+            torch.manual_seed(11)
+            got = run_impl("fused", kind, compiled, torch_mod, x, hx)
+        if not training:  # compiled dropout draws its masks differently
+            assert_parity(got, eager, tolerances(F64), f"{kind} compiled")
+
+
+# ------------------------------------------------------------------ CUDA --
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and fusedrnn._C.cuda_compiled),
+                    reason="needs a GPU and a CUDA build of fusedrnn")
+def test_cuda_lstm_matches_torch_nn():
+    fused, torch_mod = make_pair("lstm", 2, dtype=F64, device="cuda")
+    x, hx = make_inputs("lstm", 2, 6, 3, F64)
+    x, hx = x.cuda(), [t.cuda() for t in hx]
+    assert_parity(run_impl("fused", "lstm", fused, torch_mod, x, hx),
+                  run_impl("torch", "lstm", fused, torch_mod, x, hx),
+                  dict(rtol=1e-8, atol=1e-8), "cuda lstm")
