@@ -27,6 +27,7 @@
 
 #include "cell_math.h"
 #include "cpu/fast_step_gru.h"
+#include "cpu/layer_grads.h"
 #include "rnn_checks.h"
 
 namespace fusedrnn {
@@ -275,33 +276,15 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> gru_backward_cpu(
   Tensor dy = grad_output_.contiguous();
   Tensor grad_input;
   Tensor dgx = at::empty({T, B, G3}, opts), dgh = at::empty({T, B, G3}, opts);
-  Tensor dgx2 = dgx.view({T * B, G3}), dgh2 = dgh.view({T * B, G3});
   for (int64_t l = s.L - 1; l >= 0; --l) {
     const Tensor* wl = &w[l * s.per_layer];
     const Tensor x = l == 0 ? input : hiddens[l - 1];       // layer input (T, B, I_l)
     const Tensor out = l == s.L - 1 ? output : hiddens[l];  // layer output h_t
     Tensor gh0 = grad_hx[l];
     layer_backward(dy, grad_hy[l], wl[1], saved[l], hx[l], out, dgx, dgh, gh0);
-    const int64_t I_l = x.size(2);
-    // Weight and bias gradients: one GEMM / reduction each over all timesteps.
-    grad_w[l * s.per_layer] = at::mm(dgx2.t(), x.reshape({T * B, I_l}));
-    Tensor dw_hh;
-    if (T == 0) {
-      dw_hh = at::zeros({G3, H}, opts);
-    } else {
-      dw_hh = at::mm(dgh[0].t(), hx[l]);
-      if (T > 1) {
-        dw_hh.addmm_(dgh.slice(0, 1).reshape({(T - 1) * B, G3}).t(),
-                     out.slice(0, 0, T - 1).reshape({(T - 1) * B, H}));
-      }
-    }
-    grad_w[l * s.per_layer + 1] = dw_hh;
-    if (has_biases) {
-      grad_w[l * s.per_layer + 2] = dgx2.sum(0);
-      grad_w[l * s.per_layer + 3] = dgh2.sum(0);
-    }
-    // Gradient for the layer below (or the input).
-    dy = at::mm(dgx2, wl[0]).view({T, B, I_l});
+    // Weight, bias and input gradients: large GEMMs over all timesteps.
+    dy = cpu::layer_param_grads(dgx, dgh, x, hx[l], out, wl[0], has_biases, grad_w,
+                                l * s.per_layer);
     if (l == 0) grad_input = dy;
   }
   return {grad_input, grad_hx, grad_w};

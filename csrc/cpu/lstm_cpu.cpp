@@ -20,6 +20,7 @@
 
 #include "cell_math.h"
 #include "cpu/fast_step.h"
+#include "cpu/layer_grads.h"
 
 #include <atomic>
 #include "lstm_checks.h"
@@ -284,7 +285,6 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cpu(
   std::vector<Tensor> w;
   for (const auto& t : weights_) w.push_back(t.contiguous());
 
-  const int64_t T = s.T, B = s.B, H = s.H, G4 = 4 * H;
   Tensor grad_hx = at::empty_like(hx);
   Tensor grad_cx = at::empty_like(cx);
   std::vector<Tensor> grad_w(w.size());
@@ -297,28 +297,9 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cpu(
     Tensor gh = grad_hx[l], gc = grad_cx[l];
     Tensor dG = layer_backward(dy, grad_hy[l], grad_cy[l], wl[1], gates[l], cells[l], cx[l],
                                gh, gc);
-    Tensor dG2 = dG.view({T * B, G4});
-    const int64_t I_l = x.size(2);
-    // Weight gradients: one GEMM each over all timesteps.
-    grad_w[l * s.per_layer] = at::mm(dG2.t(), x.reshape({T * B, I_l}));
-    Tensor dw_hh;
-    if (T == 0) {
-      dw_hh = at::zeros({G4, H}, input.options());
-    } else {
-      dw_hh = at::mm(dG[0].t(), hx[l]);
-      if (T > 1) {
-        dw_hh.addmm_(dG.slice(0, 1).reshape({(T - 1) * B, G4}).t(),
-                     out.slice(0, 0, T - 1).reshape({(T - 1) * B, H}));
-      }
-    }
-    grad_w[l * s.per_layer + 1] = dw_hh;
-    if (has_biases) {
-      Tensor db = dG2.sum(0);
-      grad_w[l * s.per_layer + 2] = db;
-      grad_w[l * s.per_layer + 3] = db.clone();
-    }
-    // Gradient for the layer below (or the input).
-    dy = at::mm(dG2, wl[0]).view({T, B, I_l});
+    // Weight, bias and input gradients: large GEMMs over all timesteps.
+    dy = cpu::layer_param_grads(dG, dG, x, hx[l], out, wl[0], has_biases, grad_w,
+                                l * s.per_layer);
     if (l == 0) grad_input = dy;
   }
   return {grad_input, grad_hx, grad_cx, grad_w};

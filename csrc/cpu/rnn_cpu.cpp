@@ -24,6 +24,7 @@
 
 #include "cell_math.h"
 #include "cpu/fast_step_gru.h"
+#include "cpu/layer_grads.h"
 #include "rnn_checks.h"
 
 namespace fusedrnn {
@@ -208,32 +209,14 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_cpu(
   Tensor dy = grad_output_.contiguous();
   Tensor grad_input;
   Tensor dG = at::empty({T, B, H}, opts);
-  Tensor dG2 = dG.view({T * B, H});
   for (int64_t l = s.L - 1; l >= 0; --l) {
     const Tensor* wl = &w[l * s.per_layer];
     const Tensor x = l == 0 ? input : hiddens[l - 1];       // layer input (T, B, I_l)
     const Tensor out = l == s.L - 1 ? output : hiddens[l];  // layer output h_t
     Tensor gh0 = grad_hx[l];
     layer_backward(dy, grad_hy[l], wl[1], out, relu, dG, gh0);
-    const int64_t I_l = x.size(2);
-    grad_w[l * s.per_layer] = at::mm(dG2.t(), x.reshape({T * B, I_l}));
-    Tensor dw_hh;
-    if (T == 0) {
-      dw_hh = at::zeros({H, H}, opts);
-    } else {
-      dw_hh = at::mm(dG[0].t(), hx[l]);
-      if (T > 1) {
-        dw_hh.addmm_(dG.slice(0, 1).reshape({(T - 1) * B, H}).t(),
-                     out.slice(0, 0, T - 1).reshape({(T - 1) * B, H}));
-      }
-    }
-    grad_w[l * s.per_layer + 1] = dw_hh;
-    if (has_biases) {
-      Tensor db = dG2.sum(0);
-      grad_w[l * s.per_layer + 2] = db;
-      grad_w[l * s.per_layer + 3] = db.clone();
-    }
-    dy = at::mm(dG2, wl[0]).view({T, B, I_l});
+    dy = cpu::layer_param_grads(dG, dG, x, hx[l], out, wl[0], has_biases, grad_w,
+                                l * s.per_layer);
     if (l == 0) grad_input = dy;
   }
   return {grad_input, grad_hx, grad_w};
