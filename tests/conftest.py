@@ -12,6 +12,7 @@
 import glob
 import importlib.util
 import os
+import re
 import sys
 
 import pytest
@@ -90,3 +91,26 @@ def tolerances(dtype):
         return dict(rtol=1e-10, atol=1e-10)
     # float32: different summation order (fused GEMMs vs per-step matmuls).
     return dict(rtol=1e-4, atol=1e-5)
+
+
+def assert_parity(a, b, names, tol, what):
+    """a, b = ([output, h_n(, c_n)], [gradients...]): equal shapes, values within tol."""
+    (va, ga), (vb, gb) = a, b
+    assert len(va) == len(vb)
+    for x, y, n in zip(va, vb, ("output", "h_n", "c_n")):
+        assert x.shape == y.shape, f"{what}: {n} shape {tuple(x.shape)} vs {tuple(y.shape)}"
+        torch.testing.assert_close(x, y, **tol, msg=lambda m: f"{what}: {n}: {m}")
+    assert len(ga) == len(gb) == len(names)
+    for x, y, n in zip(ga, gb, names):
+        assert x.shape == y.shape, f"{what}: grad {n} shape"
+        torch.testing.assert_close(x, y, **tol, msg=lambda m: f"{what}: grad {n}: {m}")
+
+
+def assert_raises(exc, fn, *patterns):
+    """fn() raises exc, and every regex in patterns occurs in its message."""
+    with pytest.raises(exc) as info:
+        fn()
+    msg = str(info.value)
+    for p in patterns:
+        assert re.search(p, msg), f"message {msg!r} does not match {p!r}"
+    return msg

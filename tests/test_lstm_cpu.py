@@ -15,14 +15,13 @@ torch.nn.LSTM holding the same weights.  Covered here:
 * determinism of repeated calls; NotImplementedError for what is not there yet
   (bidirectional=True is covered in test_bidirectional.py).
 """
-import re
 import warnings
 
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from conftest import flat_weights, fusedrnn_or_skip, make_pair, reference, tolerances
+from conftest import assert_parity, assert_raises, flat_weights, fusedrnn_or_skip, make_pair, reference, tolerances
 
 fusedrnn = fusedrnn_or_skip()
 
@@ -76,15 +75,6 @@ def grad_names(fused, input_grad, with_hx):
         + list(fused._flat_weights_names)
 
 
-def assert_parity(a, b, names, tol, what):
-    (va, ga), (vb, gb) = a, b
-    for x, y, n in zip(va, vb, ("output", "h_n", "c_n")):
-        assert x.shape == y.shape, f"{what}: {n} shape {tuple(x.shape)} vs {tuple(y.shape)}"
-        torch.testing.assert_close(x, y, **tol, msg=lambda m: f"{what}: {n}: {m}")
-    assert len(ga) == len(gb) == len(names)
-    for x, y, n in zip(ga, gb, names):
-        assert x.shape == y.shape, f"{what}: grad {n} shape"
-        torch.testing.assert_close(x, y, **tol, msg=lambda m: f"{what}: grad {n}: {m}")
 
 
 def make_inputs(I, H, L, T, B, dtype, batch_first=False, unbatched=False, with_hx=True):
@@ -98,14 +88,6 @@ def make_inputs(I, H, L, T, B, dtype, batch_first=False, unbatched=False, with_h
     return x, hx
 
 
-def assert_raises(exc, fn, *patterns):
-    """fn() raises exc, and every regex in patterns occurs in its message."""
-    with pytest.raises(exc) as info:
-        fn()
-    msg = str(info.value)
-    for p in patterns:
-        assert re.search(p, msg), f"message {msg!r} does not match {p!r}"
-    return msg
 
 
 # ----------------------------------------------------------- the library --
