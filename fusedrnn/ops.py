@@ -80,6 +80,23 @@ torch.library.register_autograd("fusedrnn::lstm_forward", _backward,
 
 # ---------------------------------------------------------------- functional --
 
+def _needs_grad(*tensors) -> bool:
+    """Whether backward can be called on the result: keep the activations then."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _autocast(*tensors: Tensor) -> List[Tensor]:
+    """Inside torch.autocast for these tensors' device, float32 arguments are cast
+    to the autocast dtype (bfloat16 on the CPU, float16/bfloat16 on CUDA), so the
+    kernels run in the low dtype (they accumulate in float32).  The casts are
+    differentiable: gradients reach float32 parameters in float32."""
+    device = tensors[0].device.type
+    if not torch.is_autocast_enabled(device):
+        return list(tensors)
+    low = torch.get_autocast_dtype(device)
+    return [t.to(low) if t.dtype == torch.float32 else t for t in tensors]
+
+
 def lstm(input: Tensor, hx: Tensor, cx: Tensor, weights: Sequence[Tensor],
          has_biases: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
     """Stacked LSTM over a whole sequence, differentiable.
@@ -89,10 +106,8 @@ def lstm(input: Tensor, hx: Tensor, cx: Tensor, weights: Sequence[Tensor],
     has_biases is False).  Returns output (T, B, H), h_n (L, B, H), c_n (L, B, H).
     The activations backward needs are kept only when a gradient is required.
     """
-    weights = list(weights)
-    train = torch.is_grad_enabled() and (
-        input.requires_grad or hx.requires_grad or cx.requires_grad
-        or any(w.requires_grad for w in weights))
+    input, hx, cx, *weights = _autocast(input, hx, cx, *weights)
+    train = _needs_grad(input, hx, cx, *weights)
     output, hy, cy, *_ = _ops.lstm_forward(input, hx, cx, weights, has_biases, train)
     return output, hy, cy
 
@@ -211,11 +226,6 @@ torch.library.register_autograd("fusedrnn::rnn_forward", _rnn_backward,
 
 # --------------------------------------------------------------- functionals --
 
-def _needs_grad(*tensors) -> bool:
-    """Whether backward can be called on the result: keep the activations then."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
 def gru(input: Tensor, hx: Tensor, weights: Sequence[Tensor],
         has_biases: bool = True) -> Tuple[Tensor, Tensor]:
     """Stacked GRU over a whole sequence, differentiable.
@@ -226,7 +236,7 @@ def gru(input: Tensor, hx: Tensor, weights: Sequence[Tensor],
     h_n (L, B, H).  The activations backward needs are kept only when a
     gradient is required.
     """
-    weights = list(weights)
+    input, hx, *weights = _autocast(input, hx, *weights)
     train = _needs_grad(input, hx, *weights)
     output, hy, *_ = _ops.gru_forward(input, hx, weights, has_biases, train)
     return output, hy
@@ -246,7 +256,7 @@ def rnn(input: Tensor, hx: Tensor, weights: Sequence[Tensor], has_biases: bool =
     if nonlinearity not in _NONLINEARITIES:
         raise ValueError(
             f"fusedrnn.rnn: unknown nonlinearity {nonlinearity!r}; select from 'tanh' or 'relu'")
-    weights = list(weights)
+    input, hx, *weights = _autocast(input, hx, *weights)
     train = _needs_grad(input, hx, *weights)
     output, hy, _ = _ops.rnn_forward(input, hx, weights, has_biases, nonlinearity == "relu",
                                      train)

@@ -1,0 +1,58 @@
+"""torch.autocast: the fused ops run in the autocast dtype (bfloat16 on the CPU),
+and gradients reach the float32 parameters in float32."""
+import pytest
+import torch
+
+from conftest import fusedrnn_or_skip, reference
+
+fusedrnn = fusedrnn_or_skip()
+
+CELLS = {
+    "lstm": (lambda *a, **k: fusedrnn.LSTM(*a, **k), reference.lstm),
+    "gru": (lambda *a, **k: fusedrnn.GRU(*a, **k), reference.gru),
+    "rnn": (lambda *a, **k: fusedrnn.RNN(*a, **k), reference.rnn),
+}
+
+
+def _outputs(result):
+    out, state = result
+    return [out, *(state if isinstance(state, tuple) else (state,))]
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_cpu_autocast_runs_in_bfloat16(cell, bidirectional):
+    make, ref = CELLS[cell]
+    torch.manual_seed(0)
+    m = make(6, 16, 2, bidirectional=bidirectional)
+    x = torch.randn(9, 4, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = _outputs(m(x))
+        loss = sum(t.float().sum() for t in got)
+    assert all(t.dtype == torch.bfloat16 for t in got)
+    loss.backward()
+    grads = [p.grad for p in m.parameters()]
+    assert all(g is not None and g.dtype == torch.float32 for g in grads)
+
+    # Against the float32 ground truth: bfloat16 has 8 bits of mantissa.
+    want = _outputs(ref(x, None, m._flat_weights, num_layers=2, bidirectional=bidirectional))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.float(), w.detach(), rtol=5e-2, atol=3e-2)
+    m.zero_grad()
+    sum(t.sum() for t in _outputs(m(x))).backward()
+    for g_low, p in zip(grads, m.parameters()):
+        torch.testing.assert_close(g_low, p.grad, rtol=5e-2, atol=5e-2)
+
+
+def test_autocast_off_is_float32():
+    m = fusedrnn.LSTM(3, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
+        out, _ = m(torch.randn(4, 2, 3))
+    assert out.dtype == torch.float32
+
+
+def test_autocast_leaves_float64_alone():
+    m = fusedrnn.GRU(3, 5).double()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = m(torch.randn(4, 2, 3, dtype=torch.float64))
+    assert out.dtype == torch.float64
