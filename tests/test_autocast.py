@@ -40,8 +40,11 @@ def test_cpu_autocast_runs_in_bfloat16(cell, bidirectional):
         torch.testing.assert_close(g.float(), w.detach(), rtol=5e-2, atol=3e-2)
     m.zero_grad()
     sum(t.sum() for t in _outputs(m(x))).backward()
+    # Gradients are sums over T·B terms rounded to bfloat16 on the way: compare
+    # each against its tensor's scale (observed: at most 0.9% of the largest entry).
     for g_low, p in zip(grads, m.parameters()):
-        torch.testing.assert_close(g_low, p.grad, rtol=5e-2, atol=5e-2)
+        scale = p.grad.abs().max().item()
+        torch.testing.assert_close(g_low, p.grad, rtol=0, atol=0.03 * scale)
 
 
 def test_autocast_off_is_float32():
