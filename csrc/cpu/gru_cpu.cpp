@@ -27,7 +27,7 @@
 
 #include "cell_math.h"
 #include "cpu/fast_step_gru.h"
-#include "cpu/layer_grads.h"
+#include "cpu/stack_common.h"
 #include "rnn_checks.h"
 
 namespace fusedrnn {
@@ -155,19 +155,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_cpu(
     saved = at::empty({0}, opts);
     hiddens = at::empty({0}, opts);
   }
-  Tensor scratch[2];  // ping-pong layer outputs in inference
+  cpu::LayerOutputs layer_out(output, hiddens, train, s.L);
   Tensor x = input;
   for (int64_t l = 0; l < s.L; ++l) {
     const Tensor* wl = &w[l * s.per_layer];
-    Tensor out;
-    if (l == s.L - 1) {
-      out = output;
-    } else if (train) {
-      out = hiddens[l];
-    } else {
-      if (!scratch[l % 2].defined()) scratch[l % 2] = at::empty({s.T, s.B, s.H}, opts);
-      out = scratch[l % 2];
-    }
+    Tensor out = layer_out(l);
     Tensor hy_l = hy[l];
     Tensor saved_l = train ? saved[l] : Tensor();
     layer_forward(x, wl[0], wl[1], has_biases ? &wl[2] : nullptr, has_biases ? &wl[3] : nullptr,

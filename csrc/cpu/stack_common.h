@@ -1,7 +1,10 @@
-// The part of a layer's backward that needs no sequential loop, shared by the
-// LSTM, GRU and RNN CPU ops: once a layer's reverse recurrence has produced
-// the pre-activation gradients of every step, its weight, bias and input
-// gradients are a few large GEMMs / reductions over all T·B rows.
+// Stack plumbing shared by the LSTM, GRU and RNN CPU ops:
+//   LayerOutputs       where each layer of the forward writes its h_t;
+//   layer_param_grads  the part of a layer's backward that needs no sequential
+//                      loop: once its reverse recurrence has produced the
+//                      pre-activation gradients of every step, its weight, bias
+//                      and input gradients are a few large GEMMs / reductions
+//                      over all T·B rows.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -10,6 +13,29 @@
 
 namespace fusedrnn {
 namespace cpu {
+
+// Where layer l of a forward writes its outputs h_t (T, B, H): the op's
+// `output` for the last layer; in training the saved `hiddens[l]` (backward
+// needs them); in inference one of two ping-pong buffers, allocated on first use.
+class LayerOutputs {
+ public:
+  LayerOutputs(const at::Tensor& output, const at::Tensor& hiddens, bool train, int64_t L)
+      : output_(output), hiddens_(hiddens), train_(train), L_(L) {}
+
+  at::Tensor operator()(int64_t l) {
+    if (l == L_ - 1) return output_;
+    if (train_) return hiddens_[l];
+    at::Tensor& buf = scratch_[l % 2];
+    if (!buf.defined()) buf = at::empty_like(output_);
+    return buf;
+  }
+
+ private:
+  at::Tensor output_, hiddens_;
+  bool train_;
+  int64_t L_;
+  at::Tensor scratch_[2];
+};
 
 // dgx (T, B, G): gradients of the input-side pre-activations x W_ihᵀ + b_ih.
 // dgh (T, B, G): gradients of the recurrent-side pre-activations h W_hhᵀ + b_hh
