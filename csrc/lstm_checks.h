@@ -20,11 +20,14 @@ inline void check_shape(const at::Tensor& t, at::IntArrayRef expected, const cha
 }
 
 // Validates the forward arguments and returns the sizes.
+// With a projection (proj_size P < H, as nn.LSTM's): hx is (L, B, P), w_ih of
+// layers > 0 is (4H, P), w_hh (4H, P), and each layer ends with w_hr (P, H).
 inline LstmSizes check_lstm_args(const at::Tensor& input, const at::Tensor& hx,
                                  const at::Tensor& cx, at::TensorList weights,
-                                 bool has_biases) {
+                                 bool has_biases,
+                                 const std::optional<at::Tensor>& batch_sizes = std::nullopt) {
   return check_stack_args("fusedrnn.lstm", 4, input, hx, {{&cx, "cx", "cx (c0)"}}, weights,
-                          has_biases);
+                          has_biases, batch_sizes, /*allow_proj=*/true);
 }
 
 inline void check_backward_args(const LstmSizes& s, const at::Tensor& input,
@@ -37,16 +40,17 @@ inline void check_backward_args(const LstmSizes& s, const at::Tensor& input,
   const at::Tensor* ts[7] = {&grad_output, &grad_hy, &grad_cy, &output,
                              &gates, &cells, &hiddens};
   for (int k = 0; k < 7; ++k) check_same(*ts[k], input, names[k]);
-  check_shape(grad_output, {s.T, s.B, s.H}, "grad_output");
-  check_shape(grad_hy, {s.L, s.B, s.H}, "grad_hy");
+  check_shape(grad_output, s.rows_shape(s.P), "grad_output");
+  check_shape(grad_hy, {s.L, s.B, s.P}, "grad_hy");
   check_shape(grad_cy, {s.L, s.B, s.H}, "grad_cy");
-  check_shape(output, {s.T, s.B, s.H}, "output");
-  TORCH_CHECK(gates.numel() > 0 || s.T * s.B * s.H == 0,
+  check_shape(output, s.rows_shape(s.P), "output");
+  TORCH_CHECK(gates.numel() > 0 || s.seq.N * s.H == 0,
               "fusedrnn.lstm_backward: gates is empty; call lstm_forward with train=True "
               "to keep what backward needs");
-  check_shape(gates, {s.L, s.T, s.B, 4 * s.H}, "gates (from lstm_forward with train=True)");
-  check_shape(cells, {s.L, s.T, s.B, s.H}, "cells (from lstm_forward with train=True)");
-  check_shape(hiddens, {s.L - 1, s.T, s.B, s.H}, "hiddens (from lstm_forward with train=True)");
+  check_shape(gates, s.rows_shape(4 * s.H, s.L), "gates (from lstm_forward with train=True)");
+  check_shape(cells, s.rows_shape(s.H, s.L), "cells (from lstm_forward with train=True)");
+  check_shape(hiddens, s.rows_shape(s.P, s.L - 1),
+              "hiddens (from lstm_forward with train=True)");
 }
 
 }  // namespace fusedrnn

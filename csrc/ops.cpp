@@ -55,30 +55,47 @@
 // rnn_backward
 //   takes grad_output (T,B,H), grad_hy (L,B,H), the forward's inputs, its
 //   output and hiddens; returns grad_input, grad_hx and one gradient per weight.
+//
+// Packed sequences (every op): batch_sizes, when given, is a PackedSequence's
+// (1-D int64 on the CPU, non-increasing, every entry >= 1; T = its length,
+// B = batch_sizes[0]) and every (T, B, X) tensor above is instead (N, X), the
+// packed rows (N = sum(batch_sizes)): step t is rows off[t] .. off[t]+bs[t]-1
+// and holds sequences 0 .. bs[t]-1.  No work is done for padding, and
+// hy/cy hold each sequence's state at its own last step.  The backward call
+// takes the same batch_sizes as the forward.  (See SeqLayout in rnn_checks.h.)
+//
+// LSTM projection (nn.LSTM's proj_size = P < H): each layer's weights gain a
+// fifth (third without biases) tensor w_hr (P, H); h_t = (o ⊙ tanh c_t) W_hrᵀ
+// is (B, P), so hx, hy, output, hiddens and grad_hy/grad_output have P
+// columns, w_hh is (4H, P) and w_ih of layers > 0 is (4H, P).  The op sees the
+// projection from w_hh's shape.
 #include <torch/library.h>
 
 TORCH_LIBRARY(fusedrnn, m) {
   m.def(
       "lstm_forward(Tensor input, Tensor hx, Tensor cx, Tensor[] weights, "
-      "bool has_biases, bool train) -> (Tensor output, Tensor hy, Tensor cy, "
+      "bool has_biases, bool train, Tensor? batch_sizes=None) -> (Tensor output, Tensor hy, Tensor cy, "
       "Tensor gates, Tensor cells, Tensor hiddens)");
   m.def(
       "lstm_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, "
       "Tensor input, Tensor hx, Tensor cx, Tensor[] weights, bool has_biases, "
-      "Tensor output, Tensor gates, Tensor cells, Tensor hiddens) -> "
+      "Tensor output, Tensor gates, Tensor cells, Tensor hiddens, Tensor? batch_sizes=None) -> "
       "(Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor[] grad_weights)");
   m.def(
-      "gru_forward(Tensor input, Tensor hx, Tensor[] weights, bool has_biases, bool train) "
+      "gru_forward(Tensor input, Tensor hx, Tensor[] weights, bool has_biases, bool train, "
+      "Tensor? batch_sizes=None) "
       "-> (Tensor output, Tensor hy, Tensor saved, Tensor hiddens)");
   m.def(
       "gru_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, "
-      "Tensor[] weights, bool has_biases, Tensor output, Tensor saved, Tensor hiddens) -> "
+      "Tensor[] weights, bool has_biases, Tensor output, Tensor saved, Tensor hiddens, "
+      "Tensor? batch_sizes=None) -> "
       "(Tensor grad_input, Tensor grad_hx, Tensor[] grad_weights)");
   m.def(
       "rnn_forward(Tensor input, Tensor hx, Tensor[] weights, bool has_biases, bool relu, "
-      "bool train) -> (Tensor output, Tensor hy, Tensor hiddens)");
+      "bool train, Tensor? batch_sizes=None) -> (Tensor output, Tensor hy, Tensor hiddens)");
   m.def(
       "rnn_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, "
-      "Tensor[] weights, bool has_biases, bool relu, Tensor output, Tensor hiddens) -> "
+      "Tensor[] weights, bool has_biases, bool relu, Tensor output, Tensor hiddens, "
+      "Tensor? batch_sizes=None) -> "
       "(Tensor grad_input, Tensor grad_hx, Tensor[] grad_weights)");
 }

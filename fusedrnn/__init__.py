@@ -26,4 +26,41 @@ def cuda_compiled() -> bool:
     return bool(_C.cuda_compiled)
 
 
-__all__ = ["LSTM", "GRU", "RNN", "ops", "reference", "cuda_compiled"]
+# The kernel switches (csrc/options.h): option name -> its values, in order
+# (index 0 is always "auto").
+_OPTIONS = {
+    # Which CUDA LSTM tier runs: the selector's choice, the general tier (one
+    # fused kernel per layer-timestep) or the persistent wavefront kernel.
+    "cuda_tier": ("auto", "general", "persistent"),
+    # How the general tier issues its step kernels: the default, one launch
+    # per step, or the step loop captured in a CUDA graph and replayed.
+    "cuda_step_launch": ("auto", "per_step", "graph"),
+}
+
+
+def set_option(name: str, value: str) -> None:
+    """Set a process-wide kernel switch, e.g. ``set_option("cuda_tier", "general")``.
+
+    Options: ``cuda_tier`` in ("auto", "general", "persistent") and
+    ``cuda_step_launch`` in ("auto", "per_step", "graph").  Meant for tests and
+    benchmarks that compare implementations; "auto" is the default."""
+    if name not in _OPTIONS:
+        raise ValueError(f"fusedrnn.set_option: unknown option {name!r}; "
+                         f"expected one of {sorted(_OPTIONS)}")
+    values = _OPTIONS[name]
+    if value not in values:
+        raise ValueError(f"fusedrnn.set_option: option {name!r} takes one of {values}, "
+                         f"got {value!r}")
+    _C.set_option(name, values.index(value))
+
+
+def get_option(name: str) -> str:
+    """The current value of a kernel switch (see :func:`set_option`)."""
+    if name not in _OPTIONS:
+        raise ValueError(f"fusedrnn.get_option: unknown option {name!r}; "
+                         f"expected one of {sorted(_OPTIONS)}")
+    return _OPTIONS[name][_C.get_option(name)]
+
+
+__all__ = ["LSTM", "GRU", "RNN", "ops", "reference", "cuda_compiled", "set_option",
+           "get_option"]

@@ -3,7 +3,7 @@
 The op schemas live in csrc/ops.cpp; the kernels in csrc/cpu and csrc/cuda.
 `lstm`, `gru` and `rnn` below are the differentiable functionals the modules call.
 """
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -13,49 +13,68 @@ _ops = torch.ops.fusedrnn
 
 # --------------------------------------------------------------- fake impls --
 
+def _rows(input, batch_sizes, cols, lead=None):
+    """Shape of a per-row tensor: (T, B, cols) padded, (N, cols) packed, with an
+    optional leading dimension (e.g. L)."""
+    rows = (input.shape[0],) if batch_sizes is not None else tuple(input.shape[:2])
+    return ((lead,) if lead is not None else ()) + rows + (cols,)
+
+
+def _check_input_dim(op, input, batch_sizes):
+    if batch_sizes is None:
+        torch._check(input.dim() == 3,
+                     lambda: f"fusedrnn.{op}: expected input of shape (T, B, I), got {input.dim()}-D")
+    else:
+        torch._check(input.dim() == 2,
+                     lambda: f"fusedrnn.{op}: with batch_sizes, expected input of shape (N, I), "
+                             f"got {input.dim()}-D")
+
+
 @torch.library.register_fake("fusedrnn::lstm_forward")
-def _lstm_forward_fake(input, hx, cx, weights, has_biases, train):
-    torch._check(input.dim() == 3, lambda: f"fusedrnn.lstm: expected input of shape (T, B, I), got {input.dim()}-D")
-    per_layer = 4 if has_biases else 2
+def _lstm_forward_fake(input, hx, cx, weights, has_biases, train, batch_sizes=None):
+    _check_input_dim("lstm", input, batch_sizes)
+    H, P = weights[1].shape[0] // 4, weights[1].shape[1]
+    per_layer = (4 if has_biases else 2) + (1 if P != H else 0)
     torch._check(len(weights) > 0 and len(weights) % per_layer == 0,
                  lambda: f"fusedrnn.lstm: expected {per_layer} weight tensors per layer, got {len(weights)}")
     L = len(weights) // per_layer
-    T, B, _ = input.shape
-    H = weights[1].shape[1]
-    output = input.new_empty((T, B, H))
-    hy = input.new_empty((L, B, H))
+    B = hx.shape[1]
+    output = input.new_empty(_rows(input, batch_sizes, P))
+    hy = input.new_empty((L, B, P))
     cy = input.new_empty((L, B, H))
     if train:
-        gates = input.new_empty((L, T, B, 4 * H))
-        cells = input.new_empty((L, T, B, H))
-        hiddens = input.new_empty((L - 1, T, B, H))
+        gates = input.new_empty(_rows(input, batch_sizes, 4 * H, L))
+        cells = input.new_empty(_rows(input, batch_sizes, H, L))
+        hiddens = input.new_empty(_rows(input, batch_sizes, P, L - 1))
     else:
         gates, cells, hiddens = (input.new_empty((0,)) for _ in range(3))
     return output, hy, cy, gates, cells, hiddens
 
 
+def _like_all(*tensors):
+    return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
+
+
 @torch.library.register_fake("fusedrnn::lstm_backward")
 def _lstm_backward_fake(grad_output, grad_hy, grad_cy, input, hx, cx, weights, has_biases,
-                        output, gates, cells, hiddens):
-    return (torch.empty_like(input, memory_format=torch.contiguous_format),
-            torch.empty_like(hx, memory_format=torch.contiguous_format),
-            torch.empty_like(cx, memory_format=torch.contiguous_format),
-            [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights])
+                        output, gates, cells, hiddens, batch_sizes=None):
+    return (*_like_all(input, hx, cx), _like_all(*weights))
 
 
 # ----------------------------------------------------------------- autograd --
 
 def _setup_context(ctx, inputs, output):
-    input, hx, cx, weights, has_biases, train = inputs
+    input, hx, cx, weights, has_biases, train, *rest = inputs
+    batch_sizes = rest[0] if rest else None
     out, _hy, _cy, gates, cells, hiddens = output
     ctx.has_biases = has_biases
     ctx.train = train
     ctx.num_weights = len(weights)
-    ctx.save_for_backward(input, hx, cx, out, gates, cells, hiddens, *weights)
+    ctx.save_for_backward(batch_sizes, input, hx, cx, out, gates, cells, hiddens, *weights)
 
 
 def _backward(ctx, grad_output, grad_hy, grad_cy, *_workspace_grads):
-    input, hx, cx, out, gates, cells, hiddens, *weights = ctx.saved_tensors
+    batch_sizes, input, hx, cx, out, gates, cells, hiddens, *weights = ctx.saved_tensors
     if not ctx.train:
         raise RuntimeError(
             "fusedrnn.lstm_forward was called with train=False, which keeps nothing for "
@@ -70,8 +89,8 @@ def _backward(ctx, grad_output, grad_hy, grad_cy, *_workspace_grads):
         grad_cy = torch.zeros_like(cx)
     grad_input, grad_hx, grad_cx, grad_w = _ops.lstm_backward(
         grad_output, grad_hy, grad_cy, input, hx, cx, weights, ctx.has_biases, out, gates,
-        cells, hiddens)
-    return grad_input, grad_hx, grad_cx, list(grad_w), None, None
+        cells, hiddens, batch_sizes)
+    return grad_input, grad_hx, grad_cx, list(grad_w), None, None, None
 
 
 torch.library.register_autograd("fusedrnn::lstm_forward", _backward,
@@ -98,42 +117,49 @@ def _autocast(*tensors: Tensor) -> List[Tensor]:
 
 
 def lstm(input: Tensor, hx: Tensor, cx: Tensor, weights: Sequence[Tensor],
-         has_biases: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+         has_biases: bool = True, batch_sizes: Optional[Tensor] = None
+         ) -> Tuple[Tensor, Tensor, Tensor]:
     """Stacked LSTM over a whole sequence, differentiable.
 
     input (T, B, I); hx, cx (L, B, H); weights in nn.LSTM's flat order
     ([w_ih_l0, w_hh_l0, b_ih_l0, b_hh_l0, w_ih_l1, ...], no biases when
-    has_biases is False).  Returns output (T, B, H), h_n (L, B, H), c_n (L, B, H).
+    has_biases is False; with proj_size each layer ends with w_hr (P, H) and
+    hx, output and h_n have P features).  Returns output (T, B, H),
+    h_n (L, B, H), c_n (L, B, H).
+
+    Packed sequences: with ``batch_sizes`` (a PackedSequence's), input is its
+    data (N, I) and output is (N, H) in the same layout; h_n and c_n hold each
+    sequence's state at its own last step (in the packed, i.e. sorted, order).
+
     The activations backward needs are kept only when a gradient is required.
     """
     input, hx, cx, *weights = _autocast(input, hx, cx, *weights)
     train = _needs_grad(input, hx, cx, *weights)
-    output, hy, cy, *_ = _ops.lstm_forward(input, hx, cx, weights, has_biases, train)
+    output, hy, cy, *_ = _ops.lstm_forward(input, hx, cx, weights, has_biases, train,
+                                           batch_sizes)
     return output, hy, cy
 
 
 # ====================================================================== GRU ==
 
-def _stack_sizes(op, input, weights, has_biases):
-    """(T, B, L, H) of a stacked-RNN call, for the fake implementations."""
-    torch._check(input.dim() == 3,
-                 lambda: f"fusedrnn.{op}: expected input of shape (T, B, I), got {input.dim()}-D")
+def _stack_sizes(op, input, weights, has_biases, batch_sizes):
+    """(L, H) of a stacked-RNN call, for the fake implementations."""
+    _check_input_dim(op, input, batch_sizes)
     per_layer = 4 if has_biases else 2
     torch._check(len(weights) > 0 and len(weights) % per_layer == 0,
                  lambda: f"fusedrnn.{op}: expected {per_layer} weight tensors per layer, "
                          f"got {len(weights)}")
-    T, B, _ = input.shape
-    return T, B, len(weights) // per_layer, weights[1].shape[1]
+    return len(weights) // per_layer, weights[1].shape[1]
 
 
 @torch.library.register_fake("fusedrnn::gru_forward")
-def _gru_forward_fake(input, hx, weights, has_biases, train):
-    T, B, L, H = _stack_sizes("gru", input, weights, has_biases)
-    output = input.new_empty((T, B, H))
-    hy = input.new_empty((L, B, H))
+def _gru_forward_fake(input, hx, weights, has_biases, train, batch_sizes=None):
+    L, H = _stack_sizes("gru", input, weights, has_biases, batch_sizes)
+    output = input.new_empty(_rows(input, batch_sizes, H))
+    hy = input.new_empty((L, hx.shape[1], H))
     if train:
-        saved = input.new_empty((L, T, B, 4 * H))
-        hiddens = input.new_empty((L - 1, T, B, H))
+        saved = input.new_empty(_rows(input, batch_sizes, 4 * H, L))
+        hiddens = input.new_empty(_rows(input, batch_sizes, H, L - 1))
     else:
         saved, hiddens = (input.new_empty((0,)) for _ in range(2))
     return output, hy, saved, hiddens
@@ -141,10 +167,8 @@ def _gru_forward_fake(input, hx, weights, has_biases, train):
 
 @torch.library.register_fake("fusedrnn::gru_backward")
 def _gru_backward_fake(grad_output, grad_hy, input, hx, weights, has_biases, output, saved,
-                       hiddens):
-    return (torch.empty_like(input, memory_format=torch.contiguous_format),
-            torch.empty_like(hx, memory_format=torch.contiguous_format),
-            [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights])
+                       hiddens, batch_sizes=None):
+    return (*_like_all(input, hx), _like_all(*weights))
 
 
 def _no_train_error(op):
@@ -155,15 +179,15 @@ def _no_train_error(op):
 
 
 def _gru_setup_context(ctx, inputs, output):
-    input, hx, weights, has_biases, train = inputs
+    input, hx, weights, has_biases, train, *rest = inputs
     out, _hy, saved, hiddens = output
     ctx.has_biases = has_biases
     ctx.train = train
-    ctx.save_for_backward(input, hx, out, saved, hiddens, *weights)
+    ctx.save_for_backward(rest[0] if rest else None, input, hx, out, saved, hiddens, *weights)
 
 
 def _gru_backward(ctx, grad_output, grad_hy, *_workspace_grads):
-    input, hx, out, saved, hiddens, *weights = ctx.saved_tensors
+    batch_sizes, input, hx, out, saved, hiddens, *weights = ctx.saved_tensors
     if not ctx.train:
         raise _no_train_error("gru")
     if grad_output is None:
@@ -171,8 +195,9 @@ def _gru_backward(ctx, grad_output, grad_hy, *_workspace_grads):
     if grad_hy is None:
         grad_hy = torch.zeros_like(hx)
     grad_input, grad_hx, grad_w = _ops.gru_backward(
-        grad_output, grad_hy, input, hx, weights, ctx.has_biases, out, saved, hiddens)
-    return grad_input, grad_hx, list(grad_w), None, None
+        grad_output, grad_hy, input, hx, weights, ctx.has_biases, out, saved, hiddens,
+        batch_sizes)
+    return grad_input, grad_hx, list(grad_w), None, None, None
 
 
 torch.library.register_autograd("fusedrnn::gru_forward", _gru_backward,
@@ -182,33 +207,32 @@ torch.library.register_autograd("fusedrnn::gru_forward", _gru_backward,
 # ====================================================================== RNN ==
 
 @torch.library.register_fake("fusedrnn::rnn_forward")
-def _rnn_forward_fake(input, hx, weights, has_biases, relu, train):
-    T, B, L, H = _stack_sizes("rnn", input, weights, has_biases)
-    output = input.new_empty((T, B, H))
-    hy = input.new_empty((L, B, H))
-    hiddens = input.new_empty((L - 1, T, B, H)) if train else input.new_empty((0,))
+def _rnn_forward_fake(input, hx, weights, has_biases, relu, train, batch_sizes=None):
+    L, H = _stack_sizes("rnn", input, weights, has_biases, batch_sizes)
+    output = input.new_empty(_rows(input, batch_sizes, H))
+    hy = input.new_empty((L, hx.shape[1], H))
+    hiddens = (input.new_empty(_rows(input, batch_sizes, H, L - 1)) if train
+               else input.new_empty((0,)))
     return output, hy, hiddens
 
 
 @torch.library.register_fake("fusedrnn::rnn_backward")
 def _rnn_backward_fake(grad_output, grad_hy, input, hx, weights, has_biases, relu, output,
-                       hiddens):
-    return (torch.empty_like(input, memory_format=torch.contiguous_format),
-            torch.empty_like(hx, memory_format=torch.contiguous_format),
-            [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights])
+                       hiddens, batch_sizes=None):
+    return (*_like_all(input, hx), _like_all(*weights))
 
 
 def _rnn_setup_context(ctx, inputs, output):
-    input, hx, weights, has_biases, relu, train = inputs
+    input, hx, weights, has_biases, relu, train, *rest = inputs
     out, _hy, hiddens = output
     ctx.has_biases = has_biases
     ctx.relu = relu
     ctx.train = train
-    ctx.save_for_backward(input, hx, out, hiddens, *weights)
+    ctx.save_for_backward(rest[0] if rest else None, input, hx, out, hiddens, *weights)
 
 
 def _rnn_backward(ctx, grad_output, grad_hy, *_workspace_grads):
-    input, hx, out, hiddens, *weights = ctx.saved_tensors
+    batch_sizes, input, hx, out, hiddens, *weights = ctx.saved_tensors
     if not ctx.train:
         raise _no_train_error("rnn")
     if grad_output is None:
@@ -216,8 +240,9 @@ def _rnn_backward(ctx, grad_output, grad_hy, *_workspace_grads):
     if grad_hy is None:
         grad_hy = torch.zeros_like(hx)
     grad_input, grad_hx, grad_w = _ops.rnn_backward(
-        grad_output, grad_hy, input, hx, weights, ctx.has_biases, ctx.relu, out, hiddens)
-    return grad_input, grad_hx, list(grad_w), None, None, None
+        grad_output, grad_hy, input, hx, weights, ctx.has_biases, ctx.relu, out, hiddens,
+        batch_sizes)
+    return grad_input, grad_hx, list(grad_w), None, None, None, None
 
 
 torch.library.register_autograd("fusedrnn::rnn_forward", _rnn_backward,
@@ -227,18 +252,18 @@ torch.library.register_autograd("fusedrnn::rnn_forward", _rnn_backward,
 # --------------------------------------------------------------- functionals --
 
 def gru(input: Tensor, hx: Tensor, weights: Sequence[Tensor],
-        has_biases: bool = True) -> Tuple[Tensor, Tensor]:
+        has_biases: bool = True, batch_sizes: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """Stacked GRU over a whole sequence, differentiable.
 
     input (T, B, I); hx (L, B, H); weights in nn.GRU's flat order
     ([w_ih_l0, w_hh_l0, b_ih_l0, b_hh_l0, w_ih_l1, ...], gate order r, z, n;
     no biases when has_biases is False).  Returns output (T, B, H) and
     h_n (L, B, H).  The activations backward needs are kept only when a
-    gradient is required.
+    gradient is required.  ``batch_sizes``: a packed sequence, as in :func:`lstm`.
     """
     input, hx, *weights = _autocast(input, hx, *weights)
     train = _needs_grad(input, hx, *weights)
-    output, hy, *_ = _ops.gru_forward(input, hx, weights, has_biases, train)
+    output, hy, *_ = _ops.gru_forward(input, hx, weights, has_biases, train, batch_sizes)
     return output, hy
 
 
@@ -246,12 +271,14 @@ _NONLINEARITIES = ("tanh", "relu")
 
 
 def rnn(input: Tensor, hx: Tensor, weights: Sequence[Tensor], has_biases: bool = True,
-        nonlinearity: str = "tanh") -> Tuple[Tensor, Tensor]:
+        nonlinearity: str = "tanh", batch_sizes: Optional[Tensor] = None
+        ) -> Tuple[Tensor, Tensor]:
     """Stacked plain (Elman) RNN over a whole sequence, differentiable.
 
     h_t = act(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh), act = tanh or relu
     (``nonlinearity``).  input (T, B, I); hx (L, B, H); weights in nn.RNN's flat
-    order.  Returns output (T, B, H) and h_n (L, B, H).
+    order.  Returns output (T, B, H) and h_n (L, B, H).  ``batch_sizes``: a
+    packed sequence, as in :func:`lstm`.
     """
     if nonlinearity not in _NONLINEARITIES:
         raise ValueError(
@@ -259,7 +286,7 @@ def rnn(input: Tensor, hx: Tensor, weights: Sequence[Tensor], has_biases: bool =
     input, hx, *weights = _autocast(input, hx, *weights)
     train = _needs_grad(input, hx, *weights)
     output, hy, _ = _ops.rnn_forward(input, hx, weights, has_biases, nonlinearity == "relu",
-                                     train)
+                                     train, batch_sizes)
     return output, hy
 
 

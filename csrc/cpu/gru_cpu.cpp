@@ -137,8 +137,9 @@ void layer_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_cpu(
     const Tensor& input_, const Tensor& hx_, at::TensorList weights_, bool has_biases,
-    bool train) {
-  const RnnSizes s = check_stack_args(kOp, 3, input_, hx_, {}, weights_, has_biases);
+    bool train, const std::optional<Tensor>& batch_sizes) {
+  const RnnSizes s = check_stack_args(kOp, 3, input_, hx_, {}, weights_, has_biases, batch_sizes);
+  TORCH_CHECK(!s.seq.packed, "TODO");
   const Tensor input = input_.contiguous();
   const Tensor hx = hx_.contiguous();
   std::vector<Tensor> w;
@@ -251,8 +252,9 @@ void layer_backward(const Tensor& dy, const Tensor& dhy, const Tensor& w_hh,
 std::tuple<Tensor, Tensor, std::vector<Tensor>> gru_backward_cpu(
     const Tensor& grad_output_, const Tensor& grad_hy_, const Tensor& input_, const Tensor& hx_,
     at::TensorList weights_, bool has_biases, const Tensor& output_, const Tensor& saved_,
-    const Tensor& hiddens_) {
-  const RnnSizes s = check_stack_args(kOp, 3, input_, hx_, {}, weights_, has_biases);
+    const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes) {
+  const RnnSizes s = check_stack_args(kOp, 3, input_, hx_, {}, weights_, has_biases, batch_sizes);
+  TORCH_CHECK(!s.seq.packed, "TODO");
   check_gru_backward_args(s, input_, grad_output_, grad_hy_, output_, saved_, hiddens_);
   const Tensor input = input_.contiguous(), hx = hx_.contiguous();
   const Tensor output = output_.contiguous(), saved = saved_.contiguous();

@@ -141,8 +141,9 @@ void layer_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
     const Tensor& input_, const Tensor& hx_, const Tensor& cx_, at::TensorList weights_,
-    bool has_biases, bool train) {
-  const LstmSizes s = check_lstm_args(input_, hx_, cx_, weights_, has_biases);
+    bool has_biases, bool train, const std::optional<Tensor>& batch_sizes) {
+  const LstmSizes s = check_lstm_args(input_, hx_, cx_, weights_, has_biases, batch_sizes);
+  TORCH_CHECK(!s.seq.packed && !s.has_proj, "TODO");
   const Tensor input = input_.contiguous();
   const Tensor hx = hx_.contiguous();
   const Tensor cx = cx_.contiguous();
@@ -266,8 +267,9 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cpu(
     const Tensor& grad_output_, const Tensor& grad_hy_, const Tensor& grad_cy_,
     const Tensor& input_, const Tensor& hx_, const Tensor& cx_, at::TensorList weights_,
     bool has_biases, const Tensor& output_, const Tensor& gates_, const Tensor& cells_,
-    const Tensor& hiddens_) {
-  const LstmSizes s = check_lstm_args(input_, hx_, cx_, weights_, has_biases);
+    const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes) {
+  const LstmSizes s = check_lstm_args(input_, hx_, cx_, weights_, has_biases, batch_sizes);
+  TORCH_CHECK(!s.seq.packed && !s.has_proj, "TODO");
   check_backward_args(s, input_, grad_output_, grad_hy_, grad_cy_, output_, gates_, cells_,
                       hiddens_);
   const Tensor input = input_.contiguous(), hx = hx_.contiguous(), cx = cx_.contiguous();

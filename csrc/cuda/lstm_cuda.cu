@@ -431,6 +431,16 @@ void check_cuda_args(const Tensor& input, const char* op) {
               "; move every tensor of the call to the same CUDA device");
 }
 
+// What the CUDA kernels do not implement yet: a clear error, not a wrong answer.
+void check_cuda_supported(const LstmSizes& s, const char* op) {
+  TORCH_CHECK_NOT_IMPLEMENTED(!s.seq.packed, "fusedrnn.", op,
+                              " (CUDA): packed sequences (batch_sizes) are not implemented "
+                              "on CUDA yet; pad the batch, or run it on the CPU");
+  TORCH_CHECK_NOT_IMPLEMENTED(!s.has_proj, "fusedrnn.", op,
+                              " (CUDA): proj_size (a w_hr per layer) is not implemented on "
+                              "CUDA yet; run it on the CPU");
+}
+
 at::ScalarType acc_scalar_type(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
@@ -439,11 +449,12 @@ at::ScalarType acc_scalar_type(at::ScalarType t) {
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cuda(
     const Tensor& input_, const Tensor& hx_, const Tensor& cx_, at::TensorList weights_,
-    bool has_biases, bool train) {
+    bool has_biases, bool train, const std::optional<Tensor>& batch_sizes) {
   // The shared checks compare every tensor's device and dtype with input's,
   // so together with this one all tensors are on input's CUDA device.
   check_cuda_args(input_, "lstm_forward");
-  const LstmSizes s = check_lstm_args(input_, hx_, cx_, weights_, has_biases);
+  const LstmSizes s = check_lstm_args(input_, hx_, cx_, weights_, has_biases, batch_sizes);
+  check_cuda_supported(s, "lstm_forward");
   const c10::cuda::CUDAGuard guard(input_.device());
 
   const int64_t T = s.T, B = s.B, H = s.H, L = s.L, G4 = 4 * H;
@@ -531,9 +542,10 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cuda(
     const Tensor& grad_output_, const Tensor& grad_hy_, const Tensor& grad_cy_,
     const Tensor& input_, const Tensor& hx_, const Tensor& cx_, at::TensorList weights_,
     bool has_biases, const Tensor& output_, const Tensor& gates_, const Tensor& cells_,
-    const Tensor& hiddens_) {
+    const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes) {
   check_cuda_args(input_, "lstm_backward");
-  const LstmSizes s = check_lstm_args(input_, hx_, cx_, weights_, has_biases);
+  const LstmSizes s = check_lstm_args(input_, hx_, cx_, weights_, has_biases, batch_sizes);
+  check_cuda_supported(s, "lstm_backward");
   check_backward_args(s, input_, grad_output_, grad_hy_, grad_cy_, output_, gates_, cells_,
                       hiddens_);
   const c10::cuda::CUDAGuard guard(input_.device());

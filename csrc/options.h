@@ -1,0 +1,33 @@
+// Process-wide switches of fusedrnn's kernels, read by the backends at each op
+// call and set from Python through fusedrnn.set_option (fusedrnn/__init__.py)
+// -> fusedrnn._C.set_option (csrc/module.cpp).  Each option is a small integer
+// whose meaning the table in options.cpp documents; 0 is always "auto".
+#pragma once
+
+#include <cstdint>
+
+namespace fusedrnn {
+
+enum class Option : int {
+  // Which CUDA LSTM tier runs: 0 auto (the selector), 1 the general tier
+  // (one fused kernel per layer-timestep), 2 the persistent wavefront kernel
+  // (an error when the sizes do not fit it).
+  kCudaTier = 0,
+  // How the general tier issues its T·L step kernels: 0 auto, 1 one launch per
+  // step from the host loop, 2 the step loop captured once in a CUDA graph and
+  // replayed.
+  kCudaStepLaunch = 1,
+  kCount = 2,
+};
+
+// Current value (thread-safe; relaxed atomics).
+int64_t get_option(Option o);
+void set_option(Option o, int64_t value);
+
+// Name <-> option, for the Python binding.  Returns -1 for an unknown name.
+int option_index(const char* name);
+const char* option_name(int index);
+// Number of values an option takes (values are 0 .. count-1).
+int64_t option_value_count(int index);
+
+}  // namespace fusedrnn
