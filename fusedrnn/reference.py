@@ -179,8 +179,8 @@ def split_weights(weights: Sequence[Tensor], num_layers: int, has_biases: bool,
 
 def _stack(layer_fn: Callable, x: Tensor, states: List[Tuple[Tensor, ...]],
            layers: List[List[Tensor]], dropout: float, training: bool,
-           bidirectional: bool = False, lengths: Optional[Tensor] = None
-           ) -> Tuple[Tensor, List[Tuple[Tensor, ...]]]:
+           bidirectional: bool = False, lengths: Optional[Tensor] = None,
+           packed: Optional["_Packed"] = None) -> Tuple[Tensor, List[Tuple[Tensor, ...]]]:
     """Stack layers: layer l's input at time t is layer l-1's output at time t.
 
     ``states`` and ``layers`` hold one entry per layer and direction, in the
@@ -190,7 +190,8 @@ def _stack(layer_fn: Callable, x: Tensor, states: List[Tuple[Tensor, ...]],
 
     Between layers (never after the last) the whole output sequence of a
     layer goes through ``F.dropout(out, p=dropout, training=True)`` when
-    ``training`` and ``dropout > 0``.
+    ``training`` and ``dropout > 0`` (for a packed batch, ``packed``, on the
+    packed rows of the output, as torch.nn does).
     """
     D = 2 if bidirectional else 1
     finals = []
@@ -204,7 +205,8 @@ def _stack(layer_fn: Callable, x: Tensor, states: List[Tuple[Tensor, ...]],
             finals.append(final)
         x = torch.cat(outs, dim=-1) if D == 2 else outs[0]
         if training and dropout > 0 and l < num_layers - 1:
-            x = F.dropout(x, p=dropout, training=True)
+            x = (packed.dropout(x, dropout) if packed is not None
+                 else F.dropout(x, p=dropout, training=True))
     return x, finals
 
 
@@ -218,13 +220,35 @@ class _Packed:
         self.sorted_indices = packed.sorted_indices
         self.padded, self.lengths = pad_packed_sequence(packed)  # (T, B, I), caller's order
 
-    def pack(self, out: Tensor) -> PackedSequence:
-        order = (self.sorted_indices.to(out.device) if self.sorted_indices is not None
-                 else torch.arange(out.shape[1], device=out.device))
+    def _order(self, out: Tensor) -> Tensor:
+        return (self.sorted_indices.to(out.device) if self.sorted_indices is not None
+                else torch.arange(out.shape[1], device=out.device))
+
+    def rows(self, out: Tensor) -> Tensor:
+        """The packed rows (N, ·) of a padded (T, B, ·) tensor."""
+        order = self._order(out)
         rows = [out[t].index_select(0, order[:int(n)]) for t, n in enumerate(self.batch_sizes)]
-        data = torch.cat(rows, 0) if rows else out.new_zeros((0, out.shape[-1]))
+        return torch.cat(rows, 0) if rows else out.new_zeros((0, out.shape[-1]))
+
+    def unrows(self, data: Tensor, like: Tensor) -> Tensor:
+        """The inverse of :meth:`rows`: a padded tensor shaped like ``like``,
+        zero at the padding."""
+        order = self._order(like)
+        steps, start = [], 0
+        for n in self.batch_sizes.tolist():
+            step = like.new_zeros(like.shape[1:])
+            steps.append(step.index_copy(0, order[:n], data[start:start + n]))
+            start += n
+        return torch.stack(steps, 0)
+
+    def dropout(self, x: Tensor, p: float) -> Tensor:
+        """Dropout between layers acts on the packed rows, as in torch.nn
+        (so that masks coincide with fusedrnn's under the same seed)."""
+        return self.unrows(F.dropout(self.rows(x), p=p, training=True), x)
+
+    def pack(self, out: Tensor) -> PackedSequence:
         unsorted = None if self.sorted_indices is None else torch.argsort(self.sorted_indices)
-        return PackedSequence(data, self.batch_sizes, self.sorted_indices, unsorted)
+        return PackedSequence(self.rows(out), self.batch_sizes, self.sorted_indices, unsorted)
 
 
 def _prepare_input(input, batch_first: bool) -> Tuple[Tensor, bool]:
@@ -297,7 +321,7 @@ def lstm(input, hx: Optional[Tuple[Tensor, Tensor]], weights: Sequence[Tensor], 
             h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
     states = [(h0[k], c0[k]) for k in range(n)]
     out, finals = _stack(lstm_layer, x, states, layers, dropout, training, bidirectional,
-                         lengths)
+                         lengths, packed)
     h_n = torch.stack([h for h, _ in finals], dim=0)
     c_n = torch.stack([c for _, c in finals], dim=0)
     if packed is not None:
@@ -395,7 +419,7 @@ def _single_state_stack(layer_fn: Callable, input, hx: Optional[Tensor],
         h0 = hx.unsqueeze(1) if unbatched else hx
     states = [(h0[k],) for k in range(n)]
     out, finals = _stack(layer_fn, x, states, layers, dropout, training, bidirectional,
-                         lengths)
+                         lengths, packed)
     h_n = torch.stack([h for (h,) in finals], dim=0)
     if packed is not None:
         return packed.pack(out), h_n
