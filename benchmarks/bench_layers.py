@@ -18,6 +18,9 @@ few minutes; configurations named with --configs run every chosen cell.
 Implementations (--impls): torch (the baseline), fusedrnn, fusedrnn-generic
 (CPU float32 only: fusedrnn with its fused AVX-512 step kernels switched off,
 i.e. at::addmm + a pointwise pass per step, to show what the fused step buys),
+fusedrnn-packed and torch-packed (the same batch as a PackedSequence with
+lengths spread evenly between T/2 and T, on the configurations marked
+packed=True: a packed batch should cost no more than the padded one),
 the reference, and optional peers (other RNN libraries, e.g. flashrnn on CUDA)
 that are used when importable and otherwise skipped with a note.
 
@@ -88,6 +91,7 @@ class Config:
     quick: Tuple[str, ...] = ()  # --quick sweeps that include it
     sweep: Optional[str] = None  # layer-sweep group: plotted as time against L
     reference: bool = True       # False: the per-timestep reference is too slow here
+    packed: bool = False         # also run the packed-batch rows (fusedrnn-packed, torch-packed)
     about: str = ""
 
     def shape(self):
@@ -99,14 +103,16 @@ CONFIGS: Dict[str, Config] = {
     # It is also the L=2 point of the d2l layer sweep.
     "d2l-L1": Config(32, 35, 28, 256, 1, sweep="d2l", quick=("cpu",), about="layer sweep"),
     "d2l": Config(32, 35, 28, 256, 2, sweep="d2l", quick=("cpu", "cuda"),
-                  cells=("lstm", "gru", "rnn"), about="D2L deep-RNN chapter (= d2l-L2)"),
+                  cells=("lstm", "gru", "rnn"), packed=True,
+                  about="D2L deep-RNN chapter (= d2l-L2)"),
     # Same shape as d2l; kept so it can be named, left out of the default sweeps.
     "d2l-L2": Config(32, 35, 28, 256, 2, sweep="d2l", devices=(), about="layer sweep (= d2l)"),
     "d2l-L4": Config(32, 35, 28, 256, 4, sweep="d2l", about="layer sweep"),
     "d2l-L8": Config(32, 35, 28, 256, 8, sweep="d2l", quick=("cuda",), about="layer sweep"),
     # GPU sizes (too slow for a 2-core CPU sweep; name them with --configs to run there).
     "fastrnns": Config(64, 100, 512, 512, 1, devices=("cuda",), quick=("cuda",),
-                       cells=("lstm", "gru", "rnn"), about="PyTorch fastrnns default"),
+                       cells=("lstm", "gru", "rnn"), packed=True,
+                       about="PyTorch fastrnns default"),
     "appleyard": Config(64, 100, 512, 512, 4, devices=("cuda",),
                         about="Appleyard et al. 2016"),
     "large": Config(256, 100, 1024, 1024, 4, devices=("cuda",), about="large"),
@@ -114,7 +120,7 @@ CONFIGS: Dict[str, Config] = {
     "long-seq": Config(16, 1024, 768, 768, 2, devices=("cuda",), reference=False,
                        about="long sequence (reference skipped: 2048 python-level steps)"),
     # Not in any default sweep: a few milliseconds a call, for smoke tests.
-    "tiny": Config(4, 8, 8, 16, 2, devices=(), cells=("lstm", "gru", "rnn"),
+    "tiny": Config(4, 8, 8, 16, 2, devices=(), cells=("lstm", "gru", "rnn"), packed=True,
                    about="smoke test (tests/test_bench_smoke.py)"),
 }
 
@@ -211,12 +217,17 @@ class Impl:
     name = ""
     label = ""
     headline = True
+    comparable = True  # its outputs are checked against the baseline's
 
     def label_for(self, cell: str) -> str:
         return self.label.format(Cell=cell_label(cell))
 
     def applicable(self, ctx) -> Optional[str]:
         return None
+
+    def wants(self, cfg: Config) -> bool:
+        """Whether it runs on this configuration at all (no note when not)."""
+        return True
 
     def build(self, ctx, cfg: Config, base) -> Runner:
         raise NotImplementedError
@@ -268,6 +279,42 @@ class GenericStepImpl(FusedImpl):
 
     def scope(self, ctx):
         return fast_step_switch(ctx.fusedrnn, False)
+
+
+def packed_lengths(cfg):
+    """Lengths spread evenly between T/2 and T (sorted, longest first)."""
+    lo = max(1, cfg.T // 2)
+    if cfg.B == 1:
+        return [cfg.T]
+    return [round(cfg.T - (cfg.T - lo) * b / (cfg.B - 1)) for b in range(cfg.B)]
+
+
+class PackedImpl(Impl):
+    """An implementation fed a PackedSequence of the same batch with lengths
+    spread evenly between T/2 and T (about 3/4 of the padded work): packing,
+    the module and unpacking are all timed.  Its results are not compared with
+    the padded baseline (different lengths); tests/test_packed_proj.py checks
+    them against torch.nn."""
+    comparable = False
+
+    def __init__(self, inner: Impl, name, label):
+        self.inner, self.name, self.label = inner, name, label
+
+    def applicable(self, ctx):
+        return self.inner.applicable(ctx)
+
+    def wants(self, cfg):
+        return cfg.packed  # only where Config.packed asks for it (keeps sweeps short)
+
+    def build(self, ctx, cfg, base):
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+        lengths = ctx.torch.tensor(packed_lengths(cfg))
+        runner = self.inner.build(ctx, cfg, base)
+
+        def run(x, hx):
+            out, states = runner.fn(pack_padded_sequence(x, lengths), hx)
+            return pad_packed_sequence(out, total_length=cfg.T)[0], states
+        return Runner(run, runner.params, runner.scope)
 
 
 class ReferenceImpl(Impl):
@@ -397,6 +444,10 @@ IMPLS: Dict[str, Impl] = {
     # e.g. "fusedrnn-persistent": FusedImpl("fusedrnn-persistent", "fusedrnn.{Cell} (persistent)",
     #                                       tier="persistent"),
     "fusedrnn-generic": GenericStepImpl(),
+    "fusedrnn-packed": PackedImpl(FusedImpl(), "fusedrnn-packed",
+                                  "fusedrnn.{Cell}, packed (lengths T/2..T)"),
+    "torch-packed": PackedImpl(TorchImpl(), "torch-packed",
+                               "torch.nn.{Cell}, packed (lengths T/2..T)"),
     "flashrnn": FlashRNNImpl(),
     "reference": ReferenceImpl(),
 }
@@ -682,6 +733,7 @@ def bench_config(ctx, cname, cfg, impls, notes):
     base = cell.torch_module(torch)(cfg.I, cfg.H, num_layers=cfg.L, **cell.kwargs)
     base = base.to(device=ctx.device, dtype=ctx.dtype).train()
 
+    impls = {n: i for n, i in impls.items() if i.wants(cfg)}
     runners = {}
     for name, impl in impls.items():
         try:
@@ -700,6 +752,14 @@ def bench_config(ctx, cname, cfg, impls, notes):
         ref_out = as_list(runners[BASELINE](x, hx))
         for name in list(runners):
             if name == BASELINE:
+                continue
+            if not impls[name].comparable:
+                try:  # still run it once, so a failure shows here
+                    runners[name](x, hx)
+                except Exception as e:  # noqa: BLE001
+                    notes.append(f"{tag}: {name} failed: {type(e).__name__}: {e}")
+                    log(f"    {name} failed: {type(e).__name__}: {e}")
+                    del runners[name]
                 continue
             try:
                 diffs[name] = max_abs_diff(as_list(runners[name](x, hx)), ref_out)
