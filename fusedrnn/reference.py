@@ -251,18 +251,21 @@ class _Packed:
         return PackedSequence(self.rows(out), self.batch_sizes, self.sorted_indices, unsorted)
 
 
-def _prepare_input(input, batch_first: bool) -> Tuple[Tensor, bool]:
-    """Return the input as (T, B, I) and whether it was unbatched (T, I)."""
+def _prepare_input(input, batch_first: bool
+                   ) -> Tuple[Tensor, bool, Optional[Tensor], Optional[_Packed]]:
+    """Return the input as (T, B, I), whether it was unbatched (T, I), and for
+    a PackedSequence its lengths and packing (else None, None)."""
     if isinstance(input, PackedSequence):
-        raise TypeError("internal: PackedSequence input is handled by the caller")
+        packed = _Packed(input)
+        return packed.padded, False, packed.lengths, packed
     if input.dim() == 2:
-        return input.unsqueeze(1), True
+        return input.unsqueeze(1), True, None, None
     if input.dim() != 3:
         raise ValueError(f"input: expected a 2-D (unbatched) or 3-D (batched) tensor, "
                          f"got {input.dim()}-D")
     if batch_first:
         input = input.transpose(0, 1)
-    return input, False
+    return input, False, None, None
 
 
 def lstm(input, hx: Optional[Tuple[Tensor, Tensor]], weights: Sequence[Tensor], *,
@@ -302,12 +305,7 @@ def lstm(input, hx: Optional[Tuple[Tensor, Tensor]], weights: Sequence[Tensor], 
     each sequence's own last step, and the output is a PackedSequence with the
     input's layout.
     """
-    packed = _Packed(input) if isinstance(input, PackedSequence) else None
-    if packed is not None:
-        x, unbatched, lengths = packed.padded, False, packed.lengths
-    else:
-        x, unbatched = _prepare_input(input, batch_first)
-        lengths = None
+    x, unbatched, lengths, packed = _prepare_input(input, batch_first)
     n = num_layers * (2 if bidirectional else 1)
     layers = split_weights(weights, n, has_biases, has_proj=proj_size > 0)
     H = layers[0][1].shape[0] // 4
@@ -403,12 +401,7 @@ def _single_state_stack(layer_fn: Callable, input, hx: Optional[Tensor],
                         bidirectional: bool = False):
     """A GRU/RNN stack with nn.GRU/nn.RNN's calling convention (one state h);
     a PackedSequence input as in :func:`lstm`."""
-    packed = _Packed(input) if isinstance(input, PackedSequence) else None
-    if packed is not None:
-        x, unbatched, lengths = packed.padded, False, packed.lengths
-    else:
-        x, unbatched = _prepare_input(input, batch_first)
-        lengths = None
+    x, unbatched, lengths, packed = _prepare_input(input, batch_first)
     n = num_layers * (2 if bidirectional else 1)
     layers = split_weights(weights, n, has_biases)
     H = layers[0][1].shape[1]
