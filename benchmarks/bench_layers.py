@@ -18,7 +18,9 @@ few minutes; configurations named with --configs run every chosen cell.
 Implementations (--impls): torch (the baseline), fusedrnn, fusedrnn-generic
 (CPU float32 only: fusedrnn with its fused AVX-512 step kernels switched off,
 i.e. at::addmm + a pointwise pass per step, to show what the fused step buys),
-fusedrnn-packed and torch-packed (the same batch as a PackedSequence with
+fusedrnn-per-step and fusedrnn-graph (CUDA only: the general tier's step
+kernels launched one by one from the host, or replayed from a captured CUDA
+graph), fusedrnn-packed and torch-packed (the same batch as a PackedSequence with
 lengths spread evenly between T/2 and T, on the configurations marked
 packed=True: a packed batch should cost no more than the padded one),
 the reference, and optional peers (other RNN libraries, e.g. flashrnn on CUDA)
@@ -317,6 +319,39 @@ class PackedImpl(Impl):
         return Runner(run, runner.params, runner.scope)
 
 
+def option_switch(fr, name: str, value: str):
+    """A context manager that sets fusedrnn.set_option(name, value) and restores
+    the previous value on exit, exceptions included."""
+    @contextlib.contextmanager
+    def scope():
+        prev = fr.get_option(name)
+        fr.set_option(name, value)
+        try:
+            yield
+        finally:
+            fr.set_option(name, prev)
+    return scope
+
+
+class OptionImpl(FusedImpl):
+    """fusedrnn with one kernel switch (fusedrnn.set_option) held at a value
+    while it runs, e.g. the CUDA step loop replayed from a CUDA graph."""
+
+    def __init__(self, name, label, option, value, devices=("cuda",)):
+        super().__init__(name, label)
+        self.option, self.value, self.devices = option, value, devices
+
+    def applicable(self, ctx):
+        if not hasattr(ctx.fusedrnn, "set_option"):
+            return "this fusedrnn has no kernel switches (fusedrnn.set_option)"
+        if ctx.device.type not in self.devices:
+            return f"{'/'.join(self.devices)} only"
+        return None
+
+    def scope(self, ctx):
+        return option_switch(ctx.fusedrnn, self.option, self.value)
+
+
 class ReferenceImpl(Impl):
     name, label = "reference", "fusedrnn.reference.{Cell}"
     headline = False
@@ -444,6 +479,11 @@ IMPLS: Dict[str, Impl] = {
     # e.g. "fusedrnn-persistent": FusedImpl("fusedrnn-persistent", "fusedrnn.{Cell} (persistent)",
     #                                       tier="persistent"),
     "fusedrnn-generic": GenericStepImpl(),
+    # The CUDA general tier's two ways of issuing its T·L step kernels.
+    "fusedrnn-per-step": OptionImpl("fusedrnn-per-step", "fusedrnn.{Cell} (one launch per step)",
+                                    "cuda_step_launch", "per_step"),
+    "fusedrnn-graph": OptionImpl("fusedrnn-graph", "fusedrnn.{Cell} (step loop as CUDA graph)",
+                                 "cuda_step_launch", "graph"),
     "fusedrnn-packed": PackedImpl(FusedImpl(), "fusedrnn-packed",
                                   "fusedrnn.{Cell}, packed (lengths T/2..T)"),
     "torch-packed": PackedImpl(TorchImpl(), "torch-packed",
