@@ -512,7 +512,7 @@ Tensor to_device_async(const std::vector<int64_t>& v, const at::Device& dev) {
   Tensor h = at::empty({static_cast<int64_t>(v.size())},
                        at::TensorOptions().dtype(at::kLong).pinned_memory(true));
   std::copy(v.begin(), v.end(), h.data_ptr<int64_t>());
-  return h.to(dev, /*non_blocking=*/true);
+  return h.to(at::TensorOptions().device(dev).dtype(at::kLong), /*non_blocking=*/true);
 }
 
 Tensor last_rows(const SeqLayout& q, const at::Device& dev) {
