@@ -109,11 +109,12 @@ EOF
 tail -n 1 "$OUT/build.log"
 
 # ------------------------------------------------------------------- tests --
-# The CUDA tests (tests/test_cuda*.py, and test_bidirectional.py which has one) by default: the CPU suite runs in CI and
+# The files with CUDA tests (tests/test_cuda*.py, test_bidirectional.py and
+# test_autocast.py, which have one each) by default: the CPU suite runs in CI and
 # would spend this call's limited time on what CI already covers.  TESTS=tests
 # runs everything.
 # shellcheck disable=SC2086
-run_logged tests "$OUT/tests.log" "$TEST_TIMEOUT" python -m pytest ${TESTS:-tests/test_cuda*.py tests/test_bidirectional.py} -v -rs
+run_logged tests "$OUT/tests.log" "$TEST_TIMEOUT" python -m pytest ${TESTS:-tests/test_cuda*.py tests/test_bidirectional.py tests/test_autocast.py} -v -rs
 
 # --------------------------------------------------------------- benchmark --
 mkdir -p "$OUT/results"
