@@ -307,6 +307,7 @@ class GRU(_FusedRNNMixin, nn.GRU):
     """
 
     _kind = "GRU"
+    _has_cuda_kernels = True
 
     def _call_op(self, x, states, weights, batch_sizes=None):
         output, h_n = ops.gru(x, states[0], weights, self.bias, batch_sizes)
@@ -332,6 +333,7 @@ class RNN(_FusedRNNMixin, nn.RNN):
     """
 
     _kind = "RNN"
+    _has_cuda_kernels = True
 
     def _call_op(self, x, states, weights, batch_sizes=None):
         output, h_n = ops.rnn(x, states[0], weights, self.bias, self.nonlinearity, batch_sizes)

@@ -270,14 +270,20 @@ def test_two_runs_bitwise_identical():
 @pytest.mark.parametrize("L", [1, 3])
 def test_inference_matches_training_forward(L):
     """train=False (no saved activations, ping-pong scratch between layers)
-    gives bitwise the same forward results as train=True."""
+    gives the same forward results as train=True: bitwise up to two layers;
+    from the third on a layer's input sits at a different offset (in `hiddens`
+    vs at the start of a scratch buffer), and cuBLAS may then pick another
+    GEMM kernel for the input projection, so there only up to rounding."""
     fused, _ = make_pair(6, 37, L, dtype=F32, device=CUDA)
     x, h0, c0 = _inputs(6, 37, L, 5, 9, F32)
     w = flat_weights(fused)
     a = torch.ops.fusedrnn.lstm_forward(x, h0, c0, w, True, False)
     b = torch.ops.fusedrnn.lstm_forward(x, h0, c0, w, True, True)
     for k in range(3):
-        assert torch.equal(a[k], b[k])
+        if L <= 2:
+            assert torch.equal(a[k], b[k])
+        else:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     for k in range(3, 6):
         assert a[k].shape == (0,)
     # The saved activations are consistent with the outputs.
@@ -356,15 +362,6 @@ def test_second_device_matches_first():
     want = _run_module(fused0, x, h0, c0)
     assert all(t.device == torch.device("cuda:1") for t in got[0] + got[1])
     _assert_results(got, want, TOL[F32], fused0._flat_weights_names)
-
-
-@pytest.mark.parametrize("kind", ["GRU", "RNN"])
-def test_gru_rnn_on_cuda_refused_clearly(kind):
-    """GRU/RNN have CPU kernels only so far: CUDA input is a NotImplementedError
-    that says so, not a dispatcher error."""
-    mod = getattr(fusedrnn, kind)(3, 5, 2).to(CUDA)
-    with pytest.raises(NotImplementedError, match=r"CUDA"):
-        mod(torch.randn(4, 2, 3, device=CUDA))
 
 
 # ============================================ packed sequences, proj_size ==
