@@ -293,10 +293,13 @@ def packed_lengths(cfg):
 
 class PackedImpl(Impl):
     """An implementation fed a PackedSequence of the same batch with lengths
-    spread evenly between T/2 and T (about 3/4 of the padded work): packing,
-    the module and unpacking are all timed.  Its results are not compared with
-    the padded baseline (different lengths); tests/test_packed_proj.py checks
-    them against torch.nn."""
+    spread evenly between T/2 and T (about 3/4 of the padded work).  Packing
+    and unpacking are one row gather/scatter each (index_select/index_copy,
+    cheap in both directions), timed with the module; torch's
+    pad_packed_sequence is avoided because its backward copies the whole
+    padded tensor once per timestep, which would swamp what is measured here.
+    Its results are not compared with the padded baseline (different
+    lengths); tests/test_packed_proj.py checks them against torch.nn."""
     comparable = False
 
     def __init__(self, inner: Impl, name, label):
@@ -309,13 +312,21 @@ class PackedImpl(Impl):
         return cfg.packed  # only where Config.packed asks for it (keeps sweeps short)
 
     def build(self, ctx, cfg, base):
-        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-        lengths = ctx.torch.tensor(packed_lengths(cfg))
+        torch = ctx.torch
+        from torch.nn.utils.rnn import PackedSequence
+        lengths = torch.tensor(packed_lengths(cfg))
+        batch_sizes = (lengths.unsqueeze(0) > torch.arange(cfg.T).unsqueeze(1)).sum(1)
+        # Row t*B + b of the padded (T*B, ·) view, for every packed row in order.
+        rows = torch.cat([t * cfg.B + torch.arange(int(n)) for t, n in enumerate(batch_sizes)])
+        rows = rows.to(ctx.device)
         runner = self.inner.build(ctx, cfg, base)
 
         def run(x, hx):
-            out, states = runner.fn(pack_padded_sequence(x, lengths), hx)
-            return pad_packed_sequence(out, total_length=cfg.T)[0], states
+            T, B = x.shape[0], x.shape[1]
+            data = x.reshape(T * B, -1).index_select(0, rows)
+            out, states = runner.fn(PackedSequence(data, batch_sizes), hx)
+            y = out.data.new_zeros((T * B, out.data.shape[1])).index_copy(0, rows, out.data)
+            return y.view(T, B, -1), states
         return Runner(run, runner.params, runner.scope)
 
 
