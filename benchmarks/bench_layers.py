@@ -281,8 +281,8 @@ class GenericStepImpl(FusedImpl):
 
 class CudaTierImpl(FusedImpl):
     """fusedrnn's LSTM with the CUDA tier forced (fusedrnn.set_option("cuda_tier", tier)):
-    "general" (one fused kernel per layer-timestep) or "persistent" (the
-    cooperative wavefront kernel; its backward is still the general tier's).
+    "general" (one fused kernel per layer-timestep per direction) or
+    "persistent" (the cooperative wavefront kernels, forward and reverse).
     CUDA LSTM only; a configuration the persistent kernel does not fit on this
     device is skipped with the planner's reason."""
 

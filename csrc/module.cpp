@@ -63,21 +63,23 @@ static PyObject* get_option(PyObject*, PyObject* args) {
 }
 
 // persistent_plan(H, I, L, B, dtype_bytes, smem_per_sm, smem_per_block,
-// regs_per_sm, num_sms[, T=1, option=0]) -> dict: the persistent LSTM tier's
-// plan (csrc/cuda/persistent_plan.h) for these sizes on a device with these
-// limits, and the tier `option` (0 auto, 1 general, 2 persistent) would pick.
+// regs_per_sm, num_sms[, T=1, option=0, backward=0]) -> dict: the persistent
+// LSTM tier's plan (csrc/cuda/persistent_plan.h) of its forward (or backward)
+// kernel for these sizes on a device with these limits, and the tier `option`
+// (0 auto, 1 general, 2 persistent) would pick.
 // Plain host code, so the CPU tests can check the planner without a GPU.
 static PyObject* persistent_plan(PyObject*, PyObject* args) {
-  long long H, I, L, B, elem, smem_sm, smem_block, regs_sm, sms, T = 1, option = 0;
-  if (!PyArg_ParseTuple(args, "LLLLLLLLL|LL", &H, &I, &L, &B, &elem, &smem_sm, &smem_block,
-                        &regs_sm, &sms, &T, &option))
+  long long H, I, L, B, elem, smem_sm, smem_block, regs_sm, sms, T = 1, option = 0, bwd = 0;
+  if (!PyArg_ParseTuple(args, "LLLLLLLLL|LLL", &H, &I, &L, &B, &elem, &smem_sm, &smem_block,
+                        &regs_sm, &sms, &T, &option, &bwd))
     return nullptr;
   fusedrnn::persistent::DeviceLimits d;
   d.smem_per_sm = smem_sm;
   d.smem_per_block = smem_block;
   d.regs_per_sm = regs_sm;
   d.num_sms = sms;
-  const auto p = fusedrnn::persistent::plan_lstm(H, I, L, B, elem, elem == 8 ? 8 : 4, d);
+  const auto p = fusedrnn::persistent::plan_lstm(H, I, L, B, elem, elem == 8 ? 8 : 4, d,
+                                                   bwd != 0);
   const auto c = fusedrnn::persistent::choose_tier(option, true, "", p, T + L - 1);
   PyObject* ctas = PyList_New(0);
   if (ctas == nullptr) return nullptr;
@@ -114,7 +116,7 @@ static PyMethodDef fusedrnn_methods[] = {
      "benchmarks)."},
     {"persistent_plan", persistent_plan, METH_VARARGS,
      "persistent_plan(H, I, L, B, dtype_bytes, smem_per_sm, smem_per_block, regs_per_sm, "
-     "num_sms, T=1, option=0) -> dict: the persistent CUDA LSTM tier's plan (for tests)."},
+     "num_sms, T=1, option=0, backward=0) -> dict: the persistent CUDA LSTM tier's plan (for tests)."},
     {nullptr, nullptr, 0, nullptr}};
 
 static struct PyModuleDef fusedrnn_module = {

@@ -3,9 +3,9 @@
 Needs a CUDA device and a build of fusedrnn._C with the CUDA kernels;
 otherwise the module is skipped with the reason.  The tier is chosen with
 fusedrnn.set_option("cuda_tier", ...) ("general" / "persistent" / "auto"),
-restored after every test.  Only the forward has a persistent kernel so far;
-the backward is the general tier's, from the saved tensors the persistent
-forward writes in the same layout.
+restored after every test; it applies to the forward and the backward op
+(both have a persistent kernel; each consumes/produces the saved tensors in
+the general tier's layout, so the tiers can also be mixed within one step).
 
 What is checked:
 * both tiers agree with each other and with fusedrnn.reference (float64) on
@@ -16,8 +16,9 @@ What is checked:
 * inference (train=False, ping-pong buffers) equals the training forward bitwise;
 * bitwise determinism; auto picks the persistent kernel exactly where the
   planner says (bitwise equal to the forced tier of its choice);
+* forward and backward on different tiers give the same gradients;
 * forcing the persistent tier on sizes that do not fit, or on proj_size,
-  raises a clear error; float64 gradcheck through the persistent forward;
+  raises a clear error; float64 gradcheck through the persistent tier;
 * the bench-only op fusedrnn::wavefront_floor runs.
 """
 import contextlib
@@ -63,7 +64,7 @@ def tier(name):
         fusedrnn.set_option("cuda_tier", old)
 
 
-def device_plan(H, L, B, dtype, T=8):
+def device_plan(H, L, B, dtype, T=8, backward=False):
     p = torch.cuda.get_device_properties(CUDA)
     smem_sm = getattr(p, "shared_memory_per_multiprocessor", 0)
     smem_block = getattr(p, "shared_memory_per_block_optin", 0)
@@ -72,7 +73,7 @@ def device_plan(H, L, B, dtype, T=8):
         pytest.skip("torch does not report this device's shared memory limits")
     elem = torch.empty(0, dtype=dtype).element_size()
     return fusedrnn._C.persistent_plan(H, H, L, B, elem, smem_sm, smem_block, regs,
-                                       p.multi_processor_count, T, 0)
+                                       p.multi_processor_count, T, 0, int(backward))
 
 
 def _close(actual, expected, tol, name):
@@ -131,11 +132,12 @@ def _weights(I, H, L, bias, dtype):
 
 
 def _need_fit(H, L, B, dtype, T=8):
-    p = device_plan(H, L, B, dtype, T)
-    if not p["fits"]:
-        pytest.skip(f"H={H} L={L} B={B} {dtype} does not fit the persistent tier on this "
-                    f"device: {p['why']}")
-    return p
+    """Skip unless both persistent kernels (forward and backward) fit."""
+    for backward in (False, True):
+        p = device_plan(H, L, B, dtype, T, backward)
+        if not p["fits"]:
+            pytest.skip(f"H={H} L={L} B={B} {dtype} does not fit the persistent "
+                        f"{'backward' if backward else 'forward'} on this device: {p['why']}")
 
 
 # (L, I, H, T, B, bias)
@@ -265,6 +267,47 @@ def test_auto_follows_the_planner(B):
         assert not plan["persistent"]
     for u, v in zip(a, b):
         assert torch.equal(u, v)
+
+
+@pytest.mark.parametrize("fwd_tier,bwd_tier", [("persistent", "general"),
+                                               ("general", "persistent")])
+def test_mixed_tiers_same_gradients(fwd_tier, bwd_tier):
+    """Forward on one tier, backward on the other: the saved tensors share one layout."""
+    L, I, H, T, B = 3, 9, 70, 5, 6
+    _need_fit(H, L, B, F32, T)
+    w = [t.requires_grad_() for t in _weights(I, H, L, True, F32)]
+    x, h0, c0 = (t.requires_grad_() for t in _inputs(I, H, L, T, B, F32))
+    with tier(fwd_tier):
+        vals = list(fusedrnn.ops.lstm(x, h0, c0, w, True))
+    loss = sum((v * g).sum() for v, g in zip(vals, _loss_weights(vals)))
+    with tier(bwd_tier):
+        got = torch.autograd.grad(loss, [x, h0, c0] + w)
+    with tier("general"):
+        vals = list(fusedrnn.ops.lstm(x, h0, c0, w, True))
+        loss = sum((v * g).sum() for v, g in zip(vals, _loss_weights(vals)))
+        want = torch.autograd.grad(loss, [x, h0, c0] + w)
+    for k, (a, b) in enumerate(zip(got, want)):
+        _close(a, b, TOL[F32], f"gradient {k}")
+
+
+def test_backward_op_persistent_matches_general():
+    """lstm_backward itself, on the saved tensors of one forward."""
+    L, I, H, T, B = 2, 5, 33, 4, 7
+    _need_fit(H, L, B, F64, T)
+    w = _weights(I, H, L, True, F64)
+    x, h0, c0 = _inputs(I, H, L, T, B, F64)
+    out, hy, cy, gates, cells, hiddens = torch.ops.fusedrnn.lstm_forward(x, h0, c0, w, True, True)
+    g = torch.Generator().manual_seed(5)
+    go, gh, gc = (torch.randn(t.shape, generator=g, dtype=F64).to(CUDA) for t in (out, hy, cy))
+    args = [go, gh, gc, x, h0, c0, w, True, out, gates, cells, hiddens]
+    with tier("persistent"):
+        p = torch.ops.fusedrnn.lstm_backward(*args)
+    with tier("general"):
+        q = torch.ops.fusedrnn.lstm_backward(*args)
+    for k in range(3):
+        _close(p[k], q[k], TOL[F64], ["grad_input", "grad_hx", "grad_cx"][k])
+    for k, (a, b) in enumerate(zip(p[3], q[3])):
+        _close(a, b, TOL[F64], f"grad weight {k}")
 
 
 def test_forced_persistent_that_does_not_fit_raises():

@@ -28,8 +28,9 @@ RESERVED = 1024   # shared memory the driver keeps per CTA
 F32, BF16, F64 = 4, 2, 8
 
 
-def plan(H, L, B, elem=F32, dev=H100, I=None, T=16, option=0):
-    return fusedrnn._C.persistent_plan(H, I if I is not None else H, L, B, elem, *dev, T, option)
+def plan(H, L, B, elem=F32, dev=H100, I=None, T=16, option=0, backward=False):
+    return fusedrnn._C.persistent_plan(H, I if I is not None else H, L, B, elem, *dev, T, option,
+                                       int(backward))
 
 
 def _align16(n):
@@ -57,11 +58,12 @@ SIZES = [(1, 1, 1), (5, 3, 1), (7, 1, 3), (33, 2, 40), (256, 2, 32), (300, 3, 3)
          (512, 4, 64), (768, 2, 16), (17, 8, 2), (1000, 1, 4), (131, 4, 5)]
 
 
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "bwd"])
 @pytest.mark.parametrize("dev", [H100, A100], ids=["h100", "a100"])
 @pytest.mark.parametrize("elem", [F32, BF16, F64], ids=["float32", "bfloat16", "float64"])
 @pytest.mark.parametrize("H,L,B", SIZES)
-def test_partition_covers_every_unit_once(H, L, B, elem, dev):
-    p = plan(H, L, B, elem, dev)
+def test_partition_covers_every_unit_once(H, L, B, elem, dev, backward):
+    p = plan(H, L, B, elem, dev, backward=backward)
     if not p["fits"]:
         assert p["why"] and p["ctas"] == []
         return
@@ -84,7 +86,9 @@ def test_partition_covers_every_unit_once(H, L, B, elem, dev):
     assert p["smem_bytes"] <= dev[1] and p["smem_bytes"] + RESERVED <= dev[0]
     acc = 8 if elem == F64 else 4
     U, K = p["units_per_cta"], p["K"]
-    assert p["smem_bytes"] >= 4 * U * K * elem + 4 * U * acc + U * B * acc + \
+    assert K == (4 if backward else 1) * (2 * H if L > 1 else H)
+    weight_rows = U if backward else 4 * U   # backward: one column of 4H (or 8H) per unit
+    assert p["smem_bytes"] >= weight_rows * K * elem + 4 * U * acc + U * B * acc + \
         p["batch_chunk"] * K * elem
     assert 1 <= p["batch_chunk"] <= B
     assert p["threads"] % 32 == 0
@@ -157,3 +161,21 @@ def test_units_spread_evenly():
     assert p["units_per_cta"] == 7 and p["ctas_per_layer"] == 43
     sizes = [j1 - j0 for _, j0, j1 in p["ctas"][:43]]
     assert sizes.count(7) == 42 and sizes[-1] == 300 - 42 * 7
+
+
+def test_backward_plan_d2l():
+    """The backward stages [dG above | dG_{t+1}] rows of 8H: at D2L in float32
+    the batch is staged in chunks, which auto accepts for the backward."""
+    p = plan(256, 2, 32, backward=True)
+    assert p["fits"] and p["K"] == 2048
+    assert p["units_per_cta"] == 4 and p["num_ctas"] == 128
+    assert 1 <= p["batch_chunk"] < 32
+    assert p["auto"] and p["persistent"]
+    # Same resident weight bytes as the forward (U columns of 8H vs 4U rows of 2H).
+    f = plan(256, 2, 32)
+    assert p["units_per_cta"] * p["K"] == 4 * f["units_per_cta"] * f["K"]
+    assert plan(256, 2, 32, BF16, backward=True)["batch_chunk"] == 32
+
+
+def test_backward_single_layer_row_is_4h():
+    assert plan(100, 1, 4, backward=True)["K"] == 400

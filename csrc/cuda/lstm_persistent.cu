@@ -40,8 +40,9 @@
 // element is computed by one lane from sums in a fixed order, so two calls
 // give bitwise-identical results.
 //
-// Backward: not implemented in this tier yet; the general tier's backward
-// runs (persistent_lstm_backward_if_selected returns std::nullopt).
+// Backward: the reverse wavefront (lstm_persistent_bwd_kernel, below), with
+// the weight columns resident; weight/bias/input/h0 gradients are GEMMs after.
+// It consumes the saved tensors of either tier's forward.
 //
 // Also here: fusedrnn::wavefront_floor, a bench-only op timing the same grid
 // doing nothing but the T+L-1 grid barriers (the floor of this design).
@@ -297,6 +298,157 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
   }
 }
 
+// -------------------------------------------------------------- backward --
+//
+// The reverse wavefront.  At step s = 0 .. T+L-2 layer l computes its step
+// t = (T-1) - s + (L-1-l): the top layer starts at t = T-1, each layer below
+// one step later.  For unit j of layer l and batch row b,
+//   dh = dy^l_t[b, j] + Σ_k dG^l_{t+1}[b, k] W_hh^l[k, j]  (+ grad_hy at t = T-1)
+//   dy^l_t = grad_output_t for the top layer, else Σ_k dG^{l+1}_t[b, k] W_ih^{l+1}[k, j]
+// (both sums over the 4H gate rows k), then lstm_cell_backward gives dG^l_t
+// (pre-activation gate gradients, written to global memory in (L, T, B, 4H))
+// and dc_{t-1} (kept in shared memory).  dG^{l+1}_t and dG^l_{t+1} were both
+// written at step s-1, so one grid barrier per step suffices again.  The CTA
+// keeps, per unit j, the column j of [W_ih^{l+1} | W_hh^l] resident (K = 8H;
+// the top layer only the W_hh column, K = 4H); the weight, bias, input and
+// initial-state gradients are GEMMs after the kernel.
+template <typename scalar_t>
+struct BwdParams {
+  const scalar_t* w_ih[kMaxLayers];  // (4H, H) of layers > 0 (entry 0 unused)
+  const scalar_t* w_hh[kMaxLayers];  // (4H, H)
+  const scalar_t* grad_output;       // (T, B, H)
+  const scalar_t* grad_hy;           // (L, B, H)
+  const scalar_t* grad_cy;           // (L, B, H)
+  const scalar_t* gates;             // (L, T, B, 4H) activated i, f, g, o
+  const scalar_t* cells;             // (L, T, B, H)
+  const scalar_t* cx;                // (L, B, H)
+  scalar_t* dG;                      // (L, T, B, 4H) out: pre-activation gate gradients
+  scalar_t* grad_cx;                 // (L, B, H) out: dc_{-1}
+  unsigned long long* barrier;       // zeroed
+  int64_t T, B, H, L;
+  int64_t units, ctas_per_layer, batch_chunk;
+  int64_t off_cstate, off_stage;     // byte offsets in dynamic smem
+};
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads, 1)
+lstm_persistent_bwd_kernel(const __grid_constant__ BwdParams<scalar_t> p) {
+  using acc_t = typename acc_type<scalar_t>::type;
+  extern __shared__ __align__(16) unsigned char smem[];
+  scalar_t* Wc = reinterpret_cast<scalar_t*>(smem);                 // [U][K]
+  acc_t* dcs = reinterpret_cast<acc_t*>(smem + p.off_cstate);        // [U][B]
+  scalar_t* xs = reinterpret_cast<scalar_t*>(smem + p.off_stage);    // [batch_chunk][K]
+
+  const int tid = threadIdx.x;
+  const int warp = tid / 32, lane = tid % 32;
+  const int64_t T = p.T, B = p.B, H = p.H, L = p.L, G4 = 4 * H;
+  const int64_t layer = blockIdx.x / p.ctas_per_layer;
+  const int64_t j0 = (blockIdx.x % p.ctas_per_layer) * p.units;
+  const int nu = static_cast<int>(H - j0 < p.units ? H - j0 : p.units);
+  const bool top = layer == L - 1;
+  const int Kx = top ? 0 : static_cast<int>(G4);  // the layer above's dG part
+  const int K = Kx + static_cast<int>(G4);
+
+  // Resident weight columns: row jl = [W_ih^{l+1}[:, j] | W_hh^l[:, j]].
+  {
+    const scalar_t* w_up = top ? nullptr : p.w_ih[layer + 1];
+    const scalar_t* w_hh = p.w_hh[layer];
+    const int64_t n = static_cast<int64_t>(nu) * K;
+    for (int64_t idx = tid; idx < n; idx += kThreads) {
+      const int jl = static_cast<int>(idx / K), k = static_cast<int>(idx % K);
+      const int64_t j = j0 + jl;
+      Wc[static_cast<int64_t>(jl) * K + k] = k < Kx ? w_up[k * H + j] : w_hh[(k - Kx) * H + j];
+    }
+    for (int64_t idx = tid; idx < static_cast<int64_t>(nu) * B; idx += kThreads) {
+      const int64_t jl = idx / B, b = idx % B;
+      dcs[jl * B + b] = static_cast<acc_t>(p.grad_cy[(layer * B + b) * H + j0 + jl]);
+    }
+  }
+  __syncthreads();
+
+  unsigned long long target = 0;
+  const int64_t steps = T + L - 1;
+  const int64_t BC = p.batch_chunk;
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t t = (T - 1) - s + (L - 1 - layer);
+    if (t >= 0 && t < T) {
+      const bool last_t = t == T - 1;
+      // The staged row: [dG^{l+1}_t | dG^l_{t+1}]; at t = T-1 there is no
+      // recurrent part, so only the first Kx columns are used.
+      const int Kt = last_t ? Kx : K;
+      const scalar_t* dG_up = top ? nullptr : p.dG + ((layer + 1) * T + t) * B * G4;
+      const scalar_t* dG_next = last_t ? nullptr : p.dG + (layer * T + t + 1) * B * G4;
+      scalar_t* dG_out = p.dG + (layer * T + t) * B * G4;
+      const scalar_t* gates_t = p.gates + (layer * T + t) * B * G4;
+      const scalar_t* c_t = p.cells + (layer * T + t) * B * H;
+      const scalar_t* c_prev = t == 0 ? p.cx + layer * B * H : c_t - B * H;
+      for (int64_t b0 = 0; b0 < B; b0 += BC) {
+        const int bc = static_cast<int>(B - b0 < BC ? B - b0 : BC);
+        const int64_t n = static_cast<int64_t>(bc) * Kt;
+        for (int64_t idx = tid; idx < n; idx += kThreads) {
+          const int64_t b = idx / Kt;
+          const int k = static_cast<int>(idx % Kt);
+          const int64_t row = (b0 + b) * G4;
+          xs[b * K + k] = k < Kx ? load_cg(dG_up + row + k) : load_cg(dG_next + row + (k - Kx));
+        }
+        __syncthreads();
+
+        const int groups = (bc + static_cast<int>(kTaskRows) - 1) / static_cast<int>(kTaskRows);
+        const int tasks = nu * groups;
+        for (int task = warp; task < tasks; task += kWarps) {  // warp-uniform
+          const int jl = task / groups;
+          const int bb = (task % groups) * static_cast<int>(kTaskRows);
+          const scalar_t* wr = Wc + static_cast<int64_t>(jl) * K;
+          const scalar_t* xr[kTaskRows];
+#pragma unroll
+          for (int r = 0; r < kTaskRows; ++r) {
+            const int row = bb + r < bc ? bb + r : bc - 1;
+            xr[r] = xs + static_cast<int64_t>(row) * K;
+          }
+          acc_t acc[kTaskRows];
+#pragma unroll
+          for (int r = 0; r < kTaskRows; ++r) acc[r] = acc_t(0);
+          for (int k = lane; k < Kt; k += 32) {
+            const acc_t w = static_cast<acc_t>(wr[k]);
+#pragma unroll
+            for (int r = 0; r < kTaskRows; ++r) acc[r] += w * static_cast<acc_t>(xr[r][k]);
+          }
+#pragma unroll
+          for (int r = 0; r < kTaskRows; ++r)
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
+
+#pragma unroll
+          for (int r = 0; r < kTaskRows; ++r) {
+            if (lane != r || bb + r >= bc) continue;
+            const int64_t b = b0 + bb + r;
+            const int64_t j = j0 + jl;
+            const int64_t bj = b * H + j;
+            acc_t dh = acc[r];
+            if (top) dh += static_cast<acc_t>(p.grad_output[t * B * H + bj]);
+            if (last_t) dh += static_cast<acc_t>(p.grad_hy[layer * B * H + bj]);
+            const scalar_t* g = gates_t + b * G4 + j;
+            acc_t& dc = dcs[static_cast<int64_t>(jl) * B + b];
+            const LstmBwdOut<acc_t> o = lstm_cell_backward<acc_t>(
+                dh, dc, static_cast<acc_t>(g[0]), static_cast<acc_t>(g[H]),
+                static_cast<acc_t>(g[2 * H]), static_cast<acc_t>(g[3 * H]),
+                static_cast<acc_t>(c_prev[bj]), static_cast<acc_t>(c_t[bj]));
+            scalar_t* d = dG_out + b * G4 + j;
+            d[0] = static_cast<scalar_t>(o.di);
+            d[H] = static_cast<scalar_t>(o.df);
+            d[2 * H] = static_cast<scalar_t>(o.dg);
+            d[3 * H] = static_cast<scalar_t>(o.do_);
+            dc = o.dc_prev;
+            if (t == 0) p.grad_cx[layer * B * H + bj] = static_cast<scalar_t>(o.dc_prev);
+          }
+        }
+        __syncthreads();  // the stage is rewritten next
+      }
+    }
+    if (s + 1 < steps) grid_barrier(p.barrier, target);
+  }
+}
+
 // The floor: the same kind of grid doing only the T+L-1 wavefront barriers.
 __global__ void __launch_bounds__(kThreads, 1)
 wavefront_floor_kernel(unsigned long long* barrier, int64_t steps) {
@@ -476,12 +628,116 @@ std::optional<LstmForwardResult> persistent_lstm_forward_if_selected(
 }
 
 std::optional<LstmBackwardResult> persistent_lstm_backward_if_selected(
-    const LstmSizes&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-    const Tensor&, at::TensorList, bool, const Tensor&, const Tensor&, const Tensor&,
-    const Tensor&) {
-  // Not implemented yet: the general tier's backward works from the saved
-  // gates/cells/hiddens that either tier's forward writes (same layout).
-  return std::nullopt;
+    const LstmSizes& s, const Tensor& grad_output_, const Tensor& grad_hy_,
+    const Tensor& grad_cy_, const Tensor& input_, const Tensor& hx_, const Tensor& cx_,
+    at::TensorList weights_, bool has_biases, const Tensor& output_, const Tensor& gates_,
+    const Tensor& cells_, const Tensor& hiddens_) {
+  const int64_t option = get_option(Option::kCudaTier);
+  if (option == 1) return std::nullopt;
+  if (s.T == 0 || s.B == 0 || s.H == 0) return std::nullopt;
+  const c10::cuda::CUDAGuard guard(input_.device());
+
+  std::string unsupported;
+  if (s.seq.packed) {
+    unsupported = "packed sequences (batch_sizes) are not supported by the persistent tier";
+  } else if (s.has_proj) {
+    unsupported = "proj_size (a w_hr per layer) is not supported by the persistent tier";
+  }
+  const at::ScalarType dt = input_.scalar_type();
+  const Plan plan = persistent::plan_lstm(s.H, s.I, s.L, s.B, elem_size(dt), acc_size(dt),
+                                          device_limits(), /*backward=*/true);
+  const persistent::TierChoice choice =
+      persistent::choose_tier(option, unsupported.empty(), unsupported, plan, s.T + s.L - 1);
+  TORCH_CHECK(choice.error.empty(), "fusedrnn.lstm_backward (CUDA, cuda_tier='persistent'): ",
+              choice.error, " (H=", s.H, ", L=", s.L, ", B=", s.B, ", dtype ", dt,
+              "); use cuda_tier='auto' or 'general' for these arguments");
+  if (!choice.persistent) return std::nullopt;
+
+  std::string why;
+  bool fits = false;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "fusedrnn_lstm_persistent_bwd_fits", [&] {
+    fits = cooperative_fits(lstm_persistent_bwd_kernel<scalar_t>, plan.smem.total, plan.num_ctas,
+                            &why);
+  });
+  if (!fits) {
+    TORCH_CHECK(option != 2, "fusedrnn.lstm_backward (CUDA, cuda_tier='persistent'): the "
+                "planned grid of ", plan.num_ctas, " CTAs cannot run co-resident on this "
+                "device: ", why, "; use cuda_tier='auto' or 'general'");
+    return std::nullopt;
+  }
+
+  const int64_t T = s.T, B = s.B, H = s.H, L = s.L, G4 = 4 * H, pl = s.per_layer;
+  const auto opts = input_.options();
+  const Tensor input = input_.contiguous(), hx = hx_.contiguous(), cx = cx_.contiguous();
+  const Tensor output = output_.contiguous(), gates = gates_.contiguous();
+  const Tensor cells = cells_.contiguous(), hiddens = hiddens_.contiguous();
+  const Tensor grad_output = grad_output_.contiguous();
+  const Tensor grad_hy = grad_hy_.contiguous(), grad_cy = grad_cy_.contiguous();
+  std::vector<Tensor> w;
+  w.reserve(weights_.size());
+  for (const auto& t : weights_) w.push_back(t.contiguous());
+
+  Tensor dG = at::empty({L, T, B, G4}, opts);
+  Tensor grad_cx = at::empty({L, B, H}, opts);
+  Tensor barrier = at::zeros({1}, opts.dtype(at::kLong));
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "fusedrnn_lstm_persistent_backward", [&] {
+    BwdParams<scalar_t> p{};
+    for (int64_t l = 0; l < L; ++l) {
+      p.w_ih[l] = l == 0 ? nullptr : w[l * pl].data_ptr<scalar_t>();
+      p.w_hh[l] = w[l * pl + 1].data_ptr<scalar_t>();
+    }
+    p.grad_output = grad_output.data_ptr<scalar_t>();
+    p.grad_hy = grad_hy.data_ptr<scalar_t>();
+    p.grad_cy = grad_cy.data_ptr<scalar_t>();
+    p.gates = gates.data_ptr<scalar_t>();
+    p.cells = cells.data_ptr<scalar_t>();
+    p.cx = cx.data_ptr<scalar_t>();
+    p.dG = dG.data_ptr<scalar_t>();
+    p.grad_cx = grad_cx.data_ptr<scalar_t>();
+    p.barrier = reinterpret_cast<unsigned long long*>(barrier.data_ptr<int64_t>());
+    p.T = T;
+    p.B = B;
+    p.H = H;
+    p.L = L;
+    p.units = plan.units_per_cta;
+    p.ctas_per_layer = plan.ctas_per_layer;
+    p.batch_chunk = plan.batch_chunk;
+    p.off_cstate = plan.smem.cstate;
+    p.off_stage = plan.smem.stage;
+    auto kernel = lstm_persistent_bwd_kernel<scalar_t>;
+    void* args[] = {&p};
+    C10_CUDA_CHECK(cudaLaunchCooperativeKernel(
+        reinterpret_cast<void*>(kernel), dim3(static_cast<unsigned>(plan.num_ctas)),
+        dim3(static_cast<unsigned>(kThreads)), args, static_cast<size_t>(plan.smem.total),
+        stream));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+
+  // After the recurrence: gradients of the weights, biases, input and h0 as
+  // large GEMMs / reductions over all timesteps (they follow allow_tf32), in
+  // the general tier's formulas.
+  std::vector<Tensor> grad_w(weights_.size());
+  Tensor grad_hx = at::empty({L, B, H}, opts);
+  for (int64_t l = 0; l < L; ++l) {
+    const Tensor x = l == 0 ? input : hiddens[l - 1];     // layer input (T, B, I_l)
+    const Tensor out = l == L - 1 ? output : hiddens[l];  // layer output (T, B, H)
+    const int64_t I_l = x.size(2);
+    const Tensor dG2 = dG[l].view({T * B, G4});
+    const Tensor h_prev = T > 1 ? at::cat({hx[l].unsqueeze(0), out.slice(0, 0, T - 1)}, 0)
+                                : hx[l].unsqueeze(0);
+    grad_w[l * pl] = at::mm(dG2.t(), x.reshape({T * B, I_l}));
+    grad_w[l * pl + 1] = at::mm(dG2.t(), h_prev.reshape({T * B, H}));
+    if (has_biases) {
+      Tensor db = dG2.sum(0);
+      grad_w[l * pl + 2] = db;
+      grad_w[l * pl + 3] = db.clone();
+    }
+    grad_hx[l].copy_(at::mm(dG[l][0], w[l * pl + 1]));
+  }
+  Tensor grad_input = at::mm(dG[0].view({T * B, G4}), w[0]).view({T, B, s.I});
+  return LstmBackwardResult{grad_input, grad_hx, grad_cx, grad_w};
 }
 
 // ------------------------------------------------- op: wavefront floor --

@@ -28,9 +28,10 @@ std::optional<LstmForwardResult> persistent_lstm_forward_if_selected(
     const LstmSizes& s, const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
     at::TensorList weights, bool has_biases, bool train);
 
-// The persistent backward is not implemented yet: this returns std::nullopt,
-// and the general tier's backward runs from the saved tensors, which the
-// persistent forward writes in the general tier's layout.
+// The reverse wavefront: selected like the forward (its own plan: the staged
+// rows are 4x longer).  It consumes the saved gates/cells/hiddens of either
+// tier's forward (both write the same layout), so the forward and backward
+// tiers may differ within one training step.
 std::optional<LstmBackwardResult> persistent_lstm_backward_if_selected(
     const LstmSizes& s, const at::Tensor& grad_output, const at::Tensor& grad_hy,
     const at::Tensor& grad_cy, const at::Tensor& input, const at::Tensor& hx,

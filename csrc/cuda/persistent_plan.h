@@ -11,13 +11,18 @@
 //     [j0, j1) of that layer, j0 = (c % ctas_per_layer) * units_per_cta,
 //     j1 = min(j0 + units_per_cta, H): all four gate rows of each of its units;
 //   * its dynamic shared memory holds, for the whole kernel,
-//       weights  4 * U rows of K = (L > 1 ? 2H : H) scalars: [W_ih row | W_hh row]
-//                (layer 0: only the W_hh row; its input projection is one GEMM
-//                before the kernel), U = units_per_cta;
-//       bias     4 * U accumulators (b_ih + b_hh of layers > 0);
-//       c state  U * B accumulators (the cell state of its units, all steps);
+//       weights  forward: 4 * U rows of K = (L > 1 ? 2H : H) scalars,
+//                [W_ih row | W_hh row] of each gate of each unit (layer 0:
+//                only the W_hh row; its input projection is one GEMM before
+//                the kernel), U = units_per_cta;
+//                backward: U rows of K = (L > 1 ? 8H : 4H) scalars, for unit j
+//                [column j of W_ih of the layer above | column j of W_hh]
+//                (the top layer: only the W_hh column) -- the same bytes;
+//       bias     4 * U accumulators (forward: b_ih + b_hh of layers > 0);
+//       c state  U * B accumulators (the cell state, or backward its gradient dc);
 //     and per step a staging area of batch_chunk rows of K scalars (the step's
-//     input [x_t | h_{t-1}] of batch_chunk batch rows at a time).
+//     input -- forward [x_t | h_{t-1}], backward [dG of the layer above at t |
+//     dG_{t+1}] -- of batch_chunk batch rows at a time).
 //
 // Selection (the "cuda_tier" option): 1 general, 2 persistent (an error when
 // the plan does not fit), 0 auto = persistent when `fits` and `auto_ok`.
@@ -29,8 +34,10 @@
 //   one CTA per SM     the planner picks the smallest units_per_cta for which
 //                      L * ceil(H / U) <= num_sms; more CTAs per SM would need
 //                      smaller per-CTA shared memory, fewer would leave SMs idle.
-//   kAutoMaxBatch      auto picks the persistent tier only for B <= this and
-//                      only when the whole batch is staged at once (no chunking).
+//   kAutoMaxBatch      auto picks the persistent tier only for B <= this and,
+//                      forward, only when the whole batch is staged at once (no
+//                      chunking; the backward's staged rows are 4x longer, so
+//                      auto accepts chunking there).
 //   kAutoMinSteps      ... and only for T + L - 1 >= this many wavefront steps.
 #pragma once
 
@@ -71,10 +78,10 @@ struct SmemLayout {
 };
 
 inline SmemLayout smem_layout(int64_t U, int64_t K, int64_t B, int64_t batch_chunk,
-                              int64_t elem, int64_t acc) {
+                              int64_t elem, int64_t acc, bool backward = false) {
   SmemLayout s;
   s.weights = 0;
-  s.bias = align16(4 * U * K * elem);
+  s.bias = align16((backward ? 1 : 4) * U * K * elem);
   s.cstate = s.bias + align16(4 * U * acc);
   s.stage = s.cstate + align16(U * B * acc);
   s.total = s.stage + align16(batch_chunk * K * elem);
@@ -82,11 +89,13 @@ inline SmemLayout smem_layout(int64_t U, int64_t K, int64_t B, int64_t batch_chu
 }
 
 struct Plan {
+  bool backward = false;  // a plan of the backward kernel (else the forward's)
   bool fits = false;      // the persistent kernel can run these sizes here
   bool auto_ok = false;   // auto (cuda_tier = 0) would choose it
   std::string why;        // when !fits: why not (a sentence fragment); else notes on auto
   int64_t H = 0, L = 0, B = 0;
-  int64_t K = 0;                // staged row length: 2H for L > 1, else H
+  int64_t K = 0;                // staged row length: forward 2H (L > 1) or H,
+                                //   backward 8H (L > 1) or 4H
   int64_t units_per_cta = 0;    // U
   int64_t ctas_per_layer = 0;   // ceil(H / U)
   int64_t num_ctas = 0;         // L * ctas_per_layer
@@ -103,17 +112,19 @@ struct Plan {
   }
 };
 
-// Plans the persistent forward of an L-layer LSTM with hidden size H, input
-// size I (which does not matter: layer 0's input projection is a GEMM before
-// the kernel), batch B, `elem`-byte scalars and `acc`-byte accumulators.
+// Plans the persistent forward (or, with `backward`, the reverse wavefront) of
+// an L-layer LSTM with hidden size H, input size I (which does not matter:
+// layer 0's input projection, and the backward's input gradient, are GEMMs
+// outside the kernel), batch B, `elem`-byte scalars, `acc`-byte accumulators.
 inline Plan plan_lstm(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem, int64_t acc,
-                      const DeviceLimits& d) {
+                      const DeviceLimits& d, bool backward = false) {
   (void)I;
   Plan p;
+  p.backward = backward;
   p.H = H;
   p.L = L;
   p.B = B;
-  p.K = L > 1 ? 2 * H : H;
+  p.K = (backward ? 4 : 1) * (L > 1 ? 2 * H : H);
   if (H <= 0 || L <= 0 || B <= 0) {
     p.why = "the sizes are empty (H, L and B must be positive)";
     return p;
@@ -157,9 +168,9 @@ inline Plan plan_lstm(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem, 
   const int64_t limit_block = d.smem_per_block;
   const int64_t limit_sm = d.smem_per_sm - kReservedSmemPerCta;
   const int64_t limit = limit_block < limit_sm ? limit_block : limit_sm;
-  const SmemLayout base = smem_layout(U, p.K, B, 0, elem, acc);
+  const SmemLayout base = smem_layout(U, p.K, B, 0, elem, acc, backward);
   if (base.total + align16(p.K * elem) > limit) {
-    p.smem = smem_layout(U, p.K, B, 1, elem, acc);
+    p.smem = smem_layout(U, p.K, B, 1, elem, acc, backward);
     p.why = "its resident weights and state need " + std::to_string(p.smem.total) +
             " bytes of shared memory per CTA (" + std::to_string(U) + " units of " +
             std::to_string(L) + " layer(s) on each of " + std::to_string(p.num_ctas) +
@@ -168,14 +179,14 @@ inline Plan plan_lstm(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem, 
   }
   int64_t bc = (limit - base.total) / (p.K * elem);  // align16 may need a little more
   if (bc > B) bc = B;
-  while (bc > 1 && smem_layout(U, p.K, B, bc, elem, acc).total > limit) --bc;
+  while (bc > 1 && smem_layout(U, p.K, B, bc, elem, acc, backward).total > limit) --bc;
   p.batch_chunk = bc;
-  p.smem = smem_layout(U, p.K, B, bc, elem, acc);
+  p.smem = smem_layout(U, p.K, B, bc, elem, acc, backward);
   p.fits = true;
 
   if (B > kAutoMaxBatch) {
     p.why = "auto leaves B > " + std::to_string(kAutoMaxBatch) + " to the general tier";
-  } else if (bc < B) {
+  } else if (bc < B && !backward) {
     p.why = "auto leaves a batch that must be staged in chunks to the general tier";
   } else {
     p.auto_ok = true;
