@@ -21,6 +21,11 @@ i.e. at::addmm + a pointwise pass per step, to show what the fused step buys),
 fusedrnn-general / fusedrnn-persistent (CUDA LSTM only: one kernel tier forced
 through fusedrnn.set_option("cuda_tier", ...); the fusedrnn row is the auto
 choice; sizes the persistent kernel does not fit are skipped with the reason),
+fusedrnn-per-step and fusedrnn-graph (CUDA only: the general tier's step
+kernels launched one by one from the host, or replayed from a captured CUDA
+graph), fusedrnn-packed and torch-packed (the same batch as a PackedSequence with
+lengths spread evenly between T/2 and T, on the configurations marked
+packed=True: a packed batch should cost no more than the padded one),
 the reference, and optional peers (other RNN libraries, e.g. flashrnn on CUDA)
 that are used when importable and otherwise skipped with a note.
 
@@ -97,6 +102,7 @@ class Config:
     quick: Tuple[str, ...] = ()  # --quick sweeps that include it
     sweep: Optional[str] = None  # layer-sweep group: plotted as time against L
     reference: bool = True       # False: the per-timestep reference is too slow here
+    packed: bool = False         # also run the packed-batch rows (fusedrnn-packed, torch-packed)
     about: str = ""
 
     def shape(self):
@@ -108,14 +114,16 @@ CONFIGS: Dict[str, Config] = {
     # It is also the L=2 point of the d2l layer sweep.
     "d2l-L1": Config(32, 35, 28, 256, 1, sweep="d2l", quick=("cpu",), about="layer sweep"),
     "d2l": Config(32, 35, 28, 256, 2, sweep="d2l", quick=("cpu", "cuda"),
-                  cells=("lstm", "gru", "rnn"), about="D2L deep-RNN chapter (= d2l-L2)"),
+                  cells=("lstm", "gru", "rnn"), packed=True,
+                  about="D2L deep-RNN chapter (= d2l-L2)"),
     # Same shape as d2l; kept so it can be named, left out of the default sweeps.
     "d2l-L2": Config(32, 35, 28, 256, 2, sweep="d2l", devices=(), about="layer sweep (= d2l)"),
     "d2l-L4": Config(32, 35, 28, 256, 4, sweep="d2l", about="layer sweep"),
     "d2l-L8": Config(32, 35, 28, 256, 8, sweep="d2l", quick=("cuda",), about="layer sweep"),
     # GPU sizes (too slow for a 2-core CPU sweep; name them with --configs to run there).
     "fastrnns": Config(64, 100, 512, 512, 1, devices=("cuda",), quick=("cuda",),
-                       cells=("lstm", "gru", "rnn"), about="PyTorch fastrnns default"),
+                       cells=("lstm", "gru", "rnn"), packed=True,
+                       about="PyTorch fastrnns default"),
     "appleyard": Config(64, 100, 512, 512, 4, devices=("cuda",),
                         about="Appleyard et al. 2016"),
     "large": Config(256, 100, 1024, 1024, 4, devices=("cuda",), about="large"),
@@ -123,7 +131,7 @@ CONFIGS: Dict[str, Config] = {
     "long-seq": Config(16, 1024, 768, 768, 2, devices=("cuda",), reference=False,
                        about="long sequence (reference skipped: 2048 python-level steps)"),
     # Not in any default sweep: a few milliseconds a call, for smoke tests.
-    "tiny": Config(4, 8, 8, 16, 2, devices=(), cells=("lstm", "gru", "rnn"),
+    "tiny": Config(4, 8, 8, 16, 2, devices=(), cells=("lstm", "gru", "rnn"), packed=True,
                    about="smoke test (tests/test_bench_smoke.py)"),
 }
 
@@ -220,12 +228,17 @@ class Impl:
     name = ""
     label = ""
     headline = True
+    comparable = True  # its outputs are checked against the baseline's
 
     def label_for(self, cell: str) -> str:
         return self.label.format(Cell=cell_label(cell))
 
     def applicable(self, ctx) -> Optional[str]:
         return None
+
+    def wants(self, cfg: Config) -> bool:
+        """Whether it runs on this configuration at all (no note when not)."""
+        return True
 
     def build(self, ctx, cfg: Config, base) -> Runner:
         raise NotImplementedError
@@ -279,50 +292,10 @@ class GenericStepImpl(FusedImpl):
         return fast_step_switch(ctx.fusedrnn, False)
 
 
-class CudaTierImpl(FusedImpl):
-    """fusedrnn's LSTM with the CUDA tier forced (fusedrnn.set_option("cuda_tier", tier)):
-    "general" (one fused kernel per layer-timestep per direction) or
-    "persistent" (the cooperative wavefront kernels, forward and reverse).
-    CUDA LSTM only; a configuration the persistent kernel does not fit on this
-    device is skipped with the planner's reason."""
-
-    def __init__(self, tier):
-        super().__init__(f"fusedrnn-{tier}", f"fusedrnn.{{Cell}} ({tier} tier)")
-        self.tier = tier
-
-    def applicable(self, ctx):
-        if ctx.device.type != "cuda":
-            return "CUDA only (the CUDA LSTM's kernel tiers)"
-        if not hasattr(ctx.fusedrnn, "set_option"):
-            return "this fusedrnn has no cuda_tier option"
-        return None
-
-    def scope(self, ctx):
-        fr, tier = ctx.fusedrnn, self.tier
-
-        @contextlib.contextmanager
-        def scope():
-            prev = fr.get_option("cuda_tier")
-            fr.set_option("cuda_tier", tier)
-            try:
-                yield
-            finally:
-                fr.set_option("cuda_tier", prev)
-        return scope
-
-    def build(self, ctx, cfg, base):
-        if cfg.cell != "lstm":
-            raise SkipImpl("the CUDA tiers are the LSTM's")
-        if self.tier == "persistent":
-            plan = persistent_plan(ctx, cfg)
-            if plan is not None and not plan["fits"]:
-                raise SkipImpl(f"does not fit the persistent kernel here: {plan['why']}")
-        return super().build(ctx, cfg, base)
-
-
-def persistent_plan(ctx, cfg):
-    """The persistent tier's plan (fusedrnn._C.persistent_plan) for cfg on this
-    device, or None when this build or torch cannot say."""
+def persistent_plan(ctx, cfg, backward=False):
+    """The persistent tier's plan (fusedrnn._C.persistent_plan) of its forward
+    or backward kernel for cfg on this device, or None when this build or
+    torch cannot say."""
     torch, C = ctx.torch, ctx.fusedrnn._C
     if not hasattr(C, "persistent_plan"):
         return None
@@ -334,7 +307,7 @@ def persistent_plan(ctx, cfg):
     elem = torch.empty(0, dtype=ctx.dtype).element_size()
     return C.persistent_plan(cfg.H, cfg.I, cfg.L, cfg.B, elem, smem_sm, smem_block,
                              getattr(p, "regs_per_multiprocessor", 65536),
-                             p.multi_processor_count, cfg.T, 0)
+                             p.multi_processor_count, cfg.T, 0, int(backward))
 
 
 # The floor of the wavefront design: fusedrnn::wavefront_floor times the
@@ -354,6 +327,96 @@ def wavefront_floor_ms(ctx, cfg, runs=25):
         return None
     with ctx.torch.cuda.device(ctx.device):
         return statistics.median(op(cfg.T, cfg.L, cfg.B, cfg.H) for _ in range(runs))
+def packed_lengths(cfg):
+    """Lengths spread evenly between T/2 and T (sorted, longest first)."""
+    lo = max(1, cfg.T // 2)
+    if cfg.B == 1:
+        return [cfg.T]
+    return [round(cfg.T - (cfg.T - lo) * b / (cfg.B - 1)) for b in range(cfg.B)]
+
+
+class PackedImpl(Impl):
+    """An implementation fed a PackedSequence of the same batch with lengths
+    spread evenly between T/2 and T (about 3/4 of the padded work): packing,
+    the module and unpacking are all timed.  Its results are not compared with
+    the padded baseline (different lengths); tests/test_packed_proj.py checks
+    them against torch.nn."""
+    comparable = False
+
+    def __init__(self, inner: Impl, name, label):
+        self.inner, self.name, self.label = inner, name, label
+
+    def applicable(self, ctx):
+        return self.inner.applicable(ctx)
+
+    def wants(self, cfg):
+        return cfg.packed  # only where Config.packed asks for it (keeps sweeps short)
+
+    def build(self, ctx, cfg, base):
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+        lengths = ctx.torch.tensor(packed_lengths(cfg))
+        runner = self.inner.build(ctx, cfg, base)
+
+        def run(x, hx):
+            out, states = runner.fn(pack_padded_sequence(x, lengths), hx)
+            return pad_packed_sequence(out, total_length=cfg.T)[0], states
+        return Runner(run, runner.params, runner.scope)
+
+
+def option_switch(fr, name: str, value: str):
+    """A context manager that sets fusedrnn.set_option(name, value) and restores
+    the previous value on exit, exceptions included."""
+    @contextlib.contextmanager
+    def scope():
+        prev = fr.get_option(name)
+        fr.set_option(name, value)
+        try:
+            yield
+        finally:
+            fr.set_option(name, prev)
+    return scope
+
+
+class OptionImpl(FusedImpl):
+    """fusedrnn with one kernel switch (fusedrnn.set_option) held at a value
+    while it runs, e.g. the CUDA step loop replayed from a CUDA graph."""
+
+    def __init__(self, name, label, option, value, devices=("cuda",)):
+        super().__init__(name, label)
+        self.option, self.value, self.devices = option, value, devices
+
+    def applicable(self, ctx):
+        if not hasattr(ctx.fusedrnn, "set_option"):
+            return "this fusedrnn has no kernel switches (fusedrnn.set_option)"
+        if ctx.device.type not in self.devices:
+            return f"{'/'.join(self.devices)} only"
+        return None
+
+    def scope(self, ctx):
+        return option_switch(ctx.fusedrnn, self.option, self.value)
+
+
+class CudaTierImpl(OptionImpl):
+    """fusedrnn's LSTM with the CUDA tier forced (fusedrnn.set_option("cuda_tier", tier)):
+    "general" (one fused kernel per layer-timestep) or "persistent" (the
+    cooperative wavefront kernels, forward and reverse).  CUDA LSTM only; a
+    configuration the persistent kernels do not fit on this device is skipped
+    with the planner's reason."""
+
+    def __init__(self, tier):
+        super().__init__(f"fusedrnn-{tier}", f"fusedrnn.{{Cell}} ({tier} tier)", "cuda_tier", tier)
+        self.tier = tier
+
+    def build(self, ctx, cfg, base):
+        if cfg.cell != "lstm":
+            raise SkipImpl("the CUDA tiers are the LSTM's")
+        if self.tier == "persistent":
+            for backward in (False, True):
+                plan = persistent_plan(ctx, cfg, backward)
+                if plan is not None and not plan["fits"]:
+                    raise SkipImpl(f"does not fit the persistent "
+                                   f"{'backward' if backward else 'forward'} here: {plan['why']}")
+        return super().build(ctx, cfg, base)
 
 
 class ReferenceImpl(Impl):
@@ -484,6 +547,15 @@ IMPLS: Dict[str, Impl] = {
     "fusedrnn-general": CudaTierImpl("general"),
     "fusedrnn-persistent": CudaTierImpl("persistent"),
     "fusedrnn-generic": GenericStepImpl(),
+    # The CUDA general tier's two ways of issuing its T·L step kernels.
+    "fusedrnn-per-step": OptionImpl("fusedrnn-per-step", "fusedrnn.{Cell} (one launch per step)",
+                                    "cuda_step_launch", "per_step"),
+    "fusedrnn-graph": OptionImpl("fusedrnn-graph", "fusedrnn.{Cell} (step loop as CUDA graph)",
+                                 "cuda_step_launch", "graph"),
+    "fusedrnn-packed": PackedImpl(FusedImpl(), "fusedrnn-packed",
+                                  "fusedrnn.{Cell}, packed (lengths T/2..T)"),
+    "torch-packed": PackedImpl(TorchImpl(), "torch-packed",
+                               "torch.nn.{Cell}, packed (lengths T/2..T)"),
     "flashrnn": FlashRNNImpl(),
     "reference": ReferenceImpl(),
 }
@@ -769,6 +841,7 @@ def bench_config(ctx, cname, cfg, impls, notes):
     base = cell.torch_module(torch)(cfg.I, cfg.H, num_layers=cfg.L, **cell.kwargs)
     base = base.to(device=ctx.device, dtype=ctx.dtype).train()
 
+    impls = {n: i for n, i in impls.items() if i.wants(cfg)}
     runners = {}
     for name, impl in impls.items():
         try:
@@ -787,6 +860,14 @@ def bench_config(ctx, cname, cfg, impls, notes):
         ref_out = as_list(runners[BASELINE](x, hx))
         for name in list(runners):
             if name == BASELINE:
+                continue
+            if not impls[name].comparable:
+                try:  # still run it once, so a failure shows here
+                    runners[name](x, hx)
+                except Exception as e:  # noqa: BLE001
+                    notes.append(f"{tag}: {name} failed: {type(e).__name__}: {e}")
+                    log(f"    {name} failed: {type(e).__name__}: {e}")
+                    del runners[name]
                 continue
             try:
                 diffs[name] = max_abs_diff(as_list(runners[name](x, hx)), ref_out)

@@ -15,7 +15,8 @@ enum class Option : int {
   kCudaTier = 0,
   // How the general tier issues its T·L step kernels: 0 auto, 1 one launch per
   // step from the host loop, 2 the step loop captured once in a CUDA graph and
-  // replayed.
+  // replayed (csrc/cuda/step_graph.h).  auto = per-step launches for now: the
+  // choice is to be made from GPU measurements, which have not been taken.
   kCudaStepLaunch = 1,
   kCount = 2,
 };

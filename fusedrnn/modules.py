@@ -26,23 +26,34 @@ class _FusedRNNMixin:
 
     Subclasses set ``_kind`` ("LSTM", "GRU", "RNN"), ``_state_names`` (the
     names of the recurrent states in hx: ("h_0", "c_0") or ("h_0",)) and
-    implement ``_call_op(x, states, weights) -> (output, finals)`` running the
-    stack (or one layer, one direction) on (T, B, I) input and (L, B, H) states.
+    implement ``_call_op(x, states, weights, batch_sizes) -> (output, finals)``
+    running the stack (or one layer, one direction) on (T, B, I) input, or on
+    a packed sequence's (N, I) data with its batch_sizes, and (L, B, ·) states.
 
     ``bidirectional=True`` runs layer by layer: the forward direction is the op
     on the layer's input with the layer's weights, the reverse direction the
-    same op on the time-flipped input with the ``_reverse`` weights (its output
-    flipped back); the layer's output is both concatenated, (T, B, 2H), and the
-    states are ordered as in torch.nn: [l0 fwd, l0 bwd, l1 fwd, ...].
+    same op on the time-reversed input with the ``_reverse`` weights (its
+    output reversed back); the layer's output is both concatenated, (T, B, 2H),
+    and the states are ordered as in torch.nn: [l0 fwd, l0 bwd, l1 fwd, ...].
+    For a packed sequence "time-reversed" means each sequence reversed within
+    its own length (a permutation of the packed rows).
+
+    PackedSequence input runs the ops on its data with its batch_sizes (no
+    work on padding; each sequence's final state is taken at its own last
+    step); states are permuted by ``sorted_indices`` on the way in and
+    ``unsorted_indices`` on the way out, as torch.nn does.
     """
 
     _kind = "RNN"
     _state_names: Tuple[str, ...] = ("h_0",)
     _has_cuda_kernels = False  # the cell's ops have a CUDA implementation
 
-    def _check_config(self) -> None:
-        if getattr(self, "proj_size", 0) > 0:
-            raise _not_implemented("proj_size > 0", self._kind)
+    def _state_sizes(self) -> Tuple[int, ...]:
+        """The last dimension of each state: h has proj_size features when the
+        LSTM projects, c always hidden_size."""
+        proj = getattr(self, "proj_size", 0)
+        h = proj if proj > 0 else self.hidden_size
+        return (h,) + (self.hidden_size,) * (len(self._state_names) - 1)
 
     def _state_label(self, i: int, name: str) -> str:
         # nn.LSTM says "hidden[0]"/"hidden[1]", nn.GRU/RNN just "hidden".
@@ -68,11 +79,26 @@ class _FusedRNNMixin:
                 f"{input.device}; input and states must be on the module's device")
 
     def _prepare_input(self, input) -> Tuple[Tensor, bool]:
-        """Validate ``input`` against the module; return it as (T, B, I) and
-        whether it was batched."""
+        """Validate ``input`` against the module; return it as (T, B, I) (or a
+        packed sequence's (N, I) data) and whether it was batched."""
         kind = self._kind
         if isinstance(input, PackedSequence):
-            raise _not_implemented("PackedSequence input", kind)
+            x = input.data
+            if not isinstance(x, Tensor) or x.dim() != 2:
+                raise ValueError(
+                    f"fusedrnn.{kind}: a PackedSequence's data must be 2-D (N, input_size), got "
+                    f"{getattr(x, 'shape', type(x).__name__)}")
+            bs = input.batch_sizes
+            if not isinstance(bs, Tensor) or bs.dim() != 1 or bs.device.type != "cpu" \
+                    or bs.dtype != torch.int64:
+                raise ValueError(
+                    f"fusedrnn.{kind}: a PackedSequence's batch_sizes must be a 1-D int64 CPU "
+                    "tensor (as torch.nn.utils.rnn.pack_padded_sequence makes it)")
+            T, I = bs.numel(), x.shape[1]
+            self._check_input_tensor(x, I)
+            if T == 0:
+                raise RuntimeError(f"fusedrnn.{kind}: the PackedSequence holds no timesteps")
+            return x, True
         if not isinstance(input, Tensor):
             raise TypeError(f"fusedrnn.{kind}: expected input to be a Tensor, got {type(input).__name__}")
         if input.dim() not in (2, 3):
@@ -82,12 +108,17 @@ class _FusedRNNMixin:
         if batched and self.batch_first:
             x = x.transpose(0, 1)
         T, B, I = x.shape
-        if I != self.input_size:
-            raise RuntimeError(
-                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {I}")
         if T == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN "
                                f"(fusedrnn.{kind} got an input with 0 timesteps)")
+        self._check_input_tensor(x, I)
+        return x, batched
+
+    def _check_input_tensor(self, x: Tensor, I: int) -> None:
+        kind = self._kind
+        if I != self.input_size:
+            raise RuntimeError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {I}")
         w0 = self._flat_weights[0]
         if x.dtype != w0.dtype:
             raise ValueError(
@@ -106,16 +137,17 @@ class _FusedRNNMixin:
             raise _not_implemented("CUDA input (its kernels are CPU-only so far)", kind)
         if not x.is_floating_point():
             raise ValueError(f"fusedrnn.{kind}: input must be floating point, got {x.dtype}")
-        return x, batched
 
-    def _prepare_states(self, hx, x: Tensor, batched: bool) -> List[Tensor]:
+    def _prepare_states(self, hx, x: Tensor, batched: bool, B: int,
+                        sorted_indices: Optional[Tensor] = None) -> List[Tensor]:
         """Validate ``hx`` (a tensor for GRU/RNN, a pair for LSTM, or None);
-        return the states as (D*L, B, H) tensors (D = 2 when bidirectional)."""
-        DL, H = self.num_layers * (2 if self.bidirectional else 1), self.hidden_size
-        B = x.shape[1]
+        return the states as (D*L, B, ·) tensors (D = 2 when bidirectional),
+        permuted by ``sorted_indices`` (packed input) into the packed order."""
+        DL = self.num_layers * (2 if self.bidirectional else 1)
+        sizes = self._state_sizes()
         n = len(self._state_names)
         if hx is None:
-            return [x.new_zeros((DL, B, H)) for _ in range(n)]
+            return [x.new_zeros((DL, B, h)) for h in sizes]
         if n == 1:
             if not isinstance(hx, Tensor):
                 raise TypeError(
@@ -141,13 +173,16 @@ class _FusedRNNMixin:
         if not batched:
             states = [s.unsqueeze(1) for s in states]
         for i, s in enumerate(states):
-            self._check_state(s, i, x, (DL, B, H))
+            self._check_state(s, i, x, (DL, B, sizes[i]))
+        if sorted_indices is not None:
+            states = [s.index_select(1, sorted_indices.to(s.device)) for s in states]
         return states
 
-    def _run_stack(self, x: Tensor, states: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
+    def _run_stack(self, x: Tensor, states: List[Tensor],
+                   batch_sizes: Optional[Tensor] = None) -> Tuple[Tensor, List[Tensor]]:
         """The whole stack in one op call or, when bidirectional or with dropout
         in training, layer by layer: one op call per layer and direction (the
-        reverse one on the time-flipped input), the directions' outputs
+        reverse one on the time-reversed input), the directions' outputs
         concatenated, and ``F.dropout`` between layers (never after the last),
         in the reference's order so that masks coincide under the same seed."""
         weights = self._flat_weights
@@ -155,8 +190,17 @@ class _FusedRNNMixin:
         D = 2 if self.bidirectional else 1
         dropout = self.dropout > 0 and self.training and L > 1
         if D == 1 and not dropout:
-            return self._call_op(x, states, weights)
-        per = 4 if self.bias else 2
+            return self._call_op(x, states, weights, batch_sizes)
+        per = len(weights) // (L * D)
+        if D == 2:
+            if batch_sizes is None:
+                def reverse(t):
+                    return torch.flip(t, (0,))
+            else:
+                perm = _packed_reverse_index(batch_sizes).to(x.device)
+
+                def reverse(t):
+                    return t.index_select(0, perm)
         finals: List[List[Tensor]] = [[] for _ in states]
         layer_in = x
         for l in range(L):
@@ -166,15 +210,15 @@ class _FusedRNNMixin:
                 layer_states = [s[k:k + 1] for s in states]
                 layer_weights = weights[k * per:(k + 1) * per]
                 if d == 0:
-                    out, fin = self._call_op(layer_in, layer_states, layer_weights)
+                    out, fin = self._call_op(layer_in, layer_states, layer_weights, batch_sizes)
                 else:
-                    out, fin = self._call_op(torch.flip(layer_in, (0,)), layer_states,
-                                             layer_weights)
-                    out = torch.flip(out, (0,))
+                    out, fin = self._call_op(reverse(layer_in), layer_states, layer_weights,
+                                             batch_sizes)
+                    out = reverse(out)
                 outs.append(out)
                 for acc, f in zip(finals, fin):
                     acc.append(f)
-            out = outs[0] if D == 1 else torch.cat(outs, dim=2)
+            out = outs[0] if D == 1 else torch.cat(outs, dim=-1)
             layer_in = F.dropout(out, p=self.dropout, training=True) \
                 if dropout and l < L - 1 else out
         return layer_in, [torch.cat(f, 0) for f in finals]
@@ -183,7 +227,14 @@ class _FusedRNNMixin:
         """Validate, run, and restore the caller's layout.  Returns the output
         and the final states."""
         x, batched = self._prepare_input(input)
-        states = self._prepare_states(hx, x, batched)
+        if isinstance(input, PackedSequence):
+            bs = input.batch_sizes
+            states = self._prepare_states(hx, x, True, int(bs[0]), input.sorted_indices)
+            output, finals = self._run_stack(x, states, bs)
+            if input.unsorted_indices is not None:
+                finals = [f.index_select(1, input.unsorted_indices.to(f.device)) for f in finals]
+            return PackedSequence(output, bs, input.sorted_indices, input.unsorted_indices), finals
+        states = self._prepare_states(hx, x, batched, x.shape[1])
         output, finals = self._run_stack(x, states)
         if batched and self.batch_first:
             output = output.transpose(0, 1)
@@ -192,9 +243,24 @@ class _FusedRNNMixin:
             finals = [f.squeeze(1) for f in finals]
         return output, finals
 
-    def _call_op(self, x: Tensor, states: List[Tensor], weights: Sequence[Tensor]
-                 ) -> Tuple[Tensor, List[Tensor]]:
+    def _call_op(self, x: Tensor, states: List[Tensor], weights: Sequence[Tensor],
+                 batch_sizes: Optional[Tensor] = None) -> Tuple[Tensor, List[Tensor]]:
         raise NotImplementedError
+
+
+def _packed_reverse_index(batch_sizes: Tensor) -> Tensor:
+    """The permutation of a packed sequence's rows that reverses every sequence
+    within its own length: row (t, b) <-> row (len_b - 1 - t, b).  It keeps the
+    same batch_sizes and is its own inverse."""
+    bs = batch_sizes.to(torch.int64)
+    T, B = bs.numel(), int(bs[0])
+    off = torch.cumsum(bs, 0) - bs                                   # first row of step t
+    lengths = (bs.unsqueeze(0) > torch.arange(B).unsqueeze(1)).sum(1)  # (B,)
+    t = torch.arange(T).unsqueeze(1)
+    b = torch.arange(B).unsqueeze(0)
+    valid = b < bs.unsqueeze(1)                                      # (T, B), row-major = packed order
+    rt = (lengths.unsqueeze(0) - 1 - t).clamp(min=0)
+    return (off[rt] + b)[valid]
 
 
 class LSTM(_FusedRNNMixin, nn.LSTM):
@@ -207,22 +273,18 @@ class LSTM(_FusedRNNMixin, nn.LSTM):
     Inputs: ``input`` of shape (T, B, I), (B, T, I) with ``batch_first=True``,
     or unbatched (T, I); optional ``hx = (h_0, c_0)`` of shape (D*L, B, H), or
     (D*L, H) for unbatched input (D = 2 when ``bidirectional``, else 1).
-    Returns ``output, (h_n, c_n)``; output has D*H features.
-
-    Not implemented yet (NotImplementedError): ``proj_size > 0`` and
-    PackedSequence input.
+    Returns ``output, (h_n, c_n)``; output has D*H features (D*proj_size
+    with ``proj_size > 0``, h_0/h_n then being (D*L, B, proj_size)).
+    A PackedSequence input gives a PackedSequence output; h_n and c_n are each
+    sequence's state at its own last step (no work is done on padding).
     """
 
     _kind = "LSTM"
     _state_names = ("h_0", "c_0")
     _has_cuda_kernels = True
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._check_config()
-
-    def _call_op(self, x, states, weights):
-        output, h_n, c_n = ops.lstm(x, states[0], states[1], weights, self.bias)
+    def _call_op(self, x, states, weights, batch_sizes=None):
+        output, h_n, c_n = ops.lstm(x, states[0], states[1], weights, self.bias, batch_sizes)
         return output, [h_n, c_n]
 
     def forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None):
@@ -240,19 +302,14 @@ class GRU(_FusedRNNMixin, nn.GRU):
     Inputs: ``input`` of shape (T, B, I), (B, T, I) with ``batch_first=True``,
     or unbatched (T, I); optional ``hx`` (h_0) of shape (D*L, B, H), or (D*L, H)
     for unbatched input (D = 2 when ``bidirectional``, else 1).  Returns
-    ``output, h_n``; output has D*H features.
-
-    Not implemented yet (NotImplementedError): PackedSequence input.
+    ``output, h_n``; output has D*H features.  A PackedSequence input gives a
+    PackedSequence output, h_n at each sequence's own last step.
     """
 
     _kind = "GRU"
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._check_config()
-
-    def _call_op(self, x, states, weights):
-        output, h_n = ops.gru(x, states[0], weights, self.bias)
+    def _call_op(self, x, states, weights, batch_sizes=None):
+        output, h_n = ops.gru(x, states[0], weights, self.bias, batch_sizes)
         return output, [h_n]
 
     def forward(self, input, hx: Optional[Tensor] = None):
@@ -270,19 +327,14 @@ class RNN(_FusedRNNMixin, nn.RNN):
     Inputs: ``input`` of shape (T, B, I), (B, T, I) with ``batch_first=True``,
     or unbatched (T, I); optional ``hx`` (h_0) of shape (D*L, B, H), or (D*L, H)
     for unbatched input (D = 2 when ``bidirectional``, else 1).  Returns
-    ``output, h_n``; output has D*H features.
-
-    Not implemented yet (NotImplementedError): PackedSequence input.
+    ``output, h_n``; output has D*H features.  A PackedSequence input gives a
+    PackedSequence output, h_n at each sequence's own last step.
     """
 
     _kind = "RNN"
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._check_config()
-
-    def _call_op(self, x, states, weights):
-        output, h_n = ops.rnn(x, states[0], weights, self.bias, self.nonlinearity)
+    def _call_op(self, x, states, weights, batch_sizes=None):
+        output, h_n = ops.rnn(x, states[0], weights, self.bias, self.nonlinearity, batch_sizes)
         return output, [h_n]
 
     def forward(self, input, hx: Optional[Tensor] = None):

@@ -1,4 +1,5 @@
-"""torch.autocast: the fused ops run in the autocast dtype (bfloat16 on the CPU),
+"""torch.autocast: the fused ops run in the autocast dtype (bfloat16 on the CPU;
+float16/bfloat16 on CUDA, the LSTM test at the end, which needs a GPU),
 and gradients reach the float32 parameters in float32."""
 import pytest
 import torch
@@ -59,3 +60,25 @@ def test_autocast_leaves_float64_alone():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, _ = m(torch.randn(4, 2, 3, dtype=torch.float64))
     assert out.dtype == torch.float64
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and fusedrnn.cuda_compiled()),
+                    reason="needs a CUDA device and a fusedrnn build with its CUDA kernels")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_autocast_lstm(dtype):
+    """CUDA autocast: the LSTM ops run in float16/bfloat16, gradients of the
+    float32 parameters come back in float32, values close to the float32
+    reference (half: 11-bit, bfloat16: 8-bit mantissa)."""
+    torch.manual_seed(0)
+    m = fusedrnn.LSTM(6, 16, 2).cuda()
+    x = torch.randn(9, 4, 6, device="cuda")
+    with torch.autocast("cuda", dtype=dtype):
+        got = _outputs(m(x))
+        loss = sum(t.float().sum() for t in got)
+    assert all(t.dtype == dtype for t in got)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in m.parameters())
+    want = _outputs(reference.lstm(x, None, m._flat_weights, num_layers=2))
+    tol = 5e-2 if dtype == torch.bfloat16 else 5e-3
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.float(), w.detach(), rtol=tol, atol=tol)

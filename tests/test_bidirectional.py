@@ -290,19 +290,6 @@ def test_wrong_state_shape_is_a_clear_error(kind):
             fused(x, hx)
 
 
-def test_packed_sequence_still_not_implemented():
-    from torch.nn.utils.rnn import pack_padded_sequence
-    fused, _ = make_pair("lstm", 1)
-    packed = pack_padded_sequence(torch.randn(4, 2, I), torch.tensor([4, 2]))
-    with pytest.raises(NotImplementedError, match=r"(?i)packed"):
-        fused(packed)
-
-
-def test_proj_size_still_not_implemented():
-    with pytest.raises(NotImplementedError, match=r"proj_size"):
-        fusedrnn.LSTM(I, H, bidirectional=True, proj_size=2)
-
-
 # ------------------------------------------------------------- gradcheck --
 
 def test_gradcheck_lstm_module():

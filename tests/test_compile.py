@@ -155,3 +155,31 @@ def test_compile_functionals_fullgraph_without_allow_rnn():
     torch.testing.assert_close(got[1], eager[1], rtol=1e-5, atol=1e-6)
     for a, b in zip(got[2], eager[2]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_compile_packed_sequence_and_projection():
+    """A PackedSequence input (bidirectional GRU) and an LSTM with proj_size
+    compile into one graph; forward and backward equal eager's.  (The packing
+    itself happens outside: dynamo skips torch's pack_padded_sequence.)"""
+    from torch.nn.utils.rnn import pack_padded_sequence
+    torch.manual_seed(0)
+    gru = fusedrnn.GRU(3, 5, 2, bidirectional=True)
+    lstm = fusedrnn.LSTM(3, 6, 2, proj_size=2)
+
+    def f(pk, x):
+        out, h = gru(pk)
+        y, (hl, cl) = lstm(x)
+        return out.data.square().sum() + h.sum() + y.sum() + hl.sum() + cl.sum()
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 3, 3, generator=g)
+    lengths = torch.tensor([5, 3, 2])
+    results = []
+    for fn in (f, torch.compile(f, fullgraph=True, backend=BACKEND)):
+        xx = x.clone().requires_grad_()
+        with torch._dynamo.config.patch(allow_rnn=True):
+            loss = fn(pack_padded_sequence(xx, lengths), xx)
+        params = list(gru.parameters()) + list(lstm.parameters())
+        results.append([loss] + list(torch.autograd.grad(loss, [xx] + params)))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

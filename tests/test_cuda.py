@@ -15,7 +15,16 @@ What is checked:
 * float64 gradcheck of fusedrnn.ops.lstm and torch.library.opcheck of both
   ops on CUDA;
 * bitwise determinism, inference (train=False) equal to training forward,
-  T=0 / B=0, CPU vs CUDA, mixed devices refused, cuda:1 vs cuda:0.
+  T=0 / B=0, CPU vs CUDA, mixed devices refused, cuda:1 vs cuda:0;
+* packed sequences (batch_sizes) and proj_size: float64 parity with
+  torch.nn.LSTM on the CPU (PackedSequence / proj_size), float32 parity with
+  cuDNN, the CPU op vs the CUDA op, equal-length packed == padded, backward
+  leaves its incoming gradients untouched, opcheck and gradcheck;
+* the step-launch modes (option cuda_step_launch): CUDA-graph replay and
+  per-step launches give bitwise identical outputs, states, saved
+  activations and gradients, also across calls with new tensors (the cached
+  graph is updated to the new pointers), on a side stream, and inside the
+  caller's own CUDA-graph capture (where the op launches per step).
 """
 import pytest
 import torch
@@ -356,3 +365,333 @@ def test_gru_rnn_on_cuda_refused_clearly(kind):
     mod = getattr(fusedrnn, kind)(3, 5, 2).to(CUDA)
     with pytest.raises(NotImplementedError, match=r"CUDA"):
         mod(torch.randn(4, 2, 3, device=CUDA))
+
+
+# ============================================ packed sequences, proj_size ==
+#
+# Ground truth: torch.nn.LSTM on the CPU in float64 (ATen's native LSTM,
+# which supports both PackedSequence and proj_size), holding the same weights;
+# float32 is also compared with cuDNN on the GPU.  fusedrnn runs through the
+# differentiable functional fusedrnn.ops.lstm with the raw weights, so these
+# tests do not depend on the modules' support of packed input / proj_size.
+
+from torch.nn.utils.rnn import PackedSequence, pack_sequence  # noqa: E402
+
+
+def _torch_lstm(I, H, L, P, bias, dtype, device, seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.LSTM(I, H, L, bias=bias, proj_size=P or 0, dtype=dtype, device=device)
+
+
+def _packed(lengths, I, seed=3):
+    """A PackedSequence of random sequences with the given (non-increasing)
+    lengths: (data (N, I), batch_sizes)."""
+    g = torch.Generator().manual_seed(seed)
+    seqs = [torch.randn(n, I, generator=g) for n in lengths]
+    p = pack_sequence(seqs, enforce_sorted=True)
+    return p.data, p.batch_sizes
+
+
+def _states(L, B, H, P, seed=4):
+    g = torch.Generator().manual_seed(seed)
+    return 0.5 * torch.randn(L, B, P or H, generator=g), 0.5 * torch.randn(L, B, H, generator=g)
+
+
+def _run_ops(weights, data, h0, c0, bias, batch_sizes=None):
+    """fusedrnn.ops.lstm: ([output, h_n, c_n], [grad data, h0, c0, *weights])."""
+    ws = [w.detach().clone().requires_grad_() for w in weights]
+    data, h0, c0 = (t.detach().clone().requires_grad_() for t in (data, h0, c0))
+    out, hn, cn = fusedrnn.ops.lstm(data, h0, c0, ws, bias, batch_sizes)
+    vals = [out, hn, cn]
+    _loss(vals, _loss_weights(*vals)).backward()
+    return [v.detach() for v in vals], [data.grad, h0.grad, c0.grad] + [w.grad for w in ws]
+
+
+def _run_torch(mod, data, h0, c0, batch_sizes=None):
+    """torch.nn.LSTM on (data, batch_sizes) as a PackedSequence, or padded."""
+    data, h0, c0 = (t.detach().clone().requires_grad_() for t in (data, h0, c0))
+    mod.zero_grad(set_to_none=True)
+    inp = PackedSequence(data, batch_sizes) if batch_sizes is not None else data
+    out, (hn, cn) = mod(inp, (h0, c0))
+    if batch_sizes is not None:
+        out = out.data
+    vals = [out, hn, cn]
+    _loss(vals, _loss_weights(*vals)).backward()
+    return ([v.detach() for v in vals],
+            [data.grad, h0.grad, c0.grad] + [w.grad for w in mod._flat_weights])
+
+
+def _truth_and_fused(I, H, L, P, bias, lengths, dtype=F64, T=None, B=None):
+    """Runs the CPU float64 torch.nn.LSTM and fusedrnn on CUDA in `dtype` on
+    the same data: packed when `lengths` is given, else padded (T, B)."""
+    ref = _torch_lstm(I, H, L, P, bias, F64, "cpu")
+    if lengths is not None:
+        data, bs = _packed(lengths, I)
+        B = len(lengths)
+    else:
+        data, bs = torch.randn(T, B, I, generator=torch.Generator().manual_seed(3)), None
+    h0, c0 = _states(L, B, H, P)
+    want = _run_torch(ref, data.double(), h0.double(), c0.double(), bs)
+    w = [p.detach().to(CUDA, dtype) for p in ref._flat_weights]
+    got = _run_ops(w, data.to(CUDA, dtype), h0.to(CUDA, dtype), c0.to(CUDA, dtype), bias, bs)
+    return got, want, ref._flat_weights_names
+
+
+# (L, I, H, P, bias, lengths): P = 0 means no projection.
+PACKED = [
+    (1, 3, 5, 0, True, [4, 3, 3, 1]),
+    (2, 4, 7, 0, True, [5, 5, 2]),            # equal lengths at the top, one short
+    (3, 5, 33, 0, False, [6, 4, 3, 3, 2, 1]),
+    (2, 6, 17, 0, True, [3] + [2] * 20 + [1] * 19),   # B = 40 > the 32-row tiles
+    (2, 3, 6, 0, True, [1, 1, 1]),            # T = 1
+    (2, 4, 5, 0, True, [4]),                  # B = 1
+    (2, 5, 9, 4, True, [5, 3, 3, 1]),         # projection + packed
+    (3, 3, 40, 7, False, [4, 4, 2, 1, 1]),
+]
+
+
+def _pids(rows):
+    return [f"L{L}-I{I}-H{H}-P{P}{'' if b else '-nobias'}-len{'_'.join(map(str, n[:6]))}"
+            for L, I, H, P, b, n in rows]
+
+
+@pytest.mark.parametrize("L,I,H,P,bias,lengths", PACKED, ids=_pids(PACKED))
+def test_packed_float64_matches_torch(L, I, H, P, bias, lengths):
+    got, want, names = _truth_and_fused(I, H, L, P, bias, lengths)
+    _assert_results(got, want, TOL[F64], names)
+
+
+# (L, I, H, P, T, B, bias)
+PROJ = [
+    (1, 3, 5, 2, 4, 3, True),
+    (2, 4, 9, 4, 5, 1, True),
+    (3, 6, 33, 16, 3, 40, False),
+    (2, 7, 300, 45, 3, 3, True),
+]
+
+
+@pytest.mark.parametrize("L,I,H,P,T,B,bias", PROJ,
+                         ids=[f"L{r[0]}-I{r[1]}-H{r[2]}-P{r[3]}-T{r[4]}-B{r[5]}" for r in PROJ])
+def test_proj_float64_matches_torch(L, I, H, P, T, B, bias):
+    got, want, names = _truth_and_fused(I, H, L, P, bias, None, T=T, B=B)
+    _assert_results(got, want, TOL[F64], names)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("P", [0, 6], ids=["noproj", "proj"])
+def test_float32_packed_proj_match_cudnn(packed, P):
+    """torch.nn.LSTM on CUDA (cuDNN) with proj_size and/or a PackedSequence."""
+    L, I, H = 2, 5, 21
+    ref = _torch_lstm(I, H, L, P, True, F32, CUDA)
+    if packed:
+        lengths = [6, 5, 5, 3, 1]
+        data, bs = _packed(lengths, I)
+        B = len(lengths)
+    else:
+        data, bs, B = torch.randn(6, 5, I, generator=torch.Generator().manual_seed(3)), None, 5
+    h0, c0 = (t.to(CUDA) for t in _states(L, B, H, P))
+    data = data.to(CUDA)
+    want = _run_torch(ref, data, h0, c0, bs)
+    got = _run_ops([p.detach() for p in ref._flat_weights], data, h0, c0, True, bs)
+    _assert_results(got, want, TOL[F32], ref._flat_weights_names)
+
+
+def test_packed_equal_lengths_matches_padded():
+    """A packed batch whose sequences all have length T is the padded case:
+    bitwise the same forward, gradients equal up to rounding order (grad_hy
+    enters through a different path)."""
+    L, I, H, T, B = 2, 4, 19, 5, 6
+    fused, _ = make_pair(I, H, L, dtype=F64, device=CUDA)
+    w = flat_weights(fused)
+    x, h0, c0 = _inputs(I, H, L, T, B, F64)
+    bs = torch.full((T,), B, dtype=torch.long)
+    a = torch.ops.fusedrnn.lstm_forward(x, h0, c0, w, True, True)
+    b = torch.ops.fusedrnn.lstm_forward(x.reshape(T * B, I), h0, c0, w, True, True, bs)
+    for k in range(6):
+        assert torch.equal(a[k].reshape(b[k].shape), b[k]), k
+    got = _run_ops(w, x.reshape(T * B, I), h0, c0, True, bs)
+    want = _run_ops(w, x, h0, c0, True)
+    want[0][0] = want[0][0].reshape(T * B, H)
+    want[1][0] = want[1][0].reshape(T * B, I)
+    _assert_results(got, want, TOL[F64], fused._flat_weights_names)
+
+
+@pytest.mark.parametrize("P", [0, 3], ids=["noproj", "proj"])
+def test_packed_cpu_and_cuda_ops_agree(P):
+    """The CPU op is the reference of behaviour for packed sequences."""
+    L, I, H = 2, 4, 11
+    lengths = [5, 4, 4, 2, 1]
+    ref = _torch_lstm(I, H, L, P, True, F64, "cpu")
+    w = [p.detach() for p in ref._flat_weights]
+    data, bs = _packed(lengths, I)
+    h0, c0 = _states(L, len(lengths), H, P)
+    data, h0, c0 = data.double(), h0.double(), c0.double()
+    try:
+        want = _run_ops(w, data, h0, c0, True, bs)
+    except NotImplementedError as e:
+        pytest.skip(f"the CPU op does not support this yet: {e}")
+    got = _run_ops([t.to(CUDA) for t in w], data.to(CUDA), h0.to(CUDA), c0.to(CUDA), True, bs)
+    _assert_results(got, want, TOL[F64], ref._flat_weights_names)
+
+
+def test_packed_backward_does_not_modify_grad_output():
+    L, I, H = 2, 3, 8
+    lengths = [4, 2, 2, 1]
+    ref = _torch_lstm(I, H, L, None, True, F64, CUDA)
+    w = [p.detach() for p in ref._flat_weights]
+    data, bs = _packed(lengths, I)
+    data = data.to(CUDA, F64)
+    h0, c0 = (t.to(CUDA, F64) for t in _states(L, len(lengths), H, 0))
+    out, hy, cy, gates, cells, hiddens = torch.ops.fusedrnn.lstm_forward(
+        data, h0, c0, w, True, True, bs)
+    go, gh, gc = torch.randn_like(out), torch.randn_like(hy), torch.randn_like(cy)
+    saved = [go.clone(), gh.clone(), gc.clone()]
+    torch.ops.fusedrnn.lstm_backward(go, gh, gc, data, h0, c0, w, True, out, gates, cells,
+                                     hiddens, bs)
+    for a, b in zip((go, gh, gc), saved):
+        assert torch.equal(a, b)
+
+
+def test_opcheck_packed_proj():
+    L, I, H, P = 2, 3, 6, 4
+    lengths = [3, 2, 2, 1]
+    ref = _torch_lstm(I, H, L, P, True, F64, CUDA)
+    w = [p.detach() for p in ref._flat_weights]
+    data, bs = _packed(lengths, I)
+    data = data.to(CUDA, F64)
+    h0, c0 = (t.to(CUDA, F64) for t in _states(L, len(lengths), H, P))
+    fwd = torch.ops.fusedrnn.lstm_forward
+    torch.library.opcheck(fwd.default, [data, h0, c0, w, True, False, bs])
+    out, hy, cy, gates, cells, hiddens = fwd(data, h0, c0, w, True, True, bs)
+    go, gh, gc = torch.randn_like(out), torch.randn_like(hy), torch.randn_like(cy)
+    torch.library.opcheck(torch.ops.fusedrnn.lstm_backward.default,
+                          [go, gh, gc, data, h0, c0, w, True, out, gates, cells, hiddens, bs])
+
+
+def test_gradcheck_packed_proj():
+    L, I, H, P = 2, 3, 5, 3
+    lengths = [3, 2, 1]
+    ref = _torch_lstm(I, H, L, P, True, F64, CUDA)
+    w = [p.detach().clone().requires_grad_() for p in ref._flat_weights]
+    data, bs = _packed(lengths, I)
+    data = data.to(CUDA, F64).requires_grad_()
+    h0, c0 = (t.to(CUDA, F64).requires_grad_() for t in _states(L, len(lengths), H, P))
+
+    def fn(x, h, c, *ws):
+        return fusedrnn.ops.lstm(x, h, c, list(ws), True, bs)
+
+    assert torch.autograd.gradcheck(fn, [data, h0, c0] + w, eps=1e-6, atol=1e-7)
+
+
+# ================================================ step launch: CUDA graphs ==
+
+@pytest.fixture
+def step_launch():
+    """Sets fusedrnn's cuda_step_launch option; restores it afterwards."""
+    old = fusedrnn.get_option("cuda_step_launch")
+    try:
+        yield lambda v: fusedrnn.set_option("cuda_step_launch", v)
+    finally:
+        fusedrnn.set_option("cuda_step_launch", old)
+
+
+def _full_run(w, data, h0, c0, bias, bs):
+    """Training forward + backward and inference forward through the raw ops:
+    every output, state and gradient as one list."""
+    fwd = torch.ops.fusedrnn.lstm_forward
+    out, hy, cy, gates, cells, hiddens = fwd(data, h0, c0, w, bias, True, bs)
+    g = torch.Generator().manual_seed(7)
+    go, gh, gc = (torch.randn(t.shape, generator=g).to(t) for t in (out, hy, cy))
+    gi, ghx, gcx, gw = torch.ops.fusedrnn.lstm_backward(
+        go, gh, gc, data, h0, c0, w, bias, out, gates, cells, hiddens, bs)
+    inf = fwd(data, h0, c0, w, bias, False, bs)
+    return [out, hy, cy, gates, cells, hiddens, gi, ghx, gcx, *gw, *inf[:3]]
+
+
+# (L, I, H, P, bias, dtype, T, B, lengths)
+GRAPH_CASES = [
+    (1, 3, 5, 0, True, F32, 1, 1, None),
+    (2, 8, 64, 0, True, F32, 7, 16, None),
+    (3, 10, 33, 0, False, F32, 5, 40, None),
+    (2, 16, 300, 0, True, F16, 4, 5, None),
+    (2, 6, 48, 0, True, BF16, 6, 9, None),
+    (2, 5, 20, 0, True, F64, 0, 0, [6, 5, 5, 3, 1]),
+    (2, 5, 20, 7, True, F32, 4, 3, None),     # projection: always per step
+    (2, 5, 20, 7, True, F32, 0, 0, [4, 2, 2]),
+]
+
+
+@pytest.mark.parametrize("L,I,H,P,bias,dtype,T,B,lengths", GRAPH_CASES,
+                         ids=[f"case{i}" for i in range(len(GRAPH_CASES))])
+def test_graph_and_per_step_bitwise_identical(step_launch, L, I, H, P, bias, dtype, T, B,
+                                              lengths):
+    ref = _torch_lstm(I, H, L, P, bias, dtype, CUDA)
+    w = [p.detach() for p in ref._flat_weights]
+    if lengths is not None:
+        data, bs = _packed(lengths, I)
+        B = len(lengths)
+    else:
+        data, bs = torch.randn(T, B, I, generator=torch.Generator().manual_seed(3)), None
+    h0, c0 = _states(L, B, H, P)
+    data, h0, c0 = (t.to(CUDA, dtype) for t in (data, h0, c0))
+    step_launch("per_step")
+    want = _full_run(w, data, h0, c0, bias, bs)
+    step_launch("graph")
+    keep = []
+    for it in range(4):
+        # New tensors every iteration (the old ones are kept alive, so the
+        # pointers really change): the cached graph must follow them.
+        args = [t.clone() for t in (data, h0, c0)]
+        ws = [t.clone() for t in w] if it % 2 else w
+        keep.append((args, ws))
+        got = _full_run(ws, *args, bias, bs)
+        assert len(got) == len(want)
+        for k, (a, b) in enumerate(zip(got, want)):
+            assert torch.equal(a, b), f"iteration {it}, result {k} differs from per_step"
+        # The same tensors again: a plain replay.
+        got = _full_run(ws, *args, bias, bs)
+        for k, (a, b) in enumerate(zip(got, want)):
+            assert torch.equal(a, b), f"iteration {it} (replay), result {k} differs"
+
+
+def test_graph_mode_inside_users_cuda_graph(step_launch):
+    """When the caller is capturing its own CUDA graph, the op launches per
+    step into that capture (no nested capture), and the replay is correct."""
+    L, I, H, T, B = 2, 6, 40, 5, 7
+    fused, _ = make_pair(I, H, L, dtype=F32, device=CUDA)
+    w = [p.detach() for p in flat_weights(fused)]
+    x, h0, c0 = _inputs(I, H, L, T, B, F32)
+    step_launch("per_step")
+    want = torch.ops.fusedrnn.lstm_forward(x, h0, c0, w, True, False)
+    step_launch("graph")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm-up outside the capture
+        torch.ops.fusedrnn.lstm_forward(x, h0, c0, w, True, False)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        got = torch.ops.fusedrnn.lstm_forward(x, h0, c0, w, True, False)
+    g.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(got[:3], want[:3]):
+        assert torch.equal(a, b)
+
+
+def test_graph_mode_on_side_stream(step_launch):
+    """Graph replay on a non-default current stream gives the same results."""
+    L, I, H, T, B = 2, 4, 24, 6, 3
+    fused, _ = make_pair(I, H, L, dtype=F32, device=CUDA)
+    w = [p.detach() for p in flat_weights(fused)]
+    x, h0, c0 = _inputs(I, H, L, T, B, F32)
+    step_launch("per_step")
+    want = _full_run(w, x, h0, c0, True, None)
+    step_launch("graph")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        got = _full_run(w, x, h0, c0, True, None)
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)

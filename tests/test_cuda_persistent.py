@@ -254,7 +254,7 @@ def test_two_runs_bitwise_identical(dtype):
 @pytest.mark.parametrize("B", [4, 100])
 def test_auto_follows_the_planner(B):
     """auto runs exactly the tier the planner picks: bitwise equal to that tier forced."""
-    L, I, H, T = 2, 12, 96, 6
+    L, I, H, T = 2, 12, 96, 20   # T + L - 1 >= 16 wavefront steps, auto's minimum
     plan = device_plan(H, L, B, F32, T)
     w = _weights(I, H, L, True, F32)
     x, h0, c0 = _inputs(I, H, L, T, B, F32)
@@ -263,8 +263,7 @@ def test_auto_follows_the_planner(B):
         a = op(x, h0, c0, w, True, True)
     with tier("persistent" if plan["persistent"] else "general"):
         b = op(x, h0, c0, w, True, True)
-    if B > 64:
-        assert not plan["persistent"]
+    assert plan["persistent"] == (B <= 64)
     for u, v in zip(a, b):
         assert torch.equal(u, v)
 
@@ -308,6 +307,27 @@ def test_backward_op_persistent_matches_general():
         _close(p[k], q[k], TOL[F64], ["grad_input", "grad_hx", "grad_cx"][k])
     for k, (a, b) in enumerate(zip(p[3], q[3])):
         _close(a, b, TOL[F64], f"grad weight {k}")
+
+
+def test_auto_keeps_general_when_step_launch_is_set():
+    """cuda_step_launch = per_step/graph only means something to the general
+    tier: while it is set, auto runs the general tier (bitwise its results)."""
+    L, I, H, T, B = 2, 12, 96, 20, 4
+    assert device_plan(H, L, B, F32, T)["persistent"]
+    w = _weights(I, H, L, True, F32)
+    x, h0, c0 = _inputs(I, H, L, T, B, F32)
+    op = torch.ops.fusedrnn.lstm_forward
+    old = fusedrnn.get_option("cuda_step_launch")
+    try:
+        fusedrnn.set_option("cuda_step_launch", "per_step")
+        with tier("auto"):
+            a = op(x, h0, c0, w, True, True)
+        with tier("general"):
+            b = op(x, h0, c0, w, True, True)
+    finally:
+        fusedrnn.set_option("cuda_step_launch", old)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
 
 
 def test_forced_persistent_that_does_not_fit_raises():

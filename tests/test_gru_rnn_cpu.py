@@ -18,7 +18,6 @@ import warnings
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence
 
 from conftest import assert_parity, assert_raises, flat_weights, fusedrnn_or_skip, reference, tolerances
 
@@ -733,13 +732,6 @@ def test_bidirectional_now_implemented(cls):
     # Full coverage in test_bidirectional.py; here only that it is no longer refused.
     out, h = getattr(fusedrnn, cls)(3, 5, bidirectional=True)(torch.randn(4, 2, 3))
     assert out.shape == (4, 2, 10) and h.shape == (2, 2, 5)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_packed_sequence_not_implemented(kind):
-    fused, _ = make_pair(kind, 3, 5, 1)
-    packed = pack_padded_sequence(torch.randn(4, 2, 3), torch.tensor([4, 2]))
-    assert_raises(NotImplementedError, lambda: fused(packed), r"(?i)packed", r"(?i)not implemented")
 
 
 def test_proj_size_rejected_like_torch_nn():

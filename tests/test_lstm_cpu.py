@@ -12,14 +12,13 @@ torch.nn.LSTM holding the same weights.  Covered here:
 * gradcheck of fusedrnn.ops.lstm and torch.library.opcheck of the raw ops;
 * bad inputs give clear Python exceptions (module and raw ops);
 * non-contiguous / strided inputs and states, T=0 and B=0, NaN, large values;
-* determinism of repeated calls; NotImplementedError for what is not there yet
+* determinism of repeated calls
   (bidirectional=True is covered in test_bidirectional.py).
 """
 import warnings
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence
 
 from conftest import assert_parity, assert_raises, flat_weights, fusedrnn_or_skip, make_pair, reference, tolerances
 
@@ -731,14 +730,3 @@ def test_bidirectional_now_implemented():
     # Full coverage in test_bidirectional.py; here only that it is no longer refused.
     out, (h, c) = fusedrnn.LSTM(3, 5, bidirectional=True)(torch.randn(4, 2, 3))
     assert out.shape == (4, 2, 10) and h.shape == c.shape == (2, 2, 5)
-
-
-def test_proj_size_not_implemented():
-    assert_raises(NotImplementedError, lambda: fusedrnn.LSTM(3, 5, proj_size=2),
-                  r"proj_size", r"(?i)not implemented")
-
-
-def test_packed_sequence_not_implemented():
-    fused, _ = make_pair(3, 5, 1)
-    packed = pack_padded_sequence(torch.randn(4, 2, 3), torch.tensor([4, 2]))
-    assert_raises(NotImplementedError, lambda: fused(packed), r"(?i)packed", r"(?i)not implemented")

@@ -150,9 +150,10 @@ def test_tier_option():
     assert p["persistent"] and p["error"] == ""
     p = plan(1024, 4, 256, option=2)
     assert not p["persistent"] and "do not fit" in p["error"]
-    # auto leaves a single wavefront step (T = 1, L = 1: kAutoMinSteps = 2) to general.
-    assert not plan(256, 1, 4, T=1)["persistent"]
-    assert plan(256, 1, 4, T=2)["persistent"]
+    # auto leaves short wavefronts (T + L - 1 < kAutoMinSteps = 16) to general.
+    assert not plan(256, 1, 4, T=15)["persistent"]
+    assert plan(256, 1, 4, T=16)["persistent"]
+    assert not plan(256, 2, 4, T=14)["persistent"] and plan(256, 2, 4, T=15)["persistent"]
 
 
 def test_units_spread_evenly():

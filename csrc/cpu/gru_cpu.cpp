@@ -81,20 +81,19 @@ void gru_forward_pass(int64_t B, int64_t H, const scalar_t* gx, const scalar_t* 
   });
 }
 
-// Runs one layer over all T steps.  `out` (T, B, H) receives h_t; saved
-// (T, B, 4H) is filled when given (training).
-void layer_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
+// Runs one layer over all steps of the row layout q.  x (N, I_l): the
+// layer's input; `out` (N, H) receives h_t; saved (N, 4H) is filled when
+// given (training).
+void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
                    const Tensor* b_ih, const Tensor* b_hh, const Tensor& h0, Tensor& out,
                    Tensor& hy, Tensor* saved) {
-  const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(1);
+  const int64_t T = q.T, H = w_hh.size(1);
   const int64_t G3 = 3 * H, G4 = 4 * H;
-  Tensor gx = at::empty({T, B, G3}, x.options());
-  Tensor gx2 = gx.view({T * B, G3});
-  Tensor x2 = x.reshape({T * B, x.size(2)});
+  Tensor gx = at::empty({q.N, G3}, x.options());
   if (b_ih) {
-    at::addmm_out(gx2, *b_ih, x2, w_ih.t());
+    at::addmm_out(gx, *b_ih, x, w_ih.t());
   } else {
-    at::mm_out(gx2, x2, w_ih.t());
+    at::mm_out(gx, x, w_ih.t());
   }
   if (T == 0) {
     hy.copy_(h0);
@@ -107,64 +106,70 @@ void layer_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
     float* packed = packed_t.data_ptr<float>();
     cpu::gru_pack_forward(w_hh.data_ptr<float>(), b_hh ? b_hh->data_ptr<float>() : nullptr, H,
                           packed);
-    const float* h_prev = h0.data_ptr<float>();
+    float* out_p = out.data_ptr<float>();
     for (int64_t t = 0; t < T; ++t) {
-      float* h_out = out.data_ptr<float>() + t * B * H;
-      cpu::gru_step_forward(B, H, packed, gx.data_ptr<float>() + t * B * G3, G3, h_prev, H,
-                            h_out, H, saved ? saved->data_ptr<float>() + t * B * G4 : nullptr);
-      h_prev = h_out;
+      const int64_t o = q.off[t];
+      const float* h_prev = t == 0 ? h0.data_ptr<float>() : out_p + q.off[t - 1] * H;
+      cpu::gru_step_forward(q.bs[t], H, packed, gx.data_ptr<float>() + o * G3, G3, h_prev, H,
+                            out_p + o * H, H,
+                            saved ? saved->data_ptr<float>() + o * G4 : nullptr);
     }
   } else {
-    Tensor gh = at::empty({B, G3}, x.options());
+    Tensor gh = at::empty({q.B, G3}, x.options());
     Tensor w_hh_t = w_hh.t();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "gru_forward_cpu", [&] {
       for (int64_t t = 0; t < T; ++t) {
-        const Tensor h_prev = t == 0 ? h0 : out[t - 1];
+        const int64_t o = q.off[t], n = q.bs[t];
+        const Tensor h_prev = t == 0 ? h0.narrow(0, 0, n) : out.narrow(0, q.off[t - 1], n);
+        Tensor gh_t = gh.narrow(0, 0, n);
         if (b_hh) {
-          at::addmm_out(gh, *b_hh, h_prev, w_hh_t);
+          at::addmm_out(gh_t, *b_hh, h_prev, w_hh_t);
         } else {
-          at::mm_out(gh, h_prev, w_hh_t);
+          at::mm_out(gh_t, h_prev, w_hh_t);
         }
-        gru_forward_pass<scalar_t>(B, H, gx.data_ptr<scalar_t>() + t * B * G3,
-                                   gh.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(),
-                                   out.data_ptr<scalar_t>() + t * B * H,
-                                   saved ? saved->data_ptr<scalar_t>() + t * B * G4 : nullptr);
+        gru_forward_pass<scalar_t>(n, H, gx.data_ptr<scalar_t>() + o * G3,
+                                   gh_t.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(),
+                                   out.data_ptr<scalar_t>() + o * H,
+                                   saved ? saved->data_ptr<scalar_t>() + o * G4 : nullptr);
       }
     });
   }
-  hy.copy_(out[T - 1]);
+  cpu::gather_final(q, out, hy);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_cpu(
     const Tensor& input_, const Tensor& hx_, at::TensorList weights_, bool has_biases,
     bool train, const std::optional<Tensor>& batch_sizes) {
   const RnnSizes s = check_stack_args(kOp, 3, input_, hx_, {}, weights_, has_biases, batch_sizes);
-  TORCH_CHECK(!s.seq.packed, "TODO");
-  const Tensor input = input_.contiguous();
+  const SeqLayout& q = s.seq;
+  const Tensor input = input_.contiguous().view({q.N, s.I});
   const Tensor hx = hx_.contiguous();
   std::vector<Tensor> w;
   for (const auto& t : weights_) w.push_back(t.contiguous());
 
   const auto opts = input.options();
-  Tensor output = at::empty({s.T, s.B, s.H}, opts);
-  Tensor hy = at::empty({s.L, s.B, s.H}, opts);
+  const int64_t H = s.H, L = s.L;
+  Tensor output = at::empty(s.rows_shape(H), opts);
+  Tensor hy = at::empty({L, s.B, H}, opts);
   Tensor saved, hiddens;
   if (train) {
-    saved = at::empty({s.L, s.T, s.B, 4 * s.H}, opts);
-    hiddens = at::empty({s.L - 1, s.T, s.B, s.H}, opts);
+    saved = at::empty(s.rows_shape(4 * H, L), opts);
+    hiddens = at::empty(s.rows_shape(H, L - 1), opts);
   } else {
     saved = at::empty({0}, opts);
     hiddens = at::empty({0}, opts);
   }
-  cpu::LayerOutputs layer_out(output, hiddens, train, s.L);
+  const Tensor saved2 = train ? saved.view({L, q.N, 4 * H}) : saved;
+  cpu::LayerOutputs layer_out(output.view({q.N, H}),
+                              train ? hiddens.view({L - 1, q.N, H}) : hiddens, train, L);
   Tensor x = input;
-  for (int64_t l = 0; l < s.L; ++l) {
+  for (int64_t l = 0; l < L; ++l) {
     const Tensor* wl = &w[l * s.per_layer];
     Tensor out = layer_out(l);
     Tensor hy_l = hy[l];
-    Tensor saved_l = train ? saved[l] : Tensor();
-    layer_forward(x, wl[0], wl[1], has_biases ? &wl[2] : nullptr, has_biases ? &wl[3] : nullptr,
-                  hx[l], out, hy_l, train ? &saved_l : nullptr);
+    Tensor saved_l = train ? saved2[l] : Tensor();
+    layer_forward(q, x, wl[0], wl[1], has_biases ? &wl[2] : nullptr,
+                  has_biases ? &wl[3] : nullptr, hx[l], out, hy_l, train ? &saved_l : nullptr);
     x = out;
   }
   return {output, hy, saved, hiddens};
@@ -174,12 +179,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_cpu(
 
 // dh (B, H) holds the full gradient reaching h_t; saved (B, 4H) the step's
 // [r | z | n | gh_n].  Writes dGx_t, dGh_t (B, 3H) and replaces dh by the part
-// of dh_{t-1} that does not pass through W_hh (z_t·dh_t), plus dy_prev (the
-// gradient from above at t-1) when given.
+// of dh_{t-1} that does not pass through W_hh (z_t·dh_t).
 template <typename scalar_t>
 void gru_backward_pass(int64_t B, int64_t H, scalar_t* dh, const scalar_t* saved,
-                       const scalar_t* h_prev, const scalar_t* dy_prev, scalar_t* dgx,
-                       scalar_t* dgh) {
+                       const scalar_t* h_prev, scalar_t* dgx, scalar_t* dgh) {
   using acc_t = typename acc_type<scalar_t>::type;
   at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
@@ -196,57 +199,70 @@ void gru_backward_pass(int64_t B, int64_t H, scalar_t* dh, const scalar_t* saved
         dr[j] = r.dr;
         dr[H + j] = r.dz;
         dr[2 * H + j] = r.dhn;
-        dh[k] = dy_prev ? r.dh_prev + static_cast<acc_t>(dy_prev[k]) : r.dh_prev;
+        dh[k] = r.dh_prev;
       }
     }
   });
 }
 
-// Backward through one layer.  dy (T, B, H): gradient reaching the layer's
-// outputs from above; out (T, B, H): the layer's h_t; saved (T, B, 4H).
-// Fills dGx, dGh (T, B, 3H) and grad_h0 (B, H).
-void layer_backward(const Tensor& dy, const Tensor& dhy, const Tensor& w_hh,
+// Backward through one layer.  dy (N, H): the gradient reaching the layer's
+// outputs, grad_hy already added at each sequence's last step; out (N, H):
+// the layer's h_t; saved (N, 4H).  Fills dGx, dGh (N, 3H) and, when T > 0,
+// grad_h0 (B, H).
+void layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& w_hh,
                     const Tensor& saved, const Tensor& h0, const Tensor& out, Tensor& dgx,
                     Tensor& dgh, Tensor& grad_h0) {
-  const int64_t T = dy.size(0), B = dy.size(1), H = w_hh.size(1);
+  const int64_t T = q.T, H = w_hh.size(1);
   const int64_t G3 = 3 * H, G4 = 4 * H;
-  if (T == 0) {
-    grad_h0.copy_(dhy);
-    return;
-  }
-  Tensor dy_last = dy[T - 1] + dhy;  // the last step also receives grad_hy
-  Tensor carry;                      // z_{t+1}·dh_{t+1} (+ dy_t on the generic path)
+  if (T == 0) return;
+  // z_{t+1}·dh_{t+1} per sequence: zero for rows that end at step t (rows
+  // only become active going backwards, so they are still untouched then).
+  Tensor carry = at::zeros({q.B, H}, dy.options());
   if (use_fast_step(dy)) {
     Tensor packed_t =
         at::empty({static_cast<int64_t>(cpu::gru_packed_backward_size(H))}, dy.options());
     float* packed = packed_t.data_ptr<float>();
     cpu::gru_pack_backward(w_hh.data_ptr<float>(), H, packed);
-    carry = at::zeros({B, H}, dy.options());
+    const float* dy_p = dy.data_ptr<float>();
+    const float* out_p = out.data_ptr<float>();
+    const float* saved_p = saved.data_ptr<float>();
+    float* carry_p = carry.data_ptr<float>();
+    float* dgx_p = dgx.data_ptr<float>();
+    float* dgh_p = dgh.data_ptr<float>();
     for (int64_t t = T - 1; t >= 0; --t) {
-      const float* dy_t =
-          t == T - 1 ? dy_last.data_ptr<float>() : dy.data_ptr<float>() + t * B * H;
-      const float* h_prev = t > 0 ? out.data_ptr<float>() + (t - 1) * B * H : h0.data_ptr<float>();
-      cpu::gru_step_backward(B, H, packed, dy_t, H,
-                             t == T - 1 ? nullptr : dgh.data_ptr<float>() + (t + 1) * B * G3,
-                             saved.data_ptr<float>() + t * B * G4, h_prev, H,
-                             carry.data_ptr<float>(), dgx.data_ptr<float>() + t * B * G3,
-                             dgh.data_ptr<float>() + t * B * G3);
+      const int64_t o = q.off[t], n = q.bs[t];
+      const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;  // rows that continue to t+1
+      const float* h_prev = t > 0 ? out_p + q.off[t - 1] * H : h0.data_ptr<float>();
+      if (nn > 0) {
+        cpu::gru_step_backward(nn, H, packed, dy_p + o * H, H, dgh_p + q.off[t + 1] * G3,
+                               saved_p + o * G4, h_prev, H, carry_p, dgx_p + o * G3,
+                               dgh_p + o * G3);
+      }
+      if (n > nn) {
+        cpu::gru_step_backward(n - nn, H, packed, dy_p + (o + nn) * H, H, nullptr,
+                               saved_p + (o + nn) * G4, h_prev + nn * H, H, carry_p + nn * H,
+                               dgx_p + (o + nn) * G3, dgh_p + (o + nn) * G3);
+      }
     }
   } else {
-    carry = dy_last;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "gru_backward_cpu", [&] {
       for (int64_t t = T - 1; t >= 0; --t) {
-        if (t < T - 1) carry.addmm_(dgh[t + 1], w_hh);  // carry is now the full dh_t
+        const int64_t o = q.off[t], n = q.bs[t];
+        const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;
+        Tensor dh = carry.narrow(0, 0, n);  // becomes the full dh_t
+        dh.add_(dy.narrow(0, o, n));
+        if (nn > 0) dh.narrow(0, 0, nn).addmm_(dgh.narrow(0, q.off[t + 1], nn), w_hh);
         const scalar_t* h_prev =
-            t > 0 ? out.data_ptr<scalar_t>() + (t - 1) * B * H : h0.data_ptr<scalar_t>();
-        gru_backward_pass<scalar_t>(
-            B, H, carry.data_ptr<scalar_t>(), saved.data_ptr<scalar_t>() + t * B * G4, h_prev,
-            t > 0 ? dy.data_ptr<scalar_t>() + (t - 1) * B * H : nullptr,
-            dgx.data_ptr<scalar_t>() + t * B * G3, dgh.data_ptr<scalar_t>() + t * B * G3);
+            t > 0 ? out.data_ptr<scalar_t>() + q.off[t - 1] * H : h0.data_ptr<scalar_t>();
+        gru_backward_pass<scalar_t>(n, H, dh.data_ptr<scalar_t>(),
+                                    saved.data_ptr<scalar_t>() + o * G4, h_prev,
+                                    dgx.data_ptr<scalar_t>() + o * G3,
+                                    dgh.data_ptr<scalar_t>() + o * G3);
       }
     });
   }
-  at::addmm_out(grad_h0, carry, dgh[0], w_hh);
+  // Every sequence is active at step 0 (bs[0] = B).
+  at::addmm_out(grad_h0, carry, dgh.narrow(0, 0, q.B), w_hh);
 }
 
 std::tuple<Tensor, Tensor, std::vector<Tensor>> gru_backward_cpu(
@@ -254,34 +270,36 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> gru_backward_cpu(
     at::TensorList weights_, bool has_biases, const Tensor& output_, const Tensor& saved_,
     const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes) {
   const RnnSizes s = check_stack_args(kOp, 3, input_, hx_, {}, weights_, has_biases, batch_sizes);
-  TORCH_CHECK(!s.seq.packed, "TODO");
   check_gru_backward_args(s, input_, grad_output_, grad_hy_, output_, saved_, hiddens_);
-  const Tensor input = input_.contiguous(), hx = hx_.contiguous();
-  const Tensor output = output_.contiguous(), saved = saved_.contiguous();
-  const Tensor hiddens = hiddens_.contiguous();
+  const SeqLayout& q = s.seq;
+  const int64_t N = q.N, H = s.H, L = s.L, G3 = 3 * H;
+  const Tensor input = input_.contiguous().view({N, s.I}), hx = hx_.contiguous();
+  const Tensor output = output_.contiguous().view({N, H});
+  const Tensor saved = saved_.contiguous().view({L, N, 4 * H});
+  const Tensor hiddens = hiddens_.contiguous().view({L - 1, N, H});
   const Tensor grad_hy = grad_hy_.contiguous();
   std::vector<Tensor> w;
   for (const auto& t : weights_) w.push_back(t.contiguous());
 
-  const int64_t T = s.T, B = s.B, H = s.H, G3 = 3 * H;
   const auto opts = input.options();
   Tensor grad_hx = at::empty_like(hx);
   std::vector<Tensor> grad_w(w.size());
-  Tensor dy = grad_output_.contiguous();
-  Tensor grad_input;
-  Tensor dgx = at::empty({T, B, G3}, opts), dgh = at::empty({T, B, G3}, opts);
-  for (int64_t l = s.L - 1; l >= 0; --l) {
+  // A private copy: grad_hy is added into it at each sequence's last step.
+  Tensor dy = grad_output_.contiguous().view({N, H}).clone();
+  Tensor dgx = at::empty({N, G3}, opts), dgh = at::empty({N, G3}, opts);
+  for (int64_t l = L - 1; l >= 0; --l) {
     const Tensor* wl = &w[l * s.per_layer];
-    const Tensor x = l == 0 ? input : hiddens[l - 1];       // layer input (T, B, I_l)
-    const Tensor out = l == s.L - 1 ? output : hiddens[l];  // layer output h_t
+    const Tensor x = l == 0 ? input : hiddens[l - 1];     // layer input (N, I_l)
+    const Tensor out = l == L - 1 ? output : hiddens[l];  // layer output h_t (N, H)
+    cpu::add_final_grad(q, dy, grad_hy[l]);
     Tensor gh0 = grad_hx[l];
-    layer_backward(dy, grad_hy[l], wl[1], saved[l], hx[l], out, dgx, dgh, gh0);
-    // Weight, bias and input gradients: large GEMMs over all timesteps.
-    dy = cpu::layer_param_grads(dgx, dgh, x, hx[l], out, wl[0], has_biases, grad_w,
+    layer_backward(q, dy, wl[1], saved[l], hx[l], out, dgx, dgh, gh0);
+    if (q.T == 0) gh0.copy_(grad_hy[l]);  // hy = hx
+    // Weight, bias and input gradients: large GEMMs over all rows.
+    dy = cpu::layer_param_grads(q, dgx, dgh, x, hx[l], out, wl[0], has_biases, grad_w,
                                 l * s.per_layer);
-    if (l == 0) grad_input = dy;
   }
-  return {grad_input, grad_hx, grad_w};
+  return {dy.view(input_.sizes()), grad_hx, grad_w};
 }
 
 }  // namespace

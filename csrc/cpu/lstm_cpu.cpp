@@ -81,21 +81,22 @@ void cell_forward_pass(int64_t B, int64_t H, const scalar_t* G, const scalar_t* 
   });
 }
 
-// Runs one layer over all T steps.  `out` (T, B, H) receives h_t; `cells`
-// (T, B, H) receives c_t when given (training), otherwise c lives in `cy`.
-void layer_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
-                   const Tensor* b_ih, const Tensor* b_hh, const Tensor& h0,
-                   const Tensor& c0, Tensor& out, Tensor& hy, Tensor& cy,
-                   Tensor* gates, Tensor* cells) {
-  const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(1);
+// Runs one layer over all steps of the row layout q.  x (N, I_l): the layer's
+// input; `out` (N, P) receives h_t; `cells` (N, H) receives c_t when given
+// (training), otherwise c lives in `cy`, updated in place (rows that have
+// ended keep their last c).  With a projection (w_hr (P, H), P < H) the cell
+// writes o ⊙ tanh(c_t) into a scratch buffer and h_t = that · W_hrᵀ.
+void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
+                   const Tensor* b_ih, const Tensor* b_hh, const Tensor* w_hr, const Tensor& h0,
+                   const Tensor& c0, Tensor& out, Tensor& hy, Tensor& cy, Tensor* gates,
+                   Tensor* cells) {
+  const int64_t T = q.T, B = q.B, H = w_hh.size(0) / 4;
   const int64_t G4 = 4 * H;
-  Tensor x2 = x.reshape({T * B, x.size(2)});
-  Tensor gx = at::empty({T, B, G4}, x.options());
-  Tensor gx2 = gx.view({T * B, G4});
+  Tensor gx = at::empty({q.N, G4}, x.options());
   if (b_ih) {
-    at::addmm_out(gx2, *b_ih + *b_hh, x2, w_ih.t());
+    at::addmm_out(gx, *b_ih + *b_hh, x, w_ih.t());
   } else {
-    at::mm_out(gx2, x2, w_ih.t());
+    at::mm_out(gx, x, w_ih.t());
   }
   cy.copy_(c0);
   if (T == 0) {
@@ -103,79 +104,94 @@ void layer_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
     return;
   }
 
-  if (use_fast_step(x)) {
+  if (!w_hr && use_fast_step(x)) {
     // Packed once per call, reused by all T steps (uninitialised: packing fills it).
     Tensor packed_t = at::empty({static_cast<int64_t>(cpu::packed_forward_size(H))}, x.options());
     float* packed = packed_t.data_ptr<float>();
     cpu::pack_forward(w_hh.data_ptr<float>(), H, packed);
-    const float* h_prev = h0.data_ptr<float>();
+    float* out_p = out.data_ptr<float>();
     float* c_state = cy.data_ptr<float>();
+    float* cells_p = cells ? cells->data_ptr<float>() : nullptr;
     for (int64_t t = 0; t < T; ++t) {
-      float* c_out = cells ? cells->data_ptr<float>() + t * B * H : c_state;
-      const float* c_prev = (cells && t > 0) ? c_out - B * H : c_state;
-      float* h_out = out.data_ptr<float>() + t * B * H;
-      cpu::lstm_step_forward(B, H, packed, gx.data_ptr<float>() + t * B * G4, G4,
-                             h_prev, H, c_prev, c_out, h_out, H,
-                             gates ? gates->data_ptr<float>() + t * B * G4 : nullptr);
-      h_prev = h_out;
+      const int64_t o = q.off[t];
+      const float* h_prev = t == 0 ? h0.data_ptr<float>() : out_p + q.off[t - 1] * H;
+      float* c_out = cells_p ? cells_p + o * H : c_state;
+      const float* c_prev = (cells_p && t > 0) ? cells_p + q.off[t - 1] * H : c_state;
+      cpu::lstm_step_forward(q.bs[t], H, packed, gx.data_ptr<float>() + o * G4, G4, h_prev, H,
+                             c_prev, c_out, out_p + o * H, H,
+                             gates ? gates->data_ptr<float>() + o * G4 : nullptr);
     }
   } else {
     Tensor w_hh_t = w_hh.t();
+    Tensor w_hr_t = w_hr ? w_hr->t() : Tensor();
+    Tensor h_raw = w_hr ? at::empty({B, H}, x.options()) : Tensor();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "lstm_forward_cpu", [&] {
+      scalar_t* cells_p = cells ? cells->data_ptr<scalar_t>() : nullptr;
+      scalar_t* c_state = cy.data_ptr<scalar_t>();
       for (int64_t t = 0; t < T; ++t) {
-        Tensor g_t = gx[t];
-        Tensor h_prev = t == 0 ? h0 : out[t - 1];
+        const int64_t o = q.off[t], n = q.bs[t];
+        Tensor g_t = gx.narrow(0, o, n);
+        Tensor h_prev = t == 0 ? h0.narrow(0, 0, n) : out.narrow(0, q.off[t - 1], n);
         g_t.addmm_(h_prev, w_hh_t);
-        scalar_t* c_out = cells ? cells->data_ptr<scalar_t>() + t * B * H : cy.data_ptr<scalar_t>();
-        const scalar_t* c_prev =
-            (cells && t > 0) ? c_out - B * H : cy.data_ptr<scalar_t>();
-        cell_forward_pass<scalar_t>(B, H, g_t.data_ptr<scalar_t>(), c_prev, c_out,
-                                    out.data_ptr<scalar_t>() + t * B * H,
-                                    gates ? gates->data_ptr<scalar_t>() + t * B * G4 : nullptr);
+        scalar_t* c_out = cells_p ? cells_p + o * H : c_state;
+        const scalar_t* c_prev = (cells_p && t > 0) ? cells_p + q.off[t - 1] * H : c_state;
+        scalar_t* h_dst = w_hr ? h_raw.data_ptr<scalar_t>() : out.data_ptr<scalar_t>() + o * H;
+        cell_forward_pass<scalar_t>(n, H, g_t.data_ptr<scalar_t>(), c_prev, c_out, h_dst,
+                                    gates ? gates->data_ptr<scalar_t>() + o * G4 : nullptr);
+        if (w_hr) {
+          Tensor out_t = out.narrow(0, o, n);
+          at::mm_out(out_t, h_raw.narrow(0, 0, n), w_hr_t);
+        }
       }
     });
   }
-  hy.copy_(out[T - 1]);
-  if (cells) cy.copy_((*cells)[T - 1]);
+  cpu::gather_final(q, out, hy);
+  if (cells) cpu::gather_final(q, *cells, cy);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
     const Tensor& input_, const Tensor& hx_, const Tensor& cx_, at::TensorList weights_,
     bool has_biases, bool train, const std::optional<Tensor>& batch_sizes) {
   const LstmSizes s = check_lstm_args(input_, hx_, cx_, weights_, has_biases, batch_sizes);
-  TORCH_CHECK(!s.seq.packed && !s.has_proj, "TODO");
-  const Tensor input = input_.contiguous();
+  const SeqLayout& q = s.seq;
+  const Tensor input = input_.contiguous().view({q.N, s.I});
   const Tensor hx = hx_.contiguous();
   const Tensor cx = cx_.contiguous();
   std::vector<Tensor> w;
   for (const auto& t : weights_) w.push_back(t.contiguous());
 
   const auto opts = input.options();
-  Tensor output = at::empty({s.T, s.B, s.H}, opts);
-  Tensor hy = at::empty({s.L, s.B, s.H}, opts);
-  Tensor cy = at::empty({s.L, s.B, s.H}, opts);
+  const int64_t H = s.H, P = s.P, L = s.L;
+  Tensor output = at::empty(s.rows_shape(P), opts);
+  Tensor hy = at::empty({L, s.B, P}, opts);
+  Tensor cy = at::empty({L, s.B, H}, opts);
   Tensor gates, cells, hiddens;
   if (train) {
-    gates = at::empty({s.L, s.T, s.B, 4 * s.H}, opts);
-    cells = at::empty({s.L, s.T, s.B, s.H}, opts);
-    hiddens = at::empty({s.L - 1, s.T, s.B, s.H}, opts);
+    gates = at::empty(s.rows_shape(4 * H, L), opts);
+    cells = at::empty(s.rows_shape(H, L), opts);
+    hiddens = at::empty(s.rows_shape(P, L - 1), opts);
   } else {
     gates = at::empty({0}, opts);
     cells = at::empty({0}, opts);
     hiddens = at::empty({0}, opts);
   }
-  cpu::LayerOutputs layer_out(output, hiddens, train, s.L);
+  // Every per-row tensor as (N, X) rows.
+  const Tensor gates2 = train ? gates.view({L, q.N, 4 * H}) : gates;
+  const Tensor cells2 = train ? cells.view({L, q.N, H}) : cells;
+  cpu::LayerOutputs layer_out(output.view({q.N, P}),
+                              train ? hiddens.view({L - 1, q.N, P}) : hiddens, train, L);
   Tensor x = input;
-  for (int64_t l = 0; l < s.L; ++l) {
+  for (int64_t l = 0; l < L; ++l) {
     const Tensor* wl = &w[l * s.per_layer];
     Tensor out = layer_out(l);
     Tensor hy_l = hy[l], cy_l = cy[l];
     Tensor gates_l, cells_l;
     if (train) {
-      gates_l = gates[l];
-      cells_l = cells[l];
+      gates_l = gates2[l];
+      cells_l = cells2[l];
     }
-    layer_forward(x, wl[0], wl[1], has_biases ? &wl[2] : nullptr, has_biases ? &wl[3] : nullptr,
+    layer_forward(q, x, wl[0], wl[1], has_biases ? &wl[2] : nullptr,
+                  has_biases ? &wl[3] : nullptr, s.has_proj ? &wl[s.per_layer - 1] : nullptr,
                   hx[l], cx[l], out, hy_l, cy_l, train ? &gates_l : nullptr,
                   train ? &cells_l : nullptr);
     x = out;
@@ -210,56 +226,70 @@ void cell_backward_pass(int64_t B, int64_t H, const scalar_t* dh, const scalar_t
   });
 }
 
-// Backward through one layer.  dy (T, B, H): gradient reaching the layer's
-// outputs from above.  Returns dG (T, B, 4H); writes grad_h0 / grad_c0 (B, H).
-Tensor layer_backward(const Tensor& dy, const Tensor& dhy, const Tensor& dcy,
-                      const Tensor& w_hh, const Tensor& gates, const Tensor& cells,
-                      const Tensor& c0, Tensor& grad_h0, Tensor& grad_c0) {
-  const int64_t T = dy.size(0), B = dy.size(1), H = w_hh.size(1);
+// Backward through one layer.  dy (N, P): the gradient reaching the layer's
+// outputs, grad_hy already added at each sequence's last step.  Returns dG
+// (N, 4H); writes grad_h0 (B, P) (when T > 0) and grad_c0 (B, H).  With a projection,
+// dh_proj (N, P) receives every step's dh (for dW_hr afterwards).
+Tensor layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& dcy,
+                      const Tensor& w_hh, const Tensor* w_hr, const Tensor& gates,
+                      const Tensor& cells, const Tensor& c0, Tensor& grad_h0, Tensor& grad_c0,
+                      Tensor* dh_proj) {
+  const int64_t T = q.T, H = w_hh.size(0) / 4, P = w_hh.size(1);
   const int64_t G4 = 4 * H;
-  Tensor dG = at::empty({T, B, G4}, dy.options());
-  grad_c0.copy_(dcy);  // dc accumulates in place, from dc_T-1 down to dc_-1
-  if (T == 0) {
-    grad_h0.copy_(dhy);
-    return dG;
-  }
-  // The last step also receives grad_hy.
-  Tensor dy_last = dy[T - 1] + dhy;
+  Tensor dG = at::empty({q.N, G4}, dy.options());
+  grad_c0.copy_(dcy);  // dc of each row, updated in place from its last step down to t = -1
+  if (T == 0) return dG;  // (the caller passes grad_hy through to grad_h0)
 
-  if (use_fast_step(dy)) {
+  if (!w_hr && use_fast_step(dy)) {
     Tensor packed_t = at::empty({static_cast<int64_t>(cpu::packed_backward_size(H))}, dy.options());
     float* packed = packed_t.data_ptr<float>();
     cpu::pack_backward(w_hh.data_ptr<float>(), H, packed);
     float* dc = grad_c0.data_ptr<float>();
+    const float* dy_p = dy.data_ptr<float>();
+    const float* gates_p = gates.data_ptr<float>();
+    const float* cells_p = cells.data_ptr<float>();
+    float* dG_p = dG.data_ptr<float>();
     for (int64_t t = T - 1; t >= 0; --t) {
-      const float* dy_t = t == T - 1 ? dy_last.data_ptr<float>() : dy.data_ptr<float>() + t * B * H;
-      const float* c_prev = t > 0 ? cells.data_ptr<float>() + (t - 1) * B * H : c0.data_ptr<float>();
-      cpu::lstm_step_backward(B, H, packed, dy_t, H,
-                              t == T - 1 ? nullptr : dG.data_ptr<float>() + (t + 1) * B * G4,
-                              gates.data_ptr<float>() + t * B * G4, c_prev,
-                              cells.data_ptr<float>() + t * B * H, dc,
-                              dG.data_ptr<float>() + t * B * G4);
+      const int64_t o = q.off[t], n = q.bs[t];
+      const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;  // rows that continue to t+1
+      const float* c_prev = t > 0 ? cells_p + q.off[t - 1] * H : c0.data_ptr<float>();
+      // Rows [0, nn) receive dG_{t+1}·W_hh; rows [nn, n) end here (no t+1 term).
+      if (nn > 0) {
+        cpu::lstm_step_backward(nn, H, packed, dy_p + o * H, H, dG_p + q.off[t + 1] * G4,
+                                gates_p + o * G4, c_prev, cells_p + o * H, dc, dG_p + o * G4);
+      }
+      if (n > nn) {
+        cpu::lstm_step_backward(n - nn, H, packed, dy_p + (o + nn) * H, H, nullptr,
+                                gates_p + (o + nn) * G4, c_prev + nn * H,
+                                cells_p + (o + nn) * H, dc + nn * H, dG_p + (o + nn) * G4);
+      }
     }
   } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "lstm_backward_cpu", [&] {
-      Tensor dh = at::empty({B, H}, dy.options());
+      Tensor dh = at::empty({q.B, P}, dy.options());
+      Tensor dh_raw = w_hr ? at::empty({q.B, H}, dy.options()) : Tensor();
       for (int64_t t = T - 1; t >= 0; --t) {
-        if (t == T - 1) {
-          dh.copy_(dy_last);
-        } else {
-          at::addmm_out(dh, dy[t], dG[t + 1], w_hh);
+        const int64_t o = q.off[t], n = q.bs[t];
+        const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;
+        Tensor dh_t = w_hr ? dh_proj->narrow(0, o, n) : dh.narrow(0, 0, n);
+        dh_t.copy_(dy.narrow(0, o, n));
+        if (nn > 0) dh_t.narrow(0, 0, nn).addmm_(dG.narrow(0, q.off[t + 1], nn), w_hh);
+        Tensor dcell = dh_t;
+        if (w_hr) {
+          dcell = dh_raw.narrow(0, 0, n);
+          at::mm_out(dcell, dh_t, *w_hr);
         }
         const scalar_t* c_prev =
-            t > 0 ? cells.data_ptr<scalar_t>() + (t - 1) * B * H : c0.data_ptr<scalar_t>();
-        cell_backward_pass<scalar_t>(B, H, dh.data_ptr<scalar_t>(),
-                                     gates.data_ptr<scalar_t>() + t * B * G4, c_prev,
-                                     cells.data_ptr<scalar_t>() + t * B * H,
-                                     grad_c0.data_ptr<scalar_t>(),
-                                     dG.data_ptr<scalar_t>() + t * B * G4);
+            t > 0 ? cells.data_ptr<scalar_t>() + q.off[t - 1] * H : c0.data_ptr<scalar_t>();
+        cell_backward_pass<scalar_t>(n, H, dcell.data_ptr<scalar_t>(),
+                                     gates.data_ptr<scalar_t>() + o * G4, c_prev,
+                                     cells.data_ptr<scalar_t>() + o * H,
+                                     grad_c0.data_ptr<scalar_t>(), dG.data_ptr<scalar_t>() + o * G4);
       }
     });
   }
-  at::mm_out(grad_h0, dG[0], w_hh);
+  // Every sequence is active at step 0 (bs[0] = B): the gradient flowing to t = -1.
+  at::mm_out(grad_h0, dG.narrow(0, 0, q.B), w_hh);
   return dG;
 }
 
@@ -269,12 +299,16 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cpu(
     bool has_biases, const Tensor& output_, const Tensor& gates_, const Tensor& cells_,
     const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes) {
   const LstmSizes s = check_lstm_args(input_, hx_, cx_, weights_, has_biases, batch_sizes);
-  TORCH_CHECK(!s.seq.packed && !s.has_proj, "TODO");
   check_backward_args(s, input_, grad_output_, grad_hy_, grad_cy_, output_, gates_, cells_,
                       hiddens_);
-  const Tensor input = input_.contiguous(), hx = hx_.contiguous(), cx = cx_.contiguous();
-  const Tensor output = output_.contiguous(), gates = gates_.contiguous();
-  const Tensor cells = cells_.contiguous(), hiddens = hiddens_.contiguous();
+  const SeqLayout& q = s.seq;
+  const int64_t N = q.N, H = s.H, P = s.P, L = s.L;
+  const Tensor input = input_.contiguous().view({N, s.I});
+  const Tensor hx = hx_.contiguous(), cx = cx_.contiguous();
+  const Tensor output = output_.contiguous().view({N, P});
+  const Tensor gates = gates_.contiguous().view({L, N, 4 * H});
+  const Tensor cells = cells_.contiguous().view({L, N, H});
+  const Tensor hiddens = hiddens_.contiguous().view({L - 1, N, P});
   const Tensor grad_hy = grad_hy_.contiguous(), grad_cy = grad_cy_.contiguous();
   std::vector<Tensor> w;
   for (const auto& t : weights_) w.push_back(t.contiguous());
@@ -282,20 +316,29 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cpu(
   Tensor grad_hx = at::empty_like(hx);
   Tensor grad_cx = at::empty_like(cx);
   std::vector<Tensor> grad_w(w.size());
-  Tensor dy = grad_output_.contiguous();
-  Tensor grad_input;
-  for (int64_t l = s.L - 1; l >= 0; --l) {
+  // A private copy: grad_hy is added into it at each sequence's last step.
+  Tensor dy = grad_output_.contiguous().view({N, P}).clone();
+  Tensor dh_proj = s.has_proj ? at::empty({N, P}, dy.options()) : Tensor();
+  for (int64_t l = L - 1; l >= 0; --l) {
     const Tensor* wl = &w[l * s.per_layer];
-    const Tensor x = l == 0 ? input : hiddens[l - 1];          // layer input (T, B, I_l)
-    const Tensor out = l == s.L - 1 ? output : hiddens[l];     // layer output h_t
+    const Tensor* w_hr = s.has_proj ? &wl[s.per_layer - 1] : nullptr;
+    const Tensor x = l == 0 ? input : hiddens[l - 1];      // layer input (N, I_l)
+    const Tensor out = l == L - 1 ? output : hiddens[l];   // layer output h_t (N, P)
+    cpu::add_final_grad(q, dy, grad_hy[l]);
     Tensor gh = grad_hx[l], gc = grad_cx[l];
-    Tensor dG = layer_backward(dy, grad_hy[l], grad_cy[l], wl[1], gates[l], cells[l], cx[l],
-                               gh, gc);
-    // Weight, bias and input gradients: large GEMMs over all timesteps.
-    dy = cpu::layer_param_grads(dG, dG, x, hx[l], out, wl[0], has_biases, grad_w,
+    Tensor dG = layer_backward(q, dy, grad_cy[l], wl[1], w_hr, gates[l], cells[l], cx[l], gh,
+                               gc, s.has_proj ? &dh_proj : nullptr);
+    if (q.T == 0) gh.copy_(grad_hy[l]);  // hy = hx
+    if (w_hr) {
+      // h_t = h_raw_t W_hrᵀ with h_raw = o ⊙ tanh(c): dW_hr = Σ dh_tᵀ h_raw_t.
+      const Tensor h_raw = gates[l].narrow(1, 3 * H, H) * at::tanh(cells[l]);
+      grad_w[l * s.per_layer + s.per_layer - 1] = at::mm(dh_proj.t(), h_raw);
+    }
+    // Weight, bias and input gradients: large GEMMs over all rows.
+    dy = cpu::layer_param_grads(q, dG, dG, x, hx[l], out, wl[0], has_biases, grad_w,
                                 l * s.per_layer);
-    if (l == 0) grad_input = dy;
   }
+  const Tensor grad_input = dy.view(input_.sizes());
   return {grad_input, grad_hx, grad_cx, grad_w};
 }
 

@@ -59,21 +59,20 @@ void rnn_forward_pass(int64_t n, scalar_t* h, bool relu) {
   });
 }
 
-// Runs one layer over all T steps; `out` (T, B, H) receives h_t.
-void layer_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
+// Runs one layer over all steps of the row layout q; x (N, I_l) is the
+// layer's input, `out` (N, H) receives h_t.
+void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
                    const Tensor* b_ih, const Tensor* b_hh, const Tensor& h0, bool relu,
                    Tensor& out, Tensor& hy) {
-  const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(1);
+  const int64_t T = q.T, H = w_hh.size(1);
   const bool fast = use_fast_step(x);
   // The generic path projects straight into `out` and finishes each step in
   // place; the kernel's output must not alias its gx, so it gets a buffer.
-  Tensor gx = fast ? at::empty({T, B, H}, x.options()) : out;
-  Tensor gx2 = gx.view({T * B, H});
-  Tensor x2 = x.reshape({T * B, x.size(2)});
+  Tensor gx = fast ? at::empty({q.N, H}, x.options()) : out;
   if (b_ih) {
-    at::addmm_out(gx2, *b_ih + *b_hh, x2, w_ih.t());
+    at::addmm_out(gx, *b_ih + *b_hh, x, w_ih.t());
   } else {
-    at::mm_out(gx2, x2, w_ih.t());
+    at::mm_out(gx, x, w_ih.t());
   }
   if (T == 0) {
     hy.copy_(h0);
@@ -84,48 +83,52 @@ void layer_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
         at::empty({static_cast<int64_t>(cpu::rnn_packed_forward_size(H))}, x.options());
     float* packed = packed_t.data_ptr<float>();
     cpu::rnn_pack_forward(w_hh.data_ptr<float>(), H, packed);
-    const float* h_prev = h0.data_ptr<float>();
+    float* out_p = out.data_ptr<float>();
     for (int64_t t = 0; t < T; ++t) {
-      float* h_out = out.data_ptr<float>() + t * B * H;
-      cpu::rnn_step_forward(B, H, relu, packed, gx.data_ptr<float>() + t * B * H, H, h_prev, H,
-                            h_out, H);
-      h_prev = h_out;
+      const int64_t o = q.off[t];
+      const float* h_prev = t == 0 ? h0.data_ptr<float>() : out_p + q.off[t - 1] * H;
+      cpu::rnn_step_forward(q.bs[t], H, relu, packed, gx.data_ptr<float>() + o * H, H, h_prev,
+                            H, out_p + o * H, H);
     }
   } else {
     Tensor w_hh_t = w_hh.t();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rnn_forward_cpu", [&] {
       for (int64_t t = 0; t < T; ++t) {
-        Tensor o_t = out[t];
-        o_t.addmm_(t == 0 ? h0 : out[t - 1], w_hh_t);
-        rnn_forward_pass<scalar_t>(B * H, o_t.data_ptr<scalar_t>(), relu);
+        const int64_t o = q.off[t], n = q.bs[t];
+        Tensor o_t = out.narrow(0, o, n);
+        o_t.addmm_(t == 0 ? h0.narrow(0, 0, n) : out.narrow(0, q.off[t - 1], n), w_hh_t);
+        rnn_forward_pass<scalar_t>(n * H, o_t.data_ptr<scalar_t>(), relu);
       }
     });
   }
-  hy.copy_(out[T - 1]);
+  cpu::gather_final(q, out, hy);
 }
 
 std::tuple<Tensor, Tensor, Tensor> rnn_forward_cpu(const Tensor& input_, const Tensor& hx_,
                                                    at::TensorList weights_, bool has_biases,
-                                                   bool relu, bool train, const std::optional<Tensor>& batch_sizes) {
+                                                   bool relu, bool train,
+                                                   const std::optional<Tensor>& batch_sizes) {
   const RnnSizes s = check_stack_args(kOp, 1, input_, hx_, {}, weights_, has_biases, batch_sizes);
-  TORCH_CHECK(!s.seq.packed, "TODO");
-  const Tensor input = input_.contiguous();
+  const SeqLayout& q = s.seq;
+  const Tensor input = input_.contiguous().view({q.N, s.I});
   const Tensor hx = hx_.contiguous();
   std::vector<Tensor> w;
   for (const auto& t : weights_) w.push_back(t.contiguous());
 
   const auto opts = input.options();
-  Tensor output = at::empty({s.T, s.B, s.H}, opts);
-  Tensor hy = at::empty({s.L, s.B, s.H}, opts);
-  Tensor hiddens = train ? at::empty({s.L - 1, s.T, s.B, s.H}, opts) : at::empty({0}, opts);
-  cpu::LayerOutputs layer_out(output, hiddens, train, s.L);
+  const int64_t H = s.H, L = s.L;
+  Tensor output = at::empty(s.rows_shape(H), opts);
+  Tensor hy = at::empty({L, s.B, H}, opts);
+  Tensor hiddens = train ? at::empty(s.rows_shape(H, L - 1), opts) : at::empty({0}, opts);
+  cpu::LayerOutputs layer_out(output.view({q.N, H}),
+                              train ? hiddens.view({L - 1, q.N, H}) : hiddens, train, L);
   Tensor x = input;
-  for (int64_t l = 0; l < s.L; ++l) {
+  for (int64_t l = 0; l < L; ++l) {
     const Tensor* wl = &w[l * s.per_layer];
     Tensor out = layer_out(l);
     Tensor hy_l = hy[l];
-    layer_forward(x, wl[0], wl[1], has_biases ? &wl[2] : nullptr, has_biases ? &wl[3] : nullptr,
-                  hx[l], relu, out, hy_l);
+    layer_forward(q, x, wl[0], wl[1], has_biases ? &wl[2] : nullptr,
+                  has_biases ? &wl[3] : nullptr, hx[l], relu, out, hy_l);
     x = out;
   }
   return {output, hy, hiddens};
@@ -142,45 +145,49 @@ void rnn_backward_pass(int64_t n, scalar_t* dG, const scalar_t* h, bool relu) {
   });
 }
 
-// Backward through one layer.  dy (T, B, H): gradient reaching the layer's
-// outputs from above; out (T, B, H): the layer's h_t.  Fills dG (T, B, H),
-// the pre-activation gradients, and grad_h0 (B, H).
-void layer_backward(const Tensor& dy, const Tensor& dhy, const Tensor& w_hh, const Tensor& out,
+// Backward through one layer.  dy (N, H): the gradient reaching the layer's
+// outputs, grad_hy already added at each sequence's last step; out (N, H):
+// the layer's h_t.  Fills dG (N, H), the pre-activation gradients, and, when
+// T > 0, grad_h0 (B, H).
+void layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& w_hh, const Tensor& out,
                     bool relu, Tensor& dG, Tensor& grad_h0) {
-  const int64_t T = dy.size(0), B = dy.size(1), H = w_hh.size(1);
-  if (T == 0) {
-    grad_h0.copy_(dhy);
-    return;
-  }
+  const int64_t T = q.T, H = w_hh.size(1);
+  if (T == 0) return;
   if (use_fast_step(dy)) {
     Tensor packed_t =
         at::empty({static_cast<int64_t>(cpu::rnn_packed_backward_size(H))}, dy.options());
     float* packed = packed_t.data_ptr<float>();
     cpu::rnn_pack_backward(w_hh.data_ptr<float>(), H, packed);
-    Tensor dy_last = dy[T - 1] + dhy;  // the last step also receives grad_hy
+    const float* dy_p = dy.data_ptr<float>();
+    const float* out_p = out.data_ptr<float>();
+    float* dG_p = dG.data_ptr<float>();
     for (int64_t t = T - 1; t >= 0; --t) {
-      const float* dy_t =
-          t == T - 1 ? dy_last.data_ptr<float>() : dy.data_ptr<float>() + t * B * H;
-      cpu::rnn_step_backward(B, H, relu, packed, dy_t, H,
-                             t == T - 1 ? nullptr : dG.data_ptr<float>() + (t + 1) * B * H,
-                             out.data_ptr<float>() + t * B * H, H,
-                             dG.data_ptr<float>() + t * B * H);
+      const int64_t o = q.off[t], n = q.bs[t];
+      const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;  // rows that continue to t+1
+      if (nn > 0) {
+        cpu::rnn_step_backward(nn, H, relu, packed, dy_p + o * H, H, dG_p + q.off[t + 1] * H,
+                               out_p + o * H, H, dG_p + o * H);
+      }
+      if (n > nn) {
+        cpu::rnn_step_backward(n - nn, H, relu, packed, dy_p + (o + nn) * H, H, nullptr,
+                               out_p + (o + nn) * H, H, dG_p + (o + nn) * H);
+      }
     }
   } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "rnn_backward_cpu", [&] {
       for (int64_t t = T - 1; t >= 0; --t) {
-        Tensor dG_t = dG[t];
-        if (t == T - 1) {
-          at::add_out(dG_t, dy[t], dhy);  // the last step also receives grad_hy
-        } else {
-          at::addmm_out(dG_t, dy[t], dG[t + 1], w_hh);
-        }
-        rnn_backward_pass<scalar_t>(B * H, dG_t.data_ptr<scalar_t>(),
-                                    out.data_ptr<scalar_t>() + t * B * H, relu);
+        const int64_t o = q.off[t], n = q.bs[t];
+        const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;
+        Tensor dG_t = dG.narrow(0, o, n);
+        dG_t.copy_(dy.narrow(0, o, n));
+        if (nn > 0) dG_t.narrow(0, 0, nn).addmm_(dG.narrow(0, q.off[t + 1], nn), w_hh);
+        rnn_backward_pass<scalar_t>(n * H, dG_t.data_ptr<scalar_t>(),
+                                    out.data_ptr<scalar_t>() + o * H, relu);
       }
     });
   }
-  at::mm_out(grad_h0, dG[0], w_hh);
+  // Every sequence is active at step 0 (bs[0] = B).
+  at::mm_out(grad_h0, dG.narrow(0, 0, q.B), w_hh);
 }
 
 std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_cpu(
@@ -188,32 +195,33 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_cpu(
     at::TensorList weights_, bool has_biases, bool relu, const Tensor& output_,
     const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes) {
   const RnnSizes s = check_stack_args(kOp, 1, input_, hx_, {}, weights_, has_biases, batch_sizes);
-  TORCH_CHECK(!s.seq.packed, "TODO");
   check_rnn_backward_args(s, input_, grad_output_, grad_hy_, output_, hiddens_);
-  const Tensor input = input_.contiguous(), hx = hx_.contiguous();
-  const Tensor output = output_.contiguous(), hiddens = hiddens_.contiguous();
+  const SeqLayout& q = s.seq;
+  const int64_t N = q.N, H = s.H, L = s.L;
+  const Tensor input = input_.contiguous().view({N, s.I}), hx = hx_.contiguous();
+  const Tensor output = output_.contiguous().view({N, H});
+  const Tensor hiddens = hiddens_.contiguous().view({L - 1, N, H});
   const Tensor grad_hy = grad_hy_.contiguous();
   std::vector<Tensor> w;
   for (const auto& t : weights_) w.push_back(t.contiguous());
 
-  const int64_t T = s.T, B = s.B, H = s.H;
-  const auto opts = input.options();
   Tensor grad_hx = at::empty_like(hx);
   std::vector<Tensor> grad_w(w.size());
-  Tensor dy = grad_output_.contiguous();
-  Tensor grad_input;
-  Tensor dG = at::empty({T, B, H}, opts);
-  for (int64_t l = s.L - 1; l >= 0; --l) {
+  // A private copy: grad_hy is added into it at each sequence's last step.
+  Tensor dy = grad_output_.contiguous().view({N, H}).clone();
+  Tensor dG = at::empty({N, H}, input.options());
+  for (int64_t l = L - 1; l >= 0; --l) {
     const Tensor* wl = &w[l * s.per_layer];
-    const Tensor x = l == 0 ? input : hiddens[l - 1];       // layer input (T, B, I_l)
-    const Tensor out = l == s.L - 1 ? output : hiddens[l];  // layer output h_t
+    const Tensor x = l == 0 ? input : hiddens[l - 1];     // layer input (N, I_l)
+    const Tensor out = l == L - 1 ? output : hiddens[l];  // layer output h_t (N, H)
+    cpu::add_final_grad(q, dy, grad_hy[l]);
     Tensor gh0 = grad_hx[l];
-    layer_backward(dy, grad_hy[l], wl[1], out, relu, dG, gh0);
-    dy = cpu::layer_param_grads(dG, dG, x, hx[l], out, wl[0], has_biases, grad_w,
+    layer_backward(q, dy, wl[1], out, relu, dG, gh0);
+    if (q.T == 0) gh0.copy_(grad_hy[l]);  // hy = hx
+    dy = cpu::layer_param_grads(q, dG, dG, x, hx[l], out, wl[0], has_biases, grad_w,
                                 l * s.per_layer);
-    if (l == 0) grad_input = dy;
   }
-  return {grad_input, grad_hx, grad_w};
+  return {dy.view(input_.sizes()), grad_hx, grad_w};
 }
 
 }  // namespace

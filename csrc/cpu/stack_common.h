@@ -4,17 +4,21 @@
 //                      loop: once its reverse recurrence has produced the
 //                      pre-activation gradients of every step, its weight, bias
 //                      and input gradients are a few large GEMMs / reductions
-//                      over all T·B rows.
+//                      over all N rows;
+//   gather_final, add_final_grad, prev_rows: the row bookkeeping of packed
+//                      sequences (each sequence ends at its own step).
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <vector>
 
+#include "rnn_checks.h"
+
 namespace fusedrnn {
 namespace cpu {
 
-// Where layer l of a forward writes its outputs h_t (T, B, H): the op's
+// Where layer l of a forward writes its outputs h_t (rows, H): the op's
 // `output` for the last layer; in training the saved `hiddens[l]` (backward
 // needs them); in inference one of two ping-pong buffers, allocated on first use.
 class LayerOutputs {
@@ -37,41 +41,79 @@ class LayerOutputs {
   at::Tensor scratch_[2];
 };
 
-// dgx (T, B, G): gradients of the input-side pre-activations x W_ihᵀ + b_ih.
-// dgh (T, B, G): gradients of the recurrent-side pre-activations h W_hhᵀ + b_hh
-//                (the same tensor as dgx for LSTM and RNN; they differ for the
-//                GRU, whose n gate keeps b_hn inside the r product).
-// x (T, B, I_l): the layer's input;  h0 (B, H): its initial state;
-// out (T, B, H): its outputs h_t, so h_{t-1} is h0 then out[0..T-2].
+// ------------------------------------------------------------------------
+// Row-space helpers.  Inside the CPU ops every per-row tensor is handled as a
+// 2-D (N, X) view (see SeqLayout in rnn_checks.h): step t owns rows
+// [q.off[t], q.off[t] + q.bs[t]), a prefix of the batch.
+
+// dst (B, X) <- each sequence's row at its own last step of out (N, X).
+inline void gather_final(const SeqLayout& q, const at::Tensor& out, at::Tensor& dst) {
+  for (int64_t t = 0; t < q.T; ++t) {
+    const int64_t e = q.ended_begin(t), n = q.bs[t];
+    if (n > e) dst.narrow(0, e, n - e).copy_(out.narrow(0, q.off[t] + e, n - e));
+  }
+}
+
+// dy (N, X) += each sequence's grad_hy row (B, X) at its own last step.
+inline void add_final_grad(const SeqLayout& q, at::Tensor& dy, const at::Tensor& dhy) {
+  for (int64_t t = 0; t < q.T; ++t) {
+    const int64_t e = q.ended_begin(t), n = q.bs[t];
+    if (n > e) dy.narrow(0, q.off[t] + e, n - e).add_(dhy.narrow(0, e, n - e));
+  }
+}
+
+// h_{t-1} of every row (N, X): h0's first bs[0] rows for step 0, then for
+// step t the first bs[t] rows of step t-1 of out (N, X).
+inline at::Tensor prev_rows(const SeqLayout& q, const at::Tensor& h0, const at::Tensor& out) {
+  at::Tensor hp = at::empty({q.N, out.size(1)}, out.options());
+  if (q.T == 0) return hp;
+  hp.narrow(0, 0, q.bs[0]).copy_(h0.narrow(0, 0, q.bs[0]));
+  if (!q.packed) {
+    if (q.T > 1) hp.narrow(0, q.B, q.N - q.B).copy_(out.narrow(0, 0, q.N - q.B));
+    return hp;
+  }
+  for (int64_t t = 1; t < q.T; ++t) {
+    hp.narrow(0, q.off[t], q.bs[t]).copy_(out.narrow(0, q.off[t - 1], q.bs[t]));
+  }
+  return hp;
+}
+
+// dgx (N, G): gradients of the input-side pre-activations x W_ihᵀ + b_ih.
+// dgh (N, G): gradients of the recurrent-side pre-activations h W_hhᵀ + b_hh
+//             (the same tensor as dgx for LSTM and RNN; they differ for the
+//             GRU, whose n gate keeps b_hn inside the r product).
+// x (N, I_l): the layer's input;  h0 (B, P): its initial state;
+// out (N, P): its outputs h_t (so h_{t-1} of step t's rows is h0, then the
+// first rows of step t-1).
 // Writes grad_w[base] = dW_ih, grad_w[base+1] = dW_hh and, with biases,
-// grad_w[base+2] = db_ih, grad_w[base+3] = db_hh; returns dX (T, B, I_l), the
+// grad_w[base+2] = db_ih, grad_w[base+3] = db_hh; returns dX (N, I_l), the
 // gradient for the layer below (or the op's input).
-inline at::Tensor layer_param_grads(const at::Tensor& dgx, const at::Tensor& dgh,
-                                    const at::Tensor& x, const at::Tensor& h0,
-                                    const at::Tensor& out, const at::Tensor& w_ih,
-                                    bool has_biases, std::vector<at::Tensor>& grad_w,
-                                    int64_t base) {
-  const int64_t T = dgx.size(0), B = dgx.size(1), G = dgx.size(2);
-  const int64_t I = x.size(2), H = out.size(2);
-  const at::Tensor dgx2 = dgx.reshape({T * B, G});
-  const at::Tensor dgh2 = dgh.reshape({T * B, G});
-  grad_w[base] = at::mm(dgx2.t(), x.reshape({T * B, I}));
+inline at::Tensor layer_param_grads(const SeqLayout& q, const at::Tensor& dgx,
+                                    const at::Tensor& dgh, const at::Tensor& x,
+                                    const at::Tensor& h0, const at::Tensor& out,
+                                    const at::Tensor& w_ih, bool has_biases,
+                                    std::vector<at::Tensor>& grad_w, int64_t base) {
+  const int64_t G = dgx.size(1), P = out.size(1);
+  grad_w[base] = at::mm(dgx.t(), x);
   at::Tensor dw_hh;
-  if (T == 0) {
-    dw_hh = at::zeros({G, H}, dgx.options());
-  } else {
-    dw_hh = at::mm(dgh[0].t(), h0);
-    if (T > 1) {
-      dw_hh.addmm_(dgh.slice(0, 1).reshape({(T - 1) * B, G}).t(),
-                   out.slice(0, 0, T - 1).reshape({(T - 1) * B, H}));
+  if (q.T == 0) {
+    dw_hh = at::zeros({G, P}, dgx.options());
+  } else if (!q.packed) {
+    // Padded: h_{t-1} rows are h0 then out's rows shifted by one step; two
+    // GEMMs instead of a copy.
+    dw_hh = at::mm(dgh.narrow(0, 0, q.B).t(), h0);
+    if (q.T > 1) {
+      dw_hh.addmm_(dgh.narrow(0, q.B, q.N - q.B).t(), out.narrow(0, 0, q.N - q.B));
     }
+  } else {
+    dw_hh = at::mm(dgh.t(), prev_rows(q, h0, out));
   }
   grad_w[base + 1] = dw_hh;
   if (has_biases) {
-    grad_w[base + 2] = dgx2.sum(0);
-    grad_w[base + 3] = dgh.is_same(dgx) ? grad_w[base + 2].clone() : dgh2.sum(0);
+    grad_w[base + 2] = dgx.sum(0);
+    grad_w[base + 3] = dgh.is_same(dgx) ? grad_w[base + 2].clone() : dgh.sum(0);
   }
-  return at::mm(dgx2, w_ih).view({T, B, I});
+  return at::mm(dgx, w_ih);
 }
 
 }  // namespace cpu

@@ -2,21 +2,35 @@
 // tier of docs/DESIGN.md): the whole stack in one op call, layers one after
 // another, one fused kernel per layer-timestep.
 //
-// Forward, per layer l (input X_l (T, B, I_l): the op's input for l = 0, the
+// Rows: every per-row tensor is seen as (N, ·): padded input (T, B, I) has
+// N = T·B and step t is rows [t·B, t·B + B); a packed sequence (batch_sizes,
+// see SeqLayout in rnn_checks.h) has step t at rows [off[t], off[t] + bs[t]).
+// The step kernels take the step's row count and first row, so padding is
+// just the layout with bs[t] = B (no extra work).
+//
+// Forward, per layer l (input X_l (N, I_l): the op's input for l = 0, the
 // layer below's h_t otherwise):
-//   1. Gx = X_l · W_ihᵀ + (b_ih + b_hh) for all T·B rows as ONE GEMM (at::addmm,
-//      cuBLAS), into a (T, B, 4H) buffer.
+//   1. Gx = X_l · W_ihᵀ + (b_ih + b_hh) for all N rows as ONE GEMM (at::addmm,
+//      cuBLAS), into an (N, 4H) buffer.
 //   2. For t = 0..T-1 ONE kernel, lstm_fwd_step_kernel: a shared-memory tiled
 //      product h_{t-1} · W_hhᵀ in which every CTA owns all four gates of a tile
 //      of hidden units, so the epilogue (Gx_t + product -> lstm_cell_forward)
 //      is local to the thread that holds the four accumulators.  It writes h_t,
-//      the cell state and (train) the activated gates and c_t.
+//      the cell state and (train) the activated gates and c_t.  h_{t-1} is the
+//      first bs[t] rows of step t-1's output; the (B, H) cell state is updated
+//      in place for the bs[t] active rows only, so a finished sequence keeps
+//      its last c (cy), and hy gathers each sequence's row of its last step.
+//   With proj_size (P < H) the kernel's product has depth P and it writes
+//   h_raw = o ⊙ tanh(c_t) into a (B, H) buffer; one cuBLAS GEMM per step then
+//   writes h_t = h_raw · W_hrᵀ into the step's output rows.
 // Backward, per layer from the top down, t = T-1..0, ONE kernel per step,
-// lstm_bwd_step_kernel: dh_t = dy_t (+ grad_hy at t = T-1) + dG_{t+1} · W_hh
-// (tiled product over the 4H gate columns) followed by lstm_cell_backward,
-// writing dG_t (pre-activation gate gradients) and dc_{t-1}.  After the loop
-// the weight, bias and input gradients are single large GEMMs / reductions
-// over all timesteps.
+// lstm_bwd_step_kernel: dh_t = dy_t (+ grad_hy at each sequence's last step)
+// + dG_{t+1} · W_hh for the rows that have a step t+1 (tiled product over the
+// 4H gate columns) followed by lstm_cell_backward, writing dG_t
+// (pre-activation gate gradients) and dc_{t-1}.  With proj_size, dh_t (P
+// wide) and dh_raw = dh_t · W_hr are cuBLAS GEMMs before the kernel, which
+// then only runs the cell backward.  After the loop the weight, bias and
+// input gradients are single large GEMMs / reductions over all rows.
 //
 // Precision: every kernel accumulates in acc_type (float, or double for
 // double).  For float32 the custom recurrent kernels compute in full fp32
@@ -31,13 +45,14 @@
 // GEMMs/reductions used afterwards are deterministic on one stream, so two
 // identical calls give bitwise-identical results.
 //
-// Launch overhead: the step loop issues T·L small kernels from the host.
-// TODO(fusedrnn): capture the step loop of a layer in a CUDA graph (cached by
-// shape, with the per-step pointers made graph-stable by using persistent
-// workspaces), or use the persistent wavefront tier of DESIGN.md; either
-// removes most of the per-step launch cost at small sizes.  Not done here:
-// a graph captured and instantiated on every call costs more than the launches
-// it replaces, and a correct cache needs pointer-stable buffers.
+// Launch overhead: the step loop issues T·L small kernels.  With the option
+// cuda_step_launch = graph (fusedrnn.set_option), the loop of each layer is
+// recorded once into a CUDA graph and replayed (step_graph.h: cached by
+// topology, patched with cudaGraphExecUpdate when only pointers changed;
+// per-step launches when the caller's stream is capturing or recording
+// fails).  Loops with a projection always launch per step (they contain
+// cuBLAS calls).  auto (the default) is per_step until the crossover has
+// been measured on a GPU.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -45,13 +60,17 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <functional>
 #include <tuple>
 #include <type_traits>
 #include <vector>
 
 #include "cell_math.h"
 #include "cuda/lstm_persistent.h"
+#include "cuda/step_graph.h"
 #include "lstm_checks.h"
+#include "options.h"
 
 namespace fusedrnn {
 namespace {
@@ -70,12 +89,17 @@ constexpr int kMinBlocks = std::is_same<scalar_t, double>::value ? 1 : 2;
 // --------------------------------------------------------------- forward --
 //
 // One timestep of one layer.
-//   h_prev  (B, H)   h_{t-1}
-//   w_hh    (4H, H)  row q*H + j holds gate q of hidden unit j
+//   B       rows of this step (bs[t] of a packed sequence); every per-row
+//           pointer below points at the step's first row
+//   K       size of h (the product's depth): H, or P with a projection
+//   h_prev  (B, K)   h_{t-1}
+//   w_hh    (4H, K)  row q*H + j holds gate q of hidden unit j
 //   gx      (B, 4H)  input projection of step t, biases included
 //   c_state (B, H)   acc_t; c_{t-1} on entry, c_t on exit (in place: every
 //                    element is read and written by the same thread only)
-//   h_out   (B, H)   h_t; must not alias h_prev
+//   h_out   (B, H)   o ⊙ tanh(c_t): h_t, or with a projection the unprojected
+//                    h_raw (the caller multiplies by W_hrᵀ); must not alias
+//                    h_prev
 //   gates_out (B, 4H) activated i, f, g, o, or nullptr (inference)
 //   cell_out  (B, H)  c_t rounded to scalar_t, or nullptr (inference)
 //
@@ -93,7 +117,7 @@ lstm_fwd_step_kernel(const scalar_t* __restrict__ h_prev, const scalar_t* __rest
                      const scalar_t* __restrict__ gx,
                      typename acc_type<scalar_t>::type* __restrict__ c_state,
                      scalar_t* __restrict__ h_out, scalar_t* __restrict__ gates_out,
-                     scalar_t* __restrict__ cell_out, int64_t B, int64_t H) {
+                     scalar_t* __restrict__ cell_out, int64_t B, int64_t H, int64_t K) {
   using acc_t = typename acc_type<scalar_t>::type;
   constexpr int NT = BN * (BM / TM);
   constexpr int A_LOADS = BM * kBK / NT;
@@ -124,28 +148,29 @@ lstm_fwd_step_kernel(const scalar_t* __restrict__ h_prev, const scalar_t* __rest
   // column kk = tid % kBK of a K slice, for rows rr + r·RS (r < A_LOADS or
   // W_LOADS).  For the weights, row index rr + r·RS of the 4·BN staged rows
   // is gate q = r·RS / BN, unit rr + (r·RS) % BN (RS divides BN), so all
-  // per-r offsets below are compile-time multiples of H: the thread needs one
-  // base pointer per operand instead of one address per load.
+  // per-r offsets below are compile-time multiples of K (the row stride of
+  // both operands): the thread needs one base pointer per operand instead of
+  // one address per load.
   constexpr int RS = NT / kBK;
   static_assert(NT % kBK == 0 && BN % RS == 0, "staging map needs kBK | NT and NT/kBK | BN");
   const int kk = tid % kBK;
   const int rr = tid / kBK;
-  const scalar_t* a_base = h_prev + (b0 + rr) * H + kk;
-  const scalar_t* w_base = w_hh + (j0 + rr) * H + kk;
+  const scalar_t* a_base = h_prev + (b0 + rr) * K + kk;
+  const scalar_t* w_base = w_hh + (j0 + rr) * K + kk;
 
   // Global -> registers for the K slice starting at k0 (zero outside bounds).
   auto load = [&](int64_t k0) {
-    const bool k_ok = k0 + kk < H;
+    const bool k_ok = k0 + kk < K;
 #pragma unroll
     for (int r = 0; r < A_LOADS; ++r) {
       const bool ok = k_ok && b0 + rr + r * RS < B;
-      a_reg[r] = ok ? static_cast<acc_t>(a_base[static_cast<int64_t>(r * RS) * H + k0]) : acc_t(0);
+      a_reg[r] = ok ? static_cast<acc_t>(a_base[static_cast<int64_t>(r * RS) * K + k0]) : acc_t(0);
     }
 #pragma unroll
     for (int r = 0; r < W_LOADS; ++r) {
       const int q = (r * RS) / BN, c = (r * RS) % BN;
       const bool ok = k_ok && j0 + rr + c < H;
-      w_reg[r] = ok ? static_cast<acc_t>(w_base[(q * H + c) * H + k0]) : acc_t(0);
+      w_reg[r] = ok ? static_cast<acc_t>(w_base[(q * H + c) * K + k0]) : acc_t(0);
     }
   };
   // Registers -> shared memory (same map as `load`).
@@ -156,7 +181,7 @@ lstm_fwd_step_kernel(const scalar_t* __restrict__ h_prev, const scalar_t* __rest
     for (int r = 0; r < W_LOADS; ++r) Ws[(r * RS) / BN][kk][rr + (r * RS) % BN] = w_reg[r];
   };
 
-  const int64_t num_k = (H + kBK - 1) / kBK;
+  const int64_t num_k = (K + kBK - 1) / kBK;
   if (num_k > 0) {
     load(0);
     store();
@@ -214,9 +239,16 @@ lstm_fwd_step_kernel(const scalar_t* __restrict__ h_prev, const scalar_t* __rest
 // -------------------------------------------------------------- backward --
 //
 // One timestep of one layer, in reverse.
-//   dG_next (B, 4H)  dG_{t+1} (pre-activation gate grads of step t+1), or
-//                    nullptr at t = T-1 (no recurrent term)
-//   w_hh    (4H, H)
+//   B       rows of this step (bs[t] of a packed sequence); every per-row
+//           pointer below points at the step's first row
+//   dG_next (B_next, 4H) dG_{t+1} (pre-activation gate grads of step t+1), or
+//                    nullptr (no recurrent term: t = T-1, or with a projection,
+//                    where the caller puts the recurrent term into dy)
+//   B_next  rows of step t+1 (<= B): only rows b < B_next receive the
+//           recurrent term dG_{t+1}[b] · W_hh; the other rows' sequences end
+//           at step t (packed sequences)
+//   w_hh    (4H, H)  (only read when dG_next is given, so only without a
+//                    projection)
 //   dy      (B, H)   gradient reaching h_t from above (output / layer above)
 //   dy_extra (B, H)  added to dh (grad_hy at t = T-1), or nullptr
 //   gates   (B, 4H)  activated i, f, g, o of step t
@@ -236,7 +268,7 @@ lstm_bwd_step_kernel(const scalar_t* __restrict__ dG_next, const scalar_t* __res
                      const scalar_t* __restrict__ gates, const scalar_t* __restrict__ c_prev,
                      const scalar_t* __restrict__ c,
                      typename acc_type<scalar_t>::type* __restrict__ dc_state,
-                     scalar_t* __restrict__ dG_out, int64_t B, int64_t H) {
+                     scalar_t* __restrict__ dG_out, int64_t B, int64_t B_next, int64_t H) {
   using acc_t = typename acc_type<scalar_t>::type;
   constexpr int NT = BN * (BM / TM);
   constexpr int A_LOADS = BM * kBK / NT;
@@ -268,7 +300,7 @@ lstm_bwd_step_kernel(const scalar_t* __restrict__ dG_next, const scalar_t* __res
       const int idx = tid + r * NT;
       const int k = idx % kBK, b = idx / kBK;
       const int64_t gb = b0 + b, gk = k0 + k;
-      a_reg[r] = (gb < B && gk < G4) ? static_cast<acc_t>(dG_next[gb * G4 + gk]) : acc_t(0);
+      a_reg[r] = (gb < B_next && gk < G4) ? static_cast<acc_t>(dG_next[gb * G4 + gk]) : acc_t(0);
     }
 #pragma unroll
     for (int r = 0; r < W_LOADS; ++r) {
@@ -291,8 +323,9 @@ lstm_bwd_step_kernel(const scalar_t* __restrict__ dG_next, const scalar_t* __res
     }
   };
 
-  // No recurrent term at the last step: skip the product (uniform branch).
-  const int64_t num_k = dG_next == nullptr ? 0 : (G4 + kBK - 1) / kBK;
+  // No recurrent term for any row of this CTA (last step, a projection, or
+  // rows whose sequences all end here): skip the product (uniform branch).
+  const int64_t num_k = (dG_next == nullptr || b0 >= B_next) ? 0 : (G4 + kBK - 1) / kBK;
   if (num_k > 0) {
     load(0);
     store();
@@ -364,63 +397,83 @@ void check_grid(int64_t B, int64_t H, const StepConfig& cfg) {
               " exceed the grid limits of the step kernels");
 }
 
+// Arguments of one step kernel (see the kernels for the shapes).
+template <typename scalar_t>
+struct FwdStep {
+  using acc_t = typename acc_type<scalar_t>::type;
+  const scalar_t* h_prev;
+  const scalar_t* w_hh;
+  const scalar_t* gx;
+  acc_t* c_state;
+  scalar_t* h_out;
+  scalar_t* gates_out;
+  scalar_t* cell_out;
+  int64_t B, H, K;
+};
+
+template <typename scalar_t>
+struct BwdStep {
+  using acc_t = typename acc_type<scalar_t>::type;
+  const scalar_t* dG_next;
+  const scalar_t* w_hh;
+  const scalar_t* dy;
+  const scalar_t* dy_extra;
+  const scalar_t* gates;
+  const scalar_t* c_prev;
+  const scalar_t* c;
+  acc_t* dc_state;
+  scalar_t* dG_out;
+  int64_t B, B_next, H;
+};
+
 template <typename scalar_t, int BM, int BN, int TM>
-void launch_fwd(cudaStream_t stream, int64_t B, int64_t H, const scalar_t* h_prev,
-                const scalar_t* w_hh, const scalar_t* gx,
-                typename acc_type<scalar_t>::type* c_state, scalar_t* h_out,
-                scalar_t* gates_out, scalar_t* cell_out) {
-  const dim3 grid(static_cast<unsigned>((B + BM - 1) / BM), static_cast<unsigned>((H + BN - 1) / BN));
+void launch_fwd(cudaStream_t stream, const FwdStep<scalar_t>& a) {
+  const dim3 grid(static_cast<unsigned>((a.B + BM - 1) / BM),
+                  static_cast<unsigned>((a.H + BN - 1) / BN));
   const dim3 block(BN * (BM / TM));
   lstm_fwd_step_kernel<scalar_t, BM, BN, TM><<<grid, block, 0, stream>>>(
-      h_prev, w_hh, gx, c_state, h_out, gates_out, cell_out, B, H);
+      a.h_prev, a.w_hh, a.gx, a.c_state, a.h_out, a.gates_out, a.cell_out, a.B, a.H, a.K);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename scalar_t>
-void fwd_step(const StepConfig& cfg, cudaStream_t stream, int64_t B, int64_t H,
-              const scalar_t* h_prev, const scalar_t* w_hh, const scalar_t* gx,
-              typename acc_type<scalar_t>::type* c_state, scalar_t* h_out, scalar_t* gates_out,
-              scalar_t* cell_out) {
+void fwd_step(const StepConfig& cfg, cudaStream_t stream, const FwdStep<scalar_t>& a) {
   if (cfg.bm == 8) {
     if (cfg.bn == 16)
-      launch_fwd<scalar_t, 8, 16, 1>(stream, B, H, h_prev, w_hh, gx, c_state, h_out, gates_out, cell_out);
+      launch_fwd<scalar_t, 8, 16, 1>(stream, a);
     else
-      launch_fwd<scalar_t, 8, 32, 1>(stream, B, H, h_prev, w_hh, gx, c_state, h_out, gates_out, cell_out);
+      launch_fwd<scalar_t, 8, 32, 1>(stream, a);
   } else {
     if (cfg.bn == 16)
-      launch_fwd<scalar_t, 32, 16, 4>(stream, B, H, h_prev, w_hh, gx, c_state, h_out, gates_out, cell_out);
+      launch_fwd<scalar_t, 32, 16, 4>(stream, a);
     else
-      launch_fwd<scalar_t, 32, 32, 4>(stream, B, H, h_prev, w_hh, gx, c_state, h_out, gates_out, cell_out);
+      launch_fwd<scalar_t, 32, 32, 4>(stream, a);
   }
 }
 
 template <typename scalar_t, int BM, int BN, int TM>
-void launch_bwd(cudaStream_t stream, int64_t B, int64_t H, const scalar_t* dG_next,
-                const scalar_t* w_hh, const scalar_t* dy, const scalar_t* dy_extra,
-                const scalar_t* gates, const scalar_t* c_prev, const scalar_t* c,
-                typename acc_type<scalar_t>::type* dc_state, scalar_t* dG_out) {
-  const dim3 grid(static_cast<unsigned>((B + BM - 1) / BM), static_cast<unsigned>((H + BN - 1) / BN));
+void launch_bwd(cudaStream_t stream, const BwdStep<scalar_t>& a) {
+  const dim3 grid(static_cast<unsigned>((a.B + BM - 1) / BM),
+                  static_cast<unsigned>((a.H + BN - 1) / BN));
   const dim3 block(BN * (BM / TM));
   lstm_bwd_step_kernel<scalar_t, BM, BN, TM><<<grid, block, 0, stream>>>(
-      dG_next, w_hh, dy, dy_extra, gates, c_prev, c, dc_state, dG_out, B, H);
+      a.dG_next, a.w_hh, a.dy, a.dy_extra, a.gates, a.c_prev, a.c, a.dc_state, a.dG_out, a.B,
+      a.B_next, a.H);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename scalar_t>
-void bwd_step(const StepConfig& cfg, cudaStream_t stream, int64_t B, int64_t H,
-              const scalar_t* dG_next, const scalar_t* w_hh, const scalar_t* dy,
-              const scalar_t* dy_extra, const scalar_t* gates, const scalar_t* c_prev,
-              const scalar_t* c, typename acc_type<scalar_t>::type* dc_state, scalar_t* dG_out) {
+void bwd_step(const StepConfig& cfg, cudaStream_t stream, const BwdStep<scalar_t>& a) {
   if (cfg.bm == 8) {
     if (cfg.bn == 16)
-      launch_bwd<scalar_t, 8, 16, 1>(stream, B, H, dG_next, w_hh, dy, dy_extra, gates, c_prev, c, dc_state, dG_out);
+      launch_bwd<scalar_t, 8, 16, 1>(stream, a);
     else
-      launch_bwd<scalar_t, 8, 32, 1>(stream, B, H, dG_next, w_hh, dy, dy_extra, gates, c_prev, c, dc_state, dG_out);
+      launch_bwd<scalar_t, 8, 32, 1>(stream, a);
   } else {
     if (cfg.bn == 16)
-      launch_bwd<scalar_t, 32, 16, 4>(stream, B, H, dG_next, w_hh, dy, dy_extra, gates, c_prev, c, dc_state, dG_out);
+      launch_bwd<scalar_t, 32, 16, 4>(stream, a);
     else
-      launch_bwd<scalar_t, 32, 32, 4>(stream, B, H, dG_next, w_hh, dy, dy_extra, gates, c_prev, c, dc_state, dG_out);
+      launch_bwd<scalar_t, 32, 32, 4>(stream, a);
   }
 }
 
@@ -432,18 +485,86 @@ void check_cuda_args(const Tensor& input, const char* op) {
               "; move every tensor of the call to the same CUDA device");
 }
 
-// What the CUDA kernels do not implement yet: a clear error, not a wrong answer.
+// Limits of the CUDA kernels beyond the shared checks: the step kernels'
+// grids (hidden units along y, at most 65535 tiles of 16 units).  Packed
+// sequences and proj_size are supported.
 void check_cuda_supported(const LstmSizes& s, const char* op) {
-  TORCH_CHECK_NOT_IMPLEMENTED(!s.seq.packed, "fusedrnn.", op,
-                              " (CUDA): packed sequences (batch_sizes) are not implemented "
-                              "on CUDA yet; pad the batch, or run it on the CPU");
-  TORCH_CHECK_NOT_IMPLEMENTED(!s.has_proj, "fusedrnn.", op,
-                              " (CUDA): proj_size (a w_hr per layer) is not implemented on "
-                              "CUDA yet; run it on the CPU");
+  TORCH_CHECK((s.H + 15) / 16 <= 65535 && (s.B + 7) / 8 <= 2147483647LL, "fusedrnn.", op,
+              " (CUDA): hidden size ", s.H, " and batch size ", s.B,
+              " exceed the grid limits of the step kernels");
 }
 
 at::ScalarType acc_scalar_type(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// ------------------------------------------------------- op: row layout --
+//
+// Every step t works on rows [off[t], off[t] + bs[t]) of the (N, ·) row space
+// (N = T·B and off[t] = t·B when padded; see SeqLayout).  A packed layout
+// also needs two gathers, built on the host once per call and copied to the
+// device asynchronously (from pinned memory):
+//   last_rows (B):  the row of sequence b's last step, off[t_b] + b
+//                   (hy = out[last_rows]; grad_hy is added to dy there)
+//   prev_rows (N):  for each row, the row of its h_{t-1} in cat(h0, out)
+//                   (B + N rows): b at t = 0, else B + off[t-1] + b
+//                   (dW_hh = dGᵀ · cat(h0, out)[prev_rows] as one GEMM)
+Tensor to_device_async(const std::vector<int64_t>& v, const at::Device& dev) {
+  Tensor h = at::empty({static_cast<int64_t>(v.size())},
+                       at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+  std::copy(v.begin(), v.end(), h.data_ptr<int64_t>());
+  return h.to(at::TensorOptions().device(dev).dtype(at::kLong), /*non_blocking=*/true);
+}
+
+Tensor last_rows(const SeqLayout& q, const at::Device& dev) {
+  std::vector<int64_t> v(q.B);
+  for (int64_t t = 0; t < q.T; ++t)
+    for (int64_t b = q.ended_begin(t); b < q.rows(t); ++b) v[b] = q.offset(t) + b;
+  return to_device_async(v, dev);
+}
+
+Tensor prev_rows(const SeqLayout& q, const at::Device& dev) {
+  std::vector<int64_t> v(q.N);
+  for (int64_t t = 0; t < q.T; ++t)
+    for (int64_t b = 0; b < q.rows(t); ++b)
+      v[q.offset(t) + b] = t == 0 ? b : q.B + q.offset(t - 1) + b;
+  return to_device_async(v, dev);
+}
+
+// ---------------------------------------------------- op: step launches --
+//
+// "cuda_step_launch" (csrc/options.h): 1 per_step issues the T kernels of a
+// layer from the host loop; 2 graph replays them from a cached CUDA graph
+// (step_graph.h).  0 auto is per_step for now: which mode wins (and from which
+// T, B, H) has to be measured on a GPU before auto may pick the graph.
+// Graph mode covers the loops without a projection; with proj_size each step
+// also runs cuBLAS GEMMs (the projection), which are not recorded into the
+// cached graphs (cuBLAS workspaces that PyTorch may free or reallocate would
+// be baked into them), so those loops always launch per step.
+bool graph_mode() { return get_option(Option::kCudaStepLaunch) == 2; }
+
+// The topology part of a step-graph key (see step_graph.h): everything that
+// determines which kernels the loop launches and with which grids, plus the
+// layer, so that each layer of a stack keeps its own graph (its pointers stay
+// the same from call to call far more often than those of different layers).
+std::vector<int64_t> graph_topology(int64_t kind, int64_t layer, const LstmSizes& s,
+                                    at::ScalarType dtype, const StepConfig& cfg,
+                                    int64_t flags) {
+  std::vector<int64_t> k = {kind, layer, static_cast<int64_t>(c10::cuda::current_device()),
+                            static_cast<int64_t>(dtype), s.T, s.B, s.H, s.P, cfg.bm, cfg.bn,
+                            flags, s.seq.packed ? 1 : 0};
+  if (s.seq.packed) k.insert(k.end(), s.seq.bs.begin(), s.seq.bs.end());
+  return k;
+}
+
+// Runs `steps` (the launches of one layer's loop, onto the stream it is given)
+// through a cached graph when graph mode is on and allowed, else directly on
+// `stream`.
+void run_steps(bool use_graph, const std::vector<int64_t>& topology,
+               const std::vector<const void*>& ptrs, cudaStream_t stream,
+               const std::function<void(cudaStream_t)>& steps) {
+  if (use_graph && step_graph::run_step_graph(topology, ptrs, stream, steps)) return;
+  steps(stream);
 }
 
 // --------------------------------------------------------- op: forward --
@@ -460,16 +581,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cuda(
   check_cuda_supported(s, "lstm_forward");
   const c10::cuda::CUDAGuard guard(input_.device());
 
-  const int64_t T = s.T, B = s.B, H = s.H, L = s.L, G4 = 4 * H;
+  const int64_t T = s.T, B = s.B, H = s.H, P = s.P, L = s.L, N = s.seq.N, G4 = 4 * H;
+  const SeqLayout& q = s.seq;
+  const bool proj = s.has_proj;
   const auto opts = input_.options();
-  Tensor output = at::empty({T, B, H}, opts);
-  Tensor hy = at::empty({L, B, H}, opts);
+  Tensor output = at::empty(s.rows_shape(P), opts);
+  Tensor hy = at::empty({L, B, P}, opts);
   Tensor cy = at::empty({L, B, H}, opts);
   Tensor gates, cells, hiddens;
   if (train) {
-    gates = at::empty({L, T, B, G4}, opts);
-    cells = at::empty({L, T, B, H}, opts);
-    hiddens = at::empty({L - 1, T, B, H}, opts);
+    gates = at::empty(s.rows_shape(G4, L), opts);
+    cells = at::empty(s.rows_shape(H, L), opts);
+    hiddens = at::empty(s.rows_shape(P, L - 1), opts);
   } else {
     gates = at::empty({0}, opts);
     cells = at::empty({0}, opts);
@@ -493,26 +616,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cuda(
   const StepConfig cfg = choose_config(B, H);
   check_grid(B, H, cfg);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const bool use_graph = graph_mode() && !proj;
 
-  Tensor gx = at::empty({T, B, G4}, opts);  // input projection of one layer
-  Tensor gx2 = gx.view({T * B, G4});
+  Tensor gx = at::empty({N, G4}, opts);  // input projection of one layer
   Tensor c_state = at::empty({B, H}, opts.dtype(acc_scalar_type(input.scalar_type())));
   Tensor scratch;  // inference: the output of the layers below the top
-  if (!train && L > 1) scratch = at::empty({T, B, H}, opts);
+  if (!train && L > 1) scratch = at::empty(s.rows_shape(P), opts);
+  Tensor hraw;     // projection: o ⊙ tanh(c_t) of the current step, before W_hrᵀ
+  if (proj) hraw = at::empty({B, H}, opts);
+  Tensor last_idx;  // packed: the row of each sequence's last step
+  if (q.packed) last_idx = last_rows(q, input.device());
 
   Tensor x = input;
   for (int64_t l = 0; l < L; ++l) {
     const Tensor* wl = &w[l * s.per_layer];
-    const int64_t I_l = x.size(2);
-    // The input projection of all T steps: one GEMM (follows allow_tf32).
+    const int64_t I_l = x.size(-1);
+    // The input projection of all N rows: one GEMM (follows allow_tf32).
     // It reads x completely before the step loop below overwrites `scratch`
     // (stream order), so input and output of a layer may share `scratch`.
     if (has_biases) {
-      at::addmm_out(gx2, wl[2] + wl[3], x.reshape({T * B, I_l}), wl[0].t());
+      at::addmm_out(gx, wl[2] + wl[3], x.reshape({N, I_l}), wl[0].t());
     } else {
-      at::mm_out(gx2, x.reshape({T * B, I_l}), wl[0].t());
+      at::mm_out(gx, x.reshape({N, I_l}), wl[0].t());
     }
     Tensor out = l == L - 1 ? output : (train ? hiddens[l] : scratch);
+    Tensor out2 = out.view({N, P});
     c_state.copy_(cx[l]);
 
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
@@ -520,19 +648,48 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cuda(
       using acc_t = typename acc_type<scalar_t>::type;
       const scalar_t* w_hh = wl[1].data_ptr<scalar_t>();
       const scalar_t* gx_p = gx.data_ptr<scalar_t>();
-      const scalar_t* h0 = hx.data_ptr<scalar_t>() + l * B * H;
+      const scalar_t* h0 = hx.data_ptr<scalar_t>() + l * B * P;
       scalar_t* out_p = out.data_ptr<scalar_t>();
-      scalar_t* gates_p = train ? gates.data_ptr<scalar_t>() + l * T * B * G4 : nullptr;
-      scalar_t* cells_p = train ? cells.data_ptr<scalar_t>() + l * T * B * H : nullptr;
+      scalar_t* gates_p = train ? gates.data_ptr<scalar_t>() + l * N * G4 : nullptr;
+      scalar_t* cells_p = train ? cells.data_ptr<scalar_t>() + l * N * H : nullptr;
+      scalar_t* hraw_p = proj ? hraw.data_ptr<scalar_t>() : nullptr;
       acc_t* c_p = c_state.data_ptr<acc_t>();
-      for (int64_t t = 0; t < T; ++t) {
-        const scalar_t* h_prev = t == 0 ? h0 : out_p + (t - 1) * B * H;
-        fwd_step<scalar_t>(cfg, stream, B, H, h_prev, w_hh, gx_p + t * B * G4, c_p,
-                           out_p + t * B * H, train ? gates_p + t * B * G4 : nullptr,
-                           train ? cells_p + t * B * H : nullptr);
-      }
+      const Tensor w_hr_t = proj ? wl[s.per_layer - 1].t() : Tensor();
+      // Step t: rows [off[t], off[t] + bs[t]); h_{t-1} is the first bs[t]
+      // rows of step t-1's output (h0 at t = 0); rows of c_state beyond
+      // bs[t] are left alone, so a finished sequence keeps its last c.
+      auto steps = [&](cudaStream_t st) {
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t rows = q.rows(t), o = q.offset(t);
+          FwdStep<scalar_t> a;
+          a.h_prev = t == 0 ? h0 : out_p + q.offset(t - 1) * P;
+          a.w_hh = w_hh;
+          a.gx = gx_p + o * G4;
+          a.c_state = c_p;
+          a.h_out = proj ? hraw_p : out_p + o * H;
+          a.gates_out = train ? gates_p + o * G4 : nullptr;
+          a.cell_out = train ? cells_p + o * H : nullptr;
+          a.B = rows;
+          a.H = H;
+          a.K = P;
+          fwd_step<scalar_t>(cfg, st, a);
+          if (proj) {
+            // h_t = h_raw · W_hrᵀ into the step's output rows (cuBLAS on the
+            // current stream, which is `st`: projection loops never run in a
+            // graph).
+            Tensor dst = out2.narrow(0, o, rows);
+            at::mm_out(dst, hraw.narrow(0, 0, rows), w_hr_t);
+          }
+        }
+      };
+      run_steps(use_graph, graph_topology(0, l, s, input.scalar_type(), cfg, train ? 1 : 0),
+                {w_hh, gx_p, h0, out_p, gates_p, cells_p, c_p}, stream, steps);
     });
-    hy[l].copy_(out[T - 1]);
+    if (q.packed) {
+      hy[l].copy_(out2.index_select(0, last_idx));
+    } else {
+      hy[l].copy_(out[T - 1]);
+    }
     cy[l].copy_(c_state);
     x = out;
   }
@@ -540,6 +697,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cuda(
 }
 
 // -------------------------------------------------------- op: backward --
+//
+// Without a projection and padded, grad_hy enters the last step's kernel as
+// dy_extra and the top layer reads grad_output in place.  Packed or with a
+// projection, dy is a private copy to which grad_hy is added at each
+// sequence's last row.  With a projection each step is
+//   dh_t    = dy_t + dG_{t+1}[:bs[t+1]] · W_hh   (in place in dy; cuBLAS)
+//   dh_raw  = dh_t · W_hr                         (cuBLAS, into a (B, H) buffer)
+//   the step kernel's cell backward with dy = dh_raw and no product,
+// and dy then holds dh_t for every row, so dW_hr = dhᵀ · h_raw with
+// h_raw = o ⊙ tanh(c) recomputed from the saved gates and cells.
 
 std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cuda(
     const Tensor& grad_output_, const Tensor& grad_hy_, const Tensor& grad_cy_,
@@ -557,7 +724,9 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cuda(
     return *r;
   const c10::cuda::CUDAGuard guard(input_.device());
 
-  const int64_t T = s.T, B = s.B, H = s.H, L = s.L, G4 = 4 * H;
+  const int64_t T = s.T, B = s.B, H = s.H, P = s.P, L = s.L, N = s.seq.N, G4 = 4 * H;
+  const SeqLayout& q = s.seq;
+  const bool proj = s.has_proj;
   const auto opts = input_.options();
   std::vector<Tensor> grad_w(weights_.size());
 
@@ -582,20 +751,48 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cuda(
   const StepConfig cfg = choose_config(B, H);
   check_grid(B, H, cfg);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const bool use_graph = graph_mode() && !proj;
+  // grad_hy through the kernel's dy_extra (padded, no projection), or added
+  // into a private copy of dy.
+  const bool dy_extra_path = !q.packed && !proj;
 
-  Tensor grad_hx = at::empty({L, B, H}, opts);
+  Tensor grad_hx = at::empty({L, B, P}, opts);
   Tensor grad_cx = at::empty({L, B, H}, opts);
   Tensor grad_input;
-  Tensor dG = at::empty({T, B, G4}, opts);  // one layer's dG_t, reused per layer
-  Tensor dG2 = dG.view({T * B, G4});
+  Tensor dG = at::empty({N, G4}, opts);  // one layer's dG_t, reused per layer
   Tensor dc_state = at::empty({B, H}, opts.dtype(acc_scalar_type(input.scalar_type())));
-  Tensor dy = grad_output_.contiguous();  // gradient reaching the layer's outputs
+  Tensor draw;  // projection: dh_raw of the current step
+  if (proj) draw = at::empty({B, H}, opts);
+  Tensor last_idx, prev_idx;
+  if (q.packed) {
+    last_idx = last_rows(q, input.device());
+    prev_idx = prev_rows(q, input.device());
+  }
+  // Gradient reaching the layer's outputs, as (N, P) rows.  Never modify the
+  // caller's grad_output: copy it when it is written to.
+  Tensor dy = grad_output_.reshape({N, P});
+  if (!dy_extra_path) {
+    dy = dy.clone(at::MemoryFormat::Contiguous);
+  } else {
+    dy = dy.contiguous();
+  }
 
   for (int64_t l = L - 1; l >= 0; --l) {
     const Tensor* wl = &w[l * s.per_layer];
-    const Tensor x = l == 0 ? input : hiddens[l - 1];       // layer input (T, B, I_l)
-    const Tensor out = l == L - 1 ? output : hiddens[l];    // layer output h_t (T, B, H)
-    const int64_t I_l = x.size(2);
+    const Tensor x = l == 0 ? input : hiddens[l - 1];       // layer input (rows, I_l)
+    const Tensor out = l == L - 1 ? output : hiddens[l];    // layer output h_t (rows, P)
+    const int64_t I_l = x.size(-1);
+    const Tensor x2 = x.reshape({N, I_l});
+    const Tensor out2 = out.reshape({N, P});
+    if (!dy_extra_path) {
+      // grad_hy of sequence b joins dy at b's last step (dy is our own copy;
+      // a gather, an add and a scatter of distinct rows: no atomics).
+      if (q.packed) {
+        dy.index_copy_(0, last_idx, dy.index_select(0, last_idx).add_(grad_hy[l]));
+      } else {
+        dy.narrow(0, N - B, B).add_(grad_hy[l]);
+      }
+    }
     dc_state.copy_(grad_cy[l]);
 
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
@@ -603,41 +800,86 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cuda(
       using acc_t = typename acc_type<scalar_t>::type;
       const scalar_t* w_hh = wl[1].data_ptr<scalar_t>();
       const scalar_t* dy_p = dy.data_ptr<scalar_t>();
-      const scalar_t* dhy = grad_hy.data_ptr<scalar_t>() + l * B * H;
-      const scalar_t* gates_p = gates.data_ptr<scalar_t>() + l * T * B * G4;
-      const scalar_t* cells_p = cells.data_ptr<scalar_t>() + l * T * B * H;
+      const scalar_t* dhy = dy_extra_path ? grad_hy.data_ptr<scalar_t>() + l * B * P : nullptr;
+      const scalar_t* gates_p = gates.data_ptr<scalar_t>() + l * N * G4;
+      const scalar_t* cells_p = cells.data_ptr<scalar_t>() + l * N * H;
       const scalar_t* c0 = cx.data_ptr<scalar_t>() + l * B * H;
+      const scalar_t* draw_p = proj ? draw.data_ptr<scalar_t>() : nullptr;
       scalar_t* dG_p = dG.data_ptr<scalar_t>();
       acc_t* dc_p = dc_state.data_ptr<acc_t>();
-      for (int64_t t = T - 1; t >= 0; --t) {
-        const bool last = t == T - 1;
-        bwd_step<scalar_t>(cfg, stream, B, H, last ? nullptr : dG_p + (t + 1) * B * G4, w_hh,
-                           dy_p + t * B * H, last ? dhy : nullptr, gates_p + t * B * G4,
-                           t == 0 ? c0 : cells_p + (t - 1) * B * H, cells_p + t * B * H, dc_p,
-                           dG_p + t * B * G4);
-      }
+      // Step t (in reverse): rows b < bs[t+1] also get dG_{t+1}[b] · W_hh;
+      // rows of dc_state beyond bs[t] keep grad_cy until their last step.
+      auto steps = [&](cudaStream_t st) {
+        for (int64_t t = T - 1; t >= 0; --t) {
+          const int64_t rows = q.rows(t), o = q.offset(t);
+          const int64_t n_next = t + 1 < T ? q.rows(t + 1) : 0;
+          BwdStep<scalar_t> a;
+          a.w_hh = w_hh;
+          a.gates = gates_p + o * G4;
+          a.c_prev = t == 0 ? c0 : cells_p + q.offset(t - 1) * H;
+          a.c = cells_p + o * H;
+          a.dc_state = dc_p;
+          a.dG_out = dG_p + o * G4;
+          a.B = rows;
+          a.H = H;
+          if (proj) {
+            // cuBLAS on the current stream, which is `st` (projection loops
+            // never run in a graph).
+            Tensor dh = dy.narrow(0, o, rows);
+            if (n_next > 0) dh.narrow(0, 0, n_next).addmm_(dG.narrow(0, q.offset(t + 1), n_next), wl[1]);
+            Tensor draw_rows = draw.narrow(0, 0, rows);
+            at::mm_out(draw_rows, dh, wl[s.per_layer - 1]);
+            a.dG_next = nullptr;
+            a.B_next = 0;
+            a.dy = draw_p;
+            a.dy_extra = nullptr;
+          } else {
+            a.dG_next = n_next > 0 ? dG_p + q.offset(t + 1) * G4 : nullptr;
+            a.B_next = n_next;
+            a.dy = dy_p + o * H;
+            a.dy_extra = t == T - 1 ? dhy : nullptr;
+          }
+          bwd_step<scalar_t>(cfg, st, a);
+        }
+      };
+      run_steps(use_graph,
+                graph_topology(1, l, s, input.scalar_type(), cfg, dy_extra_path ? 1 : 0),
+                {w_hh, dy_p, dhy, gates_p, cells_p, c0, dG_p, dc_p}, stream, steps);
     });
 
-    // The gradient flowing to t = -1.
-    grad_hx[l].copy_(at::mm(dG[0], wl[1]));
+    // The gradient flowing to t = -1 (every sequence is active at step 0,
+    // whose dG rows are the first B).
+    grad_hx[l].copy_(at::mm(dG.narrow(0, 0, B), wl[1]));
     grad_cx[l].copy_(dc_state);
 
-    // Weight gradients: one GEMM each over all timesteps (follow allow_tf32).
+    // Weight gradients: one GEMM each over all rows (follow allow_tf32).
     // dW_hh = Σ_t dG_tᵀ h_{t-1} with h_{-1} = hx[l], as one GEMM over the
-    // shifted sequence of hidden states.
-    Tensor h_prev = T > 1 ? at::cat({hx[l].unsqueeze(0), out.slice(0, 0, T - 1)}, 0)
-                          : hx[l].unsqueeze(0);
-    grad_w[l * s.per_layer] = at::mm(dG2.t(), x.reshape({T * B, I_l}));
-    grad_w[l * s.per_layer + 1] = at::mm(dG2.t(), h_prev.reshape({T * B, H}));
+    // matrix of every row's previous hidden state.
+    Tensor h_prev;
+    if (q.packed) {
+      h_prev = at::cat({hx[l], out2}, 0).index_select(0, prev_idx);
+    } else {
+      h_prev = T > 1 ? at::cat({hx[l], out2.narrow(0, 0, N - B)}, 0) : hx[l];
+    }
+    grad_w[l * s.per_layer] = at::mm(dG.t(), x2);
+    grad_w[l * s.per_layer + 1] = at::mm(dG.t(), h_prev);
     if (has_biases) {
-      Tensor db = dG2.sum(0);
+      Tensor db = dG.sum(0);
       grad_w[l * s.per_layer + 2] = db;
       grad_w[l * s.per_layer + 3] = db.clone();
     }
+    if (proj) {
+      // dW_hr = Σ dh_tᵀ h_raw_t; dy now holds dh_t of every row.
+      const at::ScalarType acc = acc_scalar_type(input.scalar_type());
+      const Tensor o_gate = gates[l].reshape({N, G4}).narrow(1, 3 * H, H).to(acc);
+      const Tensor h_raw = (o_gate * cells[l].reshape({N, H}).to(acc).tanh()).to(opts.dtype());
+      grad_w[l * s.per_layer + s.per_layer - 1] = at::mm(dy.t(), h_raw);
+    }
     // Gradient for the layer below (or the op's input).  A new tensor, so it
-    // does not alias dG, which the next layer overwrites.
-    dy = at::mm(dG2, wl[0]).view({T, B, I_l});
-    if (l == 0) grad_input = dy;
+    // does not alias dG, which the next layer overwrites, and it may be
+    // written to (grad_hy of the layer below).
+    dy = at::mm(dG, wl[0]);
+    if (l == 0) grad_input = dy.view(input.sizes());
   }
   return {grad_input, grad_hx, grad_cx, grad_w};
 }

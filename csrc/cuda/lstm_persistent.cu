@@ -532,7 +532,8 @@ std::optional<LstmForwardResult> persistent_lstm_forward_if_selected(
   const Plan plan = persistent::plan_lstm(s.H, s.I, s.L, s.B, elem_size(dt), acc_size(dt),
                                           device_limits());
   const persistent::TierChoice choice =
-      persistent::choose_tier(option, unsupported.empty(), unsupported, plan, s.T + s.L - 1);
+      persistent::choose_tier(option, unsupported.empty(), unsupported, plan, s.T + s.L - 1,
+                              get_option(Option::kCudaStepLaunch) != 0);
   TORCH_CHECK(choice.error.empty(), "fusedrnn.lstm_forward (CUDA, cuda_tier='persistent'): ",
               choice.error, " (H=", s.H, ", L=", s.L, ", B=", s.B, ", dtype ", dt,
               "); use cuda_tier='auto' or 'general' for these arguments");
@@ -647,7 +648,8 @@ std::optional<LstmBackwardResult> persistent_lstm_backward_if_selected(
   const Plan plan = persistent::plan_lstm(s.H, s.I, s.L, s.B, elem_size(dt), acc_size(dt),
                                           device_limits(), /*backward=*/true);
   const persistent::TierChoice choice =
-      persistent::choose_tier(option, unsupported.empty(), unsupported, plan, s.T + s.L - 1);
+      persistent::choose_tier(option, unsupported.empty(), unsupported, plan, s.T + s.L - 1,
+                              get_option(Option::kCudaStepLaunch) != 0);
   TORCH_CHECK(choice.error.empty(), "fusedrnn.lstm_backward (CUDA, cuda_tier='persistent'): ",
               choice.error, " (H=", s.H, ", L=", s.L, ", B=", s.B, ", dtype ", dt,
               "); use cuda_tier='auto' or 'general' for these arguments");

@@ -38,7 +38,12 @@
 //                      forward, only when the whole batch is staged at once (no
 //                      chunking; the backward's staged rows are 4x longer, so
 //                      auto accepts chunking there).
-//   kAutoMinSteps      ... and only for T + L - 1 >= this many wavefront steps.
+//   kAutoMinSteps      ... and only for T + L - 1 >= this many wavefront steps
+//                      (with few steps the general tier's T·L launches cost
+//                      little and it keeps its own test coverage).
+// Auto also leaves every call to the general tier while the option
+// "cuda_step_launch" is set explicitly (per_step or graph): that option only
+// means something to the general tier, so setting it asks for that tier.
 #pragma once
 
 #include <cstdint>
@@ -51,7 +56,7 @@ namespace persistent {
 constexpr int64_t kThreads = 256;
 constexpr int64_t kTaskRows = 4;
 constexpr int64_t kAutoMaxBatch = 64;
-constexpr int64_t kAutoMinSteps = 2;
+constexpr int64_t kAutoMinSteps = 16;
 // The kernel is compiled with __launch_bounds__(kThreads, 1): at most 255
 // registers a thread, which the planner takes as the worst case.
 constexpr int64_t kMaxRegsPerThread = 255;
@@ -199,14 +204,15 @@ inline Plan plan_lstm(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem, 
 // saying why) for what the persistent kernel does not implement at all
 // (packed sequences, proj_size, dtypes).  Returns true for the persistent
 // tier; `error` is set when persistent was forced but cannot run (the caller
-// raises it).  `min_steps` is T + L - 1.
+// raises it).  `steps` is T + L - 1; `step_launch_set` is whether the option
+// cuda_step_launch is set to a non-auto value (auto then keeps the general tier).
 struct TierChoice {
   bool persistent = false;
   std::string error;
 };
 
 inline TierChoice choose_tier(int64_t option, bool supported, const std::string& unsupported,
-                              const Plan& p, int64_t steps) {
+                              const Plan& p, int64_t steps, bool step_launch_set = false) {
   TierChoice c;
   if (option == 1) return c;
   if (option == 2) {
@@ -219,7 +225,8 @@ inline TierChoice choose_tier(int64_t option, bool supported, const std::string&
     }
     return c;
   }
-  c.persistent = supported && p.fits && p.auto_ok && steps >= kAutoMinSteps;
+  c.persistent =
+      supported && p.fits && p.auto_ok && steps >= kAutoMinSteps && !step_launch_set;
   return c;
 }
 
