@@ -18,6 +18,9 @@ few minutes; configurations named with --configs run every chosen cell.
 Implementations (--impls): torch (the baseline), fusedrnn, fusedrnn-generic
 (CPU float32 only: fusedrnn with its fused AVX-512 step kernels switched off,
 i.e. at::addmm + a pointwise pass per step, to show what the fused step buys),
+fusedrnn-general / fusedrnn-persistent (CUDA LSTM only: one kernel tier forced
+through fusedrnn.set_option("cuda_tier", ...); the fusedrnn row is the auto
+choice; sizes the persistent kernel does not fit are skipped with the reason),
 fusedrnn-per-step and fusedrnn-graph (CUDA only: the general tier's step
 kernels launched one by one from the host, or replayed from a captured CUDA
 graph), fusedrnn-packed and torch-packed (the same batch as a PackedSequence with
@@ -43,6 +46,12 @@ Protocol (see DESIGN.md, "Benchmark protocol"):
   * "x torch" is t_torch / t_impl: above 1 means faster than torch.nn.LSTM
     (or nn.GRU / nn.RNN for those rows; cuDNN on CUDA, PyTorch's own kernels
     on the CPU).
+
+The floor (CUDA LSTM, forward table): fusedrnn::wavefront_floor times the
+persistent tier's grid running only its T+L-1 wavefront steps separated by
+grid barriers, no arithmetic (median of 25 launches); the "floor ms" column
+shows it and "<impl> x floor" the fusedrnn and persistent-tier times as
+multiples of it.
 
 Results go to --out (default benchmarks/results) as <device-slug>_<date>.json
 and .md, plus a PNG when matplotlib is importable: time against layers for
@@ -283,6 +292,41 @@ class GenericStepImpl(FusedImpl):
         return fast_step_switch(ctx.fusedrnn, False)
 
 
+def persistent_plan(ctx, cfg, backward=False):
+    """The persistent tier's plan (fusedrnn._C.persistent_plan) of its forward
+    or backward kernel for cfg on this device, or None when this build or
+    torch cannot say."""
+    torch, C = ctx.torch, ctx.fusedrnn._C
+    if not hasattr(C, "persistent_plan"):
+        return None
+    p = torch.cuda.get_device_properties(ctx.device)
+    smem_sm = getattr(p, "shared_memory_per_multiprocessor", 0)
+    smem_block = getattr(p, "shared_memory_per_block_optin", 0)
+    if not smem_sm or not smem_block:
+        return None
+    elem = torch.empty(0, dtype=ctx.dtype).element_size()
+    return C.persistent_plan(cfg.H, cfg.I, cfg.L, cfg.B, elem, smem_sm, smem_block,
+                             getattr(p, "regs_per_multiprocessor", 65536),
+                             p.multi_processor_count, cfg.T, 0, int(backward))
+
+
+# The floor of the wavefront design: fusedrnn::wavefront_floor times the
+# persistent tier's grid doing only its T+L-1 grid barriers (no arithmetic).
+# The forward table shows it and these implementations' times as multiples of it.
+FLOOR_IMPLS = ("fusedrnn", "fusedrnn-persistent")
+
+
+def wavefront_floor_ms(ctx, cfg, runs=25):
+    """Median ms of the empty wavefront for cfg's sizes, or None (CPU, not LSTM,
+    or a build without the op)."""
+    if not ctx.cuda or cfg.cell != "lstm":
+        return None
+    try:
+        op = ctx.torch.ops.fusedrnn.wavefront_floor
+    except (AttributeError, RuntimeError):
+        return None
+    with ctx.torch.cuda.device(ctx.device):
+        return statistics.median(op(cfg.T, cfg.L, cfg.B, cfg.H) for _ in range(runs))
 def packed_lengths(cfg):
     """Lengths spread evenly between T/2 and T (sorted, longest first)."""
     lo = max(1, cfg.T // 2)
@@ -361,6 +405,29 @@ class OptionImpl(FusedImpl):
 
     def scope(self, ctx):
         return option_switch(ctx.fusedrnn, self.option, self.value)
+
+
+class CudaTierImpl(OptionImpl):
+    """fusedrnn's LSTM with the CUDA tier forced (fusedrnn.set_option("cuda_tier", tier)):
+    "general" (one fused kernel per layer-timestep) or "persistent" (the
+    cooperative wavefront kernels, forward and reverse).  CUDA LSTM only; a
+    configuration the persistent kernels do not fit on this device is skipped
+    with the planner's reason."""
+
+    def __init__(self, tier):
+        super().__init__(f"fusedrnn-{tier}", f"fusedrnn.{{Cell}} ({tier} tier)", "cuda_tier", tier)
+        self.tier = tier
+
+    def build(self, ctx, cfg, base):
+        if cfg.cell != "lstm":
+            raise SkipImpl("the CUDA tiers are the LSTM's")
+        if self.tier == "persistent":
+            for backward in (False, True):
+                plan = persistent_plan(ctx, cfg, backward)
+                if plan is not None and not plan["fits"]:
+                    raise SkipImpl(f"does not fit the persistent "
+                                   f"{'backward' if backward else 'forward'} here: {plan['why']}")
+        return super().build(ctx, cfg, base)
 
 
 class ReferenceImpl(Impl):
@@ -487,8 +554,9 @@ class FlashRNNImpl(PeerImpl):
 IMPLS: Dict[str, Impl] = {
     "torch": TorchImpl(),
     "fusedrnn": FusedImpl(),
-    # e.g. "fusedrnn-persistent": FusedImpl("fusedrnn-persistent", "fusedrnn.{Cell} (persistent)",
-    #                                       tier="persistent"),
+    # CUDA LSTM with one kernel tier forced (the fusedrnn row is the auto choice).
+    "fusedrnn-general": CudaTierImpl("general"),
+    "fusedrnn-persistent": CudaTierImpl("persistent"),
     "fusedrnn-generic": GenericStepImpl(),
     # The CUDA general tier's two ways of issuing its T·L step kernels.
     "fusedrnn-per-step": OptionImpl("fusedrnn-per-step", "fusedrnn.{Cell} (one launch per step)",
@@ -840,6 +908,12 @@ def bench_config(ctx, cname, cfg, impls, notes):
         res = measure(ctx, cases, {n: impls[n].headline for n in cases}, notes,
                       f"{tag} {mode}")
         load = load_average()
+        floor = wavefront_floor_ms(ctx, cfg) if mode == "fwd" and res else None
+        if floor:
+            for r in res.values():
+                r["wavefront_floor_ms"] = floor
+                r["x_floor"] = r["median_ms"] / floor
+            log(f"    empty wavefront (T+L-1 grid barriers): {floor:.3f} ms")
         base_ms = res.get(BASELINE, {}).get("median_ms")
         parts = []
         for name, r in res.items():
@@ -875,6 +949,10 @@ def table_rows(rows, mode, impl_names, cuda):
             header.append("x torch")
     if cuda:
         header += [f"{n} MiB" for n in impl_names]
+    floors = [n for n in impl_names if n in FLOOR_IMPLS]
+    with_floor = any(r.get("wavefront_floor_ms") for r in rows if r["mode"] == mode)
+    if with_floor:
+        header += ["floor ms"] + [f"{n} x floor" for n in floors]
     body = []
     keys = list(dict.fromkeys((r["config"], r["cell"]) for r in rows if r["mode"] == mode))
     for c, cell in keys:
@@ -892,6 +970,12 @@ def table_rows(rows, mode, impl_names, cuda):
                 r = by.get(n)
                 mem = r.get("peak_mem_bytes") if r else None
                 line.append(f"{mem / 2**20:.1f}" if mem is not None else "-")
+        if with_floor:
+            f = any_row.get("wavefront_floor_ms")
+            line.append(f"{f:.3f}" if f else "-")
+            for n in floors:
+                r = by.get(n)
+                line.append(f"{r['x_floor']:.1f}" if r and r.get("x_floor") else "-")
         body.append(line)
     return header, body
 

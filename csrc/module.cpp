@@ -3,6 +3,7 @@
 // itself only reports how the library was built.
 #include <Python.h>
 
+#include "cuda/persistent_plan.h"
 #include "options.h"
 
 #ifndef FUSEDRNN_WITH_CUDA
@@ -61,6 +62,46 @@ static PyObject* get_option(PyObject*, PyObject* args) {
   return PyLong_FromLongLong(fusedrnn::get_option(static_cast<fusedrnn::Option>(i)));
 }
 
+// persistent_plan(H, I, L, B, dtype_bytes, smem_per_sm, smem_per_block,
+// regs_per_sm, num_sms[, T=1, option=0, backward=0]) -> dict: the persistent
+// LSTM tier's plan (csrc/cuda/persistent_plan.h) of its forward (or backward)
+// kernel for these sizes on a device with these limits, and the tier `option`
+// (0 auto, 1 general, 2 persistent) would pick.
+// Plain host code, so the CPU tests can check the planner without a GPU.
+static PyObject* persistent_plan(PyObject*, PyObject* args) {
+  long long H, I, L, B, elem, smem_sm, smem_block, regs_sm, sms, T = 1, option = 0, bwd = 0;
+  if (!PyArg_ParseTuple(args, "LLLLLLLLL|LLL", &H, &I, &L, &B, &elem, &smem_sm, &smem_block,
+                        &regs_sm, &sms, &T, &option, &bwd))
+    return nullptr;
+  fusedrnn::persistent::DeviceLimits d;
+  d.smem_per_sm = smem_sm;
+  d.smem_per_block = smem_block;
+  d.regs_per_sm = regs_sm;
+  d.num_sms = sms;
+  const auto p = fusedrnn::persistent::plan_lstm(H, I, L, B, elem, elem == 8 ? 8 : 4, d,
+                                                   bwd != 0);
+  const auto c = fusedrnn::persistent::choose_tier(option, true, "", p, T + L - 1);
+  PyObject* ctas = PyList_New(0);
+  if (ctas == nullptr) return nullptr;
+  for (int64_t k = 0; p.fits && k < p.num_ctas; ++k) {
+    PyObject* e = Py_BuildValue("(LLL)", (long long)p.cta_layer(k), (long long)p.cta_j0(k),
+                                (long long)p.cta_j1(k));
+    if (e == nullptr || PyList_Append(ctas, e) < 0) {
+      Py_XDECREF(e);
+      Py_DECREF(ctas);
+      return nullptr;
+    }
+    Py_DECREF(e);
+  }
+  return Py_BuildValue(
+      "{s:O,s:O,s:s,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:N,s:O,s:s}", "fits", p.fits ? Py_True : Py_False,
+      "auto", p.auto_ok ? Py_True : Py_False, "why", p.why.c_str(), "K", (long long)p.K,
+      "units_per_cta", (long long)p.units_per_cta, "ctas_per_layer", (long long)p.ctas_per_layer,
+      "num_ctas", (long long)p.num_ctas, "batch_chunk", (long long)p.batch_chunk, "threads",
+      (long long)p.threads, "smem_bytes", (long long)p.smem.total, "ctas", ctas, "persistent",
+      c.persistent ? Py_True : Py_False, "error", c.error.c_str());
+}
+
 static PyMethodDef fusedrnn_methods[] = {
     {"set_option", set_option, METH_VARARGS,
      "set_option(name, value): set a kernel switch (see csrc/options.h)."},
@@ -73,6 +114,9 @@ static PyMethodDef fusedrnn_methods[] = {
      "Enable (True) or disable (False) the fused float32 CPU step kernels; when "
      "disabled the CPU path uses at::addmm plus a pointwise pass (for tests and "
      "benchmarks)."},
+    {"persistent_plan", persistent_plan, METH_VARARGS,
+     "persistent_plan(H, I, L, B, dtype_bytes, smem_per_sm, smem_per_block, regs_per_sm, "
+     "num_sms, T=1, option=0, backward=0) -> dict: the persistent CUDA LSTM tier's plan (for tests)."},
     {nullptr, nullptr, 0, nullptr}};
 
 static struct PyModuleDef fusedrnn_module = {

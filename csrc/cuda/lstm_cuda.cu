@@ -67,6 +67,7 @@
 #include <vector>
 
 #include "cell_math.h"
+#include "cuda/lstm_persistent.h"
 #include "cuda/step_graph.h"
 #include "lstm_checks.h"
 #include "options.h"
@@ -575,6 +576,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cuda(
   // so together with this one all tensors are on input's CUDA device.
   check_cuda_args(input_, "lstm_forward");
   const LstmSizes s = check_lstm_args(input_, hx_, cx_, weights_, has_biases, batch_sizes);
+  if (auto r = persistent_lstm_forward_if_selected(s, input_, hx_, cx_, weights_, has_biases, train))
+    return *r;
   check_cuda_supported(s, "lstm_forward");
   const c10::cuda::CUDAGuard guard(input_.device());
 
@@ -715,6 +718,10 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cuda(
   check_cuda_supported(s, "lstm_backward");
   check_backward_args(s, input_, grad_output_, grad_hy_, grad_cy_, output_, gates_, cells_,
                       hiddens_);
+  if (auto r = persistent_lstm_backward_if_selected(s, grad_output_, grad_hy_, grad_cy_, input_,
+                                                    hx_, cx_, weights_, has_biases, output_,
+                                                    gates_, cells_, hiddens_))
+    return *r;
   const c10::cuda::CUDAGuard guard(input_.device());
 
   const int64_t T = s.T, B = s.B, H = s.H, P = s.P, L = s.L, N = s.seq.N, G4 = 4 * H;

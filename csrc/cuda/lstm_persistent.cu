@@ -1,0 +1,800 @@
+// The persistent wavefront tier of the CUDA LSTM (DESIGN.md, "two kernel
+// tiers", 2): ONE cooperative kernel runs the forward of the whole stack.
+//
+// Layout (sized by the planner, persistent_plan.h):
+//   * the grid has L * ctas_per_layer CTAs, one per SM, all co-resident
+//     (cudaLaunchCooperativeKernel refuses a grid that cannot be);
+//   * CTA c owns the hidden units [j0, j1) of layer l = c / ctas_per_layer,
+//     all four gates of each, so the cell update is local to the CTA and the
+//     cell state c stays in its shared memory for all T steps;
+//   * its rows of [W_ih | W_hh] (layer 0: W_hh only) are loaded into shared
+//     memory once and stay there; layer 0's input projection x W_ihᵀ + biases
+//     is one GEMM (at::addmm, follows allow_tf32) before the kernel;
+//   * the stack advances as a wavefront: at step s = 0 .. T+L-2, layer l
+//     computes its timestep t = s - l (when 0 <= t < T), reading h^{l-1}_t
+//     (the layer below, written at step s-1) and h^l_{t-1} (its own, written
+//     at step s-1) from global memory (L2), and writing h^l_t; one grid-wide
+//     barrier separates consecutive steps, T+L-1 steps in all.
+//
+// Per step a CTA stages the step's input rows [x_t | h_{t-1}] (batch_chunk
+// rows at a time) into shared memory, then each warp computes tasks of one
+// unit x kTaskRows batch rows: its lanes split the K = H or 2H products,
+// each lane keeps 4 x kTaskRows partial sums, and a xor-butterfly of warp
+// shuffles completes them (the same fixed order in every run).  Lane r then
+// applies lstm_cell_forward (cell_math.h) to batch row r of the task.
+//
+// Saved for backward (train = true), in the general tier's layout, so the
+// general tier's backward consumes them unchanged: gates (L,T,B,4H)
+// activated i,f,g,o; cells (L,T,B,H); hiddens (L-1,T,B,H).  Inference keeps
+// only two h buffers per layer below the top (ping-pong by t parity: at step
+// s, layer l writes slot t%2 while it and layer l+1 read slot (t-1)%2).
+//
+// Precision: scalar_t weights/activations, accumulation in acc_type (float,
+// or double for double), the cell state in acc_type across steps; h_t is
+// rounded to scalar_t when stored, as in the general tier.  Unlike the
+// general tier, the input projection of layers > 0 is accumulated together
+// with the recurrent product in acc_type (not rounded to scalar_t first), so
+// for half/bfloat16 the two tiers differ by rounding, not by formula.
+//
+// Determinism: the grid barrier's counter is the only atomic; every output
+// element is computed by one lane from sums in a fixed order, so two calls
+// give bitwise-identical results.
+//
+// Backward: the reverse wavefront (lstm_persistent_bwd_kernel, below), with
+// the weight columns resident; weight/bias/input/h0 gradients are GEMMs after.
+// It consumes the saved tensors of either tier's forward.
+//
+// Also here: fusedrnn::wavefront_floor, a bench-only op timing the same grid
+// doing nothing but the T+L-1 grid barriers (the floor of this design).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cuda/atomic>
+
+#include <cstring>
+#include <string>
+
+#include "cell_math.h"
+#include "cuda/lstm_persistent.h"
+#include "cuda/persistent_plan.h"
+#include "options.h"
+
+namespace fusedrnn {
+namespace {
+
+using at::Tensor;
+using persistent::kMaxLayers;
+using persistent::kTaskRows;
+using persistent::kThreads;
+using persistent::Plan;
+
+constexpr int kWarps = static_cast<int>(kThreads) / 32;
+static_assert(kThreads % 32 == 0, "whole warps");
+
+// ------------------------------------------------------------ the barrier --
+//
+// A grid-wide barrier over a monotonically increasing 64-bit counter (zeroed
+// before the launch).  Barrier number n (1, 2, ...) is passed when the counter
+// reaches n * gridDim.x.  __syncthreads orders the CTA's earlier writes before
+// thread 0's device-scope release (release is cumulative); thread 0's acquire
+// load that sees every CTA's arrival, then __syncthreads, orders the other
+// CTAs' writes before every later read of this CTA.  Data written by other
+// CTAs is read with ld.global.cg (L2, never a stale L1 line).
+__device__ __forceinline__ void grid_barrier(unsigned long long* counter,
+                                             unsigned long long& target) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    target += gridDim.x;
+    cuda::atomic_ref<unsigned long long, cuda::thread_scope_device> a(*counter);
+    a.fetch_add(1ull, cuda::memory_order_release);
+    while (a.load(cuda::memory_order_acquire) < target) {
+    }
+  }
+  __syncthreads();
+}
+
+// A load through L2 only (no L1), for data other CTAs wrote before a barrier.
+template <typename T>
+__device__ __forceinline__ T load_cg(const T* p) {
+  static_assert(sizeof(T) == 2 || sizeof(T) == 4 || sizeof(T) == 8, "2, 4 or 8-byte scalars");
+  T r;
+  if constexpr (sizeof(T) == 2) {
+    const unsigned short v = __ldcg(reinterpret_cast<const unsigned short*>(p));
+    memcpy(&r, &v, 2);
+  } else if constexpr (sizeof(T) == 4) {
+    const unsigned int v = __ldcg(reinterpret_cast<const unsigned int*>(p));
+    memcpy(&r, &v, 4);
+  } else {
+    const unsigned long long v = __ldcg(reinterpret_cast<const unsigned long long*>(p));
+    memcpy(&r, &v, 8);
+  }
+  return r;
+}
+
+// --------------------------------------------------------------- forward --
+
+template <typename scalar_t>
+struct FwdParams {
+  using acc_t = typename acc_type<scalar_t>::type;
+  const scalar_t* w_ih[kMaxLayers];  // (4H, H) of layers > 0 (entry 0 unused)
+  const scalar_t* w_hh[kMaxLayers];  // (4H, H)
+  const acc_t* bias;       // (L, 4H) b_ih + b_hh of layers > 0 (row 0 unused), or nullptr
+  const scalar_t* gx0;     // (T, B, 4H) layer 0's x W_ihᵀ (+ b_ih + b_hh)
+  const scalar_t* hx;      // (L, B, H)
+  const scalar_t* cx;      // (L, B, H)
+  scalar_t* output;        // (T, B, H) h_t of the last layer
+  scalar_t* hid;           // layers < L-1: (L-1, hid_slots, B, H); nullptr for L = 1
+  int64_t hid_slots;       // T (train: `hiddens`) or 2 (inference ping-pong)
+  scalar_t* hy;            // (L, B, H)
+  scalar_t* cy;            // (L, B, H)
+  scalar_t* gates;         // (L, T, B, 4H) or nullptr (inference)
+  scalar_t* cells;         // (L, T, B, H) or nullptr (inference)
+  unsigned long long* barrier;  // zeroed
+  int64_t T, B, H, L;
+  int64_t units, ctas_per_layer, batch_chunk;
+  int64_t off_bias, off_cstate, off_stage;  // byte offsets in dynamic smem
+};
+
+template <typename scalar_t>
+__device__ __forceinline__ scalar_t* h_at(const FwdParams<scalar_t>& p, int64_t l, int64_t t) {
+  if (l == p.L - 1) return p.output + t * p.B * p.H;
+  return p.hid + (l * p.hid_slots + t % p.hid_slots) * p.B * p.H;
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads, 1)
+lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
+  using acc_t = typename acc_type<scalar_t>::type;
+  extern __shared__ __align__(16) unsigned char smem[];
+  scalar_t* Ws = reinterpret_cast<scalar_t*>(smem);                 // [4][U][K]
+  acc_t* bs = reinterpret_cast<acc_t*>(smem + p.off_bias);           // [4][U]
+  acc_t* cs = reinterpret_cast<acc_t*>(smem + p.off_cstate);         // [U][B]
+  scalar_t* xs = reinterpret_cast<scalar_t*>(smem + p.off_stage);    // [batch_chunk][K]
+
+  const int tid = threadIdx.x;
+  const int warp = tid / 32, lane = tid % 32;
+  const int64_t T = p.T, B = p.B, H = p.H, G4 = 4 * H;
+  const int64_t layer = blockIdx.x / p.ctas_per_layer;
+  const int64_t j0 = (blockIdx.x % p.ctas_per_layer) * p.units;
+  const int U = static_cast<int>(p.units);
+  const int nu = static_cast<int>(H - j0 < p.units ? H - j0 : p.units);  // this CTA's units
+  const int Kx = layer == 0 ? 0 : static_cast<int>(H);  // x part of a staged row
+  const int K = Kx + static_cast<int>(H);               // staged row length
+
+  // Resident weights: row (q, jl) = [W_ih | W_hh] row q*H + j0 + jl.
+  {
+    const scalar_t* w_ih = p.w_ih[layer];
+    const scalar_t* w_hh = p.w_hh[layer];
+    const int64_t n = static_cast<int64_t>(4) * nu * K;
+    for (int64_t idx = tid; idx < n; idx += kThreads) {
+      const int row = static_cast<int>(idx / K), k = static_cast<int>(idx % K);
+      const int q = row / nu, jl = row % nu;
+      const int64_t g = q * H + j0 + jl;
+      Ws[(static_cast<int64_t>(q) * U + jl) * K + k] =
+          k < Kx ? w_ih[g * H + k] : w_hh[g * H + (k - Kx)];
+    }
+    for (int idx = tid; idx < 4 * nu; idx += kThreads) {
+      const int q = idx / nu, jl = idx % nu;
+      bs[q * U + jl] = (layer > 0 && p.bias != nullptr) ? p.bias[layer * G4 + q * H + j0 + jl]
+                                                        : acc_t(0);
+    }
+    for (int64_t idx = tid; idx < static_cast<int64_t>(nu) * B; idx += kThreads) {
+      const int64_t jl = idx / B, b = idx % B;
+      cs[jl * B + b] = static_cast<acc_t>(p.cx[(layer * B + b) * H + j0 + jl]);
+    }
+  }
+  __syncthreads();
+
+  unsigned long long target = 0;
+  const int64_t steps = T + p.L - 1;
+  const int64_t BC = p.batch_chunk;
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t t = s - layer;
+    if (t >= 0 && t < T) {
+      const scalar_t* x_in = layer == 0 ? nullptr : h_at(p, layer - 1, t);
+      const scalar_t* h_prev = t == 0 ? p.hx + layer * B * H : h_at(p, layer, t - 1);
+      scalar_t* h_out = h_at(p, layer, t);
+      const bool last_t = t == T - 1;
+      for (int64_t b0 = 0; b0 < B; b0 += BC) {
+        const int bc = static_cast<int>(B - b0 < BC ? B - b0 : BC);
+        // Stage rows b0 .. b0+bc-1 of [x_t | h_{t-1}] (written by other CTAs
+        // at step s-1, or the inputs hx at t = 0).
+        const int64_t n = static_cast<int64_t>(bc) * K;
+        for (int64_t idx = tid; idx < n; idx += kThreads) {
+          const int64_t b = idx / K;
+          const int k = static_cast<int>(idx % K);
+          const int64_t row = (b0 + b) * H;
+          xs[idx] = k < Kx ? load_cg(x_in + row + k) : load_cg(h_prev + row + (k - Kx));
+        }
+        __syncthreads();
+
+        // Tasks: (unit jl, batch group of kTaskRows rows), one warp each.
+        const int groups = (bc + static_cast<int>(kTaskRows) - 1) / static_cast<int>(kTaskRows);
+        const int tasks = nu * groups;
+        for (int task = warp; task < tasks; task += kWarps) {  // warp-uniform
+          const int jl = task / groups;
+          const int bb = (task % groups) * static_cast<int>(kTaskRows);
+          const scalar_t* wr[4];
+#pragma unroll
+          for (int q = 0; q < 4; ++q) wr[q] = Ws + (static_cast<int64_t>(q) * U + jl) * K;
+          // Rows past the chunk's end repeat its last row (results unused),
+          // so the inner loop needs no bounds test.
+          const scalar_t* xr[kTaskRows];
+#pragma unroll
+          for (int r = 0; r < kTaskRows; ++r) {
+            const int row = bb + r < bc ? bb + r : bc - 1;
+            xr[r] = xs + static_cast<int64_t>(row) * K;
+          }
+          acc_t acc[4][kTaskRows];
+#pragma unroll
+          for (int q = 0; q < 4; ++q)
+#pragma unroll
+            for (int r = 0; r < kTaskRows; ++r) acc[q][r] = acc_t(0);
+          for (int k = lane; k < K; k += 32) {
+            acc_t w[4], x[kTaskRows];
+#pragma unroll
+            for (int q = 0; q < 4; ++q) w[q] = static_cast<acc_t>(wr[q][k]);
+#pragma unroll
+            for (int r = 0; r < kTaskRows; ++r) x[r] = static_cast<acc_t>(xr[r][k]);
+#pragma unroll
+            for (int q = 0; q < 4; ++q)
+#pragma unroll
+              for (int r = 0; r < kTaskRows; ++r) acc[q][r] += w[q] * x[r];
+          }
+          // Butterfly: every lane ends with the complete sums (a + b == b + a,
+          // so all lanes agree bitwise, and the order is fixed).
+#pragma unroll
+          for (int q = 0; q < 4; ++q)
+#pragma unroll
+            for (int r = 0; r < kTaskRows; ++r)
+#pragma unroll
+              for (int o = 16; o > 0; o >>= 1)
+                acc[q][r] += __shfl_xor_sync(0xffffffffu, acc[q][r], o);
+
+          // Epilogue: lane r owns batch row b0 + bb + r of unit j0 + jl.
+#pragma unroll
+          for (int r = 0; r < kTaskRows; ++r) {
+            if (lane != r || bb + r >= bc) continue;
+            const int64_t b = b0 + bb + r;
+            const int64_t j = j0 + jl;
+            acc_t pre[4];
+            if (layer == 0) {
+              const scalar_t* g = p.gx0 + (t * B + b) * G4 + j;
+#pragma unroll
+              for (int q = 0; q < 4; ++q) pre[q] = acc[q][r] + static_cast<acc_t>(g[q * H]);
+            } else {
+#pragma unroll
+              for (int q = 0; q < 4; ++q) pre[q] = acc[q][r] + bs[q * U + jl];
+            }
+            acc_t& c = cs[static_cast<int64_t>(jl) * B + b];
+            const LstmFwdOut<acc_t> o = lstm_cell_forward<acc_t>(pre[0], pre[1], pre[2], pre[3], c);
+            c = o.c;
+            const scalar_t h = static_cast<scalar_t>(o.h);
+            h_out[b * H + j] = h;
+            if (p.gates != nullptr) {
+              scalar_t* go = p.gates + ((layer * T + t) * B + b) * G4 + j;
+              go[0] = static_cast<scalar_t>(o.i);
+              go[H] = static_cast<scalar_t>(o.f);
+              go[2 * H] = static_cast<scalar_t>(o.g);
+              go[3 * H] = static_cast<scalar_t>(o.o);
+            }
+            if (p.cells != nullptr) {
+              p.cells[((layer * T + t) * B + b) * H + j] = static_cast<scalar_t>(o.c);
+            }
+            if (last_t) {
+              p.hy[(layer * B + b) * H + j] = h;
+              p.cy[(layer * B + b) * H + j] = static_cast<scalar_t>(o.c);
+            }
+          }
+        }
+        __syncthreads();  // the stage is rewritten next
+      }
+    }
+    if (s + 1 < steps) grid_barrier(p.barrier, target);
+  }
+}
+
+// -------------------------------------------------------------- backward --
+//
+// The reverse wavefront.  At step s = 0 .. T+L-2 layer l computes its step
+// t = (T-1) - s + (L-1-l): the top layer starts at t = T-1, each layer below
+// one step later.  For unit j of layer l and batch row b,
+//   dh = dy^l_t[b, j] + Σ_k dG^l_{t+1}[b, k] W_hh^l[k, j]  (+ grad_hy at t = T-1)
+//   dy^l_t = grad_output_t for the top layer, else Σ_k dG^{l+1}_t[b, k] W_ih^{l+1}[k, j]
+// (both sums over the 4H gate rows k), then lstm_cell_backward gives dG^l_t
+// (pre-activation gate gradients, written to global memory in (L, T, B, 4H))
+// and dc_{t-1} (kept in shared memory).  dG^{l+1}_t and dG^l_{t+1} were both
+// written at step s-1, so one grid barrier per step suffices again.  The CTA
+// keeps, per unit j, the column j of [W_ih^{l+1} | W_hh^l] resident (K = 8H;
+// the top layer only the W_hh column, K = 4H); the weight, bias, input and
+// initial-state gradients are GEMMs after the kernel.
+template <typename scalar_t>
+struct BwdParams {
+  const scalar_t* w_ih[kMaxLayers];  // (4H, H) of layers > 0 (entry 0 unused)
+  const scalar_t* w_hh[kMaxLayers];  // (4H, H)
+  const scalar_t* grad_output;       // (T, B, H)
+  const scalar_t* grad_hy;           // (L, B, H)
+  const scalar_t* grad_cy;           // (L, B, H)
+  const scalar_t* gates;             // (L, T, B, 4H) activated i, f, g, o
+  const scalar_t* cells;             // (L, T, B, H)
+  const scalar_t* cx;                // (L, B, H)
+  scalar_t* dG;                      // (L, T, B, 4H) out: pre-activation gate gradients
+  scalar_t* grad_cx;                 // (L, B, H) out: dc_{-1}
+  unsigned long long* barrier;       // zeroed
+  int64_t T, B, H, L;
+  int64_t units, ctas_per_layer, batch_chunk;
+  int64_t off_cstate, off_stage;     // byte offsets in dynamic smem
+};
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads, 1)
+lstm_persistent_bwd_kernel(const __grid_constant__ BwdParams<scalar_t> p) {
+  using acc_t = typename acc_type<scalar_t>::type;
+  extern __shared__ __align__(16) unsigned char smem[];
+  scalar_t* Wc = reinterpret_cast<scalar_t*>(smem);                 // [U][K]
+  acc_t* dcs = reinterpret_cast<acc_t*>(smem + p.off_cstate);        // [U][B]
+  scalar_t* xs = reinterpret_cast<scalar_t*>(smem + p.off_stage);    // [batch_chunk][K]
+
+  const int tid = threadIdx.x;
+  const int warp = tid / 32, lane = tid % 32;
+  const int64_t T = p.T, B = p.B, H = p.H, L = p.L, G4 = 4 * H;
+  const int64_t layer = blockIdx.x / p.ctas_per_layer;
+  const int64_t j0 = (blockIdx.x % p.ctas_per_layer) * p.units;
+  const int nu = static_cast<int>(H - j0 < p.units ? H - j0 : p.units);
+  const bool top = layer == L - 1;
+  const int Kx = top ? 0 : static_cast<int>(G4);  // the layer above's dG part
+  const int K = Kx + static_cast<int>(G4);
+
+  // Resident weight columns: row jl = [W_ih^{l+1}[:, j] | W_hh^l[:, j]].
+  {
+    const scalar_t* w_up = top ? nullptr : p.w_ih[layer + 1];
+    const scalar_t* w_hh = p.w_hh[layer];
+    const int64_t n = static_cast<int64_t>(nu) * K;
+    for (int64_t idx = tid; idx < n; idx += kThreads) {
+      const int jl = static_cast<int>(idx / K), k = static_cast<int>(idx % K);
+      const int64_t j = j0 + jl;
+      Wc[static_cast<int64_t>(jl) * K + k] = k < Kx ? w_up[k * H + j] : w_hh[(k - Kx) * H + j];
+    }
+    for (int64_t idx = tid; idx < static_cast<int64_t>(nu) * B; idx += kThreads) {
+      const int64_t jl = idx / B, b = idx % B;
+      dcs[jl * B + b] = static_cast<acc_t>(p.grad_cy[(layer * B + b) * H + j0 + jl]);
+    }
+  }
+  __syncthreads();
+
+  unsigned long long target = 0;
+  const int64_t steps = T + L - 1;
+  const int64_t BC = p.batch_chunk;
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t t = (T - 1) - s + (L - 1 - layer);
+    if (t >= 0 && t < T) {
+      const bool last_t = t == T - 1;
+      // The staged row: [dG^{l+1}_t | dG^l_{t+1}]; at t = T-1 there is no
+      // recurrent part, so only the first Kx columns are used.
+      const int Kt = last_t ? Kx : K;
+      const scalar_t* dG_up = top ? nullptr : p.dG + ((layer + 1) * T + t) * B * G4;
+      const scalar_t* dG_next = last_t ? nullptr : p.dG + (layer * T + t + 1) * B * G4;
+      scalar_t* dG_out = p.dG + (layer * T + t) * B * G4;
+      const scalar_t* gates_t = p.gates + (layer * T + t) * B * G4;
+      const scalar_t* c_t = p.cells + (layer * T + t) * B * H;
+      const scalar_t* c_prev = t == 0 ? p.cx + layer * B * H : c_t - B * H;
+      for (int64_t b0 = 0; b0 < B; b0 += BC) {
+        const int bc = static_cast<int>(B - b0 < BC ? B - b0 : BC);
+        const int64_t n = static_cast<int64_t>(bc) * Kt;
+        for (int64_t idx = tid; idx < n; idx += kThreads) {
+          const int64_t b = idx / Kt;
+          const int k = static_cast<int>(idx % Kt);
+          const int64_t row = (b0 + b) * G4;
+          xs[b * K + k] = k < Kx ? load_cg(dG_up + row + k) : load_cg(dG_next + row + (k - Kx));
+        }
+        __syncthreads();
+
+        const int groups = (bc + static_cast<int>(kTaskRows) - 1) / static_cast<int>(kTaskRows);
+        const int tasks = nu * groups;
+        for (int task = warp; task < tasks; task += kWarps) {  // warp-uniform
+          const int jl = task / groups;
+          const int bb = (task % groups) * static_cast<int>(kTaskRows);
+          const scalar_t* wr = Wc + static_cast<int64_t>(jl) * K;
+          const scalar_t* xr[kTaskRows];
+#pragma unroll
+          for (int r = 0; r < kTaskRows; ++r) {
+            const int row = bb + r < bc ? bb + r : bc - 1;
+            xr[r] = xs + static_cast<int64_t>(row) * K;
+          }
+          acc_t acc[kTaskRows];
+#pragma unroll
+          for (int r = 0; r < kTaskRows; ++r) acc[r] = acc_t(0);
+          for (int k = lane; k < Kt; k += 32) {
+            const acc_t w = static_cast<acc_t>(wr[k]);
+#pragma unroll
+            for (int r = 0; r < kTaskRows; ++r) acc[r] += w * static_cast<acc_t>(xr[r][k]);
+          }
+#pragma unroll
+          for (int r = 0; r < kTaskRows; ++r)
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
+
+#pragma unroll
+          for (int r = 0; r < kTaskRows; ++r) {
+            if (lane != r || bb + r >= bc) continue;
+            const int64_t b = b0 + bb + r;
+            const int64_t j = j0 + jl;
+            const int64_t bj = b * H + j;
+            acc_t dh = acc[r];
+            if (top) dh += static_cast<acc_t>(p.grad_output[t * B * H + bj]);
+            if (last_t) dh += static_cast<acc_t>(p.grad_hy[layer * B * H + bj]);
+            const scalar_t* g = gates_t + b * G4 + j;
+            acc_t& dc = dcs[static_cast<int64_t>(jl) * B + b];
+            const LstmBwdOut<acc_t> o = lstm_cell_backward<acc_t>(
+                dh, dc, static_cast<acc_t>(g[0]), static_cast<acc_t>(g[H]),
+                static_cast<acc_t>(g[2 * H]), static_cast<acc_t>(g[3 * H]),
+                static_cast<acc_t>(c_prev[bj]), static_cast<acc_t>(c_t[bj]));
+            scalar_t* d = dG_out + b * G4 + j;
+            d[0] = static_cast<scalar_t>(o.di);
+            d[H] = static_cast<scalar_t>(o.df);
+            d[2 * H] = static_cast<scalar_t>(o.dg);
+            d[3 * H] = static_cast<scalar_t>(o.do_);
+            dc = o.dc_prev;
+            if (t == 0) p.grad_cx[layer * B * H + bj] = static_cast<scalar_t>(o.dc_prev);
+          }
+        }
+        __syncthreads();  // the stage is rewritten next
+      }
+    }
+    if (s + 1 < steps) grid_barrier(p.barrier, target);
+  }
+}
+
+// The floor: the same kind of grid doing only the T+L-1 wavefront barriers.
+__global__ void __launch_bounds__(kThreads, 1)
+wavefront_floor_kernel(unsigned long long* barrier, int64_t steps) {
+  unsigned long long target = 0;
+  for (int64_t s = 0; s + 1 < steps; ++s) grid_barrier(barrier, target);
+}
+
+// ------------------------------------------------------------- planning --
+
+persistent::DeviceLimits device_limits() {
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  persistent::DeviceLimits d;
+  d.smem_per_sm = static_cast<int64_t>(prop->sharedMemPerMultiprocessor);
+  d.smem_per_block = static_cast<int64_t>(prop->sharedMemPerBlockOptin);
+  d.regs_per_sm = prop->regsPerMultiprocessor;
+  d.num_sms = prop->multiProcessorCount;
+  return d;
+}
+
+int64_t elem_size(at::ScalarType t) { return static_cast<int64_t>(c10::elementSize(t)); }
+int64_t acc_size(at::ScalarType t) { return t == at::kDouble ? 8 : 4; }
+
+// Whether the planned grid is co-resident here (the cooperative launch's
+// condition), with the kernel's real register and shared-memory use.  Sets
+// the kernel's dynamic shared memory limit as a side effect.
+template <typename Kernel>
+bool cooperative_fits(Kernel kernel, int64_t smem, int64_t ctas, std::string* why) {
+  int dev = 0, coop = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
+  if (!coop) {
+    *why = "this device does not support cooperative launches";
+    return false;
+  }
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(smem)));
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &per_sm, kernel, static_cast<int>(kThreads), static_cast<size_t>(smem)));
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  if (static_cast<int64_t>(per_sm) * sms < ctas) {
+    *why = "the occupancy calculator allows " + std::to_string(per_sm) + " CTA(s) per SM with " +
+           std::to_string(smem) + " bytes of shared memory, fewer than the " +
+           std::to_string(ctas) + " co-resident CTAs the plan needs";
+    return false;
+  }
+  return true;
+}
+
+template <typename scalar_t>
+void launch_forward(const Plan& plan, const FwdParams<scalar_t>& p, cudaStream_t stream) {
+  auto kernel = lstm_persistent_fwd_kernel<scalar_t>;
+  void* args[] = {const_cast<FwdParams<scalar_t>*>(&p)};
+  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(
+      reinterpret_cast<void*>(kernel), dim3(static_cast<unsigned>(plan.num_ctas)),
+      dim3(static_cast<unsigned>(kThreads)), args, static_cast<size_t>(plan.smem.total),
+      stream));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+// ----------------------------------------------------------- op: forward --
+
+std::optional<LstmForwardResult> persistent_lstm_forward_if_selected(
+    const LstmSizes& s, const Tensor& input_, const Tensor& hx_, const Tensor& cx_,
+    at::TensorList weights_, bool has_biases, bool train) {
+  const int64_t option = get_option(Option::kCudaTier);
+  if (option == 1) return std::nullopt;
+  // Nothing to run: the general tier's empty-size path returns the states.
+  if (s.T == 0 || s.B == 0 || s.H == 0) return std::nullopt;
+  const c10::cuda::CUDAGuard guard(input_.device());
+
+  std::string unsupported;
+  if (s.seq.packed) {
+    unsupported = "packed sequences (batch_sizes) are not supported by the persistent tier";
+  } else if (s.has_proj) {
+    unsupported = "proj_size (a w_hr per layer) is not supported by the persistent tier";
+  }
+  const at::ScalarType dt = input_.scalar_type();
+  const Plan plan = persistent::plan_lstm(s.H, s.I, s.L, s.B, elem_size(dt), acc_size(dt),
+                                          device_limits());
+  const persistent::TierChoice choice =
+      persistent::choose_tier(option, unsupported.empty(), unsupported, plan, s.T + s.L - 1,
+                              get_option(Option::kCudaStepLaunch) != 0);
+  TORCH_CHECK(choice.error.empty(), "fusedrnn.lstm_forward (CUDA, cuda_tier='persistent'): ",
+              choice.error, " (H=", s.H, ", L=", s.L, ", B=", s.B, ", dtype ", dt,
+              "); use cuda_tier='auto' or 'general' for these arguments");
+  if (!choice.persistent) return std::nullopt;
+
+  std::string why;
+  bool fits = false;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "fusedrnn_lstm_persistent_fits", [&] {
+    fits = cooperative_fits(lstm_persistent_fwd_kernel<scalar_t>, plan.smem.total, plan.num_ctas,
+                            &why);
+  });
+  if (!fits) {
+    TORCH_CHECK(option != 2, "fusedrnn.lstm_forward (CUDA, cuda_tier='persistent'): the "
+                "planned grid of ", plan.num_ctas, " CTAs cannot run co-resident on this "
+                "device: ", why, "; use cuda_tier='auto' or 'general'");
+    return std::nullopt;
+  }
+
+  const int64_t T = s.T, B = s.B, H = s.H, L = s.L, G4 = 4 * H;
+  const auto opts = input_.options();
+  const at::ScalarType acc_dt = dt == at::kDouble ? at::kDouble : at::kFloat;
+  Tensor output = at::empty({T, B, H}, opts);
+  Tensor hy = at::empty({L, B, H}, opts);
+  Tensor cy = at::empty({L, B, H}, opts);
+  Tensor gates, cells, hiddens, hid;
+  if (train) {
+    gates = at::empty({L, T, B, G4}, opts);
+    cells = at::empty({L, T, B, H}, opts);
+    hiddens = at::empty({L - 1, T, B, H}, opts);
+    hid = hiddens;
+  } else {
+    gates = at::empty({0}, opts);
+    cells = at::empty({0}, opts);
+    hiddens = at::empty({0}, opts);
+    if (L > 1) hid = at::empty({L - 1, 2, B, H}, opts);
+  }
+
+  const Tensor input = input_.contiguous();
+  const Tensor hx = hx_.contiguous();
+  const Tensor cx = cx_.contiguous();
+  std::vector<Tensor> w;
+  w.reserve(weights_.size());
+  for (const auto& t : weights_) w.push_back(t.contiguous());
+  const int64_t pl = s.per_layer;
+
+  // Layer 0's input projection for all T steps: one GEMM (follows allow_tf32).
+  Tensor gx0;
+  if (has_biases) {
+    gx0 = at::addmm(w[2] + w[3], input.reshape({T * B, s.I}), w[0].t());
+  } else {
+    gx0 = at::mm(input.reshape({T * B, s.I}), w[0].t());
+  }
+  Tensor bias;
+  if (has_biases && L > 1) {
+    bias = at::zeros({L, G4}, opts.dtype(acc_dt));
+    for (int64_t l = 1; l < L; ++l) bias[l].copy_(w[l * pl + 2].to(acc_dt) + w[l * pl + 3].to(acc_dt));
+  }
+  Tensor barrier = at::zeros({1}, opts.dtype(at::kLong));
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "fusedrnn_lstm_persistent_forward", [&] {
+    using acc_t = typename acc_type<scalar_t>::type;
+    FwdParams<scalar_t> p{};
+    for (int64_t l = 0; l < L; ++l) {
+      p.w_ih[l] = l == 0 ? nullptr : w[l * pl].data_ptr<scalar_t>();
+      p.w_hh[l] = w[l * pl + 1].data_ptr<scalar_t>();
+    }
+    p.bias = bias.defined() ? bias.data_ptr<acc_t>() : nullptr;
+    p.gx0 = gx0.data_ptr<scalar_t>();
+    p.hx = hx.data_ptr<scalar_t>();
+    p.cx = cx.data_ptr<scalar_t>();
+    p.output = output.data_ptr<scalar_t>();
+    p.hid = hid.defined() ? hid.data_ptr<scalar_t>() : nullptr;
+    p.hid_slots = train ? T : 2;
+    p.hy = hy.data_ptr<scalar_t>();
+    p.cy = cy.data_ptr<scalar_t>();
+    p.gates = train ? gates.data_ptr<scalar_t>() : nullptr;
+    p.cells = train ? cells.data_ptr<scalar_t>() : nullptr;
+    p.barrier = reinterpret_cast<unsigned long long*>(barrier.data_ptr<int64_t>());
+    p.T = T;
+    p.B = B;
+    p.H = H;
+    p.L = L;
+    p.units = plan.units_per_cta;
+    p.ctas_per_layer = plan.ctas_per_layer;
+    p.batch_chunk = plan.batch_chunk;
+    p.off_bias = plan.smem.bias;
+    p.off_cstate = plan.smem.cstate;
+    p.off_stage = plan.smem.stage;
+    launch_forward<scalar_t>(plan, p, stream);
+  });
+  return LstmForwardResult{output, hy, cy, gates, cells, hiddens};
+}
+
+std::optional<LstmBackwardResult> persistent_lstm_backward_if_selected(
+    const LstmSizes& s, const Tensor& grad_output_, const Tensor& grad_hy_,
+    const Tensor& grad_cy_, const Tensor& input_, const Tensor& hx_, const Tensor& cx_,
+    at::TensorList weights_, bool has_biases, const Tensor& output_, const Tensor& gates_,
+    const Tensor& cells_, const Tensor& hiddens_) {
+  const int64_t option = get_option(Option::kCudaTier);
+  if (option == 1) return std::nullopt;
+  if (s.T == 0 || s.B == 0 || s.H == 0) return std::nullopt;
+  const c10::cuda::CUDAGuard guard(input_.device());
+
+  std::string unsupported;
+  if (s.seq.packed) {
+    unsupported = "packed sequences (batch_sizes) are not supported by the persistent tier";
+  } else if (s.has_proj) {
+    unsupported = "proj_size (a w_hr per layer) is not supported by the persistent tier";
+  }
+  const at::ScalarType dt = input_.scalar_type();
+  const Plan plan = persistent::plan_lstm(s.H, s.I, s.L, s.B, elem_size(dt), acc_size(dt),
+                                          device_limits(), /*backward=*/true);
+  const persistent::TierChoice choice =
+      persistent::choose_tier(option, unsupported.empty(), unsupported, plan, s.T + s.L - 1,
+                              get_option(Option::kCudaStepLaunch) != 0);
+  TORCH_CHECK(choice.error.empty(), "fusedrnn.lstm_backward (CUDA, cuda_tier='persistent'): ",
+              choice.error, " (H=", s.H, ", L=", s.L, ", B=", s.B, ", dtype ", dt,
+              "); use cuda_tier='auto' or 'general' for these arguments");
+  if (!choice.persistent) return std::nullopt;
+
+  std::string why;
+  bool fits = false;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "fusedrnn_lstm_persistent_bwd_fits", [&] {
+    fits = cooperative_fits(lstm_persistent_bwd_kernel<scalar_t>, plan.smem.total, plan.num_ctas,
+                            &why);
+  });
+  if (!fits) {
+    TORCH_CHECK(option != 2, "fusedrnn.lstm_backward (CUDA, cuda_tier='persistent'): the "
+                "planned grid of ", plan.num_ctas, " CTAs cannot run co-resident on this "
+                "device: ", why, "; use cuda_tier='auto' or 'general'");
+    return std::nullopt;
+  }
+
+  const int64_t T = s.T, B = s.B, H = s.H, L = s.L, G4 = 4 * H, pl = s.per_layer;
+  const auto opts = input_.options();
+  const Tensor input = input_.contiguous(), hx = hx_.contiguous(), cx = cx_.contiguous();
+  const Tensor output = output_.contiguous(), gates = gates_.contiguous();
+  const Tensor cells = cells_.contiguous(), hiddens = hiddens_.contiguous();
+  const Tensor grad_output = grad_output_.contiguous();
+  const Tensor grad_hy = grad_hy_.contiguous(), grad_cy = grad_cy_.contiguous();
+  std::vector<Tensor> w;
+  w.reserve(weights_.size());
+  for (const auto& t : weights_) w.push_back(t.contiguous());
+
+  Tensor dG = at::empty({L, T, B, G4}, opts);
+  Tensor grad_cx = at::empty({L, B, H}, opts);
+  Tensor barrier = at::zeros({1}, opts.dtype(at::kLong));
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "fusedrnn_lstm_persistent_backward", [&] {
+    BwdParams<scalar_t> p{};
+    for (int64_t l = 0; l < L; ++l) {
+      p.w_ih[l] = l == 0 ? nullptr : w[l * pl].data_ptr<scalar_t>();
+      p.w_hh[l] = w[l * pl + 1].data_ptr<scalar_t>();
+    }
+    p.grad_output = grad_output.data_ptr<scalar_t>();
+    p.grad_hy = grad_hy.data_ptr<scalar_t>();
+    p.grad_cy = grad_cy.data_ptr<scalar_t>();
+    p.gates = gates.data_ptr<scalar_t>();
+    p.cells = cells.data_ptr<scalar_t>();
+    p.cx = cx.data_ptr<scalar_t>();
+    p.dG = dG.data_ptr<scalar_t>();
+    p.grad_cx = grad_cx.data_ptr<scalar_t>();
+    p.barrier = reinterpret_cast<unsigned long long*>(barrier.data_ptr<int64_t>());
+    p.T = T;
+    p.B = B;
+    p.H = H;
+    p.L = L;
+    p.units = plan.units_per_cta;
+    p.ctas_per_layer = plan.ctas_per_layer;
+    p.batch_chunk = plan.batch_chunk;
+    p.off_cstate = plan.smem.cstate;
+    p.off_stage = plan.smem.stage;
+    auto kernel = lstm_persistent_bwd_kernel<scalar_t>;
+    void* args[] = {&p};
+    C10_CUDA_CHECK(cudaLaunchCooperativeKernel(
+        reinterpret_cast<void*>(kernel), dim3(static_cast<unsigned>(plan.num_ctas)),
+        dim3(static_cast<unsigned>(kThreads)), args, static_cast<size_t>(plan.smem.total),
+        stream));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+
+  // After the recurrence: gradients of the weights, biases, input and h0 as
+  // large GEMMs / reductions over all timesteps (they follow allow_tf32), in
+  // the general tier's formulas.
+  std::vector<Tensor> grad_w(weights_.size());
+  Tensor grad_hx = at::empty({L, B, H}, opts);
+  for (int64_t l = 0; l < L; ++l) {
+    const Tensor x = l == 0 ? input : hiddens[l - 1];     // layer input (T, B, I_l)
+    const Tensor out = l == L - 1 ? output : hiddens[l];  // layer output (T, B, H)
+    const int64_t I_l = x.size(2);
+    const Tensor dG2 = dG[l].view({T * B, G4});
+    const Tensor h_prev = T > 1 ? at::cat({hx[l].unsqueeze(0), out.slice(0, 0, T - 1)}, 0)
+                                : hx[l].unsqueeze(0);
+    grad_w[l * pl] = at::mm(dG2.t(), x.reshape({T * B, I_l}));
+    grad_w[l * pl + 1] = at::mm(dG2.t(), h_prev.reshape({T * B, H}));
+    if (has_biases) {
+      Tensor db = dG2.sum(0);
+      grad_w[l * pl + 2] = db;
+      grad_w[l * pl + 3] = db.clone();
+    }
+    grad_hx[l].copy_(at::mm(dG[l][0], w[l * pl + 1]));
+  }
+  Tensor grad_input = at::mm(dG[0].view({T * B, G4}), w[0]).view({T, B, s.I});
+  return LstmBackwardResult{grad_input, grad_hx, grad_cx, grad_w};
+}
+
+// ------------------------------------------------- op: wavefront floor --
+
+namespace {
+
+// Milliseconds one launch of the empty wavefront takes on the current device:
+// the grid the planner gives a float32 LSTM of these sizes (or one CTA per SM
+// when it does not fit), kThreads threads a CTA, T+L-1 steps separated by
+// grid barriers and nothing else.  One warm-up launch, then one timed launch
+// between CUDA events on the current stream (call it repeatedly for a median).
+double wavefront_floor(int64_t T, int64_t L, int64_t B, int64_t H) {
+  TORCH_CHECK(T >= 1 && L >= 1 && B >= 1 && H >= 1, "fusedrnn.wavefront_floor: expected "
+              "positive T, L, B and H, got T=", T, ", L=", L, ", B=", B, ", H=", H);
+  const c10::DeviceIndex dev = c10::cuda::current_device();
+  const c10::cuda::CUDAGuard guard(dev);
+  const persistent::DeviceLimits d = device_limits();
+  const Plan plan = persistent::plan_lstm(H, H, L, B, 4, 4, d);
+  const int64_t ctas = plan.fits ? plan.num_ctas : d.num_sms;
+  std::string why;
+  TORCH_CHECK(cooperative_fits(wavefront_floor_kernel, 0, ctas, &why),
+              "fusedrnn.wavefront_floor: cannot launch ", ctas, " co-resident CTAs: ", why);
+  Tensor barrier = at::zeros({2}, at::TensorOptions().device(at::kCUDA, dev).dtype(at::kLong));
+  unsigned long long* ctr = reinterpret_cast<unsigned long long*>(barrier.data_ptr<int64_t>());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t steps = T + L - 1;
+  auto launch = [&](unsigned long long* c) {
+    void* args[] = {&c, const_cast<int64_t*>(&steps)};
+    C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(wavefront_floor_kernel),
+                                               dim3(static_cast<unsigned>(ctas)),
+                                               dim3(static_cast<unsigned>(kThreads)), args, 0,
+                                               stream));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  launch(ctr);  // warm-up (its own counter)
+  cudaEvent_t start, stop;
+  C10_CUDA_CHECK(cudaEventCreate(&start));
+  C10_CUDA_CHECK(cudaEventCreate(&stop));
+  C10_CUDA_CHECK(cudaEventRecord(start, stream));
+  launch(ctr + 1);
+  C10_CUDA_CHECK(cudaEventRecord(stop, stream));
+  C10_CUDA_CHECK(cudaEventSynchronize(stop));
+  float ms = 0.f;
+  C10_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  C10_CUDA_CHECK(cudaEventDestroy(start));
+  C10_CUDA_CHECK(cudaEventDestroy(stop));
+  return static_cast<double>(ms);
+}
+
+}  // namespace
+
+// A benchmark/test-only op (no tensor arguments, so one catch-all kernel);
+// declared here rather than in ops.cpp because it exists only in CUDA builds.
+TORCH_LIBRARY_FRAGMENT(fusedrnn, m) {
+  m.def("wavefront_floor(int T, int L, int B, int H) -> float", &wavefront_floor);
+}
+
+}  // namespace fusedrnn

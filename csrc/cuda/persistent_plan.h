@@ -1,0 +1,234 @@
+// Planning of the persistent wavefront LSTM tier (csrc/cuda/lstm_persistent.cu).
+//
+// Host-only, header-only plain C++ (no CUDA or torch includes), so that the
+// same code decides on the GPU and in the CPU tests (tests/test_persistent_plan.py
+// reach it through fusedrnn._C.persistent_plan, csrc/module.cpp).
+//
+// The kernel's layout, which the planner sizes:
+//   * a grid of L * ctas_per_layer CTAs, one CTA per SM (the grid is one wave
+//     and every CTA is co-resident, which the grid barrier needs);
+//   * CTA c belongs to layer c / ctas_per_layer and owns the hidden units
+//     [j0, j1) of that layer, j0 = (c % ctas_per_layer) * units_per_cta,
+//     j1 = min(j0 + units_per_cta, H): all four gate rows of each of its units;
+//   * its dynamic shared memory holds, for the whole kernel,
+//       weights  forward: 4 * U rows of K = (L > 1 ? 2H : H) scalars,
+//                [W_ih row | W_hh row] of each gate of each unit (layer 0:
+//                only the W_hh row; its input projection is one GEMM before
+//                the kernel), U = units_per_cta;
+//                backward: U rows of K = (L > 1 ? 8H : 4H) scalars, for unit j
+//                [column j of W_ih of the layer above | column j of W_hh]
+//                (the top layer: only the W_hh column) -- the same bytes;
+//       bias     4 * U accumulators (forward: b_ih + b_hh of layers > 0);
+//       c state  U * B accumulators (the cell state, or backward its gradient dc);
+//     and per step a staging area of batch_chunk rows of K scalars (the step's
+//     input -- forward [x_t | h_{t-1}], backward [dG of the layer above at t |
+//     dG_{t+1}] -- of batch_chunk batch rows at a time).
+//
+// Selection (the "cuda_tier" option): 1 general, 2 persistent (an error when
+// the plan does not fit), 0 auto = persistent when `fits` and `auto_ok`.
+//
+// TUNING KNOBS (all provisional and unmeasured: no GPU was available when this
+// was written; a GPU session should sweep them with benchmarks/bench_layers.py):
+//   kThreads           threads per CTA (the kernel is compiled for it).
+//   kTaskRows          batch rows one warp accumulates per weight-row read.
+//   one CTA per SM     the planner picks the smallest units_per_cta for which
+//                      L * ceil(H / U) <= num_sms; more CTAs per SM would need
+//                      smaller per-CTA shared memory, fewer would leave SMs idle.
+//   kAutoMaxBatch      auto picks the persistent tier only for B <= this and,
+//                      forward, only when the whole batch is staged at once (no
+//                      chunking; the backward's staged rows are 4x longer, so
+//                      auto accepts chunking there).
+//   kAutoMinSteps      ... and only for T + L - 1 >= this many wavefront steps
+//                      (with few steps the general tier's T·L launches cost
+//                      little and it keeps its own test coverage).
+// Auto also leaves every call to the general tier while the option
+// "cuda_step_launch" is set explicitly (per_step or graph): that option only
+// means something to the general tier, so setting it asks for that tier.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace fusedrnn {
+namespace persistent {
+
+constexpr int64_t kThreads = 256;
+constexpr int64_t kTaskRows = 4;
+constexpr int64_t kAutoMaxBatch = 64;
+constexpr int64_t kAutoMinSteps = 16;
+// The kernel is compiled with __launch_bounds__(kThreads, 1): at most 255
+// registers a thread, which the planner takes as the worst case.
+constexpr int64_t kMaxRegsPerThread = 255;
+// Shared memory the driver reserves per resident CTA (1 KiB on sm_80/sm_90).
+constexpr int64_t kReservedSmemPerCta = 1024;
+// Most layers the kernel's parameter block holds pointers for.
+constexpr int64_t kMaxLayers = 64;
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t align16(int64_t n) { return (n + 15) / 16 * 16; }
+
+// What the planner needs to know about the device.
+struct DeviceLimits {
+  int64_t smem_per_sm = 0;     // cudaDevAttrMaxSharedMemoryPerMultiprocessor
+  int64_t smem_per_block = 0;  // cudaDevAttrMaxSharedMemoryPerBlockOptin
+  int64_t regs_per_sm = 0;     // cudaDevAttrMaxRegistersPerMultiprocessor
+  int64_t num_sms = 0;         // cudaDevAttrMultiProcessorCount
+};
+
+// Byte offsets of the parts of one CTA's dynamic shared memory (each 16-byte
+// aligned).  `elem` = sizeof(scalar_t), `acc` = sizeof(accumulator type).
+struct SmemLayout {
+  int64_t weights = 0, bias = 0, cstate = 0, stage = 0, total = 0;
+};
+
+inline SmemLayout smem_layout(int64_t U, int64_t K, int64_t B, int64_t batch_chunk,
+                              int64_t elem, int64_t acc, bool backward = false) {
+  SmemLayout s;
+  s.weights = 0;
+  s.bias = align16((backward ? 1 : 4) * U * K * elem);
+  s.cstate = s.bias + align16(4 * U * acc);
+  s.stage = s.cstate + align16(U * B * acc);
+  s.total = s.stage + align16(batch_chunk * K * elem);
+  return s;
+}
+
+struct Plan {
+  bool backward = false;  // a plan of the backward kernel (else the forward's)
+  bool fits = false;      // the persistent kernel can run these sizes here
+  bool auto_ok = false;   // auto (cuda_tier = 0) would choose it
+  std::string why;        // when !fits: why not (a sentence fragment); else notes on auto
+  int64_t H = 0, L = 0, B = 0;
+  int64_t K = 0;                // staged row length: forward 2H (L > 1) or H,
+                                //   backward 8H (L > 1) or 4H
+  int64_t units_per_cta = 0;    // U
+  int64_t ctas_per_layer = 0;   // ceil(H / U)
+  int64_t num_ctas = 0;         // L * ctas_per_layer
+  int64_t batch_chunk = 0;      // batch rows staged at once (<= B)
+  int64_t threads = kThreads;
+  SmemLayout smem;              // smem.total = dynamic shared memory per CTA
+
+  // The layer of CTA c and its units [j0, j1).
+  int64_t cta_layer(int64_t c) const { return c / ctas_per_layer; }
+  int64_t cta_j0(int64_t c) const { return (c % ctas_per_layer) * units_per_cta; }
+  int64_t cta_j1(int64_t c) const {
+    const int64_t j1 = cta_j0(c) + units_per_cta;
+    return j1 < H ? j1 : H;
+  }
+};
+
+// Plans the persistent forward (or, with `backward`, the reverse wavefront) of
+// an L-layer LSTM with hidden size H, input size I (which does not matter:
+// layer 0's input projection, and the backward's input gradient, are GEMMs
+// outside the kernel), batch B, `elem`-byte scalars, `acc`-byte accumulators.
+inline Plan plan_lstm(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem, int64_t acc,
+                      const DeviceLimits& d, bool backward = false) {
+  (void)I;
+  Plan p;
+  p.backward = backward;
+  p.H = H;
+  p.L = L;
+  p.B = B;
+  p.K = (backward ? 4 : 1) * (L > 1 ? 2 * H : H);
+  if (H <= 0 || L <= 0 || B <= 0) {
+    p.why = "the sizes are empty (H, L and B must be positive)";
+    return p;
+  }
+  if (elem <= 0 || acc <= 0) {
+    p.why = "the element sizes must be positive";
+    return p;
+  }
+  if (L > kMaxLayers) {
+    p.why = "it supports at most " + std::to_string(kMaxLayers) + " layers, got " +
+            std::to_string(L);
+    return p;
+  }
+  if (d.num_sms <= 0 || d.smem_per_sm <= 0 || d.smem_per_block <= 0) {
+    p.why = "the device limits are unknown";
+    return p;
+  }
+  if (kThreads * kMaxRegsPerThread > d.regs_per_sm) {
+    p.why = "one CTA of " + std::to_string(kThreads) + " threads may need more registers (" +
+            std::to_string(kThreads * kMaxRegsPerThread) + ") than an SM has (" +
+            std::to_string(d.regs_per_sm) + ")";
+    return p;
+  }
+  if (L > d.num_sms) {
+    p.why = "every layer needs at least one CTA on its own SM, but L = " + std::to_string(L) +
+            " exceeds the " + std::to_string(d.num_sms) + " SMs";
+    return p;
+  }
+  // Smallest U with L * ceil(H / U) <= num_sms: one CTA per SM.
+  const int64_t per_layer_max = d.num_sms / L;  // >= 1
+  int64_t U = ceil_div(H, per_layer_max);
+  // ceil(H / U) <= per_layer_max holds for this U; take the same number of
+  // CTAs with the units spread as evenly as possible (smallest U for it).
+  const int64_t cpl = ceil_div(H, U);
+  U = ceil_div(H, cpl);
+  p.units_per_cta = U;
+  p.ctas_per_layer = ceil_div(H, U);
+  p.num_ctas = L * p.ctas_per_layer;
+
+  // The largest batch chunk whose layout fits one CTA per SM.
+  const int64_t limit_block = d.smem_per_block;
+  const int64_t limit_sm = d.smem_per_sm - kReservedSmemPerCta;
+  const int64_t limit = limit_block < limit_sm ? limit_block : limit_sm;
+  const SmemLayout base = smem_layout(U, p.K, B, 0, elem, acc, backward);
+  if (base.total + align16(p.K * elem) > limit) {
+    p.smem = smem_layout(U, p.K, B, 1, elem, acc, backward);
+    p.why = "its resident weights and state need " + std::to_string(p.smem.total) +
+            " bytes of shared memory per CTA (" + std::to_string(U) + " units of " +
+            std::to_string(L) + " layer(s) on each of " + std::to_string(p.num_ctas) +
+            " CTAs, one per SM), more than the " + std::to_string(limit) + " bytes available";
+    return p;
+  }
+  int64_t bc = (limit - base.total) / (p.K * elem);  // align16 may need a little more
+  if (bc > B) bc = B;
+  while (bc > 1 && smem_layout(U, p.K, B, bc, elem, acc, backward).total > limit) --bc;
+  p.batch_chunk = bc;
+  p.smem = smem_layout(U, p.K, B, bc, elem, acc, backward);
+  p.fits = true;
+
+  if (B > kAutoMaxBatch) {
+    p.why = "auto leaves B > " + std::to_string(kAutoMaxBatch) + " to the general tier";
+  } else if (bc < B && !backward) {
+    p.why = "auto leaves a batch that must be staged in chunks to the general tier";
+  } else {
+    p.auto_ok = true;
+  }
+  return p;
+}
+
+// The tier decision for one call.  `option` is get_option(Option::kCudaTier):
+// 0 auto, 1 general, 2 persistent.  `supported` is false (with `unsupported`
+// saying why) for what the persistent kernel does not implement at all
+// (packed sequences, proj_size, dtypes).  Returns true for the persistent
+// tier; `error` is set when persistent was forced but cannot run (the caller
+// raises it).  `steps` is T + L - 1; `step_launch_set` is whether the option
+// cuda_step_launch is set to a non-auto value (auto then keeps the general tier).
+struct TierChoice {
+  bool persistent = false;
+  std::string error;
+};
+
+inline TierChoice choose_tier(int64_t option, bool supported, const std::string& unsupported,
+                              const Plan& p, int64_t steps, bool step_launch_set = false) {
+  TierChoice c;
+  if (option == 1) return c;
+  if (option == 2) {
+    if (!supported) {
+      c.error = unsupported;
+    } else if (!p.fits) {
+      c.error = "these sizes do not fit the persistent kernel on this device: " + p.why;
+    } else {
+      c.persistent = true;
+    }
+    return c;
+  }
+  c.persistent =
+      supported && p.fits && p.auto_ok && steps >= kAutoMinSteps && !step_launch_set;
+  return c;
+}
+
+}  // namespace persistent
+}  // namespace fusedrnn

@@ -1,0 +1,388 @@
+"""The persistent wavefront tier of the CUDA LSTM (csrc/cuda/lstm_persistent.cu).
+
+Needs a CUDA device and a build of fusedrnn._C with the CUDA kernels;
+otherwise the module is skipped with the reason.  The tier is chosen with
+fusedrnn.set_option("cuda_tier", ...) ("general" / "persistent" / "auto"),
+restored after every test; it applies to the forward and the backward op
+(both have a persistent kernel; each consumes/produces the saved tensors in
+the general tier's layout, so the tiers can also be mixed within one step).
+
+What is checked:
+* both tiers agree with each other and with fusedrnn.reference (float64) on
+  outputs, h_n, c_n and every gradient, including H not a multiple of any
+  tile or CTA slice, batch 1, T = 1, L = 8, no biases, D2L's shape;
+* float32 and bfloat16 persistent vs general tier; the saved activations
+  (gates, cells, hiddens) agree between the tiers;
+* inference (train=False, ping-pong buffers) equals the training forward bitwise;
+* bitwise determinism; auto picks the persistent kernel exactly where the
+  planner says (bitwise equal to the forced tier of its choice);
+* forward and backward on different tiers give the same gradients;
+* forcing the persistent tier on sizes that do not fit, or on proj_size,
+  raises a clear error; float64 gradcheck through the persistent tier;
+* the bench-only op fusedrnn::wavefront_floor runs.
+"""
+import contextlib
+
+import pytest
+import torch
+
+from conftest import flat_weights, fusedrnn_or_skip, make_pair, reference
+
+fusedrnn = fusedrnn_or_skip()
+
+if not torch.cuda.is_available():
+    pytest.skip("CUDA tests need a CUDA device (torch.cuda.is_available() is False)",
+                allow_module_level=True)
+if not getattr(fusedrnn._C, "cuda_compiled", 0):
+    pytest.skip("fusedrnn._C was built without its CUDA kernels (cuda_compiled == 0); "
+                "rebuild with nvcc available", allow_module_level=True)
+
+CUDA = torch.device("cuda", 0)
+F64, F32, BF16 = torch.float64, torch.float32, torch.bfloat16
+TOL = {F64: 1e-10, F32: 2e-5, BF16: 3e-2}
+
+
+@pytest.fixture(autouse=True)
+def restore_tier_and_tf32():
+    old = fusedrnn.get_option("cuda_tier")
+    old_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        fusedrnn.set_option("cuda_tier", old)
+        torch.backends.cuda.matmul.allow_tf32 = old_tf32
+
+
+@contextlib.contextmanager
+def tier(name):
+    old = fusedrnn.get_option("cuda_tier")
+    fusedrnn.set_option("cuda_tier", name)
+    try:
+        yield
+    finally:
+        fusedrnn.set_option("cuda_tier", old)
+
+
+def device_plan(H, L, B, dtype, T=8, backward=False):
+    p = torch.cuda.get_device_properties(CUDA)
+    smem_sm = getattr(p, "shared_memory_per_multiprocessor", 0)
+    smem_block = getattr(p, "shared_memory_per_block_optin", 0)
+    regs = getattr(p, "regs_per_multiprocessor", 65536)
+    if not smem_sm or not smem_block:
+        pytest.skip("torch does not report this device's shared memory limits")
+    elem = torch.empty(0, dtype=dtype).element_size()
+    return fusedrnn._C.persistent_plan(H, H, L, B, elem, smem_sm, smem_block, regs,
+                                       p.multi_processor_count, T, 0, int(backward))
+
+
+def _close(actual, expected, tol, name):
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
+    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
+    scale = max(1.0, e.abs().max().item()) if e.numel() else 1.0
+    torch.testing.assert_close(a, e, rtol=tol, atol=tol * scale, msg=lambda m: f"{name}: {m}")
+
+
+def _inputs(I, H, L, T, B, dtype, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, B, I, generator=g)
+    h0 = 0.5 * torch.randn(L, B, H, generator=g)
+    c0 = 0.5 * torch.randn(L, B, H, generator=g)
+    return [t.to(device=CUDA, dtype=dtype) for t in (x, h0, c0)]
+
+
+def _loss_weights(vals, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    dt = F64 if vals[0].dtype == F64 else F32
+    return [torch.randn(v.shape, generator=g).to(device=v.device, dtype=dt) for v in vals]
+
+
+def _run_ops(weights, x, h0, c0, bias):
+    """fusedrnn.ops.lstm: values (output, h_n, c_n) and grads [x, h0, c0, *weights]."""
+    ws = [w.detach().clone().requires_grad_() for w in weights]
+    x, h0, c0 = (t.detach().clone().requires_grad_() for t in (x, h0, c0))
+    vals = list(fusedrnn.ops.lstm(x, h0, c0, ws, bias))
+    sum((v.to(w.dtype) * w).sum() for v, w in zip(vals, _loss_weights(vals))).backward()
+    return [v.detach() for v in vals], [x.grad, h0.grad, c0.grad] + [w.grad for w in ws]
+
+
+def _run_reference(weights, x, h0, c0, L, bias):
+    ws = [w.detach().clone().double().requires_grad_() for w in weights]
+    x, h0, c0 = (t.detach().clone().double().requires_grad_() for t in (x, h0, c0))
+    out, (hn, cn) = reference.lstm(x, (h0, c0), ws, num_layers=L, has_biases=bias,
+                                   batch_first=False)
+    vals = [out, hn, cn]
+    sum((v * w.double()).sum() for v, w in zip(vals, _loss_weights(vals))).backward()
+    return [v.detach() for v in vals], [x.grad, h0.grad, c0.grad] + [w.grad for w in ws]
+
+
+def _assert_same(got, want, tol, what):
+    names = ["output", "h_n", "c_n"]
+    for a, b, n in zip(got[0], want[0], names):
+        _close(a, b, tol, f"{what}: {n}")
+    assert len(got[1]) == len(want[1])
+    for k, (a, b) in enumerate(zip(got[1], want[1])):
+        assert a is not None and b is not None, f"{what}: gradient {k} missing"
+        _close(a, b, tol, f"{what}: gradient {k}")
+
+
+def _weights(I, H, L, bias, dtype):
+    fused, _ = make_pair(I, H, L, bias=bias, dtype=dtype, device=CUDA)
+    return [w.detach() for w in flat_weights(fused)]
+
+
+def _need_fit(H, L, B, dtype, T=8):
+    """Skip unless both persistent kernels (forward and backward) fit."""
+    for backward in (False, True):
+        p = device_plan(H, L, B, dtype, T, backward)
+        if not p["fits"]:
+            pytest.skip(f"H={H} L={L} B={B} {dtype} does not fit the persistent "
+                        f"{'backward' if backward else 'forward'} on this device: {p['why']}")
+
+
+# (L, I, H, T, B, bias)
+SHAPES = [
+    (1, 3, 5, 1, 1, True),        # odd sizes, T = 1, batch 1
+    (2, 3, 5, 4, 1, True),        # batch 1, two layers
+    (2, 10, 33, 4, 3, True),
+    (3, 7, 300, 3, 3, True),      # H not a multiple of the CTA slices
+    (8, 5, 16, 4, 2, True),       # L = 8: a deep wavefront
+    (2, 6, 17, 5, 17, False),     # no biases, B not a multiple of the warp rows
+    (1, 8, 64, 2, 16, True),
+    (2, 28, 256, 35, 32, True),   # D2L
+    (4, 16, 128, 1, 5, True),     # T = 1 with several layers
+]
+
+
+def _ids(shapes):
+    return [f"L{L}-I{I}-H{H}-T{T}-B{B}{'' if b else '-nobias'}" for L, I, H, T, B, b in shapes]
+
+
+@pytest.mark.parametrize("L,I,H,T,B,bias", SHAPES, ids=_ids(SHAPES))
+def test_float64_both_tiers_match_reference(L, I, H, T, B, bias):
+    _need_fit(H, L, B, F64, T)
+    w = _weights(I, H, L, bias, F64)
+    x, h0, c0 = _inputs(I, H, L, T, B, F64)
+    want = _run_reference(w, x, h0, c0, L, bias)
+    with tier("persistent"):
+        got_p = _run_ops(w, x, h0, c0, bias)
+    with tier("general"):
+        got_g = _run_ops(w, x, h0, c0, bias)
+    _assert_same(got_p, want, TOL[F64], "persistent vs reference")
+    _assert_same(got_g, want, TOL[F64], "general vs reference")
+
+
+@pytest.mark.parametrize("L,I,H,T,B,bias", SHAPES, ids=_ids(SHAPES))
+def test_float32_persistent_matches_general_and_reference(L, I, H, T, B, bias):
+    _need_fit(H, L, B, F32, T)
+    w = _weights(I, H, L, bias, F32)
+    x, h0, c0 = _inputs(I, H, L, T, B, F32)
+    with tier("persistent"):
+        got_p = _run_ops(w, x, h0, c0, bias)
+    with tier("general"):
+        got_g = _run_ops(w, x, h0, c0, bias)
+    _assert_same(got_p, got_g, TOL[F32], "persistent vs general")
+    _assert_same(got_p, _run_reference(w, x, h0, c0, L, bias), 1e-4, "persistent vs reference")
+
+
+SHAPES_BF16 = [(1, 3, 5, 1, 1, True), (2, 8, 32, 5, 4, True), (3, 7, 300, 3, 3, True),
+               (2, 28, 256, 8, 32, True), (2, 6, 17, 4, 9, False)]
+
+
+@pytest.mark.parametrize("L,I,H,T,B,bias", SHAPES_BF16, ids=_ids(SHAPES_BF16))
+def test_bfloat16_persistent_matches_general_and_float64(L, I, H, T, B, bias):
+    _need_fit(H, L, B, BF16, T)
+    w = _weights(I, H, L, bias, BF16)
+    x, h0, c0 = _inputs(I, H, L, T, B, BF16)
+    with tier("persistent"):
+        got_p = _run_ops(w, x, h0, c0, bias)
+    with tier("general"):
+        got_g = _run_ops(w, x, h0, c0, bias)
+    _assert_same(got_p, got_g, TOL[BF16], "persistent vs general")
+    _assert_same(got_p, _run_reference(w, x, h0, c0, L, bias), TOL[BF16],
+                 "persistent vs float64 reference")
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=["float32", "bfloat16"])
+def test_saved_activations_match_general_tier(dtype):
+    L, I, H, T, B = 3, 9, 70, 5, 6
+    _need_fit(H, L, B, dtype, T)
+    w = _weights(I, H, L, True, dtype)
+    x, h0, c0 = _inputs(I, H, L, T, B, dtype)
+    op = torch.ops.fusedrnn.lstm_forward
+    with tier("persistent"):
+        p = op(x, h0, c0, w, True, True)
+    with tier("general"):
+        g = op(x, h0, c0, w, True, True)
+    names = ["output", "hy", "cy", "gates", "cells", "hiddens"]
+    for a, b, n in zip(p, g, names):
+        assert a.shape == b.shape, n
+        _close(a, b, TOL[dtype], f"saved {n}")
+
+
+@pytest.mark.parametrize("L", [1, 2, 5])
+def test_inference_matches_training_forward(L):
+    I, H, T, B = 6, 37, 7, 9
+    _need_fit(H, L, B, F32, T)
+    w = _weights(I, H, L, True, F32)
+    x, h0, c0 = _inputs(I, H, L, T, B, F32)
+    op = torch.ops.fusedrnn.lstm_forward
+    with tier("persistent"):
+        a = op(x, h0, c0, w, True, False)
+        b = op(x, h0, c0, w, True, True)
+    for k in range(3):
+        assert torch.equal(a[k], b[k]), k
+    for k in range(3, 6):
+        assert a[k].shape == (0,)
+    assert torch.equal(b[4][-1, -1], b[2][-1])               # cells[L-1, T-1] == c_n
+    if L > 1:
+        assert torch.equal(b[5][:, -1], b[1][:-1])           # hiddens[:, T-1] == h_n[:-1]
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=["float32", "bfloat16"])
+def test_two_runs_bitwise_identical(dtype):
+    L, I, H, T, B = 3, 10, 300, 6, 12
+    _need_fit(H, L, B, dtype, T)
+    w = _weights(I, H, L, True, dtype)
+    x, h0, c0 = _inputs(I, H, L, T, B, dtype)
+    with tier("persistent"):
+        r1, r2 = _run_ops(w, x, h0, c0, True), _run_ops(w, x, h0, c0, True)
+    for a, b in zip(r1[0] + r1[1], r2[0] + r2[1]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("B", [4, 100])
+def test_auto_follows_the_planner(B):
+    """auto runs exactly the tier the planner picks: bitwise equal to that tier forced."""
+    L, I, H, T = 2, 12, 96, 20   # T + L - 1 >= 16 wavefront steps, auto's minimum
+    plan = device_plan(H, L, B, F32, T)
+    w = _weights(I, H, L, True, F32)
+    x, h0, c0 = _inputs(I, H, L, T, B, F32)
+    op = torch.ops.fusedrnn.lstm_forward
+    with tier("auto"):
+        a = op(x, h0, c0, w, True, True)
+    with tier("persistent" if plan["persistent"] else "general"):
+        b = op(x, h0, c0, w, True, True)
+    assert plan["persistent"] == (B <= 64)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+
+
+@pytest.mark.parametrize("fwd_tier,bwd_tier", [("persistent", "general"),
+                                               ("general", "persistent")])
+def test_mixed_tiers_same_gradients(fwd_tier, bwd_tier):
+    """Forward on one tier, backward on the other: the saved tensors share one layout."""
+    L, I, H, T, B = 3, 9, 70, 5, 6
+    _need_fit(H, L, B, F32, T)
+    w = [t.requires_grad_() for t in _weights(I, H, L, True, F32)]
+    x, h0, c0 = (t.requires_grad_() for t in _inputs(I, H, L, T, B, F32))
+    with tier(fwd_tier):
+        vals = list(fusedrnn.ops.lstm(x, h0, c0, w, True))
+    loss = sum((v * g).sum() for v, g in zip(vals, _loss_weights(vals)))
+    with tier(bwd_tier):
+        got = torch.autograd.grad(loss, [x, h0, c0] + w)
+    with tier("general"):
+        vals = list(fusedrnn.ops.lstm(x, h0, c0, w, True))
+        loss = sum((v * g).sum() for v, g in zip(vals, _loss_weights(vals)))
+        want = torch.autograd.grad(loss, [x, h0, c0] + w)
+    for k, (a, b) in enumerate(zip(got, want)):
+        _close(a, b, TOL[F32], f"gradient {k}")
+
+
+def test_backward_op_persistent_matches_general():
+    """lstm_backward itself, on the saved tensors of one forward."""
+    L, I, H, T, B = 2, 5, 33, 4, 7
+    _need_fit(H, L, B, F64, T)
+    w = _weights(I, H, L, True, F64)
+    x, h0, c0 = _inputs(I, H, L, T, B, F64)
+    out, hy, cy, gates, cells, hiddens = torch.ops.fusedrnn.lstm_forward(x, h0, c0, w, True, True)
+    g = torch.Generator().manual_seed(5)
+    go, gh, gc = (torch.randn(t.shape, generator=g, dtype=F64).to(CUDA) for t in (out, hy, cy))
+    args = [go, gh, gc, x, h0, c0, w, True, out, gates, cells, hiddens]
+    with tier("persistent"):
+        p = torch.ops.fusedrnn.lstm_backward(*args)
+    with tier("general"):
+        q = torch.ops.fusedrnn.lstm_backward(*args)
+    for k in range(3):
+        _close(p[k], q[k], TOL[F64], ["grad_input", "grad_hx", "grad_cx"][k])
+    for k, (a, b) in enumerate(zip(p[3], q[3])):
+        _close(a, b, TOL[F64], f"grad weight {k}")
+
+
+def test_auto_keeps_general_when_step_launch_is_set():
+    """cuda_step_launch = per_step/graph only means something to the general
+    tier: while it is set, auto runs the general tier (bitwise its results)."""
+    L, I, H, T, B = 2, 12, 96, 20, 4
+    assert device_plan(H, L, B, F32, T)["persistent"]
+    w = _weights(I, H, L, True, F32)
+    x, h0, c0 = _inputs(I, H, L, T, B, F32)
+    op = torch.ops.fusedrnn.lstm_forward
+    old = fusedrnn.get_option("cuda_step_launch")
+    try:
+        fusedrnn.set_option("cuda_step_launch", "per_step")
+        with tier("auto"):
+            a = op(x, h0, c0, w, True, True)
+        with tier("general"):
+            b = op(x, h0, c0, w, True, True)
+    finally:
+        fusedrnn.set_option("cuda_step_launch", old)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+
+
+def test_forced_persistent_that_does_not_fit_raises():
+    L, I, H, T, B = 4, 8, 2048, 2, 2   # 4 layers of 2048 units: far beyond shared memory
+    assert not device_plan(H, L, B, F32, T)["fits"]
+    w = _weights(I, H, L, True, F32)
+    x, h0, c0 = _inputs(I, H, L, T, B, F32)
+    with tier("persistent"):
+        with pytest.raises(RuntimeError, match=r"persistent.*do not fit"):
+            torch.ops.fusedrnn.lstm_forward(x, h0, c0, w, True, False)
+    with tier("auto"):   # auto falls back to the general tier
+        torch.ops.fusedrnn.lstm_forward(x, h0, c0, w, True, False)
+
+
+def test_forced_persistent_with_projection_raises():
+    L, I, H, P, T, B = 1, 4, 8, 3, 2, 2
+    mod = torch.nn.LSTM(I, H, L, proj_size=P).to(CUDA)
+    w = [p.detach() for p in mod._flat_weights]
+    x = torch.randn(T, B, I, device=CUDA)
+    h0 = torch.zeros(L, B, P, device=CUDA)
+    c0 = torch.zeros(L, B, H, device=CUDA)
+    with tier("persistent"):
+        with pytest.raises(RuntimeError, match=r"persistent.*proj_size"):
+            torch.ops.fusedrnn.lstm_forward(x, h0, c0, w, True, False)
+
+
+def test_gradcheck_through_persistent_forward():
+    L, I, H, T, B = 2, 3, 4, 3, 2
+    w = [t.requires_grad_() for t in _weights(I, H, L, True, F64)]
+    x, h0, c0 = (t.requires_grad_() for t in _inputs(I, H, L, T, B, F64))
+
+    def fn(x, h, c, *ws):
+        return fusedrnn.ops.lstm(x, h, c, list(ws), True)
+
+    with tier("persistent"):
+        assert torch.autograd.gradcheck(fn, [x, h0, c0] + w, eps=1e-6, atol=1e-7)
+
+
+def test_module_end_to_end():
+    """fusedrnn.LSTM on the persistent tier against torch.nn.LSTM (cuDNN), TF32 off."""
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        fused, ref = make_pair(28, 256, 2, dtype=F32, device=CUDA)
+        _need_fit(256, 2, 32, F32, 35)
+        x, h0, c0 = _inputs(28, 256, 2, 35, 32, F32)
+        with tier("persistent"):
+            out, (hn, cn) = fused(x, (h0, c0))
+        want, (hr, cr) = ref(x, (h0, c0))
+        for a, b, n in ((out, want, "output"), (hn, hr, "h_n"), (cn, cr, "c_n")):
+            _close(a, b, 1e-4, n)
+    finally:
+        torch.backends.cudnn.allow_tf32 = old
+
+
+def test_wavefront_floor_op():
+    ms = torch.ops.fusedrnn.wavefront_floor(35, 2, 32, 256)
+    assert 0.0 < ms < 1000.0

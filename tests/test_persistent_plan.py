@@ -1,0 +1,182 @@
+"""CPU tests of the persistent LSTM tier's planner (csrc/cuda/persistent_plan.h).
+
+The planner is plain host C++; fusedrnn._C.persistent_plan runs it for given
+sizes and device limits, so these tests need no GPU (and run in CPU-only
+builds too).  What is checked:
+* the known device shapes: what fits on an H100 / A100, in float32 and bfloat16;
+* the partition: every hidden unit of every layer is owned by exactly one CTA,
+  each CTA owns units of one layer only, the layers' CTAs are contiguous, the
+  grid is at most one CTA per SM, no CTA is empty;
+* the shared memory the plan asks for fits the device and holds the resident
+  weights, bias, cell state and the staging area;
+* refusals (with a reason) and the tier choice of cuda_tier auto / general /
+  persistent.
+"""
+import pytest
+
+from conftest import fusedrnn_or_skip
+
+fusedrnn = fusedrnn_or_skip()
+if not hasattr(fusedrnn._C, "persistent_plan"):
+    pytest.skip("this build of fusedrnn._C has no persistent_plan (built from an older "
+                "checkout?); rebuild", allow_module_level=True)
+
+# (smem_per_sm, smem_per_block_optin, regs_per_sm, num_sms), from cudaDeviceProp.
+H100 = (233472, 232448, 65536, 132)
+A100 = (167936, 166912, 65536, 108)
+RESERVED = 1024   # shared memory the driver keeps per CTA
+F32, BF16, F64 = 4, 2, 8
+
+
+def plan(H, L, B, elem=F32, dev=H100, I=None, T=16, option=0, backward=False):
+    return fusedrnn._C.persistent_plan(H, I if I is not None else H, L, B, elem, *dev, T, option,
+                                       int(backward))
+
+
+def _align16(n):
+    return (n + 15) // 16 * 16
+
+
+def test_d2l_fits_h100_float32():
+    p = plan(256, 2, 32)
+    assert p["fits"] and p["auto"] and p["persistent"], p["why"]
+    assert p["K"] == 512
+    assert p["units_per_cta"] == 4 and p["ctas_per_layer"] == 64 and p["num_ctas"] == 128
+    assert p["batch_chunk"] == 32
+    # weights 4U x K floats, bias 4U, cell state U x B, staging B x K
+    want = _align16(4 * 4 * 512 * 4) + _align16(4 * 4 * 4) + _align16(4 * 32 * 4) + \
+        _align16(32 * 512 * 4)
+    assert p["smem_bytes"] == want
+
+
+def test_single_layer_stages_only_h():
+    p = plan(256, 1, 8)
+    assert p["fits"] and p["K"] == 256
+
+
+SIZES = [(1, 1, 1), (5, 3, 1), (7, 1, 3), (33, 2, 40), (256, 2, 32), (300, 3, 3),
+         (512, 4, 64), (768, 2, 16), (17, 8, 2), (1000, 1, 4), (131, 4, 5)]
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "bwd"])
+@pytest.mark.parametrize("dev", [H100, A100], ids=["h100", "a100"])
+@pytest.mark.parametrize("elem", [F32, BF16, F64], ids=["float32", "bfloat16", "float64"])
+@pytest.mark.parametrize("H,L,B", SIZES)
+def test_partition_covers_every_unit_once(H, L, B, elem, dev, backward):
+    p = plan(H, L, B, elem, dev, backward=backward)
+    if not p["fits"]:
+        assert p["why"] and p["ctas"] == []
+        return
+    ctas = p["ctas"]
+    assert len(ctas) == p["num_ctas"] == L * p["ctas_per_layer"] <= dev[3]
+    owner = {}
+    prev_layer = 0
+    for c, (layer, j0, j1) in enumerate(ctas):
+        assert 0 <= layer < L
+        assert layer >= prev_layer, "the CTAs of a layer must be contiguous"
+        prev_layer = layer
+        assert c // p["ctas_per_layer"] == layer
+        assert 0 <= j0 < j1 <= H, f"CTA {c} owns an empty or out-of-range slice"
+        assert j1 - j0 <= p["units_per_cta"]
+        for j in range(j0, j1):
+            assert (layer, j) not in owner, f"unit {j} of layer {layer} owned twice"
+            owner[(layer, j)] = c
+    assert len(owner) == L * H, "some unit has no CTA"
+    # Shared memory within the device's limits.
+    assert p["smem_bytes"] <= dev[1] and p["smem_bytes"] + RESERVED <= dev[0]
+    acc = 8 if elem == F64 else 4
+    U, K = p["units_per_cta"], p["K"]
+    assert K == (4 if backward else 1) * (2 * H if L > 1 else H)
+    weight_rows = U if backward else 4 * U   # backward: one column of 4H (or 8H) per unit
+    assert p["smem_bytes"] >= weight_rows * K * elem + 4 * U * acc + U * B * acc + \
+        p["batch_chunk"] * K * elem
+    assert 1 <= p["batch_chunk"] <= B
+    assert p["threads"] % 32 == 0
+
+
+def test_large_does_not_fit():
+    p = plan(1024, 4, 256)
+    assert not p["fits"] and not p["auto"] and not p["persistent"]
+    assert "shared memory" in p["why"]
+
+
+def test_bfloat16_fits_where_float32_does_not():
+    assert not plan(512, 4, 8, F32)["fits"]
+    p = plan(512, 4, 8, BF16)
+    assert p["fits"] and p["auto"], p["why"]
+
+
+def test_smaller_device_fits_less():
+    # Appleyard's H=512 L=2 in float32: fits the H100's 132 SMs, not the A100's 108.
+    assert plan(512, 2, 8, F32, H100)["fits"]
+    assert not plan(512, 2, 8, F32, A100)["fits"]
+
+
+def test_more_layers_than_sms_refused():
+    p = plan(16, 20, 2, dev=(233472, 232448, 65536, 16))
+    assert not p["fits"] and "SMs" in p["why"]
+    p = plan(16, 65, 2)  # beyond the kernel's parameter block (kMaxLayers = 64)
+    assert not p["fits"] and "layers" in p["why"]
+
+
+def test_too_few_registers_refused():
+    p = plan(64, 2, 4, dev=(233472, 232448, 32768, 132))
+    assert not p["fits"] and "registers" in p["why"]
+
+
+def test_empty_sizes_refused():
+    assert not plan(0, 2, 4)["fits"]
+    assert not plan(8, 2, 0)["fits"]
+
+
+def test_large_batch_is_chunked_and_left_to_general_by_auto():
+    p = plan(256, 2, 4096)
+    assert p["fits"] and p["batch_chunk"] < 4096
+    assert not p["auto"] and not p["persistent"]
+    assert plan(256, 2, 4096, option=2)["persistent"]
+
+
+def test_auto_batch_limit():
+    assert plan(64, 2, 64)["auto"]
+    p = plan(64, 2, 65)
+    assert p["fits"] and not p["auto"] and "B >" in p["why"]
+
+
+def test_tier_option():
+    # 1: general always; 2: persistent, or an error when it does not fit.
+    assert not plan(256, 2, 32, option=1)["persistent"]
+    assert plan(256, 2, 32, option=1)["error"] == ""
+    p = plan(256, 2, 32, option=2)
+    assert p["persistent"] and p["error"] == ""
+    p = plan(1024, 4, 256, option=2)
+    assert not p["persistent"] and "do not fit" in p["error"]
+    # auto leaves short wavefronts (T + L - 1 < kAutoMinSteps = 16) to general.
+    assert not plan(256, 1, 4, T=15)["persistent"]
+    assert plan(256, 1, 4, T=16)["persistent"]
+    assert not plan(256, 2, 4, T=14)["persistent"] and plan(256, 2, 4, T=15)["persistent"]
+
+
+def test_units_spread_evenly():
+    # H=300 on 132 SMs, L=3: at most 44 CTAs a layer -> U = 7 -> 43 CTAs.
+    p = plan(300, 3, 3)
+    assert p["units_per_cta"] == 7 and p["ctas_per_layer"] == 43
+    sizes = [j1 - j0 for _, j0, j1 in p["ctas"][:43]]
+    assert sizes.count(7) == 42 and sizes[-1] == 300 - 42 * 7
+
+
+def test_backward_plan_d2l():
+    """The backward stages [dG above | dG_{t+1}] rows of 8H: at D2L in float32
+    the batch is staged in chunks, which auto accepts for the backward."""
+    p = plan(256, 2, 32, backward=True)
+    assert p["fits"] and p["K"] == 2048
+    assert p["units_per_cta"] == 4 and p["num_ctas"] == 128
+    assert 1 <= p["batch_chunk"] < 32
+    assert p["auto"] and p["persistent"]
+    # Same resident weight bytes as the forward (U columns of 8H vs 4U rows of 2H).
+    f = plan(256, 2, 32)
+    assert p["units_per_cta"] * p["K"] == 4 * f["units_per_cta"] * f["K"]
+    assert plan(256, 2, 32, BF16, backward=True)["batch_chunk"] == 32
+
+
+def test_backward_single_layer_row_is_4h():
+    assert plan(100, 1, 4, backward=True)["K"] == 400
