@@ -94,12 +94,15 @@ static PyObject* persistent_plan(PyObject*, PyObject* args) {
     Py_DECREF(e);
   }
   return Py_BuildValue(
-      "{s:O,s:O,s:s,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:N,s:O,s:s}", "fits", p.fits ? Py_True : Py_False,
+      "{s:O,s:O,s:s,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:N,s:O,s:O,s:O,s:s}", "fits",
+      p.fits ? Py_True : Py_False,
       "auto", p.auto_ok ? Py_True : Py_False, "why", p.why.c_str(), "K", (long long)p.K,
       "units_per_cta", (long long)p.units_per_cta, "ctas_per_layer", (long long)p.ctas_per_layer,
       "num_ctas", (long long)p.num_ctas, "batch_chunk", (long long)p.batch_chunk, "threads",
       (long long)p.threads, "smem_bytes", (long long)p.smem.total, "ctas", ctas, "persistent",
-      c.persistent ? Py_True : Py_False, "error", c.error.c_str());
+      c.persistent ? Py_True : Py_False, "auto_eligible", c.auto_eligible ? Py_True : Py_False,
+      "auto_enabled", fusedrnn::persistent::kAutoEnabled ? Py_True : Py_False, "error",
+      c.error.c_str());
 }
 
 static PyMethodDef fusedrnn_methods[] = {

@@ -263,7 +263,8 @@ def test_auto_follows_the_planner(B):
         a = op(x, h0, c0, w, True, True)
     with tier("persistent" if plan["persistent"] else "general"):
         b = op(x, h0, c0, w, True, True)
-    assert plan["persistent"] == (B <= 64)
+    assert plan["auto_eligible"] == (B <= 64)
+    assert plan["persistent"] == (plan["auto_eligible"] and plan["auto_enabled"])
     for u, v in zip(a, b):
         assert torch.equal(u, v)
 
@@ -313,7 +314,7 @@ def test_auto_keeps_general_when_step_launch_is_set():
     """cuda_step_launch = per_step/graph only means something to the general
     tier: while it is set, auto runs the general tier (bitwise its results)."""
     L, I, H, T, B = 2, 12, 96, 20, 4
-    assert device_plan(H, L, B, F32, T)["persistent"]
+    assert device_plan(H, L, B, F32, T)["auto_eligible"]
     w = _weights(I, H, L, True, F32)
     x, h0, c0 = _inputs(I, H, L, T, B, F32)
     op = torch.ops.fusedrnn.lstm_forward

@@ -39,7 +39,7 @@ def _align16(n):
 
 def test_d2l_fits_h100_float32():
     p = plan(256, 2, 32)
-    assert p["fits"] and p["auto"] and p["persistent"], p["why"]
+    assert p["fits"] and p["auto"] and p["auto_eligible"], p["why"]
     assert p["K"] == 512
     assert p["units_per_cta"] == 4 and p["ctas_per_layer"] == 64 and p["num_ctas"] == 128
     assert p["batch_chunk"] == 32
@@ -151,9 +151,18 @@ def test_tier_option():
     p = plan(1024, 4, 256, option=2)
     assert not p["persistent"] and "do not fit" in p["error"]
     # auto leaves short wavefronts (T + L - 1 < kAutoMinSteps = 16) to general.
-    assert not plan(256, 1, 4, T=15)["persistent"]
-    assert plan(256, 1, 4, T=16)["persistent"]
-    assert not plan(256, 2, 4, T=14)["persistent"] and plan(256, 2, 4, T=15)["persistent"]
+    assert not plan(256, 1, 4, T=15)["auto_eligible"]
+    assert plan(256, 1, 4, T=16)["auto_eligible"]
+    assert not plan(256, 2, 4, T=14)["auto_eligible"] and plan(256, 2, 4, T=15)["auto_eligible"]
+
+
+def test_auto_runs_general_until_enabled():
+    """Auto picks the persistent tier only once it is enabled (kAutoEnabled,
+    off until the kernels have run on a GPU); eligible sizes say so."""
+    p = plan(256, 2, 32, T=35)
+    assert p["auto_eligible"]
+    assert p["persistent"] == p["auto_enabled"]
+    assert p["auto_enabled"] is False, "enable auto only after a GPU validation run"
 
 
 def test_units_spread_evenly():
@@ -171,7 +180,7 @@ def test_backward_plan_d2l():
     assert p["fits"] and p["K"] == 2048
     assert p["units_per_cta"] == 4 and p["num_ctas"] == 128
     assert 1 <= p["batch_chunk"] < 32
-    assert p["auto"] and p["persistent"]
+    assert p["auto"] and p["auto_eligible"]
     # Same resident weight bytes as the forward (U columns of 8H vs 4U rows of 2H).
     f = plan(256, 2, 32)
     assert p["units_per_cta"] * p["K"] == 4 * f["units_per_cta"] * f["K"]

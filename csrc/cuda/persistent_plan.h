@@ -25,7 +25,9 @@
 //     dG_{t+1}] -- of batch_chunk batch rows at a time).
 //
 // Selection (the "cuda_tier" option): 1 general, 2 persistent (an error when
-// the plan does not fit), 0 auto = persistent when `fits` and `auto_ok`.
+// the plan does not fit), 0 auto = persistent when `fits` and `auto_ok` (and
+// the rules below), once kAutoEnabled is switched on after a GPU validation;
+// until then auto = general.
 //
 // TUNING KNOBS (all provisional and unmeasured: no GPU was available when this
 // was written; a GPU session should sweep them with benchmarks/bench_layers.py):
@@ -57,6 +59,12 @@ constexpr int64_t kThreads = 256;
 constexpr int64_t kTaskRows = 4;
 constexpr int64_t kAutoMaxBatch = 64;
 constexpr int64_t kAutoMinSteps = 16;
+// Whether "auto" may pick the persistent tier at all.  Off until the kernels
+// have passed tests/test_cuda_persistent.py on a GPU and bench_layers.py has
+// shown where they win: until then auto runs the general tier everywhere, and
+// the persistent tier runs only when forced (cuda_tier = persistent).  The
+// eligibility rule below (auto_eligible) is what auto will follow once on.
+constexpr bool kAutoEnabled = false;
 // The kernel is compiled with __launch_bounds__(kThreads, 1): at most 255
 // registers a thread, which the planner takes as the worst case.
 constexpr int64_t kMaxRegsPerThread = 255;
@@ -208,6 +216,7 @@ inline Plan plan_lstm(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem, 
 // cuda_step_launch is set to a non-auto value (auto then keeps the general tier).
 struct TierChoice {
   bool persistent = false;
+  bool auto_eligible = false;  // what auto would pick with kAutoEnabled
   std::string error;
 };
 
@@ -225,8 +234,9 @@ inline TierChoice choose_tier(int64_t option, bool supported, const std::string&
     }
     return c;
   }
-  c.persistent =
+  c.auto_eligible =
       supported && p.fits && p.auto_ok && steps >= kAutoMinSteps && !step_launch_set;
+  c.persistent = kAutoEnabled && c.auto_eligible;
   return c;
 }
 
