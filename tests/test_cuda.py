@@ -692,3 +692,16 @@ def test_graph_mode_on_side_stream(step_launch):
     torch.cuda.synchronize()
     for a, b in zip(got, want):
         assert torch.equal(a, b)
+
+
+def test_packed_refused_inside_cuda_graph_capture():
+    """Packed sequences build row indices on the host per call, which a graph
+    capture cannot replay: refused with a clear error, not replayed wrongly."""
+    fused, _ = make_pair(3, 5, 1, dtype=F32, device=CUDA)
+    x = torch.randn(4, 3, 3, device=CUDA)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([4, 2, 1]))
+    fused(packed)  # warm-up outside the capture works
+    g = torch.cuda.CUDAGraph()
+    with pytest.raises(NotImplementedError, match=r"(?i)packed.*CUDA graph"):
+        with torch.no_grad(), torch.cuda.graph(g):
+            fused(packed)

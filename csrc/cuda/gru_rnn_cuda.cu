@@ -58,6 +58,7 @@
 
 #include "cell_math.h"
 #include "rnn_checks.h"
+#include "cuda/capture_check.h"
 
 namespace fusedrnn {
 namespace {
@@ -572,6 +573,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_cuda(
   check_cuda_args(input_, "gru_forward");
   const RnnSizes s = check_stack_args(kGru, 3, input_, hx_, {}, weights_, has_biases, batch_sizes);
   const c10::cuda::CUDAGuard guard(input_.device());
+  check_packed_not_capturing(s.seq, "gru_forward");
   const SeqLayout& seq = s.seq;
   const int64_t T = s.T, B = s.B, H = s.H, L = s.L, N = seq.N, G3 = 3 * H, G4 = 4 * H;
 
@@ -641,6 +643,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> gru_backward_cuda(
   const RnnSizes s = check_stack_args(kGru, 3, input_, hx_, {}, weights_, has_biases, batch_sizes);
   check_gru_backward_args(s, input_, grad_output_, grad_hy_, output_, saved_, hiddens_);
   const c10::cuda::CUDAGuard guard(input_.device());
+  check_packed_not_capturing(s.seq, "gru_backward");
   const SeqLayout& seq = s.seq;
   const int64_t T = s.T, B = s.B, H = s.H, L = s.L, N = seq.N, G3 = 3 * H, G4 = 4 * H;
   if (N == 0 || H == 0) return empty_backward(input_, grad_hy_, weights_);
@@ -714,6 +717,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward_cuda(const Tensor& input_, const 
   check_cuda_args(input_, "rnn_forward");
   const RnnSizes s = check_stack_args(kRnn, 1, input_, hx_, {}, weights_, has_biases, batch_sizes);
   const c10::cuda::CUDAGuard guard(input_.device());
+  check_packed_not_capturing(s.seq, "rnn_forward");
   const SeqLayout& seq = s.seq;
   const int64_t T = s.T, B = s.B, H = s.H, L = s.L, N = seq.N;
 
@@ -778,6 +782,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_cuda(
   const RnnSizes s = check_stack_args(kRnn, 1, input_, hx_, {}, weights_, has_biases, batch_sizes);
   check_rnn_backward_args(s, input_, grad_output_, grad_hy_, output_, hiddens_);
   const c10::cuda::CUDAGuard guard(input_.device());
+  check_packed_not_capturing(s.seq, "rnn_backward");
   const SeqLayout& seq = s.seq;
   const int64_t T = s.T, B = s.B, H = s.H, L = s.L, N = seq.N;
   if (N == 0 || H == 0) return empty_backward(input_, grad_hy_, weights_);

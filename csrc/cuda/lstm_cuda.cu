@@ -68,6 +68,7 @@
 
 #include "cell_math.h"
 #include "cuda/lstm_persistent.h"
+#include "cuda/capture_check.h"
 #include "cuda/step_graph.h"
 #include "lstm_checks.h"
 #include "options.h"
@@ -580,6 +581,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cuda(
     return *r;
   check_cuda_supported(s, "lstm_forward");
   const c10::cuda::CUDAGuard guard(input_.device());
+  check_packed_not_capturing(s.seq, "lstm_forward");
 
   const int64_t T = s.T, B = s.B, H = s.H, P = s.P, L = s.L, N = s.seq.N, G4 = 4 * H;
   const SeqLayout& q = s.seq;
@@ -723,6 +725,7 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cuda(
                                                     gates_, cells_, hiddens_))
     return *r;
   const c10::cuda::CUDAGuard guard(input_.device());
+  check_packed_not_capturing(s.seq, "lstm_backward");
 
   const int64_t T = s.T, B = s.B, H = s.H, P = s.P, L = s.L, N = s.seq.N, G4 = 4 * H;
   const SeqLayout& q = s.seq;
