@@ -1015,7 +1015,8 @@ def describe(meta):
         ("peers", ", ".join(f"{k}: {v}" for k, v in meta.get("peers", {}).items()) or "none"),
         ("load average (1 min) at start", meta["load_avg_start"]),
         ("command", meta["command"]),
-    ]
+    ] + ([("INCOMPLETE", meta["partial"] + " (written while the benchmark was running)")]
+         if meta.get("partial") else [])
 
 
 def write_markdown(path, meta, rows, impl_names, notes):
@@ -1302,37 +1303,10 @@ def main(argv=None):
         log(f"  WARNING: {msg}")
     log("")
 
-    rows = []
-    t_start = time.perf_counter()
-    for i, (cname, cell) in enumerate(runs, 1):
-        cfg = dataclasses.replace(CONFIGS[cname], cell=cell)
-        log(f"[{i}/{len(runs)}] {cname} {cell_label(cell)}: B={cfg.B} T={cfg.T} I={cfg.I} "
-            f"H={cfg.H} L={cfg.L}")
-        try:
-            rows += bench_config(ctx, cname, cfg, impls, notes)
-        except Exception as e:  # noqa: BLE001 (keep the other configurations' results)
-            notes.append(f"{cname} {cell_label(cell)}: failed: {type(e).__name__}: {e}")
-            log(f"    failed: {type(e).__name__}: {e}")
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    elapsed = time.perf_counter() - t_start
-    meta["elapsed_s"] = round(elapsed, 1)
-    meta["load_avg_end"] = load_average()
-
-    log("")
-    for mode in args.modes:
-        if any(r["mode"] == mode for r in rows):
-            log(f"== {MODE_TITLES[mode]}: median ms per call; x torch = t_torch / t_impl "
-                f"(>1: faster than torch)")
-            log(text_table(*table_rows(rows, mode, names, device.type == "cuda")))
-            log("")
-    if notes:
-        log("notes:")
-        for n in notes:
-            log(f"  - {n}")
-    log(f"total {elapsed:.0f} s")
-
-    if not args.no_save:
+    def save(final):
+        """Write the JSON and Markdown results (and the plot when final).  Also
+        called after every configuration, so a run cut short (a time limit on
+        a lent GPU) still leaves the results it has so far."""
         os.makedirs(args.out, exist_ok=True)
         stem = meta["device_slug"]
         if args.dtype != "float32":
@@ -1353,9 +1327,47 @@ def main(argv=None):
                        "peers": peers, "results": rows, "notes": notes}, f, indent=1)
         write_markdown(stem + ".md", meta, rows, names, notes)
         written = [stem + ".json", stem + ".md"]
-        if write_plot(stem + ".png", meta, rows, names):
+        if final and write_plot(stem + ".png", meta, rows, names):
             written.append(stem + ".png")
-        log("wrote " + ", ".join(os.path.relpath(w) for w in written))
+        if final:
+            log("wrote " + ", ".join(os.path.relpath(w) for w in written))
+
+    rows = []
+    t_start = time.perf_counter()
+    for i, (cname, cell) in enumerate(runs, 1):
+        cfg = dataclasses.replace(CONFIGS[cname], cell=cell)
+        log(f"[{i}/{len(runs)}] {cname} {cell_label(cell)}: B={cfg.B} T={cfg.T} I={cfg.I} "
+            f"H={cfg.H} L={cfg.L}")
+        try:
+            rows += bench_config(ctx, cname, cfg, impls, notes)
+        except Exception as e:  # noqa: BLE001 (keep the other configurations' results)
+            notes.append(f"{cname} {cell_label(cell)}: failed: {type(e).__name__}: {e}")
+            log(f"    failed: {type(e).__name__}: {e}")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if not args.no_save and i < len(runs):
+            meta["partial"] = f"{i} of {len(runs)} runs done"
+            save(final=False)
+    meta.pop("partial", None)
+    elapsed = time.perf_counter() - t_start
+    meta["elapsed_s"] = round(elapsed, 1)
+    meta["load_avg_end"] = load_average()
+
+    log("")
+    for mode in args.modes:
+        if any(r["mode"] == mode for r in rows):
+            log(f"== {MODE_TITLES[mode]}: median ms per call; x torch = t_torch / t_impl "
+                f"(>1: faster than torch)")
+            log(text_table(*table_rows(rows, mode, names, device.type == "cuda")))
+            log("")
+    if notes:
+        log("notes:")
+        for n in notes:
+            log(f"  - {n}")
+    log(f"total {elapsed:.0f} s")
+
+    if not args.no_save:
+        save(final=True)
     # Skips (a reference too slow) are fine; an implementation that fails is not.
     failures = [n for n in notes if " failed: " in n or "could not be built" in n]
     if not rows or failures:
