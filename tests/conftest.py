@@ -5,6 +5,11 @@
   native library ``fusedrnn._C`` has not been built.
 * ``fusedrnn_or_skip()`` — import the package, skipping the calling module
   cleanly when the native library is missing.
+* ``cuda_or_skip()`` — like ``fusedrnn_or_skip()``, and also skip the calling
+  module without a CUDA device or without the CUDA kernels in the build.
+  The CUDA test modules also share ``CUDA``, ``CUDA_TOL`` with
+  ``assert_close_scaled(...)``, the ``no_tf32`` fixture, ``lstm_inputs(...)``
+  and ``loss_weights(...)``.
 * ``make_pair(...)`` — a ``fusedrnn.LSTM`` and a ``torch.nn.LSTM`` with
   identical weights.
 * ``seed`` fixture (autouse) — every test starts from ``torch.manual_seed(0)``.
@@ -54,6 +59,77 @@ def fusedrnn_or_skip():
         pytest.skip(f"fusedrnn._C is not built ({e}); run "
                     "`python setup.py build_ext --inplace`", allow_module_level=True)
     return fusedrnn
+
+
+def cuda_or_skip():
+    """fusedrnn_or_skip(), then skip the calling test module unless there is a
+    CUDA device and fusedrnn._C was built with its CUDA kernels."""
+    fusedrnn = fusedrnn_or_skip()
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA tests need a CUDA device (torch.cuda.is_available() is False)",
+                    allow_module_level=True)
+    if not getattr(fusedrnn._C, "cuda_compiled", 0):
+        pytest.skip("fusedrnn._C was built without its CUDA kernels (cuda_compiled == 0); "
+                    "rebuild with nvcc available", allow_module_level=True)
+    return fusedrnn
+
+
+# ----------------------------------------------- shared by the CUDA tests --
+
+CUDA = torch.device("cuda", 0)
+
+# Per-dtype tolerance of the CUDA kernels vs the float64 reference / cuDNN,
+# for assert_close_scaled: a result r passes against the expected e when
+#   |r - e| <= TOL * |e| + TOL * max(1, max|e|)
+# (relative, plus an absolute floor scaled by the tensor's largest magnitude,
+# since gradients of the weights are sums over T·B terms).
+CUDA_TOL = {
+    torch.float64: 1e-10,   # vs the float64 reference: only summation order differs
+    torch.float32: 1e-4,    # vs cuDNN, TF32 off: full fp32 in both, different order
+    torch.float16: 5e-3,    # vs cuDNN in half: both round every stored value to 11 bits
+    torch.bfloat16: 3e-2,   # vs cuDNN in bfloat16: 8-bit mantissa, rounded per step
+}
+
+
+def assert_close_scaled(actual, expected, tol, name):
+    """Equal shapes, and |actual - expected| <= tol * |expected| + tol * max(1, max|expected|),
+    compared in float64 on the CPU."""
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
+    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
+    scale = max(1.0, e.abs().max().item()) if e.numel() else 1.0
+    torch.testing.assert_close(a, e, rtol=tol, atol=tol * scale,
+                               msg=lambda m: f"{name}: {m}")
+
+
+@pytest.fixture
+def no_tf32():
+    """Full fp32 GEMMs for cuBLAS and cuDNN alike, restored afterwards (a CUDA
+    test module opts in with pytestmark = pytest.mark.usefixtures("no_tf32"))."""
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def lstm_inputs(I, H, L, T, B, dtype, device=CUDA, batch_first=False, seed=1):
+    """Seeded LSTM inputs [x, h0, c0] ((T, B, I) or (B, T, I), (L, B, H) twice)."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (B, T, I) if batch_first else (T, B, I)
+    x = torch.randn(shape, generator=g)
+    h0 = 0.5 * torch.randn(L, B, H, generator=g)
+    c0 = 0.5 * torch.randn(L, B, H, generator=g)
+    return [t.to(device=device, dtype=dtype) for t in (x, h0, c0)]
+
+
+def loss_weights(vals, seed=2):
+    """Seeded random weights for a loss over the tensors `vals` (float32, or
+    float64 when vals[0] is, so the loss itself is not computed in half precision)."""
+    g = torch.Generator().manual_seed(seed)
+    dt = torch.float64 if vals[0].dtype == torch.float64 else torch.float32
+    return [torch.randn(v.shape, generator=g).to(device=v.device, dtype=dt) for v in vals]
 
 
 @pytest.fixture(autouse=True)

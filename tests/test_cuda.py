@@ -29,73 +29,23 @@ What is checked:
 import pytest
 import torch
 
-from conftest import flat_weights, fusedrnn_or_skip, make_pair, reference
+from conftest import (CUDA, CUDA_TOL, assert_close_scaled, cuda_or_skip, flat_weights,
+                      loss_weights, lstm_inputs, make_pair, reference)
 
-fusedrnn = fusedrnn_or_skip()
+fusedrnn = cuda_or_skip()
+pytestmark = pytest.mark.usefixtures("no_tf32")
 
-if not torch.cuda.is_available():
-    pytest.skip("CUDA tests need a CUDA device (torch.cuda.is_available() is False)",
-                allow_module_level=True)
-if not getattr(fusedrnn._C, "cuda_compiled", 0):
-    pytest.skip("fusedrnn._C was built without its CUDA kernels (cuda_compiled == 0); "
-                "rebuild with nvcc available", allow_module_level=True)
-
-CUDA = torch.device("cuda", 0)
 F64, F32, F16, BF16 = torch.float64, torch.float32, torch.float16, torch.bfloat16
 
-# Per-dtype tolerance: a result r passes against the expected e when
-#   |r - e| <= TOL * |e| + TOL * max(1, max|e|)
-# (relative, plus an absolute floor scaled by the tensor's largest magnitude,
-# since gradients of the weights are sums over T·B terms).
-TOL = {
-    F64: 1e-10,  # vs the float64 reference: only summation order differs
-    F32: 1e-4,   # vs cuDNN, TF32 off: full fp32 in both, different order
-    F16: 5e-3,   # vs cuDNN in half: both round every stored value to 11 bits
-    BF16: 3e-2,  # vs cuDNN in bfloat16: 8-bit mantissa, rounded per step
-}
+# Per-dtype tolerance (conftest.CUDA_TOL, for assert_close_scaled): a result
+# r passes against the expected e when |r - e| <= TOL * |e| + TOL * max(1, max|e|).
+TOL = CUDA_TOL
 # (The half-precision shapes below need about 6e-4 (float16) and 5e-3
 # (bfloat16) against the float64 truth with the CPU kernels' rounding, so the
 # limits leave room for cuDNN's own error on the other side.)
 
 
-@pytest.fixture(autouse=True)
-def no_tf32():
-    """Full fp32 GEMMs for cuBLAS and cuDNN alike, restored afterwards."""
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-
 # --------------------------------------------------------------- helpers --
-
-def _close(actual, expected, tol, name):
-    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
-    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
-    scale = max(1.0, e.abs().max().item()) if e.numel() else 1.0
-    torch.testing.assert_close(a, e, rtol=tol, atol=tol * scale,
-                               msg=lambda m: f"{name}: {m}")
-
-
-def _inputs(I, H, L, T, B, dtype, device=CUDA, batch_first=False, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    shape = (B, T, I) if batch_first else (T, B, I)
-    x = torch.randn(shape, generator=g)
-    h0 = 0.5 * torch.randn(L, B, H, generator=g)
-    c0 = 0.5 * torch.randn(L, B, H, generator=g)
-    return [t.to(device=device, dtype=dtype) for t in (x, h0, c0)]
-
-
-def _loss_weights(out, hn, cn, seed=2):
-    """Random weights for a loss that touches output, h_n and c_n (float32 or
-    float64, so the loss itself is not computed in half precision)."""
-    g = torch.Generator().manual_seed(seed)
-    dt = F64 if out.dtype == F64 else F32
-    return [torch.randn(t.shape, generator=g).to(device=t.device, dtype=dt) for t in (out, hn, cn)]
-
 
 def _loss(vals, ws):
     return sum((v.to(w.dtype) * w).sum() for v, w in zip(vals, ws))
@@ -107,7 +57,7 @@ def _run_module(mod, x, h0, c0):
     mod.zero_grad(set_to_none=True)
     out, (hn, cn) = mod(x, (h0, c0))
     vals = [out, hn, cn]
-    _loss(vals, _loss_weights(*vals)).backward()
+    _loss(vals, loss_weights(vals)).backward()
     grads = [x.grad, h0.grad, c0.grad] + [w.grad for w in flat_weights(mod)]
     return [v.detach() for v in vals], grads
 
@@ -118,19 +68,19 @@ def _run_reference(weights, x, h0, c0, L, bias, batch_first):
     out, (hn, cn) = reference.lstm(x, (h0, c0), ws, num_layers=L, has_biases=bias,
                                    batch_first=batch_first)
     vals = [out, hn, cn]
-    _loss(vals, _loss_weights(*vals)).backward()
+    _loss(vals, loss_weights(vals)).backward()
     return [v.detach() for v in vals], [x.grad, h0.grad, c0.grad] + [w.grad for w in ws]
 
 
 def _assert_results(got, want, tol, names_weights):
     (vals_g, grads_g), (vals_w, grads_w) = got, want
     for a, b, n in zip(vals_g, vals_w, ("output", "h_n", "c_n")):
-        _close(a, b, tol, n)
+        assert_close_scaled(a, b, tol, n)
     names = ["grad input", "grad h0", "grad c0"] + [f"grad {n}" for n in names_weights]
     assert len(grads_g) == len(grads_w) == len(names)
     for a, b, n in zip(grads_g, grads_w, names):
         assert a is not None and b is not None, f"{n} is missing"
-        _close(a, b, tol, n)
+        assert_close_scaled(a, b, tol, n)
 
 
 # (L, I, H, T, B, batch_first, bias)
@@ -156,7 +106,7 @@ def _ids(shapes):
 @pytest.mark.parametrize("L,I,H,T,B,batch_first,bias", SHAPES, ids=_ids(SHAPES))
 def test_float64_matches_reference(L, I, H, T, B, batch_first, bias):
     fused, _ = make_pair(I, H, L, bias=bias, batch_first=batch_first, dtype=F64, device=CUDA)
-    x, h0, c0 = _inputs(I, H, L, T, B, F64, batch_first=batch_first)
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, F64, batch_first=batch_first)
     got = _run_module(fused, x, h0, c0)
     want = _run_reference(flat_weights(fused), x, h0, c0, L, bias, batch_first)
     _assert_results(got, want, TOL[F64], fused._flat_weights_names)
@@ -166,7 +116,7 @@ def test_float64_matches_reference(L, I, H, T, B, batch_first, bias):
 
 def _cudnn_compare(dtype, L, I, H, T, B, batch_first, bias):
     fused, ref = make_pair(I, H, L, bias=bias, batch_first=batch_first, dtype=dtype, device=CUDA)
-    x, h0, c0 = _inputs(I, H, L, T, B, dtype, batch_first=batch_first)
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, dtype, batch_first=batch_first)
     got = _run_module(fused, x, h0, c0)
     try:
         want = _run_module(ref, x, h0, c0)
@@ -201,7 +151,7 @@ def test_half_precision_close_to_float64(dtype):
     half-precision run must stay within the dtype's tolerance of it."""
     L, I, H, T, B = 2, 8, 40, 4, 6
     fused, _ = make_pair(I, H, L, dtype=dtype, device=CUDA)
-    x, h0, c0 = _inputs(I, H, L, T, B, dtype)
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, dtype)
     got = _run_module(fused, x, h0, c0)
     exact = _run_reference([w.double() for w in flat_weights(fused)], x.double(),
                            h0.double(), c0.double(), L, True, False)
@@ -221,7 +171,7 @@ def test_wide_hidden_uses_large_tiles(B):
 def _raw_args(L=2, bias=True, dtype=F64, T=3, B=2, I=3, H=4, requires_grad=False):
     fused, _ = make_pair(I, H, L, bias=bias, dtype=dtype, device=CUDA)
     w = [p.detach().clone().requires_grad_(requires_grad) for p in flat_weights(fused)]
-    x, h0, c0 = (t.requires_grad_(requires_grad) for t in _inputs(I, H, L, T, B, dtype))
+    x, h0, c0 = (t.requires_grad_(requires_grad) for t in lstm_inputs(I, H, L, T, B, dtype))
     return [x, h0, c0, w, bias]
 
 
@@ -261,7 +211,7 @@ def test_opcheck_lstm_backward(L):
 
 def test_two_runs_bitwise_identical():
     fused, _ = make_pair(10, 300, 2, dtype=F32, device=CUDA)
-    x, h0, c0 = _inputs(10, 300, 2, 6, 40, F32)
+    x, h0, c0 = lstm_inputs(10, 300, 2, 6, 40, F32)
     (v1, g1), (v2, g2) = _run_module(fused, x, h0, c0), _run_module(fused, x, h0, c0)
     for a, b in zip(v1 + g1, v2 + g2):
         assert torch.equal(a, b)
@@ -275,7 +225,7 @@ def test_inference_matches_training_forward(L):
     vs at the start of a scratch buffer), and cuBLAS may then pick another
     GEMM kernel for the input projection, so there only up to rounding."""
     fused, _ = make_pair(6, 37, L, dtype=F32, device=CUDA)
-    x, h0, c0 = _inputs(6, 37, L, 5, 9, F32)
+    x, h0, c0 = lstm_inputs(6, 37, L, 5, 9, F32)
     w = flat_weights(fused)
     a = torch.ops.fusedrnn.lstm_forward(x, h0, c0, w, True, False)
     b = torch.ops.fusedrnn.lstm_forward(x, h0, c0, w, True, True)
@@ -298,7 +248,7 @@ def test_cpu_and_cuda_agree():
     fused_cpu, _ = make_pair(I, H, L, dtype=F64, device="cpu")
     fused_gpu, _ = make_pair(I, H, L, dtype=F64, device=CUDA)
     fused_gpu.load_state_dict(fused_cpu.state_dict())
-    x, h0, c0 = _inputs(I, H, L, T, B, F64, device="cpu")
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, F64, device="cpu")
     got = _run_module(fused_gpu, x.to(CUDA), h0.to(CUDA), c0.to(CUDA))
     want = _run_module(fused_cpu, x, h0, c0)
     _assert_results(got, want, TOL[F64], fused_cpu._flat_weights_names)
@@ -334,7 +284,7 @@ def test_zero_batch_ops():
 
 def test_mixed_devices_refused():
     fused, _ = make_pair(3, 5, 2, dtype=F32, device="cpu")
-    x, h0, c0 = _inputs(3, 5, 2, 4, 2, F32)  # on cuda
+    x, h0, c0 = lstm_inputs(3, 5, 2, 4, 2, F32)  # on cuda
     with pytest.raises((RuntimeError, ValueError), match="(?i)device|cuda|cpu"):
         fused(x, (h0, c0))
     # The raw op refuses it too, whichever argument is on the other device.
@@ -356,7 +306,7 @@ def test_second_device_matches_first():
     fused0, _ = make_pair(I, H, L, dtype=F32, device="cuda:0")
     fused1, _ = make_pair(I, H, L, dtype=F32, device="cuda:1")
     fused1.load_state_dict(fused0.state_dict())
-    x, h0, c0 = _inputs(I, H, L, T, B, F32, device="cuda:0")
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, F32, device="cuda:0")
     with torch.cuda.device(0):  # the current device differs from the tensors'
         got = _run_module(fused1, x.to("cuda:1"), h0.to("cuda:1"), c0.to("cuda:1"))
     want = _run_module(fused0, x, h0, c0)
@@ -394,13 +344,26 @@ def _states(L, B, H, P, seed=4):
     return 0.5 * torch.randn(L, B, P or H, generator=g), 0.5 * torch.randn(L, B, H, generator=g)
 
 
+def _data_and_states(I, H, L, P, lengths, T=None, B=None):
+    """(data, batch_sizes, h0, c0) on the CPU: a packed batch of sequences of
+    the given lengths when `lengths` is given, else a padded (T, B, I) input
+    (batch_sizes None)."""
+    if lengths is not None:
+        data, bs = _packed(lengths, I)
+        B = len(lengths)
+    else:
+        data, bs = torch.randn(T, B, I, generator=torch.Generator().manual_seed(3)), None
+    h0, c0 = _states(L, B, H, P)
+    return data, bs, h0, c0
+
+
 def _run_ops(weights, data, h0, c0, bias, batch_sizes=None):
     """fusedrnn.ops.lstm: ([output, h_n, c_n], [grad data, h0, c0, *weights])."""
     ws = [w.detach().clone().requires_grad_() for w in weights]
     data, h0, c0 = (t.detach().clone().requires_grad_() for t in (data, h0, c0))
     out, hn, cn = fusedrnn.ops.lstm(data, h0, c0, ws, bias, batch_sizes)
     vals = [out, hn, cn]
-    _loss(vals, _loss_weights(*vals)).backward()
+    _loss(vals, loss_weights(vals)).backward()
     return [v.detach() for v in vals], [data.grad, h0.grad, c0.grad] + [w.grad for w in ws]
 
 
@@ -413,7 +376,7 @@ def _run_torch(mod, data, h0, c0, batch_sizes=None):
     if batch_sizes is not None:
         out = out.data
     vals = [out, hn, cn]
-    _loss(vals, _loss_weights(*vals)).backward()
+    _loss(vals, loss_weights(vals)).backward()
     return ([v.detach() for v in vals],
             [data.grad, h0.grad, c0.grad] + [w.grad for w in mod._flat_weights])
 
@@ -422,12 +385,7 @@ def _truth_and_fused(I, H, L, P, bias, lengths, dtype=F64, T=None, B=None):
     """Runs the CPU float64 torch.nn.LSTM and fusedrnn on CUDA in `dtype` on
     the same data: packed when `lengths` is given, else padded (T, B)."""
     ref = _torch_lstm(I, H, L, P, bias, F64, "cpu")
-    if lengths is not None:
-        data, bs = _packed(lengths, I)
-        B = len(lengths)
-    else:
-        data, bs = torch.randn(T, B, I, generator=torch.Generator().manual_seed(3)), None
-    h0, c0 = _states(L, B, H, P)
+    data, bs, h0, c0 = _data_and_states(I, H, L, P, lengths, T, B)
     want = _run_torch(ref, data.double(), h0.double(), c0.double(), bs)
     w = [p.detach().to(CUDA, dtype) for p in ref._flat_weights]
     got = _run_ops(w, data.to(CUDA, dtype), h0.to(CUDA, dtype), c0.to(CUDA, dtype), bias, bs)
@@ -480,14 +438,9 @@ def test_float32_packed_proj_match_cudnn(packed, P):
     """torch.nn.LSTM on CUDA (cuDNN) with proj_size and/or a PackedSequence."""
     L, I, H = 2, 5, 21
     ref = _torch_lstm(I, H, L, P, True, F32, CUDA)
-    if packed:
-        lengths = [6, 5, 5, 3, 1]
-        data, bs = _packed(lengths, I)
-        B = len(lengths)
-    else:
-        data, bs, B = torch.randn(6, 5, I, generator=torch.Generator().manual_seed(3)), None, 5
-    h0, c0 = (t.to(CUDA) for t in _states(L, B, H, P))
-    data = data.to(CUDA)
+    lengths = [6, 5, 5, 3, 1] if packed else None
+    data, bs, h0, c0 = _data_and_states(I, H, L, P, lengths, T=6, B=5)
+    data, h0, c0 = (t.to(CUDA) for t in (data, h0, c0))
     want = _run_torch(ref, data, h0, c0, bs)
     got = _run_ops([p.detach() for p in ref._flat_weights], data, h0, c0, True, bs)
     _assert_results(got, want, TOL[F32], ref._flat_weights_names)
@@ -500,7 +453,7 @@ def test_packed_equal_lengths_matches_padded():
     L, I, H, T, B = 2, 4, 19, 5, 6
     fused, _ = make_pair(I, H, L, dtype=F64, device=CUDA)
     w = flat_weights(fused)
-    x, h0, c0 = _inputs(I, H, L, T, B, F64)
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, F64)
     bs = torch.full((T,), B, dtype=torch.long)
     a = torch.ops.fusedrnn.lstm_forward(x, h0, c0, w, True, True)
     b = torch.ops.fusedrnn.lstm_forward(x.reshape(T * B, I), h0, c0, w, True, True, bs)
@@ -624,12 +577,7 @@ def test_graph_and_per_step_bitwise_identical(step_launch, L, I, H, P, bias, dty
                                               lengths):
     ref = _torch_lstm(I, H, L, P, bias, dtype, CUDA)
     w = [p.detach() for p in ref._flat_weights]
-    if lengths is not None:
-        data, bs = _packed(lengths, I)
-        B = len(lengths)
-    else:
-        data, bs = torch.randn(T, B, I, generator=torch.Generator().manual_seed(3)), None
-    h0, c0 = _states(L, B, H, P)
+    data, bs, h0, c0 = _data_and_states(I, H, L, P, lengths, T, B)
     data, h0, c0 = (t.to(CUDA, dtype) for t in (data, h0, c0))
     step_launch("per_step")
     want = _full_run(w, data, h0, c0, bias, bs)
@@ -657,7 +605,7 @@ def test_graph_mode_inside_users_cuda_graph(step_launch):
     L, I, H, T, B = 2, 6, 40, 5, 7
     fused, _ = make_pair(I, H, L, dtype=F32, device=CUDA)
     w = [p.detach() for p in flat_weights(fused)]
-    x, h0, c0 = _inputs(I, H, L, T, B, F32)
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, F32)
     step_launch("per_step")
     want = torch.ops.fusedrnn.lstm_forward(x, h0, c0, w, True, False)
     step_launch("graph")
@@ -680,7 +628,7 @@ def test_graph_mode_on_side_stream(step_launch):
     L, I, H, T, B = 2, 4, 24, 6, 3
     fused, _ = make_pair(I, H, L, dtype=F32, device=CUDA)
     w = [p.detach() for p in flat_weights(fused)]
-    x, h0, c0 = _inputs(I, H, L, T, B, F32)
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, F32)
     step_launch("per_step")
     want = _full_run(w, x, h0, c0, True, None)
     step_launch("graph")

@@ -28,41 +28,18 @@ import pytest
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
-from conftest import fusedrnn_or_skip, reference
+from conftest import CUDA, CUDA_TOL, assert_close_scaled, cuda_or_skip, loss_weights, reference
 
-fusedrnn = fusedrnn_or_skip()
+fusedrnn = cuda_or_skip()
+pytestmark = pytest.mark.usefixtures("no_tf32")
 
-if not torch.cuda.is_available():
-    pytest.skip("CUDA tests need a CUDA device (torch.cuda.is_available() is False)",
-                allow_module_level=True)
-if not getattr(fusedrnn._C, "cuda_compiled", 0):
-    pytest.skip("fusedrnn._C was built without its CUDA kernels (cuda_compiled == 0); "
-                "rebuild with nvcc available", allow_module_level=True)
-
-CUDA = torch.device("cuda", 0)
 F64, F32, F16, BF16 = torch.float64, torch.float32, torch.float16, torch.bfloat16
 KINDS = ["gru", "rnn_tanh", "rnn_relu"]
 
-# Per-dtype tolerance, as in test_cuda.py: a result r passes against the
-# expected e when |r - e| <= TOL * |e| + TOL * max(1, max|e|).
-TOL = {
-    F64: 1e-10,  # vs the float64 reference: only summation order differs
-    F32: 1e-4,   # vs cuDNN, TF32 off: full fp32 in both, different order
-    F16: 5e-3,   # vs cuDNN in half: both round every stored value to 11 bits
-    BF16: 3e-2,  # vs cuDNN in bfloat16: 8-bit mantissa, rounded per step
-}
-
-
-@pytest.fixture(autouse=True)
-def no_tf32():
-    """Full fp32 GEMMs for cuBLAS and cuDNN alike, restored afterwards."""
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+# Per-dtype tolerance, as in test_cuda.py (conftest.CUDA_TOL, for
+# assert_close_scaled): a result r passes against the expected e when
+# |r - e| <= TOL * |e| + TOL * max(1, max|e|).
+TOL = CUDA_TOL
 
 
 # --------------------------------------------------------------- helpers --
@@ -98,16 +75,8 @@ def _leaf(t, requires_grad=True):
     return t.detach().clone().requires_grad_(requires_grad)
 
 
-def _loss_weights(vals, seed=2):
-    """Random weights for a loss over output and h_n (float32 or float64, so the
-    loss itself is not computed in half precision)."""
-    g = torch.Generator().manual_seed(seed)
-    dt = F64 if vals[0].dtype == F64 else F32
-    return [torch.randn(v.shape, generator=g).to(device=v.device, dtype=dt) for v in vals]
-
-
 def _backward(vals):
-    ws = _loss_weights(vals)
+    ws = loss_weights(vals)
     sum((v.to(w.dtype) * w).sum() for v, w in zip(vals, ws)).backward()
 
 
@@ -152,14 +121,6 @@ def _run_torch(mod, x, h0, batch_sizes=None):
     return [out.detach(), hn.detach()], [x.grad, h0.grad] + [w.grad for w in mod._flat_weights]
 
 
-def _close(actual, expected, tol, name):
-    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
-    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
-    scale = max(1.0, e.abs().max().item()) if e.numel() else 1.0
-    torch.testing.assert_close(a, e, rtol=tol, atol=tol * scale,
-                               msg=lambda m: f"{name}: {m}")
-
-
 def _names(L, bias):
     per = ["w_ih", "w_hh", "b_ih", "b_hh"] if bias else ["w_ih", "w_hh"]
     return [f"{n}_l{l}" for l in range(L) for n in per]
@@ -168,14 +129,14 @@ def _names(L, bias):
 def _assert_results(got, want, tol, L, bias, what="", grads=True):
     (vals_g, grads_g), (vals_w, grads_w) = got, want
     for a, b, n in zip(vals_g, vals_w, ("output", "h_n")):
-        _close(a, b, tol, f"{what} {n}")
+        assert_close_scaled(a, b, tol, f"{what} {n}")
     if not grads:
         return
     names = ["grad input", "grad h0"] + [f"grad {n}" for n in _names(L, bias)]
     assert len(grads_g) == len(grads_w) == len(names)
     for a, b, n in zip(grads_g, grads_w, names):
         assert a is not None and b is not None, f"{what} {n} is missing"
-        _close(a, b, tol, f"{what} {n}")
+        assert_close_scaled(a, b, tol, f"{what} {n}")
 
 
 # (L, I, H, T, B, bias)
@@ -364,11 +325,11 @@ def test_packed_equal_lengths_match_padded(kind):
     bs = torch.full((T,), B, dtype=torch.long)
     (vp, gp) = _run_op(kind, x.reshape(T * B, I), h0, w, True, bs)
     (vd, gd) = _run_op(kind, x, h0, w, True)
-    _close(vp[0], vd[0].reshape(T * B, H), TOL[F64], "output")
-    _close(vp[1], vd[1], TOL[F64], "h_n")
-    _close(gp[0], gd[0].reshape(T * B, I), TOL[F64], "grad input")
+    assert_close_scaled(vp[0], vd[0].reshape(T * B, H), TOL[F64], "output")
+    assert_close_scaled(vp[1], vd[1], TOL[F64], "h_n")
+    assert_close_scaled(gp[0], gd[0].reshape(T * B, I), TOL[F64], "grad input")
     for a, b, n in zip(gp[1:], gd[1:], ["h0"] + _names(L, True)):
-        _close(a, b, TOL[F64], f"grad {n}")
+        assert_close_scaled(a, b, TOL[F64], f"grad {n}")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -470,7 +431,7 @@ def test_saved_activations_match_cpu(kind):
     res_c = fwd(*args_c, True)
     res_g = fwd(*args_g, True)
     for k, (a, b) in enumerate(zip(res_g, res_c)):
-        _close(a, b, TOL[F64], f"forward result {k}")
+        assert_close_scaled(a, b, TOL[F64], f"forward result {k}")
     g = torch.Generator().manual_seed(7)
     go, gh = torch.randn(res_c[0].shape, generator=g, dtype=F64), torch.randn(res_c[1].shape, generator=g, dtype=F64)
     saved_c, saved_g = list(res_c[:1]) + list(res_c[2:]), list(res_g[:1]) + list(res_g[2:])
@@ -480,10 +441,10 @@ def test_saved_activations_match_cpu(kind):
     cross_c = bwd(go, gh, *args_c, *[t.cpu() for t in saved_g])
     cross_g = bwd(go.to(CUDA), gh.to(CUDA), *args_g, *[t.to(CUDA) for t in saved_c])
     for res in (got, cross_c, cross_g):
-        _close(res[0], want[0], TOL[F64], "grad input")
-        _close(res[1], want[1], TOL[F64], "grad hx")
+        assert_close_scaled(res[0], want[0], TOL[F64], "grad input")
+        assert_close_scaled(res[1], want[1], TOL[F64], "grad hx")
         for a, b, n in zip(res[2], want[2], _names(L, bias)):
-            _close(a, b, TOL[F64], f"grad {n}")
+            assert_close_scaled(a, b, TOL[F64], f"grad {n}")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -530,7 +491,7 @@ def test_inference_matches_training_forward(kind, L, packed):
         if L <= 2:
             assert torch.equal(a[k], b[k])
         else:
-            _close(a[k], b[k], 1e-6, f"result {k}")
+            assert_close_scaled(a[k], b[k], 1e-6, f"result {k}")
     for k in range(2, len(a)):
         assert a[k].shape == (0,)
     # The saved activations are consistent with the outputs.
@@ -671,7 +632,7 @@ def test_module_bidirectional(kind):
     (vg, gg), (vw, gw) = got, want
     for a, b, n in zip(vg + gg, vw + gw, ["output", "h_n", "grad input", "grad h0"] +
                        list(fused._flat_weights_names)):
-        _close(a, b, TOL[F32], f"bidirectional {kind} {n}")
+        assert_close_scaled(a, b, TOL[F32], f"bidirectional {kind} {n}")
 
 
 @needs_cuda_modules
@@ -681,5 +642,5 @@ def test_module_unbatched_and_default_state(kind):
     fused, ref = _module_pair(kind, I, H, L, device=CUDA, dtype=F32)
     x = torch.randn(T, I, device=CUDA)
     (o1, h1), (o2, h2) = fused(x), ref(x)
-    _close(o1, o2, TOL[F32], "output")
-    _close(h1, h2, TOL[F32], "h_n")
+    assert_close_scaled(o1, o2, TOL[F32], "output")
+    assert_close_scaled(h1, h2, TOL[F32], "h_n")

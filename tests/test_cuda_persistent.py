@@ -26,18 +26,11 @@ import contextlib
 import pytest
 import torch
 
-from conftest import flat_weights, fusedrnn_or_skip, make_pair, reference
+from conftest import (CUDA, assert_close_scaled, cuda_or_skip, flat_weights, loss_weights,
+                      lstm_inputs, make_pair, reference)
 
-fusedrnn = fusedrnn_or_skip()
+fusedrnn = cuda_or_skip()
 
-if not torch.cuda.is_available():
-    pytest.skip("CUDA tests need a CUDA device (torch.cuda.is_available() is False)",
-                allow_module_level=True)
-if not getattr(fusedrnn._C, "cuda_compiled", 0):
-    pytest.skip("fusedrnn._C was built without its CUDA kernels (cuda_compiled == 0); "
-                "rebuild with nvcc available", allow_module_level=True)
-
-CUDA = torch.device("cuda", 0)
 F64, F32, BF16 = torch.float64, torch.float32, torch.bfloat16
 TOL = {F64: 1e-10, F32: 2e-5, BF16: 3e-2}
 
@@ -64,6 +57,15 @@ def tier(name):
         fusedrnn.set_option("cuda_tier", old)
 
 
+def _persistent_and_general(fn, *args):
+    """(fn(*args) with cuda_tier 'persistent', fn(*args) with cuda_tier 'general')."""
+    with tier("persistent"):
+        p = fn(*args)
+    with tier("general"):
+        g = fn(*args)
+    return p, g
+
+
 def device_plan(H, L, B, dtype, T=8, backward=False):
     p = torch.cuda.get_device_properties(CUDA)
     smem_sm = getattr(p, "shared_memory_per_multiprocessor", 0)
@@ -76,33 +78,12 @@ def device_plan(H, L, B, dtype, T=8, backward=False):
                                        p.multi_processor_count, T, 0, int(backward))
 
 
-def _close(actual, expected, tol, name):
-    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
-    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
-    scale = max(1.0, e.abs().max().item()) if e.numel() else 1.0
-    torch.testing.assert_close(a, e, rtol=tol, atol=tol * scale, msg=lambda m: f"{name}: {m}")
-
-
-def _inputs(I, H, L, T, B, dtype, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(T, B, I, generator=g)
-    h0 = 0.5 * torch.randn(L, B, H, generator=g)
-    c0 = 0.5 * torch.randn(L, B, H, generator=g)
-    return [t.to(device=CUDA, dtype=dtype) for t in (x, h0, c0)]
-
-
-def _loss_weights(vals, seed=2):
-    g = torch.Generator().manual_seed(seed)
-    dt = F64 if vals[0].dtype == F64 else F32
-    return [torch.randn(v.shape, generator=g).to(device=v.device, dtype=dt) for v in vals]
-
-
 def _run_ops(weights, x, h0, c0, bias):
     """fusedrnn.ops.lstm: values (output, h_n, c_n) and grads [x, h0, c0, *weights]."""
     ws = [w.detach().clone().requires_grad_() for w in weights]
     x, h0, c0 = (t.detach().clone().requires_grad_() for t in (x, h0, c0))
     vals = list(fusedrnn.ops.lstm(x, h0, c0, ws, bias))
-    sum((v.to(w.dtype) * w).sum() for v, w in zip(vals, _loss_weights(vals))).backward()
+    sum((v.to(w.dtype) * w).sum() for v, w in zip(vals, loss_weights(vals))).backward()
     return [v.detach() for v in vals], [x.grad, h0.grad, c0.grad] + [w.grad for w in ws]
 
 
@@ -112,18 +93,18 @@ def _run_reference(weights, x, h0, c0, L, bias):
     out, (hn, cn) = reference.lstm(x, (h0, c0), ws, num_layers=L, has_biases=bias,
                                    batch_first=False)
     vals = [out, hn, cn]
-    sum((v * w.double()).sum() for v, w in zip(vals, _loss_weights(vals))).backward()
+    sum((v * w.double()).sum() for v, w in zip(vals, loss_weights(vals))).backward()
     return [v.detach() for v in vals], [x.grad, h0.grad, c0.grad] + [w.grad for w in ws]
 
 
 def _assert_same(got, want, tol, what):
     names = ["output", "h_n", "c_n"]
     for a, b, n in zip(got[0], want[0], names):
-        _close(a, b, tol, f"{what}: {n}")
+        assert_close_scaled(a, b, tol, f"{what}: {n}")
     assert len(got[1]) == len(want[1])
     for k, (a, b) in enumerate(zip(got[1], want[1])):
         assert a is not None and b is not None, f"{what}: gradient {k} missing"
-        _close(a, b, tol, f"{what}: gradient {k}")
+        assert_close_scaled(a, b, tol, f"{what}: gradient {k}")
 
 
 def _weights(I, H, L, bias, dtype):
@@ -162,12 +143,9 @@ def _ids(shapes):
 def test_float64_both_tiers_match_reference(L, I, H, T, B, bias):
     _need_fit(H, L, B, F64, T)
     w = _weights(I, H, L, bias, F64)
-    x, h0, c0 = _inputs(I, H, L, T, B, F64)
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, F64)
     want = _run_reference(w, x, h0, c0, L, bias)
-    with tier("persistent"):
-        got_p = _run_ops(w, x, h0, c0, bias)
-    with tier("general"):
-        got_g = _run_ops(w, x, h0, c0, bias)
+    got_p, got_g = _persistent_and_general(_run_ops, w, x, h0, c0, bias)
     _assert_same(got_p, want, TOL[F64], "persistent vs reference")
     _assert_same(got_g, want, TOL[F64], "general vs reference")
 
@@ -176,11 +154,8 @@ def test_float64_both_tiers_match_reference(L, I, H, T, B, bias):
 def test_float32_persistent_matches_general_and_reference(L, I, H, T, B, bias):
     _need_fit(H, L, B, F32, T)
     w = _weights(I, H, L, bias, F32)
-    x, h0, c0 = _inputs(I, H, L, T, B, F32)
-    with tier("persistent"):
-        got_p = _run_ops(w, x, h0, c0, bias)
-    with tier("general"):
-        got_g = _run_ops(w, x, h0, c0, bias)
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, F32)
+    got_p, got_g = _persistent_and_general(_run_ops, w, x, h0, c0, bias)
     _assert_same(got_p, got_g, TOL[F32], "persistent vs general")
     _assert_same(got_p, _run_reference(w, x, h0, c0, L, bias), 1e-4, "persistent vs reference")
 
@@ -193,11 +168,8 @@ SHAPES_BF16 = [(1, 3, 5, 1, 1, True), (2, 8, 32, 5, 4, True), (3, 7, 300, 3, 3, 
 def test_bfloat16_persistent_matches_general_and_float64(L, I, H, T, B, bias):
     _need_fit(H, L, B, BF16, T)
     w = _weights(I, H, L, bias, BF16)
-    x, h0, c0 = _inputs(I, H, L, T, B, BF16)
-    with tier("persistent"):
-        got_p = _run_ops(w, x, h0, c0, bias)
-    with tier("general"):
-        got_g = _run_ops(w, x, h0, c0, bias)
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, BF16)
+    got_p, got_g = _persistent_and_general(_run_ops, w, x, h0, c0, bias)
     _assert_same(got_p, got_g, TOL[BF16], "persistent vs general")
     _assert_same(got_p, _run_reference(w, x, h0, c0, L, bias), TOL[BF16],
                  "persistent vs float64 reference")
@@ -208,16 +180,13 @@ def test_saved_activations_match_general_tier(dtype):
     L, I, H, T, B = 3, 9, 70, 5, 6
     _need_fit(H, L, B, dtype, T)
     w = _weights(I, H, L, True, dtype)
-    x, h0, c0 = _inputs(I, H, L, T, B, dtype)
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, dtype)
     op = torch.ops.fusedrnn.lstm_forward
-    with tier("persistent"):
-        p = op(x, h0, c0, w, True, True)
-    with tier("general"):
-        g = op(x, h0, c0, w, True, True)
+    p, g = _persistent_and_general(op, x, h0, c0, w, True, True)
     names = ["output", "hy", "cy", "gates", "cells", "hiddens"]
     for a, b, n in zip(p, g, names):
         assert a.shape == b.shape, n
-        _close(a, b, TOL[dtype], f"saved {n}")
+        assert_close_scaled(a, b, TOL[dtype], f"saved {n}")
 
 
 @pytest.mark.parametrize("L", [1, 2, 5])
@@ -225,7 +194,7 @@ def test_inference_matches_training_forward(L):
     I, H, T, B = 6, 37, 7, 9
     _need_fit(H, L, B, F32, T)
     w = _weights(I, H, L, True, F32)
-    x, h0, c0 = _inputs(I, H, L, T, B, F32)
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, F32)
     op = torch.ops.fusedrnn.lstm_forward
     with tier("persistent"):
         a = op(x, h0, c0, w, True, False)
@@ -244,7 +213,7 @@ def test_two_runs_bitwise_identical(dtype):
     L, I, H, T, B = 3, 10, 300, 6, 12
     _need_fit(H, L, B, dtype, T)
     w = _weights(I, H, L, True, dtype)
-    x, h0, c0 = _inputs(I, H, L, T, B, dtype)
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, dtype)
     with tier("persistent"):
         r1, r2 = _run_ops(w, x, h0, c0, True), _run_ops(w, x, h0, c0, True)
     for a, b in zip(r1[0] + r1[1], r2[0] + r2[1]):
@@ -257,7 +226,7 @@ def test_auto_follows_the_planner(B):
     L, I, H, T = 2, 12, 96, 20   # T + L - 1 >= 16 wavefront steps, auto's minimum
     plan = device_plan(H, L, B, F32, T)
     w = _weights(I, H, L, True, F32)
-    x, h0, c0 = _inputs(I, H, L, T, B, F32)
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, F32)
     op = torch.ops.fusedrnn.lstm_forward
     with tier("auto"):
         a = op(x, h0, c0, w, True, True)
@@ -276,18 +245,18 @@ def test_mixed_tiers_same_gradients(fwd_tier, bwd_tier):
     L, I, H, T, B = 3, 9, 70, 5, 6
     _need_fit(H, L, B, F32, T)
     w = [t.requires_grad_() for t in _weights(I, H, L, True, F32)]
-    x, h0, c0 = (t.requires_grad_() for t in _inputs(I, H, L, T, B, F32))
+    x, h0, c0 = (t.requires_grad_() for t in lstm_inputs(I, H, L, T, B, F32))
     with tier(fwd_tier):
         vals = list(fusedrnn.ops.lstm(x, h0, c0, w, True))
-    loss = sum((v * g).sum() for v, g in zip(vals, _loss_weights(vals)))
+    loss = sum((v * g).sum() for v, g in zip(vals, loss_weights(vals)))
     with tier(bwd_tier):
         got = torch.autograd.grad(loss, [x, h0, c0] + w)
     with tier("general"):
         vals = list(fusedrnn.ops.lstm(x, h0, c0, w, True))
-        loss = sum((v * g).sum() for v, g in zip(vals, _loss_weights(vals)))
+        loss = sum((v * g).sum() for v, g in zip(vals, loss_weights(vals)))
         want = torch.autograd.grad(loss, [x, h0, c0] + w)
     for k, (a, b) in enumerate(zip(got, want)):
-        _close(a, b, TOL[F32], f"gradient {k}")
+        assert_close_scaled(a, b, TOL[F32], f"gradient {k}")
 
 
 def test_backward_op_persistent_matches_general():
@@ -295,19 +264,16 @@ def test_backward_op_persistent_matches_general():
     L, I, H, T, B = 2, 5, 33, 4, 7
     _need_fit(H, L, B, F64, T)
     w = _weights(I, H, L, True, F64)
-    x, h0, c0 = _inputs(I, H, L, T, B, F64)
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, F64)
     out, hy, cy, gates, cells, hiddens = torch.ops.fusedrnn.lstm_forward(x, h0, c0, w, True, True)
     g = torch.Generator().manual_seed(5)
     go, gh, gc = (torch.randn(t.shape, generator=g, dtype=F64).to(CUDA) for t in (out, hy, cy))
     args = [go, gh, gc, x, h0, c0, w, True, out, gates, cells, hiddens]
-    with tier("persistent"):
-        p = torch.ops.fusedrnn.lstm_backward(*args)
-    with tier("general"):
-        q = torch.ops.fusedrnn.lstm_backward(*args)
+    p, q = _persistent_and_general(torch.ops.fusedrnn.lstm_backward, *args)
     for k in range(3):
-        _close(p[k], q[k], TOL[F64], ["grad_input", "grad_hx", "grad_cx"][k])
+        assert_close_scaled(p[k], q[k], TOL[F64], ["grad_input", "grad_hx", "grad_cx"][k])
     for k, (a, b) in enumerate(zip(p[3], q[3])):
-        _close(a, b, TOL[F64], f"grad weight {k}")
+        assert_close_scaled(a, b, TOL[F64], f"grad weight {k}")
 
 
 def test_auto_keeps_general_when_step_launch_is_set():
@@ -316,7 +282,7 @@ def test_auto_keeps_general_when_step_launch_is_set():
     L, I, H, T, B = 2, 12, 96, 20, 4
     assert device_plan(H, L, B, F32, T)["auto_eligible"]
     w = _weights(I, H, L, True, F32)
-    x, h0, c0 = _inputs(I, H, L, T, B, F32)
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, F32)
     op = torch.ops.fusedrnn.lstm_forward
     old = fusedrnn.get_option("cuda_step_launch")
     try:
@@ -335,7 +301,7 @@ def test_forced_persistent_that_does_not_fit_raises():
     L, I, H, T, B = 4, 8, 2048, 2, 2   # 4 layers of 2048 units: far beyond shared memory
     assert not device_plan(H, L, B, F32, T)["fits"]
     w = _weights(I, H, L, True, F32)
-    x, h0, c0 = _inputs(I, H, L, T, B, F32)
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, F32)
     with tier("persistent"):
         with pytest.raises(RuntimeError, match=r"persistent.*do not fit"):
             torch.ops.fusedrnn.lstm_forward(x, h0, c0, w, True, False)
@@ -358,7 +324,7 @@ def test_forced_persistent_with_projection_raises():
 def test_gradcheck_through_persistent_forward():
     L, I, H, T, B = 2, 3, 4, 3, 2
     w = [t.requires_grad_() for t in _weights(I, H, L, True, F64)]
-    x, h0, c0 = (t.requires_grad_() for t in _inputs(I, H, L, T, B, F64))
+    x, h0, c0 = (t.requires_grad_() for t in lstm_inputs(I, H, L, T, B, F64))
 
     def fn(x, h, c, *ws):
         return fusedrnn.ops.lstm(x, h, c, list(ws), True)
@@ -374,12 +340,12 @@ def test_module_end_to_end():
     try:
         fused, ref = make_pair(28, 256, 2, dtype=F32, device=CUDA)
         _need_fit(256, 2, 32, F32, 35)
-        x, h0, c0 = _inputs(28, 256, 2, 35, 32, F32)
+        x, h0, c0 = lstm_inputs(28, 256, 2, 35, 32, F32)
         with tier("persistent"):
             out, (hn, cn) = fused(x, (h0, c0))
         want, (hr, cr) = ref(x, (h0, c0))
         for a, b, n in ((out, want, "output"), (hn, hr, "h_n"), (cn, cr, "c_n")):
-            _close(a, b, 1e-4, n)
+            assert_close_scaled(a, b, 1e-4, n)
     finally:
         torch.backends.cudnn.allow_tf32 = old
 

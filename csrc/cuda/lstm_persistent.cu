@@ -56,7 +56,9 @@
 #include <cuda/atomic>
 
 #include <cstring>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "cell_math.h"
 #include "cuda/lstm_persistent.h"
@@ -498,15 +500,99 @@ bool cooperative_fits(Kernel kernel, int64_t smem, int64_t ctas, std::string* wh
   return true;
 }
 
-template <typename scalar_t>
-void launch_forward(const Plan& plan, const FwdParams<scalar_t>& p, cudaStream_t stream) {
-  auto kernel = lstm_persistent_fwd_kernel<scalar_t>;
-  void* args[] = {const_cast<FwdParams<scalar_t>*>(&p)};
+// The parts of the forward and backward Params that the plan and the
+// weights fill alike (FwdParams / BwdParams).
+template <template <typename> class Params, typename scalar_t>
+void fill_common_params(Params<scalar_t>& p, const Plan& plan, const std::vector<Tensor>& w,
+                        int64_t pl, int64_t T, int64_t B, int64_t H, int64_t L,
+                        const Tensor& barrier) {
+  for (int64_t l = 0; l < L; ++l) {
+    p.w_ih[l] = l == 0 ? nullptr : w[l * pl].data_ptr<scalar_t>();
+    p.w_hh[l] = w[l * pl + 1].data_ptr<scalar_t>();
+  }
+  p.barrier = reinterpret_cast<unsigned long long*>(barrier.data_ptr<int64_t>());
+  p.T = T;
+  p.B = B;
+  p.H = H;
+  p.L = L;
+  p.units = plan.units_per_cta;
+  p.ctas_per_layer = plan.ctas_per_layer;
+  p.batch_chunk = plan.batch_chunk;
+  p.off_cstate = plan.smem.cstate;
+  p.off_stage = plan.smem.stage;
+}
+
+// One cooperative launch of `kernel` on the planned grid, Params by value.
+template <typename Kernel, typename Params>
+void launch_cooperative(Kernel kernel, const Plan& plan, const Params& p, cudaStream_t stream) {
+  void* args[] = {const_cast<Params*>(&p)};
   C10_CUDA_CHECK(cudaLaunchCooperativeKernel(
       reinterpret_cast<void*>(kernel), dim3(static_cast<unsigned>(plan.num_ctas)),
       dim3(static_cast<unsigned>(kThreads)), args, static_cast<size_t>(plan.smem.total),
       stream));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+std::vector<Tensor> contiguous_weights(at::TensorList weights) {
+  std::vector<Tensor> w;
+  w.reserve(weights.size());
+  for (const auto& t : weights) w.push_back(t.contiguous());
+  return w;
+}
+
+// The tier selection shared by the forward and the backward op (kBackward
+// picks the kernel, the plan and the op name of the messages): the plan when
+// the persistent kernel runs these sizes, std::nullopt when the general tier
+// does, an error where cuda_tier='persistent' is forced on sizes it cannot
+// run.  Unless it returns early (cuda_tier='general', or nothing to run),
+// it sets `guard` (the caller's, so it lasts for the op) to input's device.
+template <bool kBackward>
+std::optional<Plan> select_persistent_plan(const LstmSizes& s, const Tensor& input,
+                                           c10::cuda::OptionalCUDAGuard& guard) {
+  constexpr const char* op = kBackward ? "fusedrnn.lstm_backward" : "fusedrnn.lstm_forward";
+  const int64_t option = get_option(Option::kCudaTier);
+  if (option == 1) return std::nullopt;
+  // Nothing to run: the general tier's empty-size path returns the states.
+  if (s.T == 0 || s.B == 0 || s.H == 0) return std::nullopt;
+  guard.set_device(input.device());
+
+  const at::ScalarType dt = input.scalar_type();
+  std::string unsupported;
+  if (s.seq.packed) {
+    unsupported = "packed sequences (batch_sizes) are not supported by the persistent tier";
+  } else if (s.has_proj) {
+    unsupported = "proj_size (a w_hr per layer) is not supported by the persistent tier";
+  }
+  const Plan plan = persistent::plan_lstm(s.H, s.I, s.L, s.B, elem_size(dt), acc_size(dt),
+                                          device_limits(), /*backward=*/kBackward);
+  const persistent::TierChoice choice =
+      persistent::choose_tier(option, unsupported.empty(), unsupported, plan, s.T + s.L - 1,
+                              get_option(Option::kCudaStepLaunch) != 0);
+  TORCH_CHECK(choice.error.empty(), op, " (CUDA, cuda_tier='persistent'): ",
+              choice.error, " (H=", s.H, ", L=", s.L, ", B=", s.B, ", dtype ", dt,
+              "); use cuda_tier='auto' or 'general' for these arguments");
+  if (!choice.persistent) return std::nullopt;
+
+  std::string why;
+  bool fits = false;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, dt,
+      kBackward ? "fusedrnn_lstm_persistent_bwd_fits" : "fusedrnn_lstm_persistent_fits", [&] {
+        if constexpr (kBackward) {
+          fits = cooperative_fits(lstm_persistent_bwd_kernel<scalar_t>, plan.smem.total,
+                                  plan.num_ctas, &why);
+        } else {
+          fits = cooperative_fits(lstm_persistent_fwd_kernel<scalar_t>, plan.smem.total,
+                                  plan.num_ctas, &why);
+        }
+      });
+  if (!fits) {
+    TORCH_CHECK(option != 2, op, " (CUDA, cuda_tier='persistent'): the "
+                "planned grid of ", plan.num_ctas, " CTAs cannot run co-resident on this "
+                "device: ", why, "; use cuda_tier='auto' or 'general'");
+    return std::nullopt;
+  }
+  return plan;
 }
 
 }  // namespace
@@ -516,41 +602,12 @@ void launch_forward(const Plan& plan, const FwdParams<scalar_t>& p, cudaStream_t
 std::optional<LstmForwardResult> persistent_lstm_forward_if_selected(
     const LstmSizes& s, const Tensor& input_, const Tensor& hx_, const Tensor& cx_,
     at::TensorList weights_, bool has_biases, bool train) {
-  const int64_t option = get_option(Option::kCudaTier);
-  if (option == 1) return std::nullopt;
-  // Nothing to run: the general tier's empty-size path returns the states.
-  if (s.T == 0 || s.B == 0 || s.H == 0) return std::nullopt;
-  const c10::cuda::CUDAGuard guard(input_.device());
-
-  std::string unsupported;
-  if (s.seq.packed) {
-    unsupported = "packed sequences (batch_sizes) are not supported by the persistent tier";
-  } else if (s.has_proj) {
-    unsupported = "proj_size (a w_hr per layer) is not supported by the persistent tier";
-  }
+  c10::cuda::OptionalCUDAGuard guard;
+  const std::optional<Plan> selected =
+      select_persistent_plan</*kBackward=*/false>(s, input_, guard);
+  if (!selected) return std::nullopt;
+  const Plan& plan = *selected;
   const at::ScalarType dt = input_.scalar_type();
-  const Plan plan = persistent::plan_lstm(s.H, s.I, s.L, s.B, elem_size(dt), acc_size(dt),
-                                          device_limits());
-  const persistent::TierChoice choice =
-      persistent::choose_tier(option, unsupported.empty(), unsupported, plan, s.T + s.L - 1,
-                              get_option(Option::kCudaStepLaunch) != 0);
-  TORCH_CHECK(choice.error.empty(), "fusedrnn.lstm_forward (CUDA, cuda_tier='persistent'): ",
-              choice.error, " (H=", s.H, ", L=", s.L, ", B=", s.B, ", dtype ", dt,
-              "); use cuda_tier='auto' or 'general' for these arguments");
-  if (!choice.persistent) return std::nullopt;
-
-  std::string why;
-  bool fits = false;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "fusedrnn_lstm_persistent_fits", [&] {
-    fits = cooperative_fits(lstm_persistent_fwd_kernel<scalar_t>, plan.smem.total, plan.num_ctas,
-                            &why);
-  });
-  if (!fits) {
-    TORCH_CHECK(option != 2, "fusedrnn.lstm_forward (CUDA, cuda_tier='persistent'): the "
-                "planned grid of ", plan.num_ctas, " CTAs cannot run co-resident on this "
-                "device: ", why, "; use cuda_tier='auto' or 'general'");
-    return std::nullopt;
-  }
 
   const int64_t T = s.T, B = s.B, H = s.H, L = s.L, G4 = 4 * H;
   const auto opts = input_.options();
@@ -574,9 +631,7 @@ std::optional<LstmForwardResult> persistent_lstm_forward_if_selected(
   const Tensor input = input_.contiguous();
   const Tensor hx = hx_.contiguous();
   const Tensor cx = cx_.contiguous();
-  std::vector<Tensor> w;
-  w.reserve(weights_.size());
-  for (const auto& t : weights_) w.push_back(t.contiguous());
+  const std::vector<Tensor> w = contiguous_weights(weights_);
   const int64_t pl = s.per_layer;
 
   // Layer 0's input projection for all T steps: one GEMM (follows allow_tf32).
@@ -597,10 +652,7 @@ std::optional<LstmForwardResult> persistent_lstm_forward_if_selected(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "fusedrnn_lstm_persistent_forward", [&] {
     using acc_t = typename acc_type<scalar_t>::type;
     FwdParams<scalar_t> p{};
-    for (int64_t l = 0; l < L; ++l) {
-      p.w_ih[l] = l == 0 ? nullptr : w[l * pl].data_ptr<scalar_t>();
-      p.w_hh[l] = w[l * pl + 1].data_ptr<scalar_t>();
-    }
+    fill_common_params(p, plan, w, pl, T, B, H, L, barrier);
     p.bias = bias.defined() ? bias.data_ptr<acc_t>() : nullptr;
     p.gx0 = gx0.data_ptr<scalar_t>();
     p.hx = hx.data_ptr<scalar_t>();
@@ -612,18 +664,8 @@ std::optional<LstmForwardResult> persistent_lstm_forward_if_selected(
     p.cy = cy.data_ptr<scalar_t>();
     p.gates = train ? gates.data_ptr<scalar_t>() : nullptr;
     p.cells = train ? cells.data_ptr<scalar_t>() : nullptr;
-    p.barrier = reinterpret_cast<unsigned long long*>(barrier.data_ptr<int64_t>());
-    p.T = T;
-    p.B = B;
-    p.H = H;
-    p.L = L;
-    p.units = plan.units_per_cta;
-    p.ctas_per_layer = plan.ctas_per_layer;
-    p.batch_chunk = plan.batch_chunk;
     p.off_bias = plan.smem.bias;
-    p.off_cstate = plan.smem.cstate;
-    p.off_stage = plan.smem.stage;
-    launch_forward<scalar_t>(plan, p, stream);
+    launch_cooperative(lstm_persistent_fwd_kernel<scalar_t>, plan, p, stream);
   });
   return LstmForwardResult{output, hy, cy, gates, cells, hiddens};
 }
@@ -633,40 +675,12 @@ std::optional<LstmBackwardResult> persistent_lstm_backward_if_selected(
     const Tensor& grad_cy_, const Tensor& input_, const Tensor& hx_, const Tensor& cx_,
     at::TensorList weights_, bool has_biases, const Tensor& output_, const Tensor& gates_,
     const Tensor& cells_, const Tensor& hiddens_) {
-  const int64_t option = get_option(Option::kCudaTier);
-  if (option == 1) return std::nullopt;
-  if (s.T == 0 || s.B == 0 || s.H == 0) return std::nullopt;
-  const c10::cuda::CUDAGuard guard(input_.device());
-
-  std::string unsupported;
-  if (s.seq.packed) {
-    unsupported = "packed sequences (batch_sizes) are not supported by the persistent tier";
-  } else if (s.has_proj) {
-    unsupported = "proj_size (a w_hr per layer) is not supported by the persistent tier";
-  }
+  c10::cuda::OptionalCUDAGuard guard;
+  const std::optional<Plan> selected =
+      select_persistent_plan</*kBackward=*/true>(s, input_, guard);
+  if (!selected) return std::nullopt;
+  const Plan& plan = *selected;
   const at::ScalarType dt = input_.scalar_type();
-  const Plan plan = persistent::plan_lstm(s.H, s.I, s.L, s.B, elem_size(dt), acc_size(dt),
-                                          device_limits(), /*backward=*/true);
-  const persistent::TierChoice choice =
-      persistent::choose_tier(option, unsupported.empty(), unsupported, plan, s.T + s.L - 1,
-                              get_option(Option::kCudaStepLaunch) != 0);
-  TORCH_CHECK(choice.error.empty(), "fusedrnn.lstm_backward (CUDA, cuda_tier='persistent'): ",
-              choice.error, " (H=", s.H, ", L=", s.L, ", B=", s.B, ", dtype ", dt,
-              "); use cuda_tier='auto' or 'general' for these arguments");
-  if (!choice.persistent) return std::nullopt;
-
-  std::string why;
-  bool fits = false;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "fusedrnn_lstm_persistent_bwd_fits", [&] {
-    fits = cooperative_fits(lstm_persistent_bwd_kernel<scalar_t>, plan.smem.total, plan.num_ctas,
-                            &why);
-  });
-  if (!fits) {
-    TORCH_CHECK(option != 2, "fusedrnn.lstm_backward (CUDA, cuda_tier='persistent'): the "
-                "planned grid of ", plan.num_ctas, " CTAs cannot run co-resident on this "
-                "device: ", why, "; use cuda_tier='auto' or 'general'");
-    return std::nullopt;
-  }
 
   const int64_t T = s.T, B = s.B, H = s.H, L = s.L, G4 = 4 * H, pl = s.per_layer;
   const auto opts = input_.options();
@@ -675,9 +689,7 @@ std::optional<LstmBackwardResult> persistent_lstm_backward_if_selected(
   const Tensor cells = cells_.contiguous(), hiddens = hiddens_.contiguous();
   const Tensor grad_output = grad_output_.contiguous();
   const Tensor grad_hy = grad_hy_.contiguous(), grad_cy = grad_cy_.contiguous();
-  std::vector<Tensor> w;
-  w.reserve(weights_.size());
-  for (const auto& t : weights_) w.push_back(t.contiguous());
+  const std::vector<Tensor> w = contiguous_weights(weights_);
 
   Tensor dG = at::empty({L, T, B, G4}, opts);
   Tensor grad_cx = at::empty({L, B, H}, opts);
@@ -686,10 +698,7 @@ std::optional<LstmBackwardResult> persistent_lstm_backward_if_selected(
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "fusedrnn_lstm_persistent_backward", [&] {
     BwdParams<scalar_t> p{};
-    for (int64_t l = 0; l < L; ++l) {
-      p.w_ih[l] = l == 0 ? nullptr : w[l * pl].data_ptr<scalar_t>();
-      p.w_hh[l] = w[l * pl + 1].data_ptr<scalar_t>();
-    }
+    fill_common_params(p, plan, w, pl, T, B, H, L, barrier);
     p.grad_output = grad_output.data_ptr<scalar_t>();
     p.grad_hy = grad_hy.data_ptr<scalar_t>();
     p.grad_cy = grad_cy.data_ptr<scalar_t>();
@@ -698,23 +707,7 @@ std::optional<LstmBackwardResult> persistent_lstm_backward_if_selected(
     p.cx = cx.data_ptr<scalar_t>();
     p.dG = dG.data_ptr<scalar_t>();
     p.grad_cx = grad_cx.data_ptr<scalar_t>();
-    p.barrier = reinterpret_cast<unsigned long long*>(barrier.data_ptr<int64_t>());
-    p.T = T;
-    p.B = B;
-    p.H = H;
-    p.L = L;
-    p.units = plan.units_per_cta;
-    p.ctas_per_layer = plan.ctas_per_layer;
-    p.batch_chunk = plan.batch_chunk;
-    p.off_cstate = plan.smem.cstate;
-    p.off_stage = plan.smem.stage;
-    auto kernel = lstm_persistent_bwd_kernel<scalar_t>;
-    void* args[] = {&p};
-    C10_CUDA_CHECK(cudaLaunchCooperativeKernel(
-        reinterpret_cast<void*>(kernel), dim3(static_cast<unsigned>(plan.num_ctas)),
-        dim3(static_cast<unsigned>(kThreads)), args, static_cast<size_t>(plan.smem.total),
-        stream));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_cooperative(lstm_persistent_bwd_kernel<scalar_t>, plan, p, stream);
   });
 
   // After the recurrence: gradients of the weights, biases, input and h0 as
