@@ -70,6 +70,7 @@
 #include "cuda/lstm_persistent.h"
 #include "cuda/capture_check.h"
 #include "cuda/step_graph.h"
+#include "cuda/tile_product.cuh"
 #include "lstm_checks.h"
 #include "options.h"
 
@@ -78,14 +79,8 @@ namespace {
 
 using at::Tensor;
 
-// Depth of one K slice of the tiled products (both kernels).
-constexpr int kBK = 32;
-
-// Resident CTAs per SM the forward kernel is compiled for: two for float
-// accumulation (caps registers so that two 256-thread CTAs fit), one for
-// double (whose 4·TM double accumulators and staging registers need more).
-template <typename scalar_t>
-constexpr int kMinBlocks = std::is_same<scalar_t, double>::value ? 1 : 2;
+// kBK, kMinBlocks, the tiles and the tiled products (fwd_product,
+// bwd_product): tile_product.cuh.
 
 // --------------------------------------------------------------- forward --
 //
@@ -106,12 +101,8 @@ constexpr int kMinBlocks = std::is_same<scalar_t, double>::value ? 1 : 2;
 //
 // CTA tile: BM batch rows x BN hidden units x all 4 gates; the thread
 // (tx, ty), tx in [0, BN), ty in [0, BM/TM), owns unit j0 + tx for batch rows
-// b0 + ty*TM + m, m < TM, and keeps 4*TM accumulators.  Per K slice the CTA
-// stages h_prev[b0:b0+BM, k0:k0+BK] as As[k][b] and the 4·BN weight rows as
-// Ws[q][k][j]; both are padded by one column so the transposing stores are
-// free of bank conflicts, and the reads in the inner loop are broadcasts (As)
-// or consecutive words (Ws).  The next slice is prefetched into registers
-// while the current one is consumed.
+// b0 + ty*TM + m, m < TM, and keeps 4*TM accumulators, computed by
+// fwd_product (tile_product.cuh) with depth K.
 template <typename scalar_t, int BM, int BN, int TM>
 __global__ void __launch_bounds__(BN * (BM / TM), kMinBlocks<scalar_t>)
 lstm_fwd_step_kernel(const scalar_t* __restrict__ h_prev, const scalar_t* __restrict__ w_hh,
@@ -120,95 +111,11 @@ lstm_fwd_step_kernel(const scalar_t* __restrict__ h_prev, const scalar_t* __rest
                      scalar_t* __restrict__ h_out, scalar_t* __restrict__ gates_out,
                      scalar_t* __restrict__ cell_out, int64_t B, int64_t H, int64_t K) {
   using acc_t = typename acc_type<scalar_t>::type;
-  constexpr int NT = BN * (BM / TM);
-  constexpr int A_LOADS = BM * kBK / NT;
-  constexpr int W_LOADS = 4 * BN * kBK / NT;
-  static_assert(BM % TM == 0, "BM must be a multiple of TM");
-  static_assert((BM * kBK) % NT == 0 && (4 * BN * kBK) % NT == 0,
-                "tile loads must divide evenly among the threads");
-
-  __shared__ acc_t As[kBK][BM + 1];
-  __shared__ acc_t Ws[4][kBK][BN + 1];
-
-  const int tid = threadIdx.x;
-  const int tx = tid % BN;
-  const int ty = tid / BN;
+  const int tx = threadIdx.x % BN, ty = threadIdx.x / BN;
   const int64_t b0 = static_cast<int64_t>(blockIdx.x) * BM;
   const int64_t j0 = static_cast<int64_t>(blockIdx.y) * BN;
-
   acc_t acc[4][TM];
-#pragma unroll
-  for (int q = 0; q < 4; ++q)
-#pragma unroll
-    for (int m = 0; m < TM; ++m) acc[q][m] = acc_t(0);
-
-  acc_t a_reg[A_LOADS];
-  acc_t w_reg[W_LOADS];
-
-  // Staging map.  NT is a multiple of kBK, so thread `tid` always loads
-  // column kk = tid % kBK of a K slice, for rows rr + r·RS (r < A_LOADS or
-  // W_LOADS).  For the weights, row index rr + r·RS of the 4·BN staged rows
-  // is gate q = r·RS / BN, unit rr + (r·RS) % BN (RS divides BN), so all
-  // per-r offsets below are compile-time multiples of K (the row stride of
-  // both operands): the thread needs one base pointer per operand instead of
-  // one address per load.
-  constexpr int RS = NT / kBK;
-  static_assert(NT % kBK == 0 && BN % RS == 0, "staging map needs kBK | NT and NT/kBK | BN");
-  const int kk = tid % kBK;
-  const int rr = tid / kBK;
-  const scalar_t* a_base = h_prev + (b0 + rr) * K + kk;
-  const scalar_t* w_base = w_hh + (j0 + rr) * K + kk;
-
-  // Global -> registers for the K slice starting at k0 (zero outside bounds).
-  auto load = [&](int64_t k0) {
-    const bool k_ok = k0 + kk < K;
-#pragma unroll
-    for (int r = 0; r < A_LOADS; ++r) {
-      const bool ok = k_ok && b0 + rr + r * RS < B;
-      a_reg[r] = ok ? static_cast<acc_t>(a_base[static_cast<int64_t>(r * RS) * K + k0]) : acc_t(0);
-    }
-#pragma unroll
-    for (int r = 0; r < W_LOADS; ++r) {
-      const int q = (r * RS) / BN, c = (r * RS) % BN;
-      const bool ok = k_ok && j0 + rr + c < H;
-      w_reg[r] = ok ? static_cast<acc_t>(w_base[(q * H + c) * K + k0]) : acc_t(0);
-    }
-  };
-  // Registers -> shared memory (same map as `load`).
-  auto store = [&]() {
-#pragma unroll
-    for (int r = 0; r < A_LOADS; ++r) As[kk][rr + r * RS] = a_reg[r];
-#pragma unroll
-    for (int r = 0; r < W_LOADS; ++r) Ws[(r * RS) / BN][kk][rr + (r * RS) % BN] = w_reg[r];
-  };
-
-  const int64_t num_k = (K + kBK - 1) / kBK;
-  if (num_k > 0) {
-    load(0);
-    store();
-    __syncthreads();
-  }
-  for (int64_t kt = 0; kt < num_k; ++kt) {
-    const bool more = kt + 1 < num_k;
-    if (more) load((kt + 1) * kBK);
-#pragma unroll
-    for (int k = 0; k < kBK; ++k) {
-      acc_t a[TM];
-#pragma unroll
-      for (int m = 0; m < TM; ++m) a[m] = As[k][ty * TM + m];
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const acc_t w = Ws[q][k][tx];
-#pragma unroll
-        for (int m = 0; m < TM; ++m) acc[q][m] += w * a[m];
-      }
-    }
-    __syncthreads();
-    if (more) {
-      store();
-      __syncthreads();
-    }
-  }
+  fwd_product<scalar_t, 4, BM, BN, TM>(h_prev, w_hh, B, H, K, b0, j0, acc);
 
   // Epilogue: add the input projection and apply the cell.
   const int64_t j = j0 + tx;
@@ -258,10 +165,11 @@ lstm_fwd_step_kernel(const scalar_t* __restrict__ h_prev, const scalar_t* __rest
 //                    thread per element)
 //   dG_out  (B, 4H)  dG_t; must not alias dG_next
 //
-// dh[b, j] = Σ_k dG_next[b, k] · W_hh[k, j] over k < 4H.  CTA tile: BM batch
-// rows x BN hidden units; thread (tx, ty) owns unit j0 + tx for rows
-// b0 + ty*TM + m and after the product holds the complete dh of those
-// elements, so it can run the cell backward for all four gates of the unit.
+// dh[b, j] = Σ_k dG_next[b, k] · W_hh[k, j] over k < 4H (bwd_product of
+// tile_product.cuh).  CTA tile: BM batch rows x BN hidden units; thread
+// (tx, ty) owns unit j0 + tx for rows b0 + ty*TM + m and after the product
+// holds the complete dh of those elements, so it can run the cell backward
+// for all four gates of the unit.
 template <typename scalar_t, int BM, int BN, int TM>
 __global__ void __launch_bounds__(BN * (BM / TM))
 lstm_bwd_step_kernel(const scalar_t* __restrict__ dG_next, const scalar_t* __restrict__ w_hh,
@@ -271,82 +179,15 @@ lstm_bwd_step_kernel(const scalar_t* __restrict__ dG_next, const scalar_t* __res
                      typename acc_type<scalar_t>::type* __restrict__ dc_state,
                      scalar_t* __restrict__ dG_out, int64_t B, int64_t B_next, int64_t H) {
   using acc_t = typename acc_type<scalar_t>::type;
-  constexpr int NT = BN * (BM / TM);
-  constexpr int A_LOADS = BM * kBK / NT;
-  constexpr int W_LOADS = kBK * BN / NT;
-  static_assert(BM % TM == 0, "BM must be a multiple of TM");
-  static_assert((BM * kBK) % NT == 0 && (kBK * BN) % NT == 0,
-                "tile loads must divide evenly among the threads");
-
-  __shared__ acc_t As[kBK][BM + 1];
-  __shared__ acc_t Ws[kBK][BN];
-
-  const int tid = threadIdx.x;
-  const int tx = tid % BN;
-  const int ty = tid / BN;
+  const int tx = threadIdx.x % BN, ty = threadIdx.x / BN;
   const int64_t b0 = static_cast<int64_t>(blockIdx.x) * BM;
   const int64_t j0 = static_cast<int64_t>(blockIdx.y) * BN;
   const int64_t G4 = 4 * H;
-
-  acc_t acc[TM];
-#pragma unroll
-  for (int m = 0; m < TM; ++m) acc[m] = acc_t(0);
-
-  acc_t a_reg[A_LOADS];
-  acc_t w_reg[W_LOADS];
-
-  auto load = [&](int64_t k0) {
-#pragma unroll
-    for (int r = 0; r < A_LOADS; ++r) {
-      const int idx = tid + r * NT;
-      const int k = idx % kBK, b = idx / kBK;
-      const int64_t gb = b0 + b, gk = k0 + k;
-      a_reg[r] = (gb < B_next && gk < G4) ? static_cast<acc_t>(dG_next[gb * G4 + gk]) : acc_t(0);
-    }
-#pragma unroll
-    for (int r = 0; r < W_LOADS; ++r) {
-      const int idx = tid + r * NT;
-      const int j = idx % BN, k = idx / BN;
-      const int64_t gj = j0 + j, gk = k0 + k;
-      w_reg[r] = (gj < H && gk < G4) ? static_cast<acc_t>(w_hh[gk * H + gj]) : acc_t(0);
-    }
-  };
-  auto store = [&]() {
-#pragma unroll
-    for (int r = 0; r < A_LOADS; ++r) {
-      const int idx = tid + r * NT;
-      As[idx % kBK][idx / kBK] = a_reg[r];
-    }
-#pragma unroll
-    for (int r = 0; r < W_LOADS; ++r) {
-      const int idx = tid + r * NT;
-      Ws[idx / BN][idx % BN] = w_reg[r];
-    }
-  };
-
   // No recurrent term for any row of this CTA (last step, a projection, or
-  // rows whose sequences all end here): skip the product (uniform branch).
-  const int64_t num_k = (dG_next == nullptr || b0 >= B_next) ? 0 : (G4 + kBK - 1) / kBK;
-  if (num_k > 0) {
-    load(0);
-    store();
-    __syncthreads();
-  }
-  for (int64_t kt = 0; kt < num_k; ++kt) {
-    const bool more = kt + 1 < num_k;
-    if (more) load((kt + 1) * kBK);
-#pragma unroll
-    for (int k = 0; k < kBK; ++k) {
-      const acc_t w = Ws[k][tx];
-#pragma unroll
-      for (int m = 0; m < TM; ++m) acc[m] += w * As[k][ty * TM + m];
-    }
-    __syncthreads();
-    if (more) {
-      store();
-      __syncthreads();
-    }
-  }
+  // rows whose sequences all end here): bwd_product skips the product
+  // (uniform branch) and leaves acc = 0.
+  acc_t acc[TM];
+  bwd_product<scalar_t, BM, BN, TM>(dG_next, B_next, G4, w_hh, H, b0, j0, acc);
 
   const int64_t j = j0 + tx;
   if (j >= H) return;
@@ -373,30 +214,9 @@ lstm_bwd_step_kernel(const scalar_t* __restrict__ dG_next, const scalar_t* __res
 
 // ------------------------------------------------------------ launching --
 //
-// Tile shapes: BM = 8 batch rows (TM = 1) for B <= 16, else BM = 32 (TM = 4);
-// BN = 32 hidden units when that already gives every SM a CTA, else 16 for
-// more CTAs (the small problems are latency bound, so more, smaller CTAs win).
-struct StepConfig {
-  int bm;  // 8 or 32
-  int bn;  // 16 or 32
-};
-
-StepConfig choose_config(int64_t B, int64_t H) {
-  StepConfig cfg;
-  cfg.bm = B <= 16 ? 8 : 32;
-  const int64_t ctas32 = ((B + cfg.bm - 1) / cfg.bm) * ((H + 31) / 32);
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  cfg.bn = ctas32 >= sms ? 32 : 16;
-  return cfg;
-}
-
-void check_grid(int64_t B, int64_t H, const StepConfig& cfg) {
-  const int64_t gy = (H + cfg.bn - 1) / cfg.bn;
-  const int64_t gx = (B + cfg.bm - 1) / cfg.bm;
-  TORCH_CHECK(gy <= 65535 && gx <= 2147483647LL,
-              "fusedrnn.lstm (CUDA): hidden size ", H, " and batch size ", B,
-              " exceed the grid limits of the step kernels");
-}
+// Tile choice (choose_config), dispatch (with_tile) and grids (step_grid):
+// tile_product.cuh.  One config per call (the LSTM's steps keep B rows'
+// tiles even when packed steps shrink).
 
 // Arguments of one step kernel (see the kernels for the shapes).
 template <typename scalar_t>
@@ -427,76 +247,36 @@ struct BwdStep {
   int64_t B, B_next, H;
 };
 
-template <typename scalar_t, int BM, int BN, int TM>
-void launch_fwd(cudaStream_t stream, const FwdStep<scalar_t>& a) {
-  const dim3 grid(static_cast<unsigned>((a.B + BM - 1) / BM),
-                  static_cast<unsigned>((a.H + BN - 1) / BN));
-  const dim3 block(BN * (BM / TM));
-  lstm_fwd_step_kernel<scalar_t, BM, BN, TM><<<grid, block, 0, stream>>>(
-      a.h_prev, a.w_hh, a.gx, a.c_state, a.h_out, a.gates_out, a.cell_out, a.B, a.H, a.K);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
 template <typename scalar_t>
 void fwd_step(const StepConfig& cfg, cudaStream_t stream, const FwdStep<scalar_t>& a) {
-  if (cfg.bm == 8) {
-    if (cfg.bn == 16)
-      launch_fwd<scalar_t, 8, 16, 1>(stream, a);
-    else
-      launch_fwd<scalar_t, 8, 32, 1>(stream, a);
-  } else {
-    if (cfg.bn == 16)
-      launch_fwd<scalar_t, 32, 16, 4>(stream, a);
-    else
-      launch_fwd<scalar_t, 32, 32, 4>(stream, a);
-  }
-}
-
-template <typename scalar_t, int BM, int BN, int TM>
-void launch_bwd(cudaStream_t stream, const BwdStep<scalar_t>& a) {
-  const dim3 grid(static_cast<unsigned>((a.B + BM - 1) / BM),
-                  static_cast<unsigned>((a.H + BN - 1) / BN));
-  const dim3 block(BN * (BM / TM));
-  lstm_bwd_step_kernel<scalar_t, BM, BN, TM><<<grid, block, 0, stream>>>(
-      a.dG_next, a.w_hh, a.dy, a.dy_extra, a.gates, a.c_prev, a.c, a.dc_state, a.dG_out, a.B,
-      a.B_next, a.H);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  with_tile(cfg, [&](auto tile) {
+    using TL = decltype(tile);
+    lstm_fwd_step_kernel<scalar_t, TL::BM, TL::BN, TL::TM><<<step_grid<TL>(a.B, a.H), TL::NT, 0, stream>>>(
+        a.h_prev, a.w_hh, a.gx, a.c_state, a.h_out, a.gates_out, a.cell_out, a.B, a.H, a.K);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 template <typename scalar_t>
 void bwd_step(const StepConfig& cfg, cudaStream_t stream, const BwdStep<scalar_t>& a) {
-  if (cfg.bm == 8) {
-    if (cfg.bn == 16)
-      launch_bwd<scalar_t, 8, 16, 1>(stream, a);
-    else
-      launch_bwd<scalar_t, 8, 32, 1>(stream, a);
-  } else {
-    if (cfg.bn == 16)
-      launch_bwd<scalar_t, 32, 16, 4>(stream, a);
-    else
-      launch_bwd<scalar_t, 32, 32, 4>(stream, a);
-  }
+  with_tile(cfg, [&](auto tile) {
+    using TL = decltype(tile);
+    lstm_bwd_step_kernel<scalar_t, TL::BM, TL::BN, TL::TM><<<step_grid<TL>(a.B, a.H), TL::NT, 0, stream>>>(
+        a.dG_next, a.w_hh, a.dy, a.dy_extra, a.gates, a.c_prev, a.c, a.dc_state, a.dG_out, a.B,
+        a.B_next, a.H);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 // ------------------------------------------------------------- op: checks --
-
-void check_cuda_args(const Tensor& input, const char* op) {
-  TORCH_CHECK(input.is_cuda(), "fusedrnn.", op,
-              " (CUDA): expected input on a CUDA device, but it is on ", input.device(),
-              "; move every tensor of the call to the same CUDA device");
-}
+//
+// check_cuda_args, acc_scalar_type, contiguous_all: tile_product.cuh.
 
 // Limits of the CUDA kernels beyond the shared checks: the step kernels'
 // grids (hidden units along y, at most 65535 tiles of 16 units).  Packed
 // sequences and proj_size are supported.
 void check_cuda_supported(const LstmSizes& s, const char* op) {
-  TORCH_CHECK((s.H + 15) / 16 <= 65535 && (s.B + 7) / 8 <= 2147483647LL, "fusedrnn.", op,
-              " (CUDA): hidden size ", s.H, " and batch size ", s.B,
-              " exceed the grid limits of the step kernels");
-}
-
-at::ScalarType acc_scalar_type(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
+  check_grid(s.B, s.H, "fusedrnn.", op);
 }
 
 // ------------------------------------------------------- op: row layout --
@@ -611,12 +391,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cuda(
   const Tensor input = input_.contiguous();
   const Tensor hx = hx_.contiguous();
   const Tensor cx = cx_.contiguous();
-  std::vector<Tensor> w;
-  w.reserve(weights_.size());
-  for (const auto& t : weights_) w.push_back(t.contiguous());
+  const std::vector<Tensor> w = contiguous_all(weights_);
 
-  const StepConfig cfg = choose_config(B, H);
-  check_grid(B, H, cfg);
+  // check_cuda_supported has bounded the grid of every tile config.
+  const StepConfig cfg = choose_config(B, H, sm_count());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const bool use_graph = graph_mode() && !proj;
 
@@ -747,12 +525,10 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cuda(
   const Tensor output = output_.contiguous(), gates = gates_.contiguous();
   const Tensor cells = cells_.contiguous(), hiddens = hiddens_.contiguous();
   const Tensor grad_hy = grad_hy_.contiguous(), grad_cy = grad_cy_.contiguous();
-  std::vector<Tensor> w;
-  w.reserve(weights_.size());
-  for (const auto& t : weights_) w.push_back(t.contiguous());
+  const std::vector<Tensor> w = contiguous_all(weights_);
 
-  const StepConfig cfg = choose_config(B, H);
-  check_grid(B, H, cfg);
+  // check_cuda_supported has bounded the grid of every tile config.
+  const StepConfig cfg = choose_config(B, H, sm_count());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const bool use_graph = graph_mode() && !proj;
   // grad_hy through the kernel's dy_extra (padded, no projection), or added
