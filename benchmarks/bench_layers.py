@@ -319,7 +319,7 @@ FLOOR_IMPLS = ("fusedrnn", "fusedrnn-persistent")
 def wavefront_floor_ms(ctx, cfg, runs=25):
     """Median ms of the empty wavefront for cfg's sizes, or None (CPU, not LSTM,
     or a build without the op)."""
-    if not ctx.cuda or cfg.cell != "lstm":
+    if not ctx.cuda or cfg.cell != "lstm" or ctx.args.no_persistent:
         return None
     try:
         op = ctx.torch.ops.fusedrnn.wavefront_floor
@@ -1156,6 +1156,9 @@ def parse_args(argv):
     p.add_argument("--reference-limit", type=float, default=5.0,
                    help="skip the reference where one warm-up run takes longer (s)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
+    p.add_argument("--no-persistent", action="store_true",
+                   help="leave out the persistent CUDA tier and its empty-wavefront floor "
+                        "(scripts/gpu_check.sh does when the tier's smoke test failed)")
     p.add_argument("--tf32", choices=["off", "on", "default"], default="off",
                    help="float32 on CUDA: off (default: like with like, full FP32 "
                         "everywhere), on, or leave torch's defaults (cuDNN TF32 on)")
@@ -1246,6 +1249,8 @@ def main(argv=None):
             names.insert(0, BASELINE)   # every ratio is to the baseline
     if args.no_reference and "reference" in names:
         names.remove("reference")
+    if args.no_persistent and "fusedrnn-persistent" in names:
+        names.remove("fusedrnn-persistent")
     names = [n for n in IMPLS if n in names]  # registry order, baseline first
     peers = {}
     for n in list(names):
