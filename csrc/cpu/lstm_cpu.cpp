@@ -319,25 +319,21 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cpu(
   // A private copy: grad_hy is added into it at each sequence's last step.
   Tensor dy = grad_output_.contiguous().view({N, P}).clone();
   Tensor dh_proj = s.has_proj ? at::empty({N, P}, dy.options()) : Tensor();
-  for (int64_t l = L - 1; l >= 0; --l) {
-    const Tensor* wl = &w[l * s.per_layer];
-    const Tensor* w_hr = s.has_proj ? &wl[s.per_layer - 1] : nullptr;
-    const Tensor x = l == 0 ? input : hiddens[l - 1];      // layer input (N, I_l)
-    const Tensor out = l == L - 1 ? output : hiddens[l];   // layer output h_t (N, P)
-    cpu::add_final_grad(q, dy, grad_hy[l]);
-    Tensor gh = grad_hx[l], gc = grad_cx[l];
-    Tensor dG = layer_backward(q, dy, grad_cy[l], wl[1], w_hr, gates[l], cells[l], cx[l], gh,
-                               gc, s.has_proj ? &dh_proj : nullptr);
-    if (q.T == 0) gh.copy_(grad_hy[l]);  // hy = hx
-    if (w_hr) {
-      // h_t = h_raw_t W_hrᵀ with h_raw = o ⊙ tanh(c): dW_hr = Σ dh_tᵀ h_raw_t.
-      const Tensor h_raw = gates[l].narrow(1, 3 * H, H) * at::tanh(cells[l]);
-      grad_w[l * s.per_layer + s.per_layer - 1] = at::mm(dh_proj.t(), h_raw);
-    }
-    // Weight, bias and input gradients: large GEMMs over all rows.
-    dy = cpu::layer_param_grads(q, dG, dG, x, hx[l], out, wl[0], has_biases, grad_w,
-                                l * s.per_layer);
-  }
+  dy = cpu::stack_backward(
+      s, dy, input, output, hiddens, hx, grad_hy, w, has_biases, grad_hx, grad_w,
+      [&](int64_t l, const Tensor& dy_l, Tensor& gh) {
+        const Tensor* wl = &w[l * s.per_layer];
+        const Tensor* w_hr = s.has_proj ? &wl[s.per_layer - 1] : nullptr;
+        Tensor gc = grad_cx[l];
+        Tensor dG = layer_backward(q, dy_l, grad_cy[l], wl[1], w_hr, gates[l], cells[l], cx[l],
+                                   gh, gc, s.has_proj ? &dh_proj : nullptr);
+        if (w_hr) {
+          // h_t = h_raw_t W_hrᵀ with h_raw = o ⊙ tanh(c): dW_hr = Σ dh_tᵀ h_raw_t.
+          const Tensor h_raw = gates[l].narrow(1, 3 * H, H) * at::tanh(cells[l]);
+          grad_w[l * s.per_layer + s.per_layer - 1] = at::mm(dh_proj.t(), h_raw);
+        }
+        return std::make_pair(dG, dG);
+      });
   const Tensor grad_input = dy.view(input_.sizes());
   return {grad_input, grad_hx, grad_cx, grad_w};
 }

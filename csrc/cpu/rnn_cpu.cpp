@@ -210,17 +210,12 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_cpu(
   // A private copy: grad_hy is added into it at each sequence's last step.
   Tensor dy = grad_output_.contiguous().view({N, H}).clone();
   Tensor dG = at::empty({N, H}, input.options());
-  for (int64_t l = L - 1; l >= 0; --l) {
-    const Tensor* wl = &w[l * s.per_layer];
-    const Tensor x = l == 0 ? input : hiddens[l - 1];     // layer input (N, I_l)
-    const Tensor out = l == L - 1 ? output : hiddens[l];  // layer output h_t (N, H)
-    cpu::add_final_grad(q, dy, grad_hy[l]);
-    Tensor gh0 = grad_hx[l];
-    layer_backward(q, dy, wl[1], out, relu, dG, gh0);
-    if (q.T == 0) gh0.copy_(grad_hy[l]);  // hy = hx
-    dy = cpu::layer_param_grads(q, dG, dG, x, hx[l], out, wl[0], has_biases, grad_w,
-                                l * s.per_layer);
-  }
+  dy = cpu::stack_backward(s, dy, input, output, hiddens, hx, grad_hy, w, has_biases, grad_hx,
+                           grad_w, [&](int64_t l, const Tensor& dy_l, Tensor& gh0) {
+                             const Tensor out = l == L - 1 ? output : hiddens[l];
+                             layer_backward(q, dy_l, w[l * s.per_layer + 1], out, relu, dG, gh0);
+                             return std::make_pair(dG, dG);
+                           });
   return {dy.view(input_.sizes()), grad_hx, grad_w};
 }
 

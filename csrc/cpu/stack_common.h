@@ -11,6 +11,7 @@
 
 #include <ATen/ATen.h>
 
+#include <utility>
 #include <vector>
 
 #include "rnn_checks.h"
@@ -114,6 +115,37 @@ inline at::Tensor layer_param_grads(const SeqLayout& q, const at::Tensor& dgx,
     grad_w[base + 3] = dgh.is_same(dgx) ? grad_w[base + 2].clone() : dgh.sum(0);
   }
   return at::mm(dgx, w_ih);
+}
+
+// The layer loop of a stack's backward, shared by the LSTM, GRU and RNN ops:
+// layers from the top down, each one's reverse recurrence, then its weight,
+// bias and input gradients as large GEMMs (layer_param_grads), whose input
+// gradient is the next layer's dy.
+//   dy        (N, P) a private copy of grad_output (grad_hy is added into it
+//             at each sequence's last step)
+//   input     (N, I) the op's input; output (N, P); hiddens (L-1, N, P)
+//   hx (L, B, P); grad_hy (L, B, P); grad_hx (L, B, P) receives grad_h0
+//   recur(l, dy, grad_h0) -> {dgx, dgh}: layer l's reverse recurrence on dy
+//             (writing grad_h0 when T > 0); dgx, dgh as in layer_param_grads
+// Returns the gradient of the op's input, (N, I).
+template <typename Recur>
+at::Tensor stack_backward(const RnnSizes& s, at::Tensor dy, const at::Tensor& input,
+                          const at::Tensor& output, const at::Tensor& hiddens,
+                          const at::Tensor& hx, const at::Tensor& grad_hy,
+                          const std::vector<at::Tensor>& w, bool has_biases,
+                          at::Tensor& grad_hx, std::vector<at::Tensor>& grad_w, Recur recur) {
+  const SeqLayout& q = s.seq;
+  for (int64_t l = s.L - 1; l >= 0; --l) {
+    const at::Tensor x = l == 0 ? input : hiddens[l - 1];       // layer input (N, I_l)
+    const at::Tensor out = l == s.L - 1 ? output : hiddens[l];  // layer output h_t (N, P)
+    add_final_grad(q, dy, grad_hy[l]);
+    at::Tensor gh0 = grad_hx[l];
+    const auto dg = recur(l, dy, gh0);
+    if (q.T == 0) gh0.copy_(grad_hy[l]);  // hy = hx
+    dy = layer_param_grads(q, dg.first, dg.second, x, hx[l], out, w[l * s.per_layer],
+                           has_biases, grad_w, l * s.per_layer);
+  }
+  return dy;
 }
 
 }  // namespace cpu
