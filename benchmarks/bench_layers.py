@@ -407,6 +407,17 @@ class OptionImpl(FusedImpl):
         return option_switch(ctx.fusedrnn, self.option, self.value)
 
 
+class StepLaunchImpl(OptionImpl):
+    """The CUDA general tier's LSTM with its step loop issued one way
+    (cuda_step_launch = per_step or graph).  The LSTM only: the GRU/RNN CUDA
+    kernels have no graph mode, so the switch would change nothing there."""
+
+    def build(self, ctx, cfg, base):
+        if cfg.cell != "lstm":
+            raise SkipImpl("cuda_step_launch is the LSTM's (GRU/RNN launch per step)")
+        return super().build(ctx, cfg, base)
+
+
 class CudaTierImpl(OptionImpl):
     """fusedrnn's LSTM with the CUDA tier forced (fusedrnn.set_option("cuda_tier", tier)):
     "general" (one fused kernel per layer-timestep) or "persistent" (the
@@ -559,10 +570,11 @@ IMPLS: Dict[str, Impl] = {
     "fusedrnn-persistent": CudaTierImpl("persistent"),
     "fusedrnn-generic": GenericStepImpl(),
     # The CUDA general tier's two ways of issuing its T·L step kernels.
-    "fusedrnn-per-step": OptionImpl("fusedrnn-per-step", "fusedrnn.{Cell} (one launch per step)",
-                                    "cuda_step_launch", "per_step"),
-    "fusedrnn-graph": OptionImpl("fusedrnn-graph", "fusedrnn.{Cell} (step loop as CUDA graph)",
-                                 "cuda_step_launch", "graph"),
+    "fusedrnn-per-step": StepLaunchImpl("fusedrnn-per-step",
+                                        "fusedrnn.{Cell} (one launch per step)",
+                                        "cuda_step_launch", "per_step"),
+    "fusedrnn-graph": StepLaunchImpl("fusedrnn-graph", "fusedrnn.{Cell} (step loop as CUDA graph)",
+                                     "cuda_step_launch", "graph"),
     "fusedrnn-packed": PackedImpl(FusedImpl(), "fusedrnn-packed",
                                   "fusedrnn.{Cell}, packed (lengths T/2..T)"),
     "torch-packed": PackedImpl(TorchImpl(), "torch-packed",

@@ -80,7 +80,7 @@ static PyObject* persistent_plan(PyObject*, PyObject* args) {
   d.num_sms = sms;
   const auto p = fusedrnn::persistent::plan_lstm(H, I, L, B, elem, elem == 8 ? 8 : 4, d,
                                                    bwd != 0);
-  const auto c = fusedrnn::persistent::choose_tier(option, true, "", p, T + L - 1);
+  const auto c = fusedrnn::persistent::choose_tier(option, true, "", p, T + L - 1, L);
   PyObject* ctas = PyList_New(0);
   if (ctas == nullptr) return nullptr;
   for (int64_t k = 0; p.fits && k < p.num_ctas; ++k) {

@@ -63,6 +63,15 @@ def _lstm_backward_fake(grad_output, grad_hy, grad_cy, input, hx, cx, weights, h
 
 # ----------------------------------------------------------------- autograd --
 
+def _grads_for(ctx, *grads):
+    """One gradient per argument the op was actually called with (None for
+    the non-tensor ones).  An omitted trailing default (batch_sizes) is not an
+    input to autograd: torch 2.11 insists on exactly the passed count, newer
+    releases accept either.  ctx.needs_input_grad has one entry per passed
+    argument in both (setup_context's `inputs` has the defaults filled in)."""
+    return grads + (None,) * (len(ctx.needs_input_grad) - len(grads))
+
+
 def _setup_context(ctx, inputs, output):
     input, hx, cx, weights, has_biases, train, *rest = inputs
     batch_sizes = rest[0] if rest else None
@@ -90,7 +99,7 @@ def _backward(ctx, grad_output, grad_hy, grad_cy, *_workspace_grads):
     grad_input, grad_hx, grad_cx, grad_w = _ops.lstm_backward(
         grad_output, grad_hy, grad_cy, input, hx, cx, weights, ctx.has_biases, out, gates,
         cells, hiddens, batch_sizes)
-    return grad_input, grad_hx, grad_cx, list(grad_w), None, None, None
+    return _grads_for(ctx, grad_input, grad_hx, grad_cx, list(grad_w))
 
 
 torch.library.register_autograd("fusedrnn::lstm_forward", _backward,
@@ -197,7 +206,7 @@ def _gru_backward(ctx, grad_output, grad_hy, *_workspace_grads):
     grad_input, grad_hx, grad_w = _ops.gru_backward(
         grad_output, grad_hy, input, hx, weights, ctx.has_biases, out, saved, hiddens,
         batch_sizes)
-    return grad_input, grad_hx, list(grad_w), None, None, None
+    return _grads_for(ctx, grad_input, grad_hx, list(grad_w))
 
 
 torch.library.register_autograd("fusedrnn::gru_forward", _gru_backward,
@@ -242,7 +251,7 @@ def _rnn_backward(ctx, grad_output, grad_hy, *_workspace_grads):
     grad_input, grad_hx, grad_w = _ops.rnn_backward(
         grad_output, grad_hy, input, hx, weights, ctx.has_biases, ctx.relu, out, hiddens,
         batch_sizes)
-    return grad_input, grad_hx, list(grad_w), None, None, None, None
+    return _grads_for(ctx, grad_input, grad_hx, list(grad_w))
 
 
 torch.library.register_autograd("fusedrnn::rnn_forward", _rnn_backward,

@@ -223,7 +223,7 @@ def test_two_runs_bitwise_identical(dtype):
 @pytest.mark.parametrize("B", [4, 100])
 def test_auto_follows_the_planner(B):
     """auto runs exactly the tier the planner picks: bitwise equal to that tier forced."""
-    L, I, H, T = 2, 12, 96, 20   # T + L - 1 >= 16 wavefront steps, auto's minimum
+    L, I, H, T = 4, 12, 96, 20   # L >= 4 and T + L - 1 >= 16 wavefront steps: auto's minimums
     plan = device_plan(H, L, B, F32, T)
     w = _weights(I, H, L, True, F32)
     x, h0, c0 = lstm_inputs(I, H, L, T, B, F32)
@@ -279,7 +279,7 @@ def test_backward_op_persistent_matches_general():
 def test_auto_keeps_general_when_step_launch_is_set():
     """cuda_step_launch = per_step/graph only means something to the general
     tier: while it is set, auto runs the general tier (bitwise its results)."""
-    L, I, H, T, B = 2, 12, 96, 20, 4
+    L, I, H, T, B = 4, 12, 96, 20, 4
     assert device_plan(H, L, B, F32, T)["auto_eligible"]
     w = _weights(I, H, L, True, F32)
     x, h0, c0 = lstm_inputs(I, H, L, T, B, F32)

@@ -566,7 +566,7 @@ std::optional<Plan> select_persistent_plan(const LstmSizes& s, const Tensor& inp
   const Plan plan = persistent::plan_lstm(s.H, s.I, s.L, s.B, elem_size(dt), acc_size(dt),
                                           device_limits(), /*backward=*/kBackward);
   const persistent::TierChoice choice =
-      persistent::choose_tier(option, unsupported.empty(), unsupported, plan, s.T + s.L - 1,
+      persistent::choose_tier(option, unsupported.empty(), unsupported, plan, s.T + s.L - 1, s.L,
                               get_option(Option::kCudaStepLaunch) != 0);
   TORCH_CHECK(choice.error.empty(), op, " (CUDA, cuda_tier='persistent'): ",
               choice.error, " (H=", s.H, ", L=", s.L, ", B=", s.B, ", dtype ", dt,

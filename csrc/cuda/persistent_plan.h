@@ -26,8 +26,7 @@
 //
 // Selection (the "cuda_tier" option): 1 general, 2 persistent (an error when
 // the plan does not fit), 0 auto = persistent when `fits` and `auto_ok` (and
-// the rules below), once kAutoEnabled is switched on after a GPU validation;
-// until then auto = general.
+// the rules below), kAutoEnabled being on.
 //
 // TUNING KNOBS (all provisional and unmeasured: no GPU was available when this
 // was written; a GPU session should sweep them with benchmarks/bench_layers.py):
@@ -43,6 +42,14 @@
 //   kAutoMinSteps      ... and only for T + L - 1 >= this many wavefront steps
 //                      (with few steps the general tier's T·L launches cost
 //                      little and it keeps its own test coverage).
+//   kAutoMinLayers     ... and only for stacks of at least this many layers.
+//                      Measured on an H100 (2026-11-23, bench_layers.py,
+//                      float32, benchmarks/results/cuda-nvidia-h100-*): at the
+//                      D2L size the persistent tier is slower than the general
+//                      one at L=1 and L=2 (forward 0.73 vs 0.64 ms, 1.31 vs
+//                      1.20 ms) and at B64 H512 L1 (7.3 vs 3.1 ms), and faster
+//                      at L=4 (1.87 vs 2.32 ms; forward+backward 6.30 vs 7.87)
+//                      and L=8 (3.15 vs 4.58; 9.35 vs 15.61).
 // Auto also leaves every call to the general tier while the option
 // "cuda_step_launch" is set explicitly (per_step or graph): that option only
 // means something to the general tier, so setting it asks for that tier.
@@ -59,12 +66,12 @@ constexpr int64_t kThreads = 256;
 constexpr int64_t kTaskRows = 4;
 constexpr int64_t kAutoMaxBatch = 64;
 constexpr int64_t kAutoMinSteps = 16;
-// Whether "auto" may pick the persistent tier at all.  Off until the kernels
-// have passed tests/test_cuda_persistent.py on a GPU and bench_layers.py has
-// shown where they win: until then auto runs the general tier everywhere, and
-// the persistent tier runs only when forced (cuda_tier = persistent).  The
-// eligibility rule below (auto_eligible) is what auto will follow once on.
-constexpr bool kAutoEnabled = false;
+constexpr int64_t kAutoMinLayers = 4;
+// Whether "auto" may pick the persistent tier at all.  On since the kernels
+// passed tests/test_cuda_persistent.py on an H100 (2026-11-23, 41 tests) and
+// bench_layers.py showed where they win (kAutoMinLayers above); auto follows
+// the eligibility rule below (auto_eligible).
+constexpr bool kAutoEnabled = true;
 // The kernel is compiled with __launch_bounds__(kThreads, 1): at most 255
 // registers a thread, which the planner takes as the worst case.
 constexpr int64_t kMaxRegsPerThread = 255;
@@ -212,7 +219,7 @@ inline Plan plan_lstm(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem, 
 // saying why) for what the persistent kernel does not implement at all
 // (packed sequences, proj_size, dtypes).  Returns true for the persistent
 // tier; `error` is set when persistent was forced but cannot run (the caller
-// raises it).  `steps` is T + L - 1; `step_launch_set` is whether the option
+// raises it).  `steps` is T + L - 1, `layers` L; `step_launch_set` is whether the option
 // cuda_step_launch is set to a non-auto value (auto then keeps the general tier).
 struct TierChoice {
   bool persistent = false;
@@ -221,7 +228,8 @@ struct TierChoice {
 };
 
 inline TierChoice choose_tier(int64_t option, bool supported, const std::string& unsupported,
-                              const Plan& p, int64_t steps, bool step_launch_set = false) {
+                              const Plan& p, int64_t steps, int64_t layers,
+                              bool step_launch_set = false) {
   TierChoice c;
   if (option == 1) return c;
   if (option == 2) {
@@ -235,7 +243,8 @@ inline TierChoice choose_tier(int64_t option, bool supported, const std::string&
     return c;
   }
   c.auto_eligible =
-      supported && p.fits && p.auto_ok && steps >= kAutoMinSteps && !step_launch_set;
+      supported && p.fits && p.auto_ok && steps >= kAutoMinSteps && layers >= kAutoMinLayers &&
+      !step_launch_set;
   c.persistent = kAutoEnabled && c.auto_eligible;
   return c;
 }
