@@ -28,8 +28,8 @@
 // the plan does not fit), 0 auto = persistent when `fits` and `auto_ok` (and
 // the rules below), kAutoEnabled being on.
 //
-// TUNING KNOBS (all provisional and unmeasured: no GPU was available when this
-// was written; a GPU session should sweep them with benchmarks/bench_layers.py):
+// TUNING KNOBS (provisional: only kAutoMinLayers comes from a measurement; a
+// GPU session should sweep the others with benchmarks/bench_layers.py):
 //   kThreads           threads per CTA (the kernel is compiled for it).
 //   kTaskRows          batch rows one warp accumulates per weight-row read.
 //   one CTA per SM     the planner picks the smallest units_per_cta for which
