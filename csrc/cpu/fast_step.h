@@ -43,8 +43,10 @@ void pack_backward(const float* w_hh, int64_t H, float* packed);
 //   if (gates_out) gates_out[b*4H + gate*H + j] = r.i / r.f / r.g / r.o
 //   c_out[b*H + j] = r.c ;  h_out[b*ld_h_out + j] = r.h
 // h_prev == nullptr means h_prev = 0 (the product is skipped).
-// c_prev may alias c_out (in-place update).  h_out must not alias h_prev, and
-// no output may alias gx / h_prev.
+// c_prev may alias c_out (in-place update), and gates_out may be gx itself
+// when ld_gx == 4H (every tile reads its pre-activations before it writes the
+// same elements; lstm_cpu.cpp's training forward relies on this).  h_out must
+// not alias h_prev, and no other output may alias gx / h_prev.
 void lstm_step_forward(int64_t B, int64_t H, const float* packed_fwd,
                        const float* gx, int64_t ld_gx,
                        const float* h_prev, int64_t ld_h,
