@@ -117,6 +117,51 @@ __device__ __forceinline__ T load_cg(const T* p) {
   return r;
 }
 
+// Stages `rows` rows of Kt elements into dst (row stride dst_ld): element
+// (b, k) comes from src_a[(row0 + b) * ld + k] for k < Ka, else from
+// src_b[(row0 + b) * ld + k - Ka], read through L2 (other CTAs wrote them).
+// Each thread issues kStageBatch independent loads before it stores any, so
+// that many L2 round trips overlap instead of running one after another.
+constexpr int kStageBatch = 8;
+
+template <typename scalar_t>
+__device__ __forceinline__ void stage_rows(scalar_t* dst, int dst_ld, int rows, int Kt, int Ka,
+                                           const scalar_t* src_a, const scalar_t* src_b,
+                                           int64_t row0, int64_t ld) {
+  const int n = rows * Kt;
+  for (int base = threadIdx.x; base < n; base += kThreads * kStageBatch) {
+    scalar_t v[kStageBatch];
+#pragma unroll
+    for (int u = 0; u < kStageBatch; ++u) {
+      const int idx = base + u * kThreads;
+      if (idx < n) {
+        const int b = idx / Kt, k = idx - b * Kt;
+        const int64_t row = (row0 + b) * ld;
+        v[u] = k < Ka ? load_cg(src_a + row + k) : load_cg(src_b + row + (k - Ka));
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kStageBatch; ++u) {
+      const int idx = base + u * kThreads;
+      if (idx < n) {
+        const int b = idx / Kt, k = idx - b * Kt;
+        dst[b * dst_ld + k] = v[u];
+      }
+    }
+  }
+}
+
+// The per-row results of a warp task, all of which every lane holds after the
+// butterfly: lane r (< R) takes row r's.  Selects in registers, so that lanes
+// 0..R-1 then run their epilogues side by side rather than one after another.
+template <int R, typename acc_t>
+__device__ __forceinline__ acc_t lane_row(const acc_t (&v)[R], int lane) {
+  acc_t m = v[0];
+#pragma unroll
+  for (int r = 1; r < R; ++r) m = lane == r ? v[r] : m;
+  return m;
+}
+
 // --------------------------------------------------------------- forward --
 
 template <typename scalar_t>
@@ -205,13 +250,7 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
         const int bc = static_cast<int>(B - b0 < BC ? B - b0 : BC);
         // Stage rows b0 .. b0+bc-1 of [x_t | h_{t-1}] (written by other CTAs
         // at step s-1, or the inputs hx at t = 0).
-        const int64_t n = static_cast<int64_t>(bc) * K;
-        for (int64_t idx = tid; idx < n; idx += kThreads) {
-          const int64_t b = idx / K;
-          const int k = static_cast<int>(idx % K);
-          const int64_t row = (b0 + b) * H;
-          xs[idx] = k < Kx ? load_cg(x_in + row + k) : load_cg(h_prev + row + (k - Kx));
-        }
+        stage_rows<scalar_t>(xs, K, bc, K, Kx, x_in, h_prev, b0, H);
         __syncthreads();
 
         // Tasks: (unit jl, batch group of kTaskRows rows), one warp each.
@@ -258,19 +297,22 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
                 acc[q][r] += __shfl_xor_sync(0xffffffffu, acc[q][r], o);
 
           // Epilogue: lane r owns batch row b0 + bb + r of unit j0 + jl.
+          acc_t mine[4];
 #pragma unroll
-          for (int r = 0; r < kTaskRows; ++r) {
-            if (lane != r || bb + r >= bc) continue;
+          for (int q = 0; q < 4; ++q) mine[q] = lane_row<kTaskRows>(acc[q], lane);
+          {
+            const int r = lane;
+            if (r >= kTaskRows || bb + r >= bc) continue;  // next task (warp-uniform loop)
             const int64_t b = b0 + bb + r;
             const int64_t j = j0 + jl;
             acc_t pre[4];
             if (layer == 0) {
               const scalar_t* g = p.gx0 + (t * B + b) * G4 + j;
 #pragma unroll
-              for (int q = 0; q < 4; ++q) pre[q] = acc[q][r] + static_cast<acc_t>(g[q * H]);
+              for (int q = 0; q < 4; ++q) pre[q] = mine[q] + static_cast<acc_t>(g[q * H]);
             } else {
 #pragma unroll
-              for (int q = 0; q < 4; ++q) pre[q] = acc[q][r] + bs[q * U + jl];
+              for (int q = 0; q < 4; ++q) pre[q] = mine[q] + bs[q * U + jl];
             }
             acc_t& c = cs[static_cast<int64_t>(jl) * B + b];
             const LstmFwdOut<acc_t> o = lstm_cell_forward<acc_t>(pre[0], pre[1], pre[2], pre[3], c);
@@ -386,13 +428,7 @@ lstm_persistent_bwd_kernel(const __grid_constant__ BwdParams<scalar_t> p) {
       const scalar_t* c_prev = t == 0 ? p.cx + layer * B * H : c_t - B * H;
       for (int64_t b0 = 0; b0 < B; b0 += BC) {
         const int bc = static_cast<int>(B - b0 < BC ? B - b0 : BC);
-        const int64_t n = static_cast<int64_t>(bc) * Kt;
-        for (int64_t idx = tid; idx < n; idx += kThreads) {
-          const int64_t b = idx / Kt;
-          const int k = static_cast<int>(idx % Kt);
-          const int64_t row = (b0 + b) * G4;
-          xs[b * K + k] = k < Kx ? load_cg(dG_up + row + k) : load_cg(dG_next + row + (k - Kx));
-        }
+        stage_rows<scalar_t>(xs, K, bc, Kt, Kx, dG_up, dG_next, b0, G4);
         __syncthreads();
 
         const int groups = (bc + static_cast<int>(kTaskRows) - 1) / static_cast<int>(kTaskRows);
@@ -420,13 +456,14 @@ lstm_persistent_bwd_kernel(const __grid_constant__ BwdParams<scalar_t> p) {
 #pragma unroll
             for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
 
-#pragma unroll
-          for (int r = 0; r < kTaskRows; ++r) {
-            if (lane != r || bb + r >= bc) continue;
+          const acc_t mine = lane_row<kTaskRows>(acc, lane);
+          {
+            const int r = lane;
+            if (r >= kTaskRows || bb + r >= bc) continue;  // next task (warp-uniform loop)
             const int64_t b = b0 + bb + r;
             const int64_t j = j0 + jl;
             const int64_t bj = b * H + j;
-            acc_t dh = acc[r];
+            acc_t dh = mine;
             if (top) dh += static_cast<acc_t>(p.grad_output[t * B * H + bj]);
             if (last_t) dh += static_cast<acc_t>(p.grad_hy[layer * B * H + bj]);
             const scalar_t* g = gates_t + b * G4 + j;

@@ -44,12 +44,15 @@
 //                      little and it keeps its own test coverage).
 //   kAutoMinLayers     ... and only for stacks of at least this many layers.
 //                      Measured on an H100 (2026-11-23, bench_layers.py,
-//                      float32, benchmarks/results/cuda-nvidia-h100-*): at the
-//                      D2L size the persistent tier is slower than the general
-//                      one at L=1 and L=2 (forward 0.73 vs 0.64 ms, 1.31 vs
-//                      1.20 ms) and at B64 H512 L1 (7.3 vs 3.1 ms), and faster
-//                      at L=4 (1.87 vs 2.32 ms; forward+backward 6.30 vs 7.87)
-//                      and L=8 (3.15 vs 4.58; 9.35 vs 15.61).
+//                      float32, benchmarks/results/cuda-nvidia-h100-*), after
+//                      the staging/epilogue change (_persistent-staging.md):
+//                      at the D2L size the persistent tier is faster than the
+//                      general one at L=2 (forward 1.04 vs 1.30 ms, forward+
+//                      backward 3.90 vs 4.03) and L=8 (2.03 vs 4.29; 7.16 vs
+//                      15.10), and at L=1 faster forward (0.59 vs 0.75) but
+//                      even forward+backward (2.29 vs 2.32); the first kernel
+//                      lost badly at B64 H512 L1 (7.3 vs 3.1 ms), not re-measured
+//                      since.  So single layers stay with the general tier.
 // Auto also leaves every call to the general tier while the option
 // "cuda_step_launch" is set explicitly (per_step or graph): that option only
 // means something to the general tier, so setting it asks for that tier.
@@ -66,7 +69,7 @@ constexpr int64_t kThreads = 256;
 constexpr int64_t kTaskRows = 4;
 constexpr int64_t kAutoMaxBatch = 64;
 constexpr int64_t kAutoMinSteps = 16;
-constexpr int64_t kAutoMinLayers = 4;
+constexpr int64_t kAutoMinLayers = 2;
 // Whether "auto" may pick the persistent tier at all.  On since the kernels
 // passed tests/test_cuda_persistent.py on an H100 (2026-11-23, 41 tests) and
 // bench_layers.py showed where they win (kAutoMinLayers above); auto follows
