@@ -17,7 +17,8 @@
 # any step failed.
 #
 # Knobs (environment): TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (16),
-# BENCH_ARGS (extra bench_layers.py arguments, e.g. --configs d2l),
+# BENCH_ARGS (extra bench_layers.py arguments, e.g. --configs d2l), PROFILE=1
+# (Nsight Compute reports of one D2L forward per tier, scripts/profile_step.py),
 # BUILD_TIMEOUT / SMOKE_TIMEOUT / TEST_TIMEOUT / BENCH_TIMEOUT in seconds
 # (150 / 45 / 200 / 170:
 # together under the device tool's 600 s limit for one call),
@@ -187,6 +188,17 @@ mkdir -p "$OUT/results"
 if ! run_logged bench "$OUT/bench.log" "$BENCH_TIMEOUT" \
     python benchmarks/bench_layers.py --device cuda --out "$OUT/results" ${NO_PERSISTENT[@]+"${NO_PERSISTENT[@]}"} ${BENCH_ARGS:-}; then
   echo "the benchmark (benchmarks/bench_layers.py) failed; see $OUT/bench.log"
+fi
+
+# ----------------------------------------------------------------- profile --
+# PROFILE=1: Nsight Compute reports of a D2L-size forward, one per tier
+# ($OUT/ncu_<tier>.ncu-rep; open with ncu-ui or `ncu --import ... --page details`).
+if [ "${PROFILE:-0}" = 1 ] && command -v ncu > /dev/null; then
+  for tier in general persistent; do
+    run_logged "ncu:$tier" "$OUT/ncu_$tier.log" "${PROFILE_TIMEOUT:-120}" \
+      ncu --kernel-name regex:lstm --launch-skip 40 --launch-count 6 --set full \
+      -o "$OUT/ncu_$tier" python scripts/profile_step.py --tier "$tier"
+  done
 fi
 
 phase "summary"

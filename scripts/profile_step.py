@@ -1,0 +1,63 @@
+"""One D2L-size LSTM forward (and optionally backward) on CUDA with a chosen
+kernel tier, for a profiler to look at:
+
+    ncu --kernel-name regex:lstm --launch-skip 20 --launch-count 4 --set full \\
+        -o prof python scripts/profile_step.py --tier persistent
+
+scripts/gpu_check.sh runs this under Nsight Compute when PROFILE=1.  It warms
+up first (so the profiler's --launch-skip can step over the warm-up launches),
+then runs --iters calls; it prints the median time per call with CUDA events
+(meaningless under ncu, which serializes and replays kernels).
+"""
+import argparse
+
+import torch
+
+import fusedrnn
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tier", choices=["auto", "general", "persistent"], default="auto")
+    p.add_argument("--B", type=int, default=32)
+    p.add_argument("--T", type=int, default=35)
+    p.add_argument("--I", type=int, default=28)
+    p.add_argument("--H", type=int, default=256)
+    p.add_argument("--L", type=int, default=2)
+    p.add_argument("--backward", action="store_true", help="forward+backward")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--iters", type=int, default=5)
+    a = p.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("profile_step.py: needs a CUDA device")
+    fusedrnn.set_option("cuda_tier", a.tier)
+    torch.manual_seed(0)
+    lstm = fusedrnn.LSTM(a.I, a.H, a.L).cuda()
+    x = torch.randn(a.T, a.B, a.I, device="cuda", requires_grad=a.backward)
+
+    def call():
+        if a.backward:
+            out, _ = lstm(x)
+            out.sum().backward()
+        else:
+            with torch.no_grad():
+                lstm(x)
+
+    for _ in range(a.warmup):
+        call()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(a.iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        call()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    print(f"tier={a.tier} B{a.B} T{a.T} I{a.I} H{a.H} L{a.L} "
+          f"{'fwd+bwd' if a.backward else 'fwd'}: median {times[len(times) // 2]:.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
