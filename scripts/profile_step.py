@@ -10,10 +10,15 @@ then runs --iters calls; it prints the median time per call with CUDA events
 (meaningless under ncu, which serializes and replays kernels).
 """
 import argparse
+import os
+import sys
 
 import torch
 
-import fusedrnn
+# Run from a checkout with the extension built in place (gpu_check.sh does):
+# the repository root, not scripts/, must be on the path.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import fusedrnn  # noqa: E402
 
 
 def main():
