@@ -29,11 +29,15 @@ def cuda_compiled() -> bool:
 # The kernel switches (csrc/options.h): option name -> its values, in order
 # (index 0 is always "auto").
 _OPTIONS = {
-    # Which CUDA LSTM tier runs: the selector's choice, the general tier (one
-    # fused kernel per layer-timestep) or the persistent wavefront kernel.
+    # Which CUDA LSTM tier runs: the selector's choice (the persistent tier
+    # for 2+ layers whose weights fit on chip, else the general tier), the
+    # general tier (one fused kernel per layer-timestep) or the persistent
+    # wavefront kernel.
     "cuda_tier": ("auto", "general", "persistent"),
-    # How the general tier issues its step kernels: the default, one launch
-    # per step, or the step loop captured in a CUDA graph and replayed.
+    # How the LSTM's general tier issues its step kernels: auto (= the graph,
+    # measured faster on an H100), one launch per step, or the step loop
+    # captured in a CUDA graph and replayed.  The GRU/RNN kernels always
+    # launch per step.
     "cuda_step_launch": ("auto", "per_step", "graph"),
 }
 
