@@ -408,14 +408,10 @@ class OptionImpl(FusedImpl):
 
 
 class StepLaunchImpl(OptionImpl):
-    """The CUDA general tier's LSTM with its step loop issued one way
-    (cuda_step_launch = per_step or graph).  The LSTM only: the GRU/RNN CUDA
-    kernels have no graph mode, so the switch would change nothing there."""
-
-    def build(self, ctx, cfg, base):
-        if cfg.cell != "lstm":
-            raise SkipImpl("cuda_step_launch is the LSTM's (GRU/RNN launch per step)")
-        return super().build(ctx, cfg, base)
+    """The CUDA general tier with its step loops issued one way
+    (cuda_step_launch = per_step or graph).  Setting the option keeps the LSTM
+    on the general tier; for GRU/RNN (general tier only) "auto" means per_step,
+    so their fusedrnn-graph row is the one that differs from fusedrnn."""
 
 
 class CudaTierImpl(OptionImpl):

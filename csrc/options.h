@@ -15,9 +15,10 @@ enum class Option : int {
   kCudaTier = 0,
   // How the general tier issues its T·L step kernels: 0 auto, 1 one launch per
   // step from the host loop, 2 the step loop captured once in a CUDA graph and
-  // replayed (csrc/cuda/step_graph.h).  auto = the graph, as fast or faster
-  // at every LSTM size benchmarked on an H100 (lstm_cuda.cu, graph_mode).  The
-  // GRU/RNN CUDA kernels always launch per step.
+  // replayed (csrc/cuda/step_graph.h).  auto = the graph for the LSTM, as fast
+  // or faster at every LSTM size benchmarked on an H100 (lstm_cuda.cu,
+  // graph_mode); per-step for GRU/RNN, whose graph mode has not run on a GPU
+  // yet (gru_rnn_cuda.cu).
   kCudaStepLaunch = 1,
   kCount = 2,
 };

@@ -8,7 +8,8 @@
 * ``cuda_or_skip()`` — like ``fusedrnn_or_skip()``, and also skip the calling
   module without a CUDA device or without the CUDA kernels in the build.
   The CUDA test modules also share ``CUDA``, ``CUDA_TOL`` with
-  ``assert_close_scaled(...)``, the ``no_tf32`` fixture, ``lstm_inputs(...)``
+  ``assert_close_scaled(...)``, the ``no_tf32`` and ``step_launch`` fixtures,
+  ``lstm_inputs(...)``
   and ``loss_weights(...)``.
 * ``make_pair(...)`` — a ``fusedrnn.LSTM`` and a ``torch.nn.LSTM`` with
   identical weights.
@@ -99,6 +100,18 @@ def assert_close_scaled(actual, expected, tol, name):
     scale = max(1.0, e.abs().max().item()) if e.numel() else 1.0
     torch.testing.assert_close(a, e, rtol=tol, atol=tol * scale,
                                msg=lambda m: f"{name}: {m}")
+
+
+@pytest.fixture
+def step_launch():
+    """Sets fusedrnn's cuda_step_launch option (``step_launch("graph")``);
+    restores it afterwards."""
+    import fusedrnn
+    old = fusedrnn.get_option("cuda_step_launch")
+    try:
+        yield lambda v: fusedrnn.set_option("cuda_step_launch", v)
+    finally:
+        fusedrnn.set_option("cuda_step_launch", old)
 
 
 @pytest.fixture

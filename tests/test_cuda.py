@@ -535,16 +535,6 @@ def test_gradcheck_packed_proj():
 
 # ================================================ step launch: CUDA graphs ==
 
-@pytest.fixture
-def step_launch():
-    """Sets fusedrnn's cuda_step_launch option; restores it afterwards."""
-    old = fusedrnn.get_option("cuda_step_launch")
-    try:
-        yield lambda v: fusedrnn.set_option("cuda_step_launch", v)
-    finally:
-        fusedrnn.set_option("cuda_step_launch", old)
-
-
 def _full_run(w, data, h0, c0, bias, bs):
     """Training forward + backward and inference forward through the raw ops:
     every output, state and gradient as one list."""

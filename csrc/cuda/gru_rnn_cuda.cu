@@ -59,7 +59,9 @@
 #include "cell_math.h"
 #include "rnn_checks.h"
 #include "cuda/capture_check.h"
+#include "cuda/step_graph.h"
 #include "cuda/tile_product.cuh"
+#include "options.h"
 
 namespace fusedrnn {
 namespace {
@@ -298,6 +300,29 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> empty_backward(const Tensor& inp
   return {at::zeros(input.sizes(), opts), grad_hy.clone(at::MemoryFormat::Contiguous), grad_w};
 }
 
+// ------------------------------------------------------- step launches --
+//
+// cuda_step_launch = graph (fusedrnn.set_option) replays each layer's loop of
+// step kernels from a cached CUDA graph (step_graph.h), as the LSTM does.
+// For GRU/RNN only when asked for explicitly: "auto" keeps per-step launches
+// here until a GPU has measured the graph for these cells (it was measured,
+// and made the default, for the LSTM).
+bool gru_rnn_graph_mode() { return get_option(Option::kCudaStepLaunch) == 2; }
+
+// The topology part of a step-graph key (step_graph.h): what decides the
+// kernels and grids of one layer's loop.  Kinds 100.. keep these loops apart
+// from the LSTM's in the shared cache.
+enum LoopKind : int64_t { kGruFwd = 100, kGruBwd = 101, kRnnFwd = 102, kRnnBwd = 103 };
+
+std::vector<int64_t> loop_topology(LoopKind kind, int64_t layer, const RnnSizes& s,
+                                   at::ScalarType dtype, int64_t flags) {
+  std::vector<int64_t> k = {kind, layer, static_cast<int64_t>(c10::cuda::current_device()),
+                            static_cast<int64_t>(dtype), s.T, s.B, s.H, flags,
+                            s.seq.packed ? 1 : 0};
+  if (s.seq.packed) k.insert(k.end(), s.seq.bs.begin(), s.seq.bs.end());
+  return k;
+}
+
 // ==================================================================== GRU ==
 
 constexpr const char* kGru = "fusedrnn.gru";
@@ -355,18 +380,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_cuda(
       scalar_t* out_p = out.data_ptr<scalar_t>();
       scalar_t* saved_p = train ? saved.data_ptr<scalar_t>() + l * N * G4 : nullptr;
       scalar_t* hy_p = hy.data_ptr<scalar_t>() + l * B * H;
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t rows = seq.rows(t), off = seq.offset(t);
-        const scalar_t* h_prev = t == 0 ? h0 : out_p + seq.offset(t - 1) * H;
-        scalar_t* sv = saved_p != nullptr ? saved_p + off * G4 : nullptr;
-        const int64_t hy_from = seq.ended_begin(t);
-        with_tile(choose_config(rows, H, sms), [&](auto tile) {
-          using TL = decltype(tile);
-          gru_fwd_step_kernel<scalar_t, TL::BM, TL::BN, TL::TM><<<step_grid<TL>(rows, H), TL::NT, 0, stream>>>(
-              h_prev, w_hh, b_hh, gx_p + off * G3, out_p + off * H, sv, hy_p, hy_from, rows, H);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        });
-      }
+      auto steps = [&](cudaStream_t st) {
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t rows = seq.rows(t), off = seq.offset(t);
+          const scalar_t* h_prev = t == 0 ? h0 : out_p + seq.offset(t - 1) * H;
+          scalar_t* sv = saved_p != nullptr ? saved_p + off * G4 : nullptr;
+          const int64_t hy_from = seq.ended_begin(t);
+          with_tile(choose_config(rows, H, sms), [&](auto tile) {
+            using TL = decltype(tile);
+            gru_fwd_step_kernel<scalar_t, TL::BM, TL::BN, TL::TM><<<step_grid<TL>(rows, H), TL::NT, 0, st>>>(
+                h_prev, w_hh, b_hh, gx_p + off * G3, out_p + off * H, sv, hy_p, hy_from, rows, H);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          });
+        }
+      };
+      step_graph::run_steps(gru_rnn_graph_mode(),
+                            loop_topology(kGruFwd, l, s, input.scalar_type(),
+                                          (train ? 1 : 0) | (has_biases ? 2 : 0)),
+                            {h0, w_hh, b_hh, gx_p, out_p, saved_p, hy_p}, stream, steps);
     });
     x = out;
   }
@@ -419,19 +450,25 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> gru_backward_cuda(
       scalar_t* dgx_p = dgx.data_ptr<scalar_t>();
       scalar_t* dgh_p = dgh.data_ptr<scalar_t>();
       acc_t* carry_p = carry.data_ptr<acc_t>();
-      for (int64_t t = T - 1; t >= 0; --t) {
-        const int64_t rows = seq.rows(t), off = seq.offset(t);
-        const int64_t nrec = seq.ended_begin(t);  // rows with a step t+1
-        const scalar_t* dG_next = nrec > 0 ? dgh_p + seq.offset(t + 1) * G3 : nullptr;
-        const scalar_t* h_prev = t == 0 ? h0 : out_p + seq.offset(t - 1) * H;
-        with_tile(choose_config(rows, H, sms), [&](auto tile) {
-          using TL = decltype(tile);
-          gru_bwd_step_kernel<scalar_t, TL::BM, TL::BN, TL::TM><<<step_grid<TL>(rows, H), TL::NT, 0, stream>>>(
-              dG_next, w_hh, dy_p + off * H, dhy, saved_p + off * G4, h_prev, carry_p,
-              dgx_p + off * G3, dgh_p + off * G3, nrec, rows, H);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        });
-      }
+      auto steps = [&](cudaStream_t st) {
+        for (int64_t t = T - 1; t >= 0; --t) {
+          const int64_t rows = seq.rows(t), off = seq.offset(t);
+          const int64_t nrec = seq.ended_begin(t);  // rows with a step t+1
+          const scalar_t* dG_next = nrec > 0 ? dgh_p + seq.offset(t + 1) * G3 : nullptr;
+          const scalar_t* h_prev = t == 0 ? h0 : out_p + seq.offset(t - 1) * H;
+          with_tile(choose_config(rows, H, sms), [&](auto tile) {
+            using TL = decltype(tile);
+            gru_bwd_step_kernel<scalar_t, TL::BM, TL::BN, TL::TM><<<step_grid<TL>(rows, H), TL::NT, 0, st>>>(
+                dG_next, w_hh, dy_p + off * H, dhy, saved_p + off * G4, h_prev, carry_p,
+                dgx_p + off * G3, dgh_p + off * G3, nrec, rows, H);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          });
+        }
+      };
+      step_graph::run_steps(gru_rnn_graph_mode(),
+                            loop_topology(kGruBwd, l, s, input.scalar_type(), 0),
+                            {w_hh, dy_p, dhy, saved_p, out_p, h0, dgx_p, dgh_p, carry_p}, stream,
+                            steps);
     });
 
     // The gradient reaching h_{-1} = hx[l]: the carry z_0·dh_0 plus the
@@ -495,17 +532,22 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward_cuda(const Tensor& input_, const 
       const scalar_t* h0 = hx.data_ptr<scalar_t>() + l * B * H;
       scalar_t* out_p = out.data_ptr<scalar_t>();
       scalar_t* hy_p = hy.data_ptr<scalar_t>() + l * B * H;
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t rows = seq.rows(t), off = seq.offset(t);
-        const scalar_t* h_prev = t == 0 ? h0 : out_p + seq.offset(t - 1) * H;
-        const int64_t hy_from = seq.ended_begin(t);
-        with_tile(choose_config(rows, H, sms), [&](auto tile) {
-          using TL = decltype(tile);
-          rnn_fwd_step_kernel<scalar_t, TL::BM, TL::BN, TL::TM><<<step_grid<TL>(rows, H), TL::NT, 0, stream>>>(
-              h_prev, w_hh, gx_p + off * H, out_p + off * H, hy_p, hy_from, relu, rows, H);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        });
-      }
+      auto steps = [&](cudaStream_t st) {
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t rows = seq.rows(t), off = seq.offset(t);
+          const scalar_t* h_prev = t == 0 ? h0 : out_p + seq.offset(t - 1) * H;
+          const int64_t hy_from = seq.ended_begin(t);
+          with_tile(choose_config(rows, H, sms), [&](auto tile) {
+            using TL = decltype(tile);
+            rnn_fwd_step_kernel<scalar_t, TL::BM, TL::BN, TL::TM><<<step_grid<TL>(rows, H), TL::NT, 0, st>>>(
+                h_prev, w_hh, gx_p + off * H, out_p + off * H, hy_p, hy_from, relu, rows, H);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          });
+        }
+      };
+      step_graph::run_steps(gru_rnn_graph_mode(),
+                            loop_topology(kRnnFwd, l, s, input.scalar_type(), relu ? 1 : 0),
+                            {h0, w_hh, gx_p, out_p, hy_p}, stream, steps);
     });
     x = out;
   }
@@ -552,18 +594,23 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_cuda(
       const scalar_t* dhy = grad_hy.data_ptr<scalar_t>() + l * B * H;
       const scalar_t* out_p = out.data_ptr<scalar_t>();
       scalar_t* dG_p = dG.data_ptr<scalar_t>();
-      for (int64_t t = T - 1; t >= 0; --t) {
-        const int64_t rows = seq.rows(t), off = seq.offset(t);
-        const int64_t nrec = seq.ended_begin(t);
-        const scalar_t* dG_next = nrec > 0 ? dG_p + seq.offset(t + 1) * H : nullptr;
-        with_tile(choose_config(rows, H, sms), [&](auto tile) {
-          using TL = decltype(tile);
-          rnn_bwd_step_kernel<scalar_t, TL::BM, TL::BN, TL::TM><<<step_grid<TL>(rows, H), TL::NT, 0, stream>>>(
-              dG_next, w_hh, dy_p + off * H, dhy, out_p + off * H, dG_p + off * H, relu, nrec,
-              rows, H);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        });
-      }
+      auto steps = [&](cudaStream_t st) {
+        for (int64_t t = T - 1; t >= 0; --t) {
+          const int64_t rows = seq.rows(t), off = seq.offset(t);
+          const int64_t nrec = seq.ended_begin(t);
+          const scalar_t* dG_next = nrec > 0 ? dG_p + seq.offset(t + 1) * H : nullptr;
+          with_tile(choose_config(rows, H, sms), [&](auto tile) {
+            using TL = decltype(tile);
+            rnn_bwd_step_kernel<scalar_t, TL::BM, TL::BN, TL::TM><<<step_grid<TL>(rows, H), TL::NT, 0, st>>>(
+                dG_next, w_hh, dy_p + off * H, dhy, out_p + off * H, dG_p + off * H, relu, nrec,
+                rows, H);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          });
+        }
+      };
+      step_graph::run_steps(gru_rnn_graph_mode(),
+                            loop_topology(kRnnBwd, l, s, input.scalar_type(), relu ? 1 : 0),
+                            {w_hh, dy_p, dhy, out_p, dG_p}, stream, steps);
     });
 
     Tensor grad_hx_l = grad_hx[l];

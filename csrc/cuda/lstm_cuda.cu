@@ -340,15 +340,7 @@ std::vector<int64_t> graph_topology(int64_t kind, int64_t layer, const LstmSizes
   return k;
 }
 
-// Runs `steps` (the launches of one layer's loop, onto the stream it is given)
-// through a cached graph when graph mode is on and allowed, else directly on
-// `stream`.
-void run_steps(bool use_graph, const std::vector<int64_t>& topology,
-               const std::vector<const void*>& ptrs, cudaStream_t stream,
-               const std::function<void(cudaStream_t)>& steps) {
-  if (use_graph && step_graph::run_step_graph(topology, ptrs, stream, steps)) return;
-  steps(stream);
-}
+using step_graph::run_steps;
 
 // --------------------------------------------------------- op: forward --
 

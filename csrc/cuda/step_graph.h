@@ -196,5 +196,15 @@ inline bool run_step_graph(const std::vector<int64_t>& topology,
   return true;
 }
 
+// Runs `steps` (the launches of one layer's loop, onto the stream it is given)
+// through a cached graph when `use_graph` and the graph can be used, else
+// directly on `stream`.
+inline void run_steps(bool use_graph, const std::vector<int64_t>& topology,
+                      const std::vector<const void*>& ptrs, cudaStream_t stream,
+                      const std::function<void(cudaStream_t)>& steps) {
+  if (use_graph && run_step_graph(topology, ptrs, stream, steps)) return;
+  steps(stream);
+}
+
 }  // namespace step_graph
 }  // namespace fusedrnn
