@@ -309,18 +309,15 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> empty_backward(const Tensor& inp
 // and made the default, for the LSTM).
 bool gru_rnn_graph_mode() { return get_option(Option::kCudaStepLaunch) == 2; }
 
-// The topology part of a step-graph key (step_graph.h): what decides the
-// kernels and grids of one layer's loop.  Kinds 100.. keep these loops apart
-// from the LSTM's in the shared cache.
+// The topology part of a step-graph key (step_graph.h, loop_key): what
+// decides the kernels and grids of one layer's loop.  Kinds 100.. keep these
+// loops apart from the LSTM's (0, 1) in the shared cache.
 enum LoopKind : int64_t { kGruFwd = 100, kGruBwd = 101, kRnnFwd = 102, kRnnBwd = 103 };
 
 std::vector<int64_t> loop_topology(LoopKind kind, int64_t layer, const RnnSizes& s,
                                    at::ScalarType dtype, int64_t flags) {
-  std::vector<int64_t> k = {kind, layer, static_cast<int64_t>(c10::cuda::current_device()),
-                            static_cast<int64_t>(dtype), s.T, s.B, s.H, flags,
-                            s.seq.packed ? 1 : 0};
-  if (s.seq.packed) k.insert(k.end(), s.seq.bs.begin(), s.seq.bs.end());
-  return k;
+  return step_graph::loop_key({kind, layer, static_cast<int64_t>(dtype), s.T, s.B, s.H, flags},
+                              s.seq.packed, s.seq.bs);
 }
 
 // ==================================================================== GRU ==

@@ -333,11 +333,9 @@ bool graph_mode() { return get_option(Option::kCudaStepLaunch) != 1; }
 std::vector<int64_t> graph_topology(int64_t kind, int64_t layer, const LstmSizes& s,
                                     at::ScalarType dtype, const StepConfig& cfg,
                                     int64_t flags) {
-  std::vector<int64_t> k = {kind, layer, static_cast<int64_t>(c10::cuda::current_device()),
-                            static_cast<int64_t>(dtype), s.T, s.B, s.H, s.P, cfg.bm, cfg.bn,
-                            flags, s.seq.packed ? 1 : 0};
-  if (s.seq.packed) k.insert(k.end(), s.seq.bs.begin(), s.seq.bs.end());
-  return k;
+  return step_graph::loop_key({kind, layer, static_cast<int64_t>(dtype), s.T, s.B, s.H, s.P,
+                               cfg.bm, cfg.bn, flags},
+                              s.seq.packed, s.seq.bs);
 }
 
 using step_graph::run_steps;

@@ -196,6 +196,20 @@ inline bool run_step_graph(const std::vector<int64_t>& topology,
   return true;
 }
 
+// A loop's topology key: `head` (the caller's loop kind, layer, dtype, sizes,
+// tile and flags: whatever picks its kernels and grids), then the current
+// device and, for a packed layout, its batch sizes (the rows of each step).
+// Callers use distinct kinds, so the LSTM's and GRU/RNN's loops never collide.
+inline std::vector<int64_t> loop_key(std::vector<int64_t> head, bool packed,
+                                     const std::vector<int64_t>& batch_sizes) {
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  head.push_back(device);
+  head.push_back(packed ? 1 : 0);
+  if (packed) head.insert(head.end(), batch_sizes.begin(), batch_sizes.end());
+  return head;
+}
+
 // Runs `steps` (the launches of one layer's loop, onto the stream it is given)
 // through a cached graph when `use_graph` and the graph can be used, else
 // directly on `stream`.
