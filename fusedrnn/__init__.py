@@ -34,10 +34,9 @@ _OPTIONS = {
     # general tier (one fused kernel per layer-timestep) or the persistent
     # wavefront kernel.
     "cuda_tier": ("auto", "general", "persistent"),
-    # How the CUDA general tier issues its step kernels: auto (the graph for
-    # the LSTM, measured faster on an H100; per step for GRU/RNN, whose graph
-    # mode has not been measured yet), one launch per step, or the step loop
-    # captured in a CUDA graph and replayed.
+    # How the CUDA general tier issues its step kernels: auto (the graph, for
+    # every cell: measured faster than per-step launches on an H100), one
+    # launch per step, or the step loop captured in a CUDA graph and replayed.
     "cuda_step_launch": ("auto", "per_step", "graph"),
 }
 

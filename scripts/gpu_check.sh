@@ -191,14 +191,26 @@ if ! run_logged bench "$OUT/bench.log" "$BENCH_TIMEOUT" \
 fi
 
 # ----------------------------------------------------------------- profile --
-# PROFILE=1: Nsight Compute reports of a D2L-size forward, one per tier
-# ($OUT/ncu_<tier>.ncu-rep; open with ncu-ui or `ncu --import ... --page details`).
+# PROFILE=1: Nsight Compute reports of a D2L-size forward ($OUT/ncu_<name>.ncu-rep;
+# open with ncu-ui) and their details pages as text ($OUT/ncu_<name>.txt):
+# the persistent kernel at L = 1 and L = 2 (one launch after the warm-up) and
+# six step kernels of the general tier at L = 2.  PROFILE_ARGS adds
+# profile_step.py arguments (e.g. "--B 8 --T 64").
 if [ "${PROFILE:-0}" = 1 ] && command -v ncu > /dev/null; then
-  for tier in general persistent; do
-    run_logged "ncu:$tier" "$OUT/ncu_$tier.log" "${PROFILE_TIMEOUT:-120}" \
-      ncu --kernel-name regex:lstm --launch-skip 40 --launch-count 6 --set full \
-      -o "$OUT/ncu_$tier" python scripts/profile_step.py --tier "$tier"
-  done
+  prof() {  # prof NAME KERNEL_REGEX SKIP COUNT profile_step.py-args...
+    local name=$1 kre=$2 skip=$3 count=$4
+    shift 4
+    run_logged "ncu:$name" "$OUT/ncu_$name.log" "${PROFILE_TIMEOUT:-90}" \
+      ncu --kernel-name "regex:$kre" --launch-skip "$skip" --launch-count "$count" --set full \
+      --import-source yes -o "$OUT/ncu_$name" python scripts/profile_step.py "$@" ${PROFILE_ARGS:-}
+    ncu --import "$OUT/ncu_$name.ncu-rep" --page details > "$OUT/ncu_$name.txt" 2>&1
+    # The hottest source lines by warp-stall samples, when this ncu can print them.
+    ncu --import "$OUT/ncu_$name.ncu-rep" --page source --csv --print-source cuda \
+      > "$OUT/ncu_${name}_source.csv" 2>&1 || true
+  }
+  prof persistent_L1 lstm_persistent_fwd 3 1 --tier persistent --L 1
+  prof persistent_L2 lstm_persistent_fwd 3 1 --tier persistent --L 2
+  prof general_L2 lstm 40 6 --tier general --L 2
 fi
 
 phase "summary"

@@ -304,10 +304,12 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> empty_backward(const Tensor& inp
 //
 // cuda_step_launch = graph (fusedrnn.set_option) replays each layer's loop of
 // step kernels from a cached CUDA graph (step_graph.h), as the LSTM does.
-// For GRU/RNN only when asked for explicitly: "auto" keeps per-step launches
-// here until a GPU has measured the graph for these cells (it was measured,
-// and made the default, for the LSTM).
-bool gru_rnn_graph_mode() { return get_option(Option::kCudaStepLaunch) == 2; }
+// "auto" is the graph here too: on an H100 (2026-11-23 06:49 UTC,
+// bench_layers.py defaults, float32, results/..._full-0649.md) the graph was
+// faster than per-step launches in every GRU/RNN row, e.g. RNN D2L forward
+// 0.655 vs 0.731 ms and forward+backward 1.580 vs 2.131 ms, GRU D2L forward
+// 1.016 vs 1.100 ms.
+bool gru_rnn_graph_mode() { return get_option(Option::kCudaStepLaunch) != 1; }
 
 // The topology part of a step-graph key (step_graph.h, loop_key): what
 // decides the kernels and grids of one layer's loop.  Kinds 100.. keep these
