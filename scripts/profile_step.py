@@ -32,6 +32,9 @@ def main():
     p.add_argument("--backward", action="store_true", help="forward+backward")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--torch-profile", action="store_true",
+                   help="also print torch.profiler's table of the GPU kernels of --iters calls "
+                        "(how much of a call's time the kernels take)")
     a = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("profile_step.py: needs a CUDA device")
@@ -60,6 +63,13 @@ def main():
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
     times.sort()
+    if a.torch_profile:
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(a.iters):
+                call()
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
     print(f"tier={a.tier} B{a.B} T{a.T} I{a.I} H{a.H} L{a.L} "
           f"{'fwd+bwd' if a.backward else 'fwd'}: median {times[len(times) // 2]:.3f} ms")
 

@@ -18,10 +18,12 @@
 //
 // Per step a CTA stages the step's input rows [x_t | h_{t-1}] (batch_chunk
 // rows at a time) into shared memory, then each warp computes tasks of one
-// unit x kTaskRows batch rows: its lanes split the K = H or 2H products,
-// each lane keeps 4 x kTaskRows partial sums, and a xor-butterfly of warp
-// shuffles completes them (the same fixed order in every run).  Lane r then
-// applies lstm_cell_forward (cell_math.h) to batch row r of the task.
+// unit x kFwdTaskRows (8) batch rows: its lanes split the K = H or 2H
+// products (16-byte shared-memory loads where the rows allow), each lane
+// keeps the 4 x 8 partial sums, and a reduce-scatter of warp shuffles
+// completes them, one per lane (warp_reduce_scatter, the same fixed order in
+// every run).  Lane r then gathers the four gates of batch row r and applies
+// lstm_cell_forward (cell_math.h).
 //
 // Saved for backward (train = true), in the general tier's layout, so the
 // general tier's backward consumes them unchanged: gates (L,T,B,4H)
@@ -70,7 +72,9 @@ namespace {
 
 using at::Tensor;
 using persistent::kMaxLayers;
-using persistent::kTaskRows;
+using persistent::kBwdTaskRows;
+using persistent::kBwdTaskUnits;
+using persistent::kFwdTaskRows;
 using persistent::kThreads;
 using persistent::Plan;
 
@@ -179,15 +183,95 @@ __device__ __forceinline__ void stage_rows(scalar_t* dst, int dst_ld, int rows, 
   }
 }
 
-// The per-row results of a warp task, all of which every lane holds after the
-// butterfly: lane r (< R) takes row r's.  Selects in registers, so that lanes
-// 0..R-1 then run their epilogues side by side rather than one after another.
-template <int R, typename acc_t>
-__device__ __forceinline__ acc_t lane_row(const acc_t (&v)[R], int lane) {
-  acc_t m = v[0];
+// ------------------------------------------------------------ warp tasks --
+//
+// A warp task computes Q x R dot products of length K: weight rows w[q]
+// against staged rows x[r], both in shared memory.  Lane l takes the chunks
+// of E consecutive elements at k = E * (l + 32 i) (E = 16 / sizeof(scalar_t)
+// when every row start is 16-byte aligned, so each load is one 16-byte
+// shared-memory access; else E = 1) and keeps the Q*R partial sums in
+// registers; warp_reduce_scatter then completes them across the lanes.
+
+// The E scalars at p (16-byte aligned when E > 1), converted to acc_t.
+template <int E, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void load_chunk(acc_t (&out)[E], const scalar_t* p) {
+  if constexpr (E == 1) {
+    out[0] = static_cast<acc_t>(*p);
+  } else {
+    static_assert(E * sizeof(scalar_t) == 16, "a chunk is 16 bytes");
+    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+    scalar_t v[E];
+    memcpy(v, &raw, 16);
 #pragma unroll
-  for (int r = 1; r < R; ++r) m = lane == r ? v[r] : m;
-  return m;
+    for (int e = 0; e < E; ++e) out[e] = static_cast<acc_t>(v[e]);
+  }
+}
+
+// acc[q * R + r] = this lane's share of sum_k w[q][k] * x[r][k], k < K.
+template <int Q, int R, int E, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void lane_products(acc_t (&acc)[Q * R], const scalar_t* const (&w)[Q],
+                                              const scalar_t* const (&x)[R], int K, int lane) {
+#pragma unroll
+  for (int i = 0; i < Q * R; ++i) acc[i] = acc_t(0);
+  for (int k = lane * E; k < K; k += 32 * E) {
+    acc_t wv[Q][E], xv[R][E];
+#pragma unroll
+    for (int q = 0; q < Q; ++q) load_chunk<E>(wv[q], w[q] + k);
+#pragma unroll
+    for (int r = 0; r < R; ++r) load_chunk<E>(xv[r], x[r] + k);
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+#pragma unroll
+      for (int q = 0; q < Q; ++q)
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[q * R + r] += wv[q][e] * xv[r][e];
+  }
+}
+
+// Completes N (a power of two, <= 32) per-lane partial sums v[0..N-1] across
+// the warp: returns, in lane l, the warp-wide sum of v[l / (32 / N)].  Each
+// halving step sends the half of its values a lane does not keep to its
+// partner and adds the half it receives, so the warp moves N-1 + 5-log2(N)
+// values instead of 5 per value for a butterfly of each; every sum is formed
+// in one fixed order (lane pairs that end with the same value compute a + b
+// and b + a, which are equal), so results are bitwise reproducible.
+// One halving step of warp_reduce_scatter on v[0..2h): the lanes with bit o
+// set keep v[h..2h) and send v[0..h), the others the reverse; the kept
+// sums land in v[0..h).  Then the next step, on v[0..h) with o / 2.
+template <int h, int o, int N, typename acc_t>
+__device__ __forceinline__ void reduce_halves(acc_t (&v)[N], int lane) {
+  if constexpr (h >= 1) {
+    const bool upper = (lane & o) != 0;
+#pragma unroll
+    for (int i = 0; i < h; ++i) {
+      const acc_t keep = upper ? v[i + h] : v[i];
+      const acc_t send = upper ? v[i] : v[i + h];
+      v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+    }
+    reduce_halves<h / 2, o / 2>(v, lane);
+  }
+}
+
+template <int N, typename acc_t>
+__device__ __forceinline__ acc_t warp_reduce_scatter(acc_t (&v)[N], int lane) {
+  static_assert(N >= 1 && N <= 32 && (N & (N - 1)) == 0, "N is a power of two <= 32");
+  reduce_halves<N / 2, 16>(v, lane);
+  // log2(N) halvings used the offsets 16 .. 32 / N; a butterfly on the one
+  // remaining value covers the smaller offsets.
+  acc_t r = v[0];
+#pragma unroll
+  for (int o = 16 / N; o > 0; o >>= 1) r += __shfl_xor_sync(0xffffffffu, r, o);
+  return r;
+}
+
+// Whether every row start of the weights (row length K) and of the stage
+// (row length K, and the split point Kx) is 16-byte aligned, so that the
+// warp tasks may load 16-byte chunks.
+template <typename scalar_t>
+__device__ __forceinline__ bool chunks_aligned(int K, int Kx, const void* Ws, const void* xs) {
+  constexpr int W = static_cast<int>(16 / sizeof(scalar_t));
+  return K % W == 0 && Kx % W == 0 && (reinterpret_cast<uintptr_t>(Ws) & 15u) == 0 &&
+         (reinterpret_cast<uintptr_t>(xs) & 15u) == 0;
 }
 
 // --------------------------------------------------------------- forward --
@@ -239,6 +323,7 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
   const int nu = static_cast<int>(H - j0 < p.units ? H - j0 : p.units);  // this CTA's units
   const int Kx = layer == 0 ? 0 : static_cast<int>(H);  // x part of a staged row
   const int K = Kx + static_cast<int>(H);               // staged row length
+  const bool vec = chunks_aligned<scalar_t>(K, Kx, Ws, xs);  // 16-byte task loads
 
   // Resident weights: row (q, jl) = [W_ih | W_hh] row q*H + j0 + jl.
   {
@@ -281,67 +366,54 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
         stage_rows<scalar_t>(xs, K, bc, K, Kx, x_in, h_prev, b0, H);
         __syncthreads();
 
-        // Tasks: (unit jl, batch group of kTaskRows rows), one warp each.
-        const int groups = (bc + static_cast<int>(kTaskRows) - 1) / static_cast<int>(kTaskRows);
+        // Tasks: (unit jl, batch group of kFwdTaskRows rows), one warp each.
+        constexpr int R = static_cast<int>(kFwdTaskRows);
+        static_assert(4 * R == 32, "one product per lane after the reduction");
+        const int groups = (bc + R - 1) / R;
         const int tasks = nu * groups;
         for (int task = warp; task < tasks; task += kWarps) {  // warp-uniform
           const int jl = task / groups;
-          const int bb = (task % groups) * static_cast<int>(kTaskRows);
+          const int bb = (task % groups) * R;
           const scalar_t* wr[4];
 #pragma unroll
           for (int q = 0; q < 4; ++q) wr[q] = Ws + (static_cast<int64_t>(q) * U + jl) * K;
           // Rows past the chunk's end repeat its last row (results unused),
           // so the inner loop needs no bounds test.
-          const scalar_t* xr[kTaskRows];
+          const scalar_t* xr[R];
 #pragma unroll
-          for (int r = 0; r < kTaskRows; ++r) {
+          for (int r = 0; r < R; ++r) {
             const int row = bb + r < bc ? bb + r : bc - 1;
             xr[r] = xs + static_cast<int64_t>(row) * K;
           }
-          acc_t acc[4][kTaskRows];
+          // Lane r (< R) owns batch row b0 + bb + r of unit j0 + jl; layer
+          // 0 fetches that row's input projection now, so that the loads
+          // overlap the products.
+          const bool owner = lane < R && bb + lane < bc;
+          const int64_t b = b0 + bb + (lane < R ? lane : 0);
+          const int64_t j = j0 + jl;
+          acc_t pre[4];
+          if (layer == 0 && owner) {
+            const scalar_t* g = p.gx0 + (t * B + b) * G4 + j;
 #pragma unroll
-          for (int q = 0; q < 4; ++q)
+            for (int q = 0; q < 4; ++q) pre[q] = static_cast<acc_t>(g[q * H]);
+          } else {
 #pragma unroll
-            for (int r = 0; r < kTaskRows; ++r) acc[q][r] = acc_t(0);
-          for (int k = lane; k < K; k += 32) {
-            acc_t w[4], x[kTaskRows];
-#pragma unroll
-            for (int q = 0; q < 4; ++q) w[q] = static_cast<acc_t>(wr[q][k]);
-#pragma unroll
-            for (int r = 0; r < kTaskRows; ++r) x[r] = static_cast<acc_t>(xr[r][k]);
-#pragma unroll
-            for (int q = 0; q < 4; ++q)
-#pragma unroll
-              for (int r = 0; r < kTaskRows; ++r) acc[q][r] += w[q] * x[r];
+            for (int q = 0; q < 4; ++q) pre[q] = bs[q * U + jl];
           }
-          // Butterfly: every lane ends with the complete sums (a + b == b + a,
-          // so all lanes agree bitwise, and the order is fixed).
+          acc_t acc[4 * R];
+          if (vec) {
+            lane_products<4, R, 16 / sizeof(scalar_t)>(acc, wr, xr, K, lane);
+          } else {
+            lane_products<4, R, 1>(acc, wr, xr, K, lane);
+          }
+          // Lane l holds the product of gate l / R, row l % R; lane r
+          // gathers its row's four gates.
+          const acc_t mine = warp_reduce_scatter<4 * R>(acc, lane);
 #pragma unroll
           for (int q = 0; q < 4; ++q)
-#pragma unroll
-            for (int r = 0; r < kTaskRows; ++r)
-#pragma unroll
-              for (int o = 16; o > 0; o >>= 1)
-                acc[q][r] += __shfl_xor_sync(0xffffffffu, acc[q][r], o);
-
-          // Epilogue: lane r owns batch row b0 + bb + r of unit j0 + jl.
-          acc_t mine[4];
-#pragma unroll
-          for (int q = 0; q < 4; ++q) mine[q] = lane_row<kTaskRows>(acc[q], lane);
+            pre[q] += __shfl_sync(0xffffffffu, mine, (lane + q * R) & 31);
           {
-            const int r = lane;
-            if (r >= kTaskRows || bb + r >= bc) continue;  // next task (warp-uniform loop)
-            const int64_t b = b0 + bb + r;
-            const int64_t j = j0 + jl;
-            acc_t pre[4];
-            if (layer == 0) {
-              const scalar_t* g = p.gx0 + (t * B + b) * G4 + j;
-#pragma unroll
-              for (int q = 0; q < 4; ++q) pre[q] = mine[q] + static_cast<acc_t>(g[q * H]);
-            } else {
-#pragma unroll
-              for (int q = 0; q < 4; ++q) pre[q] = mine[q] + bs[q * U + jl];
-            }
+            if (!owner) continue;  // next task (warp-uniform loop)
             acc_t& c = cs[static_cast<int64_t>(jl) * B + b];
             const LstmFwdOut<acc_t> o = lstm_cell_forward<acc_t>(pre[0], pre[1], pre[2], pre[3], c);
             c = o.c;
@@ -420,6 +492,7 @@ lstm_persistent_bwd_kernel(const __grid_constant__ BwdParams<scalar_t> p) {
   const bool top = layer == L - 1;
   const int Kx = top ? 0 : static_cast<int>(G4);  // the layer above's dG part
   const int K = Kx + static_cast<int>(G4);
+  const bool vec = chunks_aligned<scalar_t>(K, Kx, Wc, xs);  // 16-byte task loads
 
   // Resident weight columns: row jl = [W_ih^{l+1}[:, j] | W_hh^l[:, j]].
   {
@@ -459,35 +532,41 @@ lstm_persistent_bwd_kernel(const __grid_constant__ BwdParams<scalar_t> p) {
         stage_rows<scalar_t>(xs, K, bc, Kt, Kx, dG_up, dG_next, b0, G4);
         __syncthreads();
 
-        const int groups = (bc + static_cast<int>(kTaskRows) - 1) / static_cast<int>(kTaskRows);
-        const int tasks = nu * groups;
+        // Tasks: (kBwdTaskUnits units from jq, kBwdTaskRows rows from bb),
+        // one warp each; units and rows past the end repeat the last one
+        // (results unused).
+        constexpr int QU = static_cast<int>(kBwdTaskUnits), R = static_cast<int>(kBwdTaskRows);
+        constexpr int N = QU * R;  // products per task
+        const int groups = (bc + R - 1) / R;
+        const int tasks = ((nu + QU - 1) / QU) * groups;
         for (int task = warp; task < tasks; task += kWarps) {  // warp-uniform
-          const int jl = task / groups;
-          const int bb = (task % groups) * static_cast<int>(kTaskRows);
-          const scalar_t* wr = Wc + static_cast<int64_t>(jl) * K;
-          const scalar_t* xr[kTaskRows];
+          const int jq = (task / groups) * QU;
+          const int bb = (task % groups) * R;
+          const scalar_t* wr[QU];
 #pragma unroll
-          for (int r = 0; r < kTaskRows; ++r) {
+          for (int q = 0; q < QU; ++q) {
+            const int jl = jq + q < nu ? jq + q : nu - 1;
+            wr[q] = Wc + static_cast<int64_t>(jl) * K;
+          }
+          const scalar_t* xr[R];
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
             const int row = bb + r < bc ? bb + r : bc - 1;
             xr[r] = xs + static_cast<int64_t>(row) * K;
           }
-          acc_t acc[kTaskRows];
-#pragma unroll
-          for (int r = 0; r < kTaskRows; ++r) acc[r] = acc_t(0);
-          for (int k = lane; k < Kt; k += 32) {
-            const acc_t w = static_cast<acc_t>(wr[k]);
-#pragma unroll
-            for (int r = 0; r < kTaskRows; ++r) acc[r] += w * static_cast<acc_t>(xr[r][k]);
+          acc_t acc[N];
+          if (vec) {
+            lane_products<QU, R, 16 / sizeof(scalar_t)>(acc, wr, xr, Kt, lane);
+          } else {
+            lane_products<QU, R, 1>(acc, wr, xr, Kt, lane);
           }
-#pragma unroll
-          for (int r = 0; r < kTaskRows; ++r)
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
-
-          const acc_t mine = lane_row<kTaskRows>(acc, lane);
+          // Lanes 2i and 2i+1 hold product i = q * R + r: the even one
+          // applies the cell backward to unit jq + q, row bb + r.
+          const acc_t mine = warp_reduce_scatter<N>(acc, lane);
           {
-            const int r = lane;
-            if (r >= kTaskRows || bb + r >= bc) continue;  // next task (warp-uniform loop)
+            const int i = lane / (32 / N);
+            const int jl = jq + i / R, r = i % R;
+            if (lane % (32 / N) != 0 || jl >= nu || bb + r >= bc) continue;  // next task
             const int64_t b = b0 + bb + r;
             const int64_t j = j0 + jl;
             const int64_t bj = b * H + j;

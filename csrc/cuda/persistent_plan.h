@@ -31,7 +31,10 @@
 // TUNING KNOBS (provisional: only kAutoMinLayers comes from a measurement; a
 // GPU session should sweep the others with benchmarks/bench_layers.py):
 //   kThreads           threads per CTA (the kernel is compiled for it).
-//   kTaskRows          batch rows one warp accumulates per weight-row read.
+//   kFwdTaskRows       forward: batch rows of one warp task (a task is the
+//                      four gate rows of one unit x these batch rows, 32
+//                      products, one per lane after the warp reduction).
+//   kBwdTaskUnits, kBwdTaskRows  backward: units x batch rows of one task.
 //   one CTA per SM     the planner picks the smallest units_per_cta for which
 //                      L * ceil(H / U) <= num_sms; more CTAs per SM would need
 //                      smaller per-CTA shared memory, fewer would leave SMs idle.
@@ -44,15 +47,14 @@
 //                      little and it keeps its own test coverage).
 //   kAutoMinLayers     ... and only for stacks of at least this many layers.
 //                      Measured on an H100 (2026-11-23, bench_layers.py,
-//                      float32, benchmarks/results/cuda-nvidia-h100-*), after
-//                      the staging/epilogue change (_persistent-staging.md):
-//                      at the D2L size the persistent tier is faster than the
-//                      general one at L=2 (forward 1.04 vs 1.30 ms, forward+
-//                      backward 3.90 vs 4.03) and L=8 (2.03 vs 4.29; 7.16 vs
-//                      15.10), and at L=1 faster forward (0.59 vs 0.75) but
-//                      even forward+backward (2.29 vs 2.32); the first kernel
-//                      lost badly at B64 H512 L1 (7.3 vs 3.1 ms), not re-measured
-//                      since.  So single layers stay with the general tier.
+//                      float32, benchmarks/results/cuda-nvidia-h100-*): with
+//                      the 16-byte staging loads (_persistent-vec.md) the
+//                      persistent tier beat the general one at every
+//                      benchmarked size that fits, single layers included
+//                      (D2L L=1 forward 0.374 vs 0.670 ms, forward+backward
+//                      1.589 vs 2.454; B64 T100 I512 H512 L=1 2.881 vs 3.026
+//                      and 9.02 vs 10.60), so it is 1: no layer minimum.
+//                      (Before that change, single layers lost or tied.)
 // Auto also leaves every call to the general tier while the option
 // "cuda_step_launch" is set explicitly (per_step or graph): that option only
 // means something to the general tier, so setting it asks for that tier.
@@ -66,10 +68,12 @@ namespace fusedrnn {
 namespace persistent {
 
 constexpr int64_t kThreads = 256;
-constexpr int64_t kTaskRows = 4;
+constexpr int64_t kFwdTaskRows = 8;
+constexpr int64_t kBwdTaskUnits = 4;
+constexpr int64_t kBwdTaskRows = 4;
 constexpr int64_t kAutoMaxBatch = 64;
 constexpr int64_t kAutoMinSteps = 16;
-constexpr int64_t kAutoMinLayers = 2;
+constexpr int64_t kAutoMinLayers = 1;
 // Whether "auto" may pick the persistent tier at all.  On since the kernels
 // passed tests/test_cuda_persistent.py on an H100 (2026-11-23, 41 tests) and
 // bench_layers.py showed where they win (kAutoMinLayers above); auto follows
