@@ -8,8 +8,9 @@
 //     all four gates of each, so the cell update is local to the CTA and the
 //     cell state c stays in its shared memory for all T steps;
 //   * its rows of [W_ih | W_hh] (layer 0: W_hh only) are loaded into shared
-//     memory once and stay there; layer 0's input projection x W_ihᵀ + biases
-//     is one GEMM (at::addmm, follows allow_tf32) before the kernel;
+//     memory once and stay there, with the sums b_ih + b_hh of its units
+//     (in acc_type); layer 0's input projection x W_ihᵀ is one GEMM (at::mm,
+//     follows allow_tf32) before the kernel;
 //   * the stack advances as a wavefront: at step s = 0 .. T+L-2, layer l
 //     computes its timestep t = s - l (when 0 <= t < T), reading h^{l-1}_t
 //     (the layer below, written at step s-1) and h^l_{t-1} (its own, written
@@ -58,6 +59,9 @@
 #include <cuda/atomic>
 
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <optional>
 #include <string>
 #include <vector>
@@ -281,8 +285,9 @@ struct FwdParams {
   using acc_t = typename acc_type<scalar_t>::type;
   const scalar_t* w_ih[kMaxLayers];  // (4H, H) of layers > 0 (entry 0 unused)
   const scalar_t* w_hh[kMaxLayers];  // (4H, H)
-  const acc_t* bias;       // (L, 4H) b_ih + b_hh of layers > 0 (row 0 unused), or nullptr
-  const scalar_t* gx0;     // (T, B, 4H) layer 0's x W_ihᵀ (+ b_ih + b_hh)
+  const scalar_t* b_ih[kMaxLayers];  // (4H) per layer, or nullptr (no biases)
+  const scalar_t* b_hh[kMaxLayers];  // (4H) per layer, or nullptr
+  const scalar_t* gx0;     // (T, B, 4H) layer 0's x W_ihᵀ
   const scalar_t* hx;      // (L, B, H)
   const scalar_t* cx;      // (L, B, H)
   scalar_t* output;        // (T, B, H) h_t of the last layer
@@ -339,8 +344,10 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
     }
     for (int idx = tid; idx < 4 * nu; idx += kThreads) {
       const int q = idx / nu, jl = idx % nu;
-      bs[q * U + jl] = (layer > 0 && p.bias != nullptr) ? p.bias[layer * G4 + q * H + j0 + jl]
-                                                        : acc_t(0);
+      const int64_t g = q * H + j0 + jl;
+      bs[q * U + jl] = p.b_ih[layer] != nullptr ? static_cast<acc_t>(p.b_ih[layer][g]) +
+                                                      static_cast<acc_t>(p.b_hh[layer][g])
+                                                : acc_t(0);
     }
     for (int64_t idx = tid; idx < static_cast<int64_t>(nu) * B; idx += kThreads) {
       const int64_t jl = idx / B, b = idx % B;
@@ -392,13 +399,12 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
           const int64_t b = b0 + bb + (lane < R ? lane : 0);
           const int64_t j = j0 + jl;
           acc_t pre[4];
+#pragma unroll
+          for (int q = 0; q < 4; ++q) pre[q] = bs[q * U + jl];
           if (layer == 0 && owner) {
             const scalar_t* g = p.gx0 + (t * B + b) * G4 + j;
 #pragma unroll
-            for (int q = 0; q < 4; ++q) pre[q] = static_cast<acc_t>(g[q * H]);
-          } else {
-#pragma unroll
-            for (int q = 0; q < 4; ++q) pre[q] = bs[q * U + jl];
+            for (int q = 0; q < 4; ++q) pre[q] += static_cast<acc_t>(g[q * H]);
           }
           acc_t acc[4 * R];
           if (vec) {
@@ -624,16 +630,37 @@ template <typename Kernel>
 bool cooperative_fits(Kernel kernel, int64_t smem, int64_t ctas, std::string* why) {
   int dev = 0, coop = 0;
   C10_CUDA_CHECK(cudaGetDevice(&dev));
+  // The answer for (device, kernel, shared memory) does not change: the driver
+  // is asked once per combination (each query costs host time on every call
+  // otherwise).  Only CTA counts are compared afterwards.
+  static std::mutex mu;
+  static std::map<std::tuple<int, const void*, int64_t>, int> per_sm_cache;
+  const auto key = std::make_tuple(dev, reinterpret_cast<const void*>(kernel), smem);
+  {
+    const std::lock_guard<std::mutex> lock(mu);
+    const auto it = per_sm_cache.find(key);
+    if (it != per_sm_cache.end()) {
+      const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+      if (static_cast<int64_t>(it->second) * sms >= ctas) return true;
+    }
+  }
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
   if (!coop) {
     *why = "this device does not support cooperative launches";
     return false;
   }
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(smem)));
+  // The largest opt-in size, not `smem`: a cached answer for a larger plan
+  // must stay launchable after a smaller plan was checked.
+  C10_CUDA_CHECK(cudaFuncSetAttribute(
+      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      static_cast<int>(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin)));
   int per_sm = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
       &per_sm, kernel, static_cast<int>(kThreads), static_cast<size_t>(smem)));
+  {
+    const std::lock_guard<std::mutex> lock(mu);
+    per_sm_cache[key] = per_sm;
+  }
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   if (static_cast<int64_t>(per_sm) * sms < ctas) {
     *why = "the occupancy calculator allows " + std::to_string(per_sm) + " CTA(s) per SM with " +
@@ -755,7 +782,6 @@ std::optional<LstmForwardResult> persistent_lstm_forward_if_selected(
 
   const int64_t T = s.T, B = s.B, H = s.H, L = s.L, G4 = 4 * H;
   const auto opts = input_.options();
-  const at::ScalarType acc_dt = dt == at::kDouble ? at::kDouble : at::kFloat;
   Tensor output = at::empty({T, B, H}, opts);
   Tensor hy = at::empty({L, B, H}, opts);
   Tensor cy = at::empty({L, B, H}, opts);
@@ -778,18 +804,10 @@ std::optional<LstmForwardResult> persistent_lstm_forward_if_selected(
   const std::vector<Tensor> w = contiguous_weights(weights_);
   const int64_t pl = s.per_layer;
 
-  // Layer 0's input projection for all T steps: one GEMM (follows allow_tf32).
-  Tensor gx0;
-  if (has_biases) {
-    gx0 = at::addmm(w[2] + w[3], input.reshape({T * B, s.I}), w[0].t());
-  } else {
-    gx0 = at::mm(input.reshape({T * B, s.I}), w[0].t());
-  }
-  Tensor bias;
-  if (has_biases && L > 1) {
-    bias = at::zeros({L, G4}, opts.dtype(acc_dt));
-    for (int64_t l = 1; l < L; ++l) bias[l].copy_(w[l * pl + 2].to(acc_dt) + w[l * pl + 3].to(acc_dt));
-  }
+  // Layer 0's input projection for all T steps: one GEMM (follows allow_tf32);
+  // the kernel adds the biases of every layer itself, so that a call costs
+  // few launches (at the D2L size the host, not the GPU, set the pace).
+  const Tensor gx0 = at::mm(input.reshape({T * B, s.I}), w[0].t());
   Tensor barrier = at::zeros({1}, opts.dtype(at::kLong));
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
@@ -797,7 +815,10 @@ std::optional<LstmForwardResult> persistent_lstm_forward_if_selected(
     using acc_t = typename acc_type<scalar_t>::type;
     FwdParams<scalar_t> p{};
     fill_common_params(p, plan, w, pl, T, B, H, L, barrier);
-    p.bias = bias.defined() ? bias.data_ptr<acc_t>() : nullptr;
+    for (int64_t l = 0; l < L; ++l) {
+      p.b_ih[l] = has_biases ? w[l * pl + 2].data_ptr<scalar_t>() : nullptr;
+      p.b_hh[l] = has_biases ? w[l * pl + 3].data_ptr<scalar_t>() : nullptr;
+    }
     p.gx0 = gx0.data_ptr<scalar_t>();
     p.hx = hx.data_ptr<scalar_t>();
     p.cx = cx.data_ptr<scalar_t>();
@@ -873,7 +894,8 @@ std::optional<LstmBackwardResult> persistent_lstm_backward_if_selected(
       grad_w[l * pl + 2] = db;
       grad_w[l * pl + 3] = db.clone();
     }
-    grad_hx[l].copy_(at::mm(dG[l][0], w[l * pl + 1]));
+    Tensor ghx = grad_hx[l];
+    at::mm_out(ghx, dG[l][0], w[l * pl + 1]);
   }
   Tensor grad_input = at::mm(dG[0].view({T * B, G4}), w[0]).view({T, B, s.I});
   return LstmBackwardResult{grad_input, grad_hx, grad_cx, grad_w};
