@@ -622,9 +622,33 @@ def git_revision():
                              capture_output=True, text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10).stdout.strip()
-        return (rev + ("-dirty" if dirty else "")) if rev else None
+        if not rev:
+            return None
+        if not dirty:
+            return rev
+        # A dirty checkout (the lent GPU machine gets the working tree with a
+        # copy of .git from the session's start) also names the tree it holds:
+        # `git rev-parse <commit>^{tree}` of the commit with these files gives
+        # the same hash.
+        tree = working_tree_hash()
+        return f"{rev}-dirty" + (f", working tree {tree}" if tree else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def working_tree_hash():
+    """The git tree hash of the files in the checkout (tracked and untracked,
+    less the ignored), from a throw-away index; None when git cannot say."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, GIT_INDEX_FILE=os.path.join(tmp, "index"))
+        add = subprocess.run(["git", "-C", ROOT, "add", "-A"], env=env, capture_output=True,
+                             timeout=60)
+        if add.returncode != 0:
+            return None
+        out = subprocess.run(["git", "-C", ROOT, "write-tree"], env=env, capture_output=True,
+                             text=True, timeout=60)
+        return out.stdout.strip()[:12] or None
 
 
 def load_average():
