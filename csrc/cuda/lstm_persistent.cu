@@ -58,7 +58,6 @@
 
 #include <cuda/atomic>
 
-#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -133,28 +132,26 @@ __device__ __forceinline__ T load_cg(const T* p) {
 // Stages `rows` rows of Kt elements into dst (row stride dst_ld): element
 // (b, k) comes from src_a[(row0 + b) * ld + k] for k < Ka, else from
 // src_b[(row0 + b) * ld + k - Ka], read through L2 (other CTAs wrote them).
-// Each thread issues kBatch independent loads before it stores any, so that
-// many L2 round trips overlap instead of running one after another: 16 by
-// default, 8 with FUSEDRNN_PERSISTENT_STAGE_BATCH=8 (stage_batch_16(), a
-// tuning switch for benchmarks; 16 holds more registers, and there is one
-// CTA per SM anyway).
+// Each thread issues kStageBatch independent loads before it stores any, so
+// that many L2 round trips overlap instead of running one after another.
 // When every row start on both sides is 16-byte aligned (Kt, Ka, ld and
 // dst_ld multiples of 16 / sizeof(scalar_t), aligned base pointers), the
 // loads and stores are 16 bytes wide: a quarter (float32) of the load
 // instructions and of the rounds of L2 round trips.  The choice depends only
 // on kernel arguments, so it is the same for the whole CTA.
+constexpr int kStageBatch = 8;
 
-template <int kBatch, typename V, typename scalar_t>
+template <typename V, typename scalar_t>
 __device__ __forceinline__ void stage_rows_as(scalar_t* dst, int dst_ld, int rows, int Kt, int Ka,
                                               const scalar_t* src_a, const scalar_t* src_b,
                                               int64_t row0, int64_t ld) {
   constexpr int W = static_cast<int>(sizeof(V) / sizeof(scalar_t));  // scalars per V
   const int kv = Kt / W, kav = Ka / W;  // row length and split point, in V units
   const int n = rows * kv;
-  for (int base = threadIdx.x; base < n; base += kThreads * kBatch) {
-    V v[kBatch];
+  for (int base = threadIdx.x; base < n; base += kThreads * kStageBatch) {
+    V v[kStageBatch];
 #pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
+    for (int u = 0; u < kStageBatch; ++u) {
       const int idx = base + u * kThreads;
       if (idx < n) {
         const int b = idx / kv, k = idx - b * kv;
@@ -164,7 +161,7 @@ __device__ __forceinline__ void stage_rows_as(scalar_t* dst, int dst_ld, int row
       }
     }
 #pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
+    for (int u = 0; u < kStageBatch; ++u) {
       const int idx = base + u * kThreads;
       if (idx < n) {
         const int b = idx / kv, k = idx - b * kv;
@@ -174,7 +171,7 @@ __device__ __forceinline__ void stage_rows_as(scalar_t* dst, int dst_ld, int row
   }
 }
 
-template <int kBatch, typename scalar_t>
+template <typename scalar_t>
 __device__ __forceinline__ void stage_rows(scalar_t* dst, int dst_ld, int rows, int Kt, int Ka,
                                            const scalar_t* src_a, const scalar_t* src_b,
                                            int64_t row0, int64_t ld) {
@@ -184,9 +181,9 @@ __device__ __forceinline__ void stage_rows(scalar_t* dst, int dst_ld, int rows, 
   };
   if (Kt % W == 0 && Ka % W == 0 && ld % W == 0 && dst_ld % W == 0 && aligned(dst) &&
       aligned(src_a) && aligned(src_b)) {
-    stage_rows_as<kBatch, uint4>(dst, dst_ld, rows, Kt, Ka, src_a, src_b, row0, ld);
+    stage_rows_as<uint4>(dst, dst_ld, rows, Kt, Ka, src_a, src_b, row0, ld);
   } else {
-    stage_rows_as<kBatch, scalar_t>(dst, dst_ld, rows, Kt, Ka, src_a, src_b, row0, ld);
+    stage_rows_as<scalar_t>(dst, dst_ld, rows, Kt, Ka, src_a, src_b, row0, ld);
   }
 }
 
@@ -304,7 +301,6 @@ struct FwdParams {
   int64_t T, B, H, L;
   int64_t units, ctas_per_layer, batch_chunk;
   int64_t off_bias, off_cstate, off_stage;  // byte offsets in dynamic smem
-  bool stage_wide;         // 16 staging loads in flight per thread, else 8
 };
 
 template <typename scalar_t>
@@ -374,11 +370,7 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
         const int bc = static_cast<int>(B - b0 < BC ? B - b0 : BC);
         // Stage rows b0 .. b0+bc-1 of [x_t | h_{t-1}] (written by other CTAs
         // at step s-1, or the inputs hx at t = 0).
-        if (p.stage_wide) {
-          stage_rows<16, scalar_t>(xs, K, bc, K, Kx, x_in, h_prev, b0, H);
-        } else {
-          stage_rows<8, scalar_t>(xs, K, bc, K, Kx, x_in, h_prev, b0, H);
-        }
+        stage_rows<scalar_t>(xs, K, bc, K, Kx, x_in, h_prev, b0, H);
         __syncthreads();
 
         // Tasks: (unit jl, batch group of kFwdTaskRows rows), one warp each.
@@ -486,7 +478,6 @@ struct BwdParams {
   int64_t T, B, H, L;
   int64_t units, ctas_per_layer, batch_chunk;
   int64_t off_cstate, off_stage;     // byte offsets in dynamic smem
-  bool stage_wide;                   // 16 staging loads in flight per thread, else 8
 };
 
 template <typename scalar_t>
@@ -544,11 +535,7 @@ lstm_persistent_bwd_kernel(const __grid_constant__ BwdParams<scalar_t> p) {
       const scalar_t* c_prev = t == 0 ? p.cx + layer * B * H : c_t - B * H;
       for (int64_t b0 = 0; b0 < B; b0 += BC) {
         const int bc = static_cast<int>(B - b0 < BC ? B - b0 : BC);
-        if (p.stage_wide) {
-          stage_rows<16, scalar_t>(xs, K, bc, Kt, Kx, dG_up, dG_next, b0, G4);
-        } else {
-          stage_rows<8, scalar_t>(xs, K, bc, Kt, Kx, dG_up, dG_next, b0, G4);
-        }
+        stage_rows<scalar_t>(xs, K, bc, Kt, Kx, dG_up, dG_next, b0, G4);
         __syncthreads();
 
         // Tasks: (kBwdTaskUnits units from jq, kBwdTaskRows rows from bb),
@@ -684,17 +671,6 @@ bool cooperative_fits(Kernel kernel, int64_t smem, int64_t ctas, std::string* wh
   return true;
 }
 
-// Whether the staging loops keep 16 loads in flight per thread (the default)
-// or 8 (FUSEDRNN_PERSISTENT_STAGE_BATCH=8, read once): a tuning switch so that
-// one build can measure both.
-bool stage_batch_16() {
-  static const bool wide = [] {
-    const char* v = std::getenv("FUSEDRNN_PERSISTENT_STAGE_BATCH");
-    return !(v != nullptr && std::strcmp(v, "8") == 0);
-  }();
-  return wide;
-}
-
 // The parts of the forward and backward Params that the plan and the
 // weights fill alike (FwdParams / BwdParams).
 template <template <typename> class Params, typename scalar_t>
@@ -715,7 +691,6 @@ void fill_common_params(Params<scalar_t>& p, const Plan& plan, const std::vector
   p.batch_chunk = plan.batch_chunk;
   p.off_cstate = plan.smem.cstate;
   p.off_stage = plan.smem.stage;
-  p.stage_wide = stage_batch_16();
 }
 
 // One cooperative launch of `kernel` on the planned grid, Params by value.
