@@ -30,7 +30,8 @@ def cuda_compiled() -> bool:
 # (index 0 is always "auto").
 _OPTIONS = {
     # Which CUDA LSTM tier runs: the selector's choice (the persistent tier
-    # where the weights fit on chip and B <= 64, else the general tier), the
+    # where the weights fit on chip, B <= 64 and T + L - 1 >= 16, else the
+    # general tier), the
     # general tier (one fused kernel per layer-timestep) or the persistent
     # wavefront kernel.
     "cuda_tier": ("auto", "general", "persistent"),
