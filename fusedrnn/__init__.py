@@ -31,9 +31,8 @@ def cuda_compiled() -> bool:
 _OPTIONS = {
     # Which CUDA LSTM tier runs: the selector's choice (the persistent tier
     # where the weights fit on chip, B <= 64 and T + L - 1 >= 16, else the
-    # general tier), the
-    # general tier (one fused kernel per layer-timestep) or the persistent
-    # wavefront kernel.
+    # general tier), the general tier (one fused kernel per layer-timestep)
+    # or the persistent wavefront kernel.
     "cuda_tier": ("auto", "general", "persistent"),
     # How the CUDA general tier issues its step kernels: auto (the graph, for
     # every cell: measured faster than per-step launches on an H100), one
