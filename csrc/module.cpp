@@ -63,15 +63,16 @@ static PyObject* get_option(PyObject*, PyObject* args) {
 }
 
 // persistent_plan(H, I, L, B, dtype_bytes, smem_per_sm, smem_per_block,
-// regs_per_sm, num_sms[, T=1, option=0, backward=0]) -> dict: the persistent
+// regs_per_sm, num_sms[, T=1, option=0, backward=0, max_batch_split=1]) -> dict: the persistent
 // LSTM tier's plan (csrc/cuda/persistent_plan.h) of its forward (or backward)
 // kernel for these sizes on a device with these limits, and the tier `option`
 // (0 auto, 1 general, 2 persistent) would pick.
 // Plain host code, so the CPU tests can check the planner without a GPU.
 static PyObject* persistent_plan(PyObject*, PyObject* args) {
-  long long H, I, L, B, elem, smem_sm, smem_block, regs_sm, sms, T = 1, option = 0, bwd = 0;
-  if (!PyArg_ParseTuple(args, "LLLLLLLLL|LLL", &H, &I, &L, &B, &elem, &smem_sm, &smem_block,
-                        &regs_sm, &sms, &T, &option, &bwd))
+  long long H, I, L, B, elem, smem_sm, smem_block, regs_sm, sms, T = 1, option = 0, bwd = 0,
+      split = 1;
+  if (!PyArg_ParseTuple(args, "LLLLLLLLL|LLLL", &H, &I, &L, &B, &elem, &smem_sm, &smem_block,
+                        &regs_sm, &sms, &T, &option, &bwd, &split))
     return nullptr;
   fusedrnn::persistent::DeviceLimits d;
   d.smem_per_sm = smem_sm;
@@ -79,27 +80,39 @@ static PyObject* persistent_plan(PyObject*, PyObject* args) {
   d.regs_per_sm = regs_sm;
   d.num_sms = sms;
   const auto p = fusedrnn::persistent::plan_lstm(H, I, L, B, elem, elem == 8 ? 8 : 4, d,
-                                                   bwd != 0);
+                                                   bwd != 0, split);
   const auto c = fusedrnn::persistent::choose_tier(option, true, "", p, T + L - 1, L);
+  // ctas: (layer, j0, j1) of each CTA; cta_rows: its batch rows (b0, b1).
   PyObject* ctas = PyList_New(0);
-  if (ctas == nullptr) return nullptr;
+  PyObject* rows = PyList_New(0);
+  if (ctas == nullptr || rows == nullptr) {
+    Py_XDECREF(ctas);
+    Py_XDECREF(rows);
+    return nullptr;
+  }
   for (int64_t k = 0; p.fits && k < p.num_ctas; ++k) {
     PyObject* e = Py_BuildValue("(LLL)", (long long)p.cta_layer(k), (long long)p.cta_j0(k),
                                 (long long)p.cta_j1(k));
-    if (e == nullptr || PyList_Append(ctas, e) < 0) {
-      Py_XDECREF(e);
+    PyObject* r = Py_BuildValue("(LL)", (long long)p.cta_b0(k), (long long)p.cta_b1(k));
+    const bool ok = e != nullptr && r != nullptr && PyList_Append(ctas, e) == 0 &&
+                    PyList_Append(rows, r) == 0;
+    Py_XDECREF(e);
+    Py_XDECREF(r);
+    if (!ok) {
       Py_DECREF(ctas);
+      Py_DECREF(rows);
       return nullptr;
     }
-    Py_DECREF(e);
   }
   return Py_BuildValue(
-      "{s:O,s:O,s:s,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:N,s:O,s:O,s:O,s:s}", "fits",
+      "{s:O,s:O,s:s,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:N,s:N,s:L,s:L,s:O,s:O,s:O,s:s}", "fits",
       p.fits ? Py_True : Py_False,
       "auto", p.auto_ok ? Py_True : Py_False, "why", p.why.c_str(), "K", (long long)p.K,
       "units_per_cta", (long long)p.units_per_cta, "ctas_per_layer", (long long)p.ctas_per_layer,
       "num_ctas", (long long)p.num_ctas, "batch_chunk", (long long)p.batch_chunk, "threads",
-      (long long)p.threads, "smem_bytes", (long long)p.smem.total, "ctas", ctas, "persistent",
+      (long long)p.threads, "smem_bytes", (long long)p.smem.total, "ctas", ctas, "cta_rows",
+      rows, "batch_split", (long long)p.batch_split, "rows_per_cta", (long long)p.rows_per_cta,
+      "persistent",
       c.persistent ? Py_True : Py_False, "auto_eligible", c.auto_eligible ? Py_True : Py_False,
       "auto_enabled", fusedrnn::persistent::kAutoEnabled ? Py_True : Py_False, "error",
       c.error.c_str());
@@ -119,7 +132,7 @@ static PyMethodDef fusedrnn_methods[] = {
      "benchmarks)."},
     {"persistent_plan", persistent_plan, METH_VARARGS,
      "persistent_plan(H, I, L, B, dtype_bytes, smem_per_sm, smem_per_block, regs_per_sm, "
-     "num_sms, T=1, option=0, backward=0) -> dict: the persistent CUDA LSTM tier's plan (for tests)."},
+     "num_sms, T=1, option=0, backward=0, max_batch_split=1) -> dict: the persistent CUDA LSTM tier's plan (for tests)."},
     {nullptr, nullptr, 0, nullptr}};
 
 static struct PyModuleDef fusedrnn_module = {

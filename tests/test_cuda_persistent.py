@@ -66,7 +66,7 @@ def _persistent_and_general(fn, *args):
     return p, g
 
 
-def device_plan(H, L, B, dtype, T=8, backward=False):
+def device_plan(H, L, B, dtype, T=8, backward=False, max_batch_split=1):
     p = torch.cuda.get_device_properties(CUDA)
     smem_sm = getattr(p, "shared_memory_per_multiprocessor", 0)
     smem_block = getattr(p, "shared_memory_per_block_optin", 0)
@@ -75,7 +75,8 @@ def device_plan(H, L, B, dtype, T=8, backward=False):
         pytest.skip("torch does not report this device's shared memory limits")
     elem = torch.empty(0, dtype=dtype).element_size()
     return fusedrnn._C.persistent_plan(H, H, L, B, elem, smem_sm, smem_block, regs,
-                                       p.multi_processor_count, T, 0, int(backward))
+                                       p.multi_processor_count, T, 0, int(backward),
+                                       max_batch_split)
 
 
 def _run_ops(weights, x, h0, c0, bias):
@@ -274,6 +275,38 @@ def test_backward_op_persistent_matches_general():
         assert_close_scaled(p[k], q[k], TOL[F64], ["grad_input", "grad_hx", "grad_cx"][k])
     for k, (a, b) in enumerate(zip(p[3], q[3])):
         assert_close_scaled(a, b, TOL[F64], f"grad weight {k}")
+
+
+@pytest.mark.parametrize("B", [32, 31, 33])
+def test_backward_batch_split_matches_unsplit(B, monkeypatch):
+    """The backward's experimental batch split (FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT=1,
+    persistent_plan.h plan_lstm): where the plan splits the batch across CTAs,
+    the gradients match the unsplit persistent backward's (to float32
+    rounding: a row's place in its warp task, and so its summation order,
+    may move) and are bitwise the same run to run, also when the split does
+    not divide B."""
+    L, I, H, T = 2, 28, 256, 12
+    _need_fit(H, L, B, F32, T)
+    split = device_plan(H, L, B, F32, T, backward=True, max_batch_split=4)
+    if split["batch_split"] == 1:
+        pytest.skip(f"the backward of H={H} L={L} B={B} float32 is not split on this device "
+                    f"(its rows fit whole or no split fits): nothing to compare")
+    w = _weights(I, H, L, True, F32)
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, F32)
+    out, hy, cy, gates, cells, hiddens = torch.ops.fusedrnn.lstm_forward(x, h0, c0, w, True, True)
+    g = torch.Generator().manual_seed(7)
+    go, gh, gc = (torch.randn(t.shape, generator=g, dtype=F32).to(CUDA) for t in (out, hy, cy))
+    args = [go, gh, gc, x, h0, c0, w, True, out, gates, cells, hiddens]
+    with tier("persistent"):
+        monkeypatch.delenv("FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT", raising=False)
+        whole = torch.ops.fusedrnn.lstm_backward(*args)
+        monkeypatch.setenv("FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT", "1")
+        parts = torch.ops.fusedrnn.lstm_backward(*args)
+        again = torch.ops.fusedrnn.lstm_backward(*args)
+    flat = lambda r: list(r[:3]) + list(r[3])  # noqa: E731
+    for k, (a, b, c) in enumerate(zip(flat(whole), flat(parts), flat(again))):
+        assert_close_scaled(b, a, TOL[F32], f"result {k}: split vs unsplit backward")
+        assert torch.equal(b, c), f"result {k}: split backward differs run to run"
 
 
 def test_auto_keeps_general_when_step_launch_is_set():

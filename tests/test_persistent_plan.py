@@ -28,9 +28,9 @@ RESERVED = 1024   # shared memory the driver keeps per CTA
 F32, BF16, F64 = 4, 2, 8
 
 
-def plan(H, L, B, elem=F32, dev=H100, I=None, T=16, option=0, backward=False):
+def plan(H, L, B, elem=F32, dev=H100, I=None, T=16, option=0, backward=False, split=1):
     return fusedrnn._C.persistent_plan(H, I if I is not None else H, L, B, elem, *dev, T, option,
-                                       int(backward))
+                                       int(backward), split)
 
 
 def _align16(n):
@@ -192,3 +192,42 @@ def test_backward_plan_d2l():
 
 def test_backward_single_layer_row_is_4h():
     assert plan(100, 1, 4, backward=True)["K"] == 400
+
+
+def test_backward_batch_split_d2l():
+    """With a batch split allowed (the experimental FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT),
+    the D2L backward, whose 32 rows of 8H do not fit one CTA's shared memory
+    at once, is split over 2 CTAs per unit block: twice the units, 16 rows
+    each, one chunk, the same 128 CTAs."""
+    whole = plan(256, 2, 32, backward=True)
+    assert whole["batch_split"] == 1 and whole["batch_chunk"] < 32
+    p = plan(256, 2, 32, backward=True, split=4)
+    assert p["fits"] and p["auto"], p["why"]
+    assert p["batch_split"] == 2 and p["rows_per_cta"] == 16 and p["batch_chunk"] == 16
+    assert p["units_per_cta"] == 8 and p["ctas_per_layer"] == 32 and p["num_ctas"] == 128
+    assert p["smem_bytes"] <= H100[1] and p["smem_bytes"] <= H100[0] - RESERVED
+    # The forward never splits; a batch that fits whole is not split either.
+    assert plan(256, 2, 32, split=4)["batch_split"] == 1
+    assert plan(256, 2, 8, backward=True, split=4)["batch_split"] == 1
+
+
+@pytest.mark.parametrize("H,L,B", [(256, 2, 32), (256, 2, 33), (256, 2, 31), (300, 3, 40),
+                                   (512, 1, 64), (128, 4, 64)])
+def test_backward_batch_split_partition(H, L, B):
+    """Every (layer, unit, batch row) belongs to exactly one CTA of a split plan,
+    every CTA to one layer, at most one CTA per SM."""
+    p = plan(H, L, B, backward=True, split=4)
+    if not p["fits"]:
+        pytest.skip(p["why"])
+    S = p["batch_split"]
+    assert p["num_ctas"] == L * p["ctas_per_layer"] * S <= H100[3]
+    seen = {}
+    for (layer, j0, j1), (b0, b1) in zip(p["ctas"], p["cta_rows"]):
+        assert 0 <= layer < L and 0 <= j0 < j1 <= H and 0 <= b0 <= b1 <= B
+        assert b1 - b0 <= p["rows_per_cta"] and j1 - j0 <= p["units_per_cta"]
+        for j in range(j0, j1):
+            for b in range(b0, b1):
+                seen[(layer, j, b)] = seen.get((layer, j, b), 0) + 1
+    assert len(seen) == L * H * B and set(seen.values()) == {1}
+    if S > 1:
+        assert p["batch_chunk"] >= p["rows_per_cta"]

@@ -58,6 +58,7 @@
 
 #include <cuda/atomic>
 
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -478,6 +479,8 @@ struct BwdParams {
   int64_t T, B, H, L;
   int64_t units, ctas_per_layer, batch_chunk;
   int64_t off_cstate, off_stage;     // byte offsets in dynamic smem
+  int64_t batch_split;               // S (Plan::batch_split): CTAs per unit block
+  int64_t rows_per_cta;              // ceil(B / S)
 };
 
 template <typename scalar_t>
@@ -492,8 +495,12 @@ lstm_persistent_bwd_kernel(const __grid_constant__ BwdParams<scalar_t> p) {
   const int tid = threadIdx.x;
   const int warp = tid / 32, lane = tid % 32;
   const int64_t T = p.T, B = p.B, H = p.H, L = p.L, G4 = 4 * H;
-  const int64_t layer = blockIdx.x / p.ctas_per_layer;
-  const int64_t j0 = (blockIdx.x % p.ctas_per_layer) * p.units;
+  // CTA -> (layer, unit block, batch block), as Plan::cta_layer/_j0/_b0.
+  const int64_t per_layer = p.ctas_per_layer * p.batch_split;
+  const int64_t layer = blockIdx.x / per_layer;
+  const int64_t j0 = ((blockIdx.x % per_layer) / p.batch_split) * p.units;
+  const int64_t rb0 = (blockIdx.x % p.batch_split) * p.rows_per_cta;
+  const int64_t rb1 = rb0 + p.rows_per_cta < B ? rb0 + p.rows_per_cta : B;  // rows [rb0, rb1)
   const int nu = static_cast<int>(H - j0 < p.units ? H - j0 : p.units);
   const bool top = layer == L - 1;
   const int Kx = top ? 0 : static_cast<int>(G4);  // the layer above's dG part
@@ -533,8 +540,8 @@ lstm_persistent_bwd_kernel(const __grid_constant__ BwdParams<scalar_t> p) {
       const scalar_t* gates_t = p.gates + (layer * T + t) * B * G4;
       const scalar_t* c_t = p.cells + (layer * T + t) * B * H;
       const scalar_t* c_prev = t == 0 ? p.cx + layer * B * H : c_t - B * H;
-      for (int64_t b0 = 0; b0 < B; b0 += BC) {
-        const int bc = static_cast<int>(B - b0 < BC ? B - b0 : BC);
+      for (int64_t b0 = rb0; b0 < rb1; b0 += BC) {  // this CTA's batch rows
+        const int bc = static_cast<int>(rb1 - b0 < BC ? rb1 - b0 : BC);
         stage_rows<scalar_t>(xs, K, bc, Kt, Kx, dG_up, dG_next, b0, G4);
         __syncthreads();
 
@@ -671,6 +678,17 @@ bool cooperative_fits(Kernel kernel, int64_t smem, int64_t ctas, std::string* wh
   return true;
 }
 
+// The most CTAs the backward may split the batch across (persistent_plan.h,
+// plan_lstm): 1, unless the environment variable
+// FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT=1 (read at each call) allows up to 4.
+// EXPERIMENTAL and off by default: written after the last GPU run of
+// 2026-11-23 and not yet run on a GPU (benchmarks/NOTES_gpu.md says what it
+// should show); tests/test_cuda_persistent.py runs the backward both ways.
+int64_t backward_batch_split() {
+  const char* v = std::getenv("FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT");
+  return (v != nullptr && std::strcmp(v, "1") == 0) ? 4 : 1;
+}
+
 // The parts of the forward and backward Params that the plan and the
 // weights fill alike (FwdParams / BwdParams).
 template <template <typename> class Params, typename scalar_t>
@@ -735,7 +753,8 @@ std::optional<Plan> select_persistent_plan(const LstmSizes& s, const Tensor& inp
     unsupported = "proj_size (a w_hr per layer) is not supported by the persistent tier";
   }
   const Plan plan = persistent::plan_lstm(s.H, s.I, s.L, s.B, elem_size(dt), acc_size(dt),
-                                          device_limits(), /*backward=*/kBackward);
+                                          device_limits(), /*backward=*/kBackward,
+                                          kBackward ? backward_batch_split() : 1);
   const persistent::TierChoice choice =
       persistent::choose_tier(option, unsupported.empty(), unsupported, plan, s.T + s.L - 1, s.L,
                               get_option(Option::kCudaStepLaunch) != 0);
@@ -872,6 +891,8 @@ std::optional<LstmBackwardResult> persistent_lstm_backward_if_selected(
     p.cx = cx.data_ptr<scalar_t>();
     p.dG = dG.data_ptr<scalar_t>();
     p.grad_cx = grad_cx.data_ptr<scalar_t>();
+    p.batch_split = plan.batch_split;
+    p.rows_per_cta = plan.rows_per_cta;
     launch_cooperative(lstm_persistent_bwd_kernel<scalar_t>, plan, p, stream);
   });
 

@@ -124,33 +124,48 @@ struct Plan {
   int64_t K = 0;                // staged row length: forward 2H (L > 1) or H,
                                 //   backward 8H (L > 1) or 4H
   int64_t units_per_cta = 0;    // U
-  int64_t ctas_per_layer = 0;   // ceil(H / U)
-  int64_t num_ctas = 0;         // L * ctas_per_layer
-  int64_t batch_chunk = 0;      // batch rows staged at once (<= B)
+  int64_t batch_split = 1;      // S: CTAs that share a unit block, each with its
+                                //   own block of batch rows (backward only; 1
+                                //   unless the caller allowed a split)
+  int64_t rows_per_cta = 0;     // ceil(B / S): rows of one batch block
+  int64_t ctas_per_layer = 0;   // unit blocks per layer, ceil(H / U)
+  int64_t num_ctas = 0;         // L * ctas_per_layer * S
+  int64_t batch_chunk = 0;      // batch rows staged at once (<= rows_per_cta)
   int64_t threads = kThreads;
   SmemLayout smem;              // smem.total = dynamic shared memory per CTA
 
-  // The layer of CTA c and its units [j0, j1).
-  int64_t cta_layer(int64_t c) const { return c / ctas_per_layer; }
-  int64_t cta_j0(int64_t c) const { return (c % ctas_per_layer) * units_per_cta; }
+  // The layer of CTA c, its units [j0, j1) and its batch rows [b0, b1) (may
+  // be empty when S does not divide B).  Within a layer, CTA c is unit block
+  // (c % (ctas_per_layer * S)) / S, batch block c % S.
+  int64_t cta_layer(int64_t c) const { return c / (ctas_per_layer * batch_split); }
+  int64_t cta_j0(int64_t c) const {
+    return ((c % (ctas_per_layer * batch_split)) / batch_split) * units_per_cta;
+  }
+  int64_t cta_b0(int64_t c) const {
+    const int64_t b0 = (c % batch_split) * rows_per_cta;
+    return b0 < B ? b0 : B;
+  }
+  int64_t cta_b1(int64_t c) const {
+    const int64_t b1 = cta_b0(c) + rows_per_cta;
+    return b1 < B ? b1 : B;
+  }
   int64_t cta_j1(int64_t c) const {
     const int64_t j1 = cta_j0(c) + units_per_cta;
     return j1 < H ? j1 : H;
   }
 };
 
-// Plans the persistent forward (or, with `backward`, the reverse wavefront) of
-// an L-layer LSTM with hidden size H, input size I (which does not matter:
-// layer 0's input projection, and the backward's input gradient, are GEMMs
-// outside the kernel), batch B, `elem`-byte scalars, `acc`-byte accumulators.
-inline Plan plan_lstm(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem, int64_t acc,
-                      const DeviceLimits& d, bool backward = false) {
-  (void)I;
+// The plan for one batch split S (see plan_lstm).
+inline Plan plan_lstm_split(int64_t H, int64_t L, int64_t B, int64_t elem, int64_t acc,
+                            const DeviceLimits& d, bool backward, int64_t S) {
   Plan p;
   p.backward = backward;
   p.H = H;
   p.L = L;
   p.B = B;
+  p.batch_split = S;
+  // A batch block is a whole number of backward warp tasks' rows (when split).
+  p.rows_per_cta = S > 1 ? ceil_div(ceil_div(B, S), kBwdTaskRows) * kBwdTaskRows : B;
   p.K = (backward ? 4 : 1) * (L > 1 ? 2 * H : H);
   if (H <= 0 || L <= 0 || B <= 0) {
     p.why = "the sizes are empty (H, L and B must be positive)";
@@ -180,8 +195,13 @@ inline Plan plan_lstm(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem, 
             " exceeds the " + std::to_string(d.num_sms) + " SMs";
     return p;
   }
-  // Smallest U with L * ceil(H / U) <= num_sms: one CTA per SM.
-  const int64_t per_layer_max = d.num_sms / L;  // >= 1
+  if (S < 1 || L * S > d.num_sms) {
+    p.why = "a batch split of " + std::to_string(S) + " needs L * S <= " +
+            std::to_string(d.num_sms) + " CTAs";
+    return p;
+  }
+  // Smallest U with L * S * ceil(H / U) <= num_sms: one CTA per SM.
+  const int64_t per_layer_max = d.num_sms / (L * S);  // >= 1
   int64_t U = ceil_div(H, per_layer_max);
   // ceil(H / U) <= per_layer_max holds for this U; take the same number of
   // CTAs with the units spread as evenly as possible (smallest U for it).
@@ -189,7 +209,7 @@ inline Plan plan_lstm(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem, 
   U = ceil_div(H, cpl);
   p.units_per_cta = U;
   p.ctas_per_layer = ceil_div(H, U);
-  p.num_ctas = L * p.ctas_per_layer;
+  p.num_ctas = L * p.ctas_per_layer * S;
 
   // The largest batch chunk whose layout fits one CTA per SM.
   const int64_t limit_block = d.smem_per_block;
@@ -205,7 +225,7 @@ inline Plan plan_lstm(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem, 
     return p;
   }
   int64_t bc = (limit - base.total) / (p.K * elem);  // align16 may need a little more
-  if (bc > B) bc = B;
+  if (bc > p.rows_per_cta) bc = p.rows_per_cta;
   while (bc > 1 && smem_layout(U, p.K, B, bc, elem, acc, backward).total > limit) --bc;
   p.batch_chunk = bc;
   p.smem = smem_layout(U, p.K, B, bc, elem, acc, backward);
@@ -219,6 +239,30 @@ inline Plan plan_lstm(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem, 
     p.auto_ok = true;
   }
   return p;
+}
+
+// Plans the persistent forward (or, with `backward`, the reverse wavefront) of
+// an L-layer LSTM with hidden size H, input size I (which does not matter:
+// layer 0's input projection, and the backward's input gradient, are GEMMs
+// outside the kernel), batch B, `elem`-byte scalars, `acc`-byte accumulators.
+//
+// `max_batch_split` > 1 (backward only; EXPERIMENTAL, not yet run on a GPU,
+// FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT in lstm_persistent.cu) lets the
+// backward split the batch across CTAs when its staged rows (8H long) do not
+// fit whole: S = 2, 4, ... CTAs then share each unit block, each staging only
+// its ceil(B / S) rows (with S times the units, so the same SMs), and the
+// first S whose rows fit in one chunk is taken; without one, the unsplit plan.
+inline Plan plan_lstm(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem, int64_t acc,
+                      const DeviceLimits& d, bool backward = false,
+                      int64_t max_batch_split = 1) {
+  (void)I;
+  const Plan whole = plan_lstm_split(H, L, B, elem, acc, d, backward, 1);
+  if (!backward || max_batch_split <= 1 || !whole.fits || whole.batch_chunk >= B) return whole;
+  for (int64_t S = 2; S <= max_batch_split && S <= B; S *= 2) {
+    const Plan split = plan_lstm_split(H, L, B, elem, acc, d, backward, S);
+    if (split.fits && split.batch_chunk >= split.rows_per_cta) return split;
+  }
+  return whole;
 }
 
 // The tier decision for one call.  `option` is get_option(Option::kCudaTier):
