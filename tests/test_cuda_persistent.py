@@ -260,16 +260,22 @@ def test_mixed_tiers_same_gradients(fwd_tier, bwd_tier):
         assert_close_scaled(a, b, TOL[F32], f"gradient {k}")
 
 
+def _backward_op_args(L, I, H, T, B, dtype, seed):
+    """The arguments of lstm_backward for one training forward (with biases)
+    and random output/state gradients."""
+    w = _weights(I, H, L, True, dtype)
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, dtype)
+    out, hy, cy, gates, cells, hiddens = torch.ops.fusedrnn.lstm_forward(x, h0, c0, w, True, True)
+    g = torch.Generator().manual_seed(seed)
+    go, gh, gc = (torch.randn(t.shape, generator=g, dtype=dtype).to(CUDA) for t in (out, hy, cy))
+    return [go, gh, gc, x, h0, c0, w, True, out, gates, cells, hiddens]
+
+
 def test_backward_op_persistent_matches_general():
     """lstm_backward itself, on the saved tensors of one forward."""
     L, I, H, T, B = 2, 5, 33, 4, 7
     _need_fit(H, L, B, F64, T)
-    w = _weights(I, H, L, True, F64)
-    x, h0, c0 = lstm_inputs(I, H, L, T, B, F64)
-    out, hy, cy, gates, cells, hiddens = torch.ops.fusedrnn.lstm_forward(x, h0, c0, w, True, True)
-    g = torch.Generator().manual_seed(5)
-    go, gh, gc = (torch.randn(t.shape, generator=g, dtype=F64).to(CUDA) for t in (out, hy, cy))
-    args = [go, gh, gc, x, h0, c0, w, True, out, gates, cells, hiddens]
+    args = _backward_op_args(L, I, H, T, B, F64, seed=5)
     p, q = _persistent_and_general(torch.ops.fusedrnn.lstm_backward, *args)
     for k in range(3):
         assert_close_scaled(p[k], q[k], TOL[F64], ["grad_input", "grad_hx", "grad_cx"][k])
@@ -291,12 +297,7 @@ def test_backward_batch_split_matches_unsplit(B, monkeypatch):
     if split["batch_split"] == 1:
         pytest.skip(f"the backward of H={H} L={L} B={B} float32 is not split on this device "
                     f"(its rows fit whole or no split fits): nothing to compare")
-    w = _weights(I, H, L, True, F32)
-    x, h0, c0 = lstm_inputs(I, H, L, T, B, F32)
-    out, hy, cy, gates, cells, hiddens = torch.ops.fusedrnn.lstm_forward(x, h0, c0, w, True, True)
-    g = torch.Generator().manual_seed(7)
-    go, gh, gc = (torch.randn(t.shape, generator=g, dtype=F32).to(CUDA) for t in (out, hy, cy))
-    args = [go, gh, gc, x, h0, c0, w, True, out, gates, cells, hiddens]
+    args = _backward_op_args(L, I, H, T, B, F32, seed=7)
     with tier("persistent"):
         monkeypatch.delenv("FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT", raising=False)
         whole = torch.ops.fusedrnn.lstm_backward(*args)
