@@ -1,8 +1,9 @@
 // The one place where every fusedrnn op schema is declared.
 //
 // Backends register implementations with TORCH_LIBRARY_IMPL in csrc/cpu and
-// csrc/cuda; autograd and fake (meta) implementations live in Python
-// (fusedrnn/ops.py), through torch.library.register_autograd / register_fake.
+// csrc/cuda; the forward ops' autograd is C++ too (csrc/autograd.cpp, the
+// Autograd key); the fake (meta) implementations live in Python
+// (fusedrnn/ops.py, torch.library.register_fake).
 //
 // Shapes (T = sequence length, B = batch, I = input size, H = hidden size,
 // L = number of layers; all tensors of one call share dtype and device):
