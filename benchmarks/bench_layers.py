@@ -21,6 +21,8 @@ i.e. at::addmm + a pointwise pass per step, to show what the fused step buys),
 fusedrnn-general / fusedrnn-persistent (CUDA LSTM only: one kernel tier forced
 through fusedrnn.set_option("cuda_tier", ...); the fusedrnn row is the auto
 choice; sizes the persistent kernel does not fit are skipped with the reason),
+fusedrnn-persistent-split (only when named: the persistent tier with the
+experimental backward batch split, FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT=1),
 fusedrnn-per-step and fusedrnn-graph (CUDA only: the general tier's step
 kernels launched one by one from the host, or replayed from a captured CUDA
 graph), fusedrnn-packed and torch-packed (the same batch as a PackedSequence with
@@ -229,6 +231,7 @@ class Impl:
     label = ""
     headline = True
     comparable = True  # its outputs are checked against the baseline's
+    in_default = True  # runs without --impls (False: only when named there)
 
     def label_for(self, cell: str) -> str:
         return self.label.format(Cell=cell_label(cell))
@@ -437,6 +440,40 @@ class CudaTierImpl(OptionImpl):
         return super().build(ctx, cfg, base)
 
 
+class SplitBackwardImpl(CudaTierImpl):
+    """The persistent tier with its EXPERIMENTAL backward batch split on
+    (environment FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT=1, read by the backward
+    op at each call): up to 4 CTAs per unit block, each with its own batch
+    rows (csrc/cuda/persistent_plan.h).  Only when named in --impls, to
+    compare it with fusedrnn-persistent in one process before it may become
+    the default."""
+    in_default = False
+    ENV = "FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT"
+
+    def __init__(self):
+        super().__init__("persistent")
+        self.name = "fusedrnn-persistent-split"
+        self.label = "fusedrnn.{Cell} (persistent tier, backward batch split)"
+
+    def scope(self, ctx):
+        tier = super().scope(ctx)
+        env = self.ENV
+
+        @contextlib.contextmanager
+        def scope():
+            prev = os.environ.get(env)
+            os.environ[env] = "1"
+            try:
+                with tier():
+                    yield
+            finally:
+                if prev is None:
+                    os.environ.pop(env, None)
+                else:
+                    os.environ[env] = prev
+        return scope
+
+
 class ReferenceImpl(Impl):
     name, label = "reference", "fusedrnn.reference.{Cell}"
     headline = False
@@ -564,6 +601,7 @@ IMPLS: Dict[str, Impl] = {
     # CUDA LSTM with one kernel tier forced (the fusedrnn row is the auto choice).
     "fusedrnn-general": CudaTierImpl("general"),
     "fusedrnn-persistent": CudaTierImpl("persistent"),
+    "fusedrnn-persistent-split": SplitBackwardImpl(),
     "fusedrnn-generic": GenericStepImpl(),
     # The CUDA general tier's two ways of issuing its T·L step kernels.
     "fusedrnn-per-step": StepLaunchImpl("fusedrnn-per-step",
@@ -1174,7 +1212,8 @@ def parse_args(argv):
     p.add_argument("--cells", help=f"comma-separated, from {', '.join(CELLS)} (default: those of "
                                    f"{', '.join(DEFAULT_CELLS)} that fusedrnn provides)")
     p.add_argument("--impls", help=f"comma-separated, from {', '.join(IMPLS)} (default: all "
-                                   f"that apply; peers when installed)")
+                                   f"that apply but fusedrnn-persistent-split; peers when "
+                                   f"installed)")
     p.add_argument("--no-reference", action="store_true", help="leave out the reference")
     p.add_argument("--modes", default="fwd,fwdbwd", help="fwd, fwdbwd or both (default)")
     p.add_argument("--quick", action="store_true", help="small sweep and few repetitions")
@@ -1270,7 +1309,7 @@ def main(argv=None):
     if not cells:
         sys.exit("bench_layers: none of the chosen cells is provided by this fusedrnn")
 
-    names = list(IMPLS)
+    names = [n for n, impl in IMPLS.items() if impl.in_default]
     explicit_impls = bool(args.impls)
     if args.impls:
         names = [n.strip() for n in args.impls.split(",") if n.strip()]
@@ -1281,8 +1320,8 @@ def main(argv=None):
             names.insert(0, BASELINE)   # every ratio is to the baseline
     if args.no_reference and "reference" in names:
         names.remove("reference")
-    if args.no_persistent and "fusedrnn-persistent" in names:
-        names.remove("fusedrnn-persistent")
+    if args.no_persistent:
+        names = [n for n in names if not n.startswith("fusedrnn-persistent")]
     names = [n for n in IMPLS if n in names]  # registry order, baseline first
     peers = {}
     for n in list(names):

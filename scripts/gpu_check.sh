@@ -12,6 +12,10 @@
 #   $OUT/build.log   python setup.py build_ext --inplace
 #   $OUT/tests.log   python -m pytest tests/test_cuda*.py -v (TESTS=tests: all)
 #   $OUT/bench.log   python benchmarks/bench_layers.py --device cuda --out $OUT/results
+#   $OUT/bench_split.log  the persistent backward with and without its batch
+#                    split (fusedrnn-persistent-split), results in $OUT/results_split
+#   $OUT/train.log   benchmarks/train_time_machine.py --device cuda --compare
+#                    (results/train_time_machine_cuda.json)
 #   $OUT/summary.txt one line per step with its exit status
 # A failing step does not stop the later ones; the script exits non-zero when
 # any step failed.
@@ -19,9 +23,11 @@
 # Knobs (environment): TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (16),
 # BENCH_ARGS (extra bench_layers.py arguments, e.g. --configs d2l), PROFILE=1
 # (Nsight Compute reports of one D2L forward per tier, scripts/profile_step.py),
-# BUILD_TIMEOUT / SMOKE_TIMEOUT / TEST_TIMEOUT / BENCH_TIMEOUT in seconds
-# (150 / 45 / 200 / 170:
-# together under the device tool's 600 s limit for one call),
+# SPLIT=0 / TRAIN=0 (skip those steps), TRAIN_ARGS, BUILD_TIMEOUT /
+# SMOKE_TIMEOUT / TEST_TIMEOUT / BENCH_TIMEOUT / SPLIT_TIMEOUT / TRAIN_TIMEOUT
+# in seconds (150 / 45 / 200 / 170 / 60 / 120; a whole run took about 360 s
+# before the last two steps were added, so a call with everything on may need
+# the device tool's full 600 s),
 # so that a hung step still leaves the logs of the others behind.
 set -u
 
@@ -188,6 +194,27 @@ mkdir -p "$OUT/results"
 if ! run_logged bench "$OUT/bench.log" "$BENCH_TIMEOUT" \
     python benchmarks/bench_layers.py --device cuda --out "$OUT/results" ${NO_PERSISTENT[@]+"${NO_PERSISTENT[@]}"} ${BENCH_ARGS:-}; then
   echo "the benchmark (benchmarks/bench_layers.py) failed; see $OUT/bench.log"
+fi
+
+# ----------------------------------------------- backward batch split A/B --
+# The persistent tier's experimental backward batch split against the default
+# backward, side by side in one process (forward+backward; the forward is the
+# same kernel).  SPLIT=0 skips it.
+if [ "${SPLIT:-1}" = 1 ] && [ "$SKIP_PERSISTENT" = 0 ]; then
+  run_logged split "$OUT/bench_split.log" "${SPLIT_TIMEOUT:-60}" \
+    python benchmarks/bench_layers.py --device cuda --out "$OUT/results_split" \
+    --configs d2l-L1,d2l,d2l-L4,d2l-L8 --cells lstm --modes fwdbwd \
+    --impls fusedrnn-persistent,fusedrnn-persistent-split
+fi
+
+# --------------------------------------------------- the D2L chapter, on CUDA --
+# benchmarks/train_time_machine.py --compare: the chapter's 2-layer LSTM on The
+# Time Machine, fusedrnn and torch.nn (cuDNN) trained side by side: perplexity
+# and tokens/second.  TRAIN=0 skips it; TRAIN_ARGS adds arguments.
+if [ "${TRAIN:-1}" = 1 ]; then
+  run_logged train "$OUT/train.log" "${TRAIN_TIMEOUT:-120}" \
+    python benchmarks/train_time_machine.py --device cuda --compare \
+    --json "$OUT/results/train_time_machine_cuda.json" ${TRAIN_ARGS:-}
 fi
 
 # ----------------------------------------------------------------- profile --
