@@ -21,8 +21,10 @@ i.e. at::addmm + a pointwise pass per step, to show what the fused step buys),
 fusedrnn-general / fusedrnn-persistent (CUDA LSTM only: one kernel tier forced
 through fusedrnn.set_option("cuda_tier", ...); the fusedrnn row is the auto
 choice; sizes the persistent kernel does not fit are skipped with the reason),
-fusedrnn-persistent-split (only when named: the persistent tier with the
-experimental backward batch split, FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT=1),
+fusedrnn-persistent-split and fusedrnn-persistent-mma (only when named: the
+persistent tier with the experimental backward batch split,
+FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT=1, or with the experimental tensor-core
+forward for bfloat16/float16, persistent_mma "on"),
 fusedrnn-per-step and fusedrnn-graph (CUDA only: the general tier's step
 kernels launched one by one from the host, or replayed from a captured CUDA
 graph), fusedrnn-packed and torch-packed (the same batch as a PackedSequence with
@@ -474,6 +476,34 @@ class SplitBackwardImpl(CudaTierImpl):
         return scope
 
 
+class MmaImpl(CudaTierImpl):
+    """The persistent tier with its EXPERIMENTAL tensor-core forward products
+    (fusedrnn.set_option("persistent_mma", "on"); bfloat16/float16 where the
+    tiles fit, else the FMA forward).  Only when named in --impls."""
+    in_default = False
+
+    def __init__(self):
+        super().__init__("persistent")
+        self.name = "fusedrnn-persistent-mma"
+        self.label = "fusedrnn.{Cell} (persistent tier, tensor-core forward)"
+
+    def applicable(self, ctx):
+        why = super().applicable(ctx)
+        if why is None and "persistent_mma" not in getattr(ctx.fusedrnn, "_OPTIONS", {}):
+            why = "this fusedrnn has no persistent_mma option"
+        return why
+
+    def scope(self, ctx):
+        tier = super().scope(ctx)
+        mma = option_switch(ctx.fusedrnn, "persistent_mma", "on")
+
+        @contextlib.contextmanager
+        def scope():
+            with tier(), mma():
+                yield
+        return scope
+
+
 class ReferenceImpl(Impl):
     name, label = "reference", "fusedrnn.reference.{Cell}"
     headline = False
@@ -602,6 +632,7 @@ IMPLS: Dict[str, Impl] = {
     "fusedrnn-general": CudaTierImpl("general"),
     "fusedrnn-persistent": CudaTierImpl("persistent"),
     "fusedrnn-persistent-split": SplitBackwardImpl(),
+    "fusedrnn-persistent-mma": MmaImpl(),
     "fusedrnn-generic": GenericStepImpl(),
     # The CUDA general tier's two ways of issuing its T·L step kernels.
     "fusedrnn-per-step": StepLaunchImpl("fusedrnn-per-step",
@@ -1212,7 +1243,7 @@ def parse_args(argv):
     p.add_argument("--cells", help=f"comma-separated, from {', '.join(CELLS)} (default: those of "
                                    f"{', '.join(DEFAULT_CELLS)} that fusedrnn provides)")
     p.add_argument("--impls", help=f"comma-separated, from {', '.join(IMPLS)} (default: all "
-                                   f"that apply but fusedrnn-persistent-split; peers when "
+                                   f"that apply but fusedrnn-persistent-split/-mma; peers when "
                                    f"installed)")
     p.add_argument("--no-reference", action="store_true", help="leave out the reference")
     p.add_argument("--modes", default="fwd,fwdbwd", help="fwd, fwdbwd or both (default)")

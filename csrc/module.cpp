@@ -63,16 +63,17 @@ static PyObject* get_option(PyObject*, PyObject* args) {
 }
 
 // persistent_plan(H, I, L, B, dtype_bytes, smem_per_sm, smem_per_block,
-// regs_per_sm, num_sms[, T=1, option=0, backward=0, max_batch_split=1]) -> dict: the persistent
-// LSTM tier's plan (csrc/cuda/persistent_plan.h) of its forward (or backward)
-// kernel for these sizes on a device with these limits, and the tier `option`
-// (0 auto, 1 general, 2 persistent) would pick.
+// regs_per_sm, num_sms[, T=1, option=0, backward=0, max_batch_split=1, mma=0]) -> dict: the
+// persistent LSTM tier's plan (csrc/cuda/persistent_plan.h) of its forward (or
+// backward) kernel for these sizes on a device with these limits, and the tier
+// `option` (0 auto, 1 general, 2 persistent) would pick; `mma` asks for the
+// forward's tensor-core tiles.
 // Plain host code, so the CPU tests can check the planner without a GPU.
 static PyObject* persistent_plan(PyObject*, PyObject* args) {
   long long H, I, L, B, elem, smem_sm, smem_block, regs_sm, sms, T = 1, option = 0, bwd = 0,
-      split = 1;
-  if (!PyArg_ParseTuple(args, "LLLLLLLLL|LLLL", &H, &I, &L, &B, &elem, &smem_sm, &smem_block,
-                        &regs_sm, &sms, &T, &option, &bwd, &split))
+      split = 1, mma = 0;
+  if (!PyArg_ParseTuple(args, "LLLLLLLLL|LLLLL", &H, &I, &L, &B, &elem, &smem_sm, &smem_block,
+                        &regs_sm, &sms, &T, &option, &bwd, &split, &mma))
     return nullptr;
   fusedrnn::persistent::DeviceLimits d;
   d.smem_per_sm = smem_sm;
@@ -80,7 +81,7 @@ static PyObject* persistent_plan(PyObject*, PyObject* args) {
   d.regs_per_sm = regs_sm;
   d.num_sms = sms;
   const auto p = fusedrnn::persistent::plan_lstm(H, I, L, B, elem, elem == 8 ? 8 : 4, d,
-                                                   bwd != 0, split);
+                                                   bwd != 0, split, mma != 0);
   const auto c = fusedrnn::persistent::choose_tier(option, true, "", p, T + L - 1, L);
   // ctas: (layer, j0, j1) of each CTA; cta_rows: its batch rows (b0, b1).
   PyObject* ctas = PyList_New(0);
@@ -104,7 +105,7 @@ static PyObject* persistent_plan(PyObject*, PyObject* args) {
       return nullptr;
     }
   }
-  return Py_BuildValue(
+  PyObject* dict = Py_BuildValue(
       "{s:O,s:O,s:s,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:N,s:N,s:L,s:L,s:O,s:O,s:O,s:s}", "fits",
       p.fits ? Py_True : Py_False,
       "auto", p.auto_ok ? Py_True : Py_False, "why", p.why.c_str(), "K", (long long)p.K,
@@ -116,6 +117,22 @@ static PyObject* persistent_plan(PyObject*, PyObject* args) {
       c.persistent ? Py_True : Py_False, "auto_eligible", c.auto_eligible ? Py_True : Py_False,
       "auto_enabled", fusedrnn::persistent::kAutoEnabled ? Py_True : Py_False, "error",
       c.error.c_str());
+  if (dict == nullptr) return nullptr;
+  // The shared-memory areas' offsets and the tensor-core path's tiles.
+  const auto& m = p.smem;
+  PyObject* extra = Py_BuildValue(
+      "{s:(LLLLL),s:O,s:(LL),s:L,s:L,s:s}", "smem_offsets", (long long)m.weights,
+      (long long)m.bias, (long long)m.cstate, (long long)m.stage, (long long)m.product, "mma",
+      p.mma.on() ? Py_True : Py_False, "mma_tile", (long long)p.mma.tm, (long long)p.mma.tn,
+      "mma_ksplit", (long long)p.mma_ksplit, "mma_rows", (long long)p.mma_npad, "mma_why",
+      p.mma.why.c_str());
+  if (extra == nullptr || PyDict_Update(dict, extra) != 0) {
+    Py_XDECREF(extra);
+    Py_DECREF(dict);
+    return nullptr;
+  }
+  Py_DECREF(extra);
+  return dict;
 }
 
 static PyMethodDef fusedrnn_methods[] = {
@@ -132,7 +149,8 @@ static PyMethodDef fusedrnn_methods[] = {
      "benchmarks)."},
     {"persistent_plan", persistent_plan, METH_VARARGS,
      "persistent_plan(H, I, L, B, dtype_bytes, smem_per_sm, smem_per_block, regs_per_sm, "
-     "num_sms, T=1, option=0, backward=0, max_batch_split=1) -> dict: the persistent CUDA LSTM tier's plan (for tests)."},
+     "num_sms, T=1, option=0, backward=0, max_batch_split=1, mma=0) -> dict: the persistent "
+     "CUDA LSTM tier's plan (for tests)."},
     {nullptr, nullptr, 0, nullptr}};
 
 static struct PyModuleDef fusedrnn_module = {

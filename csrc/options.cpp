@@ -15,6 +15,7 @@ struct OptionInfo {
 constexpr OptionInfo kInfo[] = {
     {"cuda_tier", 3},         // auto, general, persistent
     {"cuda_step_launch", 3},  // auto, per_step, graph
+    {"persistent_mma", 3},    // auto (= off), off, on
 };
 static_assert(sizeof(kInfo) / sizeof(kInfo[0]) == static_cast<int>(Option::kCount),
               "one OptionInfo per Option");

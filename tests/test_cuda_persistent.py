@@ -19,7 +19,11 @@ What is checked:
 * forward and backward on different tiers give the same gradients;
 * forcing the persistent tier on sizes that do not fit, or on proj_size,
   raises a clear error; float64 gradcheck through the persistent tier;
-* the bench-only op fusedrnn::wavefront_floor runs.
+* the bench-only op fusedrnn::wavefront_floor runs;
+* the EXPERIMENTAL tensor-core forward (persistent_mma "on", bfloat16 and
+  float16, both tile shapes, padded batch columns, K slices): outputs, states,
+  saved activations and gradients against the FMA forward and the float64
+  reference, determinism, inference equal to training.
 """
 import contextlib
 
@@ -66,7 +70,7 @@ def _persistent_and_general(fn, *args):
     return p, g
 
 
-def device_plan(H, L, B, dtype, T=8, backward=False, max_batch_split=1):
+def device_plan(H, L, B, dtype, T=8, backward=False, max_batch_split=1, mma=False):
     p = torch.cuda.get_device_properties(CUDA)
     smem_sm = getattr(p, "shared_memory_per_multiprocessor", 0)
     smem_block = getattr(p, "shared_memory_per_block_optin", 0)
@@ -76,7 +80,7 @@ def device_plan(H, L, B, dtype, T=8, backward=False, max_batch_split=1):
     elem = torch.empty(0, dtype=dtype).element_size()
     return fusedrnn._C.persistent_plan(H, H, L, B, elem, smem_sm, smem_block, regs,
                                        p.multi_processor_count, T, 0, int(backward),
-                                       max_batch_split)
+                                       max_batch_split, int(mma))
 
 
 def _run_ops(weights, x, h0, c0, bias):
@@ -387,3 +391,94 @@ def test_module_end_to_end():
 def test_wavefront_floor_op():
     ms = torch.ops.fusedrnn.wavefront_floor(35, 2, 32, 256)
     assert 0.0 < ms < 1000.0
+
+
+# -------------------------------------- tensor-core forward (EXPERIMENTAL) --
+
+F16 = torch.float16
+TOL_MMA = {BF16: 3e-2, F16: 1e-2}
+
+
+@contextlib.contextmanager
+def mma(value):
+    old = fusedrnn.get_option("persistent_mma")
+    fusedrnn.set_option("persistent_mma", value)
+    try:
+        yield
+    finally:
+        fusedrnn.set_option("persistent_mma", old)
+
+
+# (L, I, H, T, B, bias), chosen so that the tiles fit on an H100/H200 (132 SMs):
+# 16x16 tiles with 4 K slices (D2L), 8x32 tiles (U = 2), B = 33 (two column
+# tiles, padded), 16x16 with 2 slices, and L = 8 (4U = 128, one slice).
+SHAPES_MMA = [(2, 28, 256, 8, 32, True), (1, 8, 256, 5, 8, True), (2, 6, 128, 6, 33, True),
+              (4, 16, 512, 4, 8, False), (8, 5, 512, 3, 3, True)]
+
+
+def _need_mma(H, L, B, dtype, T):
+    _need_fit(H, L, B, dtype, T)
+    if torch.cuda.get_device_capability(CUDA)[0] < 8:
+        pytest.skip("tensor-core (WMMA bfloat16/float16) products need compute capability 8.0+")
+    p = device_plan(H, L, B, dtype, T, mma=True)
+    if not p["mma"]:
+        pytest.skip(f"the tensor-core tiles do not fit this plan on this device: {p['mma_why']}")
+    return p
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bfloat16", "float16"])
+@pytest.mark.parametrize("L,I,H,T,B,bias", SHAPES_MMA, ids=_ids(SHAPES_MMA))
+def test_mma_forward_matches_fma_and_reference(L, I, H, T, B, bias, dtype):
+    _need_mma(H, L, B, dtype, T)
+    w = _weights(I, H, L, bias, dtype)
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, dtype)
+    with tier("persistent"):
+        with mma("on"):
+            got = _run_ops(w, x, h0, c0, bias)
+        with mma("off"):
+            fma = _run_ops(w, x, h0, c0, bias)
+    _assert_same(got, fma, TOL_MMA[dtype], "tensor-core vs FMA forward")
+    _assert_same(got, _run_reference(w, x, h0, c0, L, bias), TOL_MMA[dtype],
+                 "tensor-core forward vs float64 reference")
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bfloat16", "float16"])
+def test_mma_saved_activations_inference_and_determinism(dtype):
+    L, I, H, T, B = 2, 10, 128, 7, 33
+    _need_mma(H, L, B, dtype, T)
+    w = _weights(I, H, L, True, dtype)
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, dtype)
+    op = torch.ops.fusedrnn.lstm_forward
+    with tier("persistent"):
+        with mma("on"):
+            train1 = op(x, h0, c0, w, True, True)
+            train2 = op(x, h0, c0, w, True, True)
+            infer = op(x, h0, c0, w, True, False)
+        with mma("off"):
+            fma = op(x, h0, c0, w, True, True)
+    names = ["output", "hy", "cy", "gates", "cells", "hiddens"]
+    for a, b, n in zip(train1, train2, names):
+        assert torch.equal(a, b), f"tensor-core forward not deterministic: {n}"
+    for a, b, n in zip(train1[:3], infer[:3], names):
+        assert torch.equal(a, b), f"inference differs from the training forward: {n}"
+    for a, b, n in zip(train1, fma, names):
+        assert a.shape == b.shape, n
+        assert_close_scaled(a, b, TOL_MMA[dtype], f"saved {n}, tensor-core vs FMA")
+
+
+def test_mma_option_leaves_other_dtypes_alone():
+    """persistent_mma 'on' with float32: the plan has no tiles, the FMA forward
+    runs, bitwise as with the option off."""
+    L, I, H, T, B = 2, 8, 128, 5, 8
+    _need_fit(H, L, B, F32, T)
+    assert not device_plan(H, L, B, F32, T, mma=True)["mma"]
+    w = _weights(I, H, L, True, F32)
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, F32)
+    op = torch.ops.fusedrnn.lstm_forward
+    with tier("persistent"):
+        with mma("on"):
+            a = op(x, h0, c0, w, True, False)
+        with mma("off"):
+            b = op(x, h0, c0, w, True, False)
+    for u, v in zip(a[:3], b[:3]):
+        assert torch.equal(u, v)

@@ -9,7 +9,8 @@ from conftest import assert_raises, fusedrnn_or_skip
 fusedrnn = fusedrnn_or_skip()
 
 OPTIONS = {"cuda_tier": ("auto", "general", "persistent"),
-           "cuda_step_launch": ("auto", "per_step", "graph")}
+           "cuda_step_launch": ("auto", "per_step", "graph"),
+           "persistent_mma": ("auto", "off", "on")}
 
 
 @pytest.fixture(autouse=True)
@@ -52,5 +53,10 @@ def test_cpu_results_do_not_depend_on_cuda_switches():
     want, _ = m(x)
     fusedrnn.set_option("cuda_tier", "persistent")
     fusedrnn.set_option("cuda_step_launch", "graph")
+    fusedrnn.set_option("persistent_mma", "on")
     got, _ = m(x)
+    assert torch.equal(got, want)
+    got, _ = m.to(torch.bfloat16)(x.to(torch.bfloat16))
+    fusedrnn.set_option("persistent_mma", "off")
+    want, _ = m(x.to(torch.bfloat16))
     assert torch.equal(got, want)

@@ -57,6 +57,9 @@
 #include <torch/library.h>
 
 #include <cuda/atomic>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -302,6 +305,11 @@ struct FwdParams {
   int64_t T, B, H, L;
   int64_t units, ctas_per_layer, batch_chunk;
   int64_t off_bias, off_cstate, off_stage;  // byte offsets in dynamic smem
+  // The tensor-core product (EXPERIMENTAL; persistent_plan.h): tile shape
+  // mma_tm x mma_tn (mma_tm = 0: the FMA warp tasks), K slices per tile, the
+  // product area's row length (staged rows rounded up to mma_tn) and offset.
+  int mma_tm, mma_tn, mma_ksplit, mma_npad;
+  int64_t off_product;
 };
 
 template <typename scalar_t>
@@ -310,15 +318,102 @@ __device__ __forceinline__ scalar_t* h_at(const FwdParams<scalar_t>& p, int64_t 
   return p.hid + (l * p.hid_slots + t % p.hid_slots) * p.B * p.H;
 }
 
+// The forward's per-(unit, batch row) epilogue, shared by the FMA and the
+// tensor-core products: the cell math from the four gate pre-activations,
+// the new cell state into `c` (shared memory), h into h_out, the saved
+// activations (training) and, at the last step, h_n and c_n.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void fwd_cell_epilogue(const FwdParams<scalar_t>& p, int64_t layer,
+                                                  int64_t t, int64_t b, int64_t j,
+                                                  const acc_t (&pre)[4], acc_t& c,
+                                                  scalar_t* h_out, bool last_t) {
+  const int64_t T = p.T, B = p.B, H = p.H, G4 = 4 * H;
+  const LstmFwdOut<acc_t> o = lstm_cell_forward<acc_t>(pre[0], pre[1], pre[2], pre[3], c);
+  c = o.c;
+  const scalar_t h = static_cast<scalar_t>(o.h);
+  h_out[b * H + j] = h;
+  if (p.gates != nullptr) {
+    scalar_t* go = p.gates + ((layer * T + t) * B + b) * G4 + j;
+    go[0] = static_cast<scalar_t>(o.i);
+    go[H] = static_cast<scalar_t>(o.f);
+    go[2 * H] = static_cast<scalar_t>(o.g);
+    go[3 * H] = static_cast<scalar_t>(o.o);
+  }
+  if (p.cells != nullptr) {
+    p.cells[((layer * T + t) * B + b) * H + j] = static_cast<scalar_t>(o.c);
+  }
+  if (last_t) {
+    p.hy[(layer * B + b) * H + j] = h;
+    p.cy[(layer * B + b) * H + j] = static_cast<scalar_t>(o.c);
+  }
+}
+
+// The WMMA element type of a 16-bit scalar_t (void: no tensor-core path).
+template <typename T>
+struct WmmaElem {
+  using type = void;
+};
+template <>
+struct WmmaElem<c10::BFloat16> {
+  using type = __nv_bfloat16;
+};
+template <>
+struct WmmaElem<c10::Half> {
+  using type = __half;
+};
+
+// The tensor-core product of one staged chunk (EXPERIMENTAL, not yet run on
+// a GPU; persistent_plan.h, "tensor-core forward products"):
+//   Ps[ks][r][n] = sum over k in slice ks of Ws[r][k] * xs[n][k]
+// for the rows r < `rows` (= 4U, gate-major like Ws) and the staged rows
+// n < n_tiles * TN, K / 16 steps of 16 split into `ksplit` slices.  Ws is
+// row-major with row stride K (the A operand); xs, row-major [n][k] with row
+// stride K, is the column-major B operand.  Each warp takes whole (tile,
+// slice) items, so no two warps write the same partial sums.
+template <typename scalar_t, int TM, int TN>
+__device__ __forceinline__ void mma_partial_products(const scalar_t* Ws, const scalar_t* xs,
+                                                     int K, int rows, int n_tiles, int npad,
+                                                     int ksplit, float* Ps, int warp) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using E = typename WmmaElem<scalar_t>::type;
+  namespace w = nvcuda::wmma;
+  const int m_tiles = rows / TM;
+  const int ksteps = K / 16;
+  const int items = m_tiles * n_tiles * ksplit;
+  for (int item = warp; item < items; item += kWarps) {  // warp-uniform
+    const int ks = item % ksplit, tile = item / ksplit;
+    const int tm = tile / n_tiles, tn = tile % n_tiles;
+    const int k0 = ks * ksteps / ksplit, k1 = (ks + 1) * ksteps / ksplit;
+    const E* a = reinterpret_cast<const E*>(Ws) + static_cast<int64_t>(tm) * TM * K;
+    const E* bm = reinterpret_cast<const E*>(xs) + static_cast<int64_t>(tn) * TN * K;
+    w::fragment<w::accumulator, TM, TN, 16, float> acc;
+    w::fill_fragment(acc, 0.0f);
+    for (int kk = k0; kk < k1; ++kk) {
+      w::fragment<w::matrix_a, TM, TN, 16, E, w::row_major> fa;
+      w::fragment<w::matrix_b, TM, TN, 16, E, w::col_major> fb;
+      w::load_matrix_sync(fa, a + kk * 16, K);
+      w::load_matrix_sync(fb, bm + kk * 16, K);
+      w::mma_sync(acc, fa, fb, acc);
+    }
+    w::store_matrix_sync(Ps + (static_cast<int64_t>(ks) * rows + tm * TM) * npad + tn * TN, acc,
+                         npad, w::mem_row_major);
+  }
+#else
+  // The host takes this path only on devices of compute capability >= 8.0.
+  __trap();
+#endif
+}
+
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads, 1)
 lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
   using acc_t = typename acc_type<scalar_t>::type;
-  extern __shared__ __align__(16) unsigned char smem[];
+  extern __shared__ __align__(128) unsigned char smem[];
   scalar_t* Ws = reinterpret_cast<scalar_t*>(smem);                 // [4][U][K]
   acc_t* bs = reinterpret_cast<acc_t*>(smem + p.off_bias);           // [4][U]
   acc_t* cs = reinterpret_cast<acc_t*>(smem + p.off_cstate);         // [U][B]
   scalar_t* xs = reinterpret_cast<scalar_t*>(smem + p.off_stage);    // [batch_chunk][K]
+  float* Ps = reinterpret_cast<float*>(smem + p.off_product);        // [ksplit][4U][npad]
 
   const int tid = threadIdx.x;
   const int warp = tid / 32, lane = tid % 32;
@@ -374,6 +469,38 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
         stage_rows<scalar_t>(xs, K, bc, K, Kx, x_in, h_prev, b0, H);
         __syncthreads();
 
+        if constexpr (!std::is_void<typename WmmaElem<scalar_t>::type>::value) {
+          if (p.mma_tm != 0) {  // the tensor-core product (uniform over the grid)
+            const int n_tiles = (bc + p.mma_tn - 1) / p.mma_tn;
+            if (p.mma_tm == 16) {
+              mma_partial_products<scalar_t, 16, 16>(Ws, xs, K, 4 * U, n_tiles, p.mma_npad,
+                                                     p.mma_ksplit, Ps, warp);
+            } else {
+              mma_partial_products<scalar_t, 8, 32>(Ws, xs, K, 4 * U, n_tiles, p.mma_npad,
+                                                    p.mma_ksplit, Ps, warp);
+            }
+            __syncthreads();
+            // One (unit, batch row) per thread, units fastest (coalesced writes).
+            for (int idx = tid; idx < nu * bc; idx += kThreads) {
+              const int jl = idx % nu, bl = idx / nu;
+              const int64_t b = b0 + bl, j = j0 + jl;
+              acc_t pre[4];
+#pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                pre[q] = bs[q * U + jl];
+                if (layer == 0) pre[q] += static_cast<acc_t>(p.gx0[(t * B + b) * G4 + q * H + j]);
+                for (int ks = 0; ks < p.mma_ksplit; ++ks)
+                  pre[q] += Ps[(static_cast<int64_t>(ks) * 4 * U + q * U + jl) * p.mma_npad + bl];
+              }
+              fwd_cell_epilogue<scalar_t, acc_t>(p, layer, t, b, j, pre,
+                                                 cs[static_cast<int64_t>(jl) * B + b], h_out,
+                                                 last_t);
+            }
+            __syncthreads();  // the stage and the product area are rewritten next
+            continue;         // next batch chunk
+          }
+        }
+
         // Tasks: (unit jl, batch group of kFwdTaskRows rows), one warp each.
         constexpr int R = static_cast<int>(kFwdTaskRows);
         static_assert(4 * R == 32, "one product per lane after the reduction");
@@ -419,28 +546,9 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
 #pragma unroll
           for (int q = 0; q < 4; ++q)
             pre[q] += __shfl_sync(0xffffffffu, mine, (lane + q * R) & 31);
-          {
-            if (!owner) continue;  // next task (warp-uniform loop)
-            acc_t& c = cs[static_cast<int64_t>(jl) * B + b];
-            const LstmFwdOut<acc_t> o = lstm_cell_forward<acc_t>(pre[0], pre[1], pre[2], pre[3], c);
-            c = o.c;
-            const scalar_t h = static_cast<scalar_t>(o.h);
-            h_out[b * H + j] = h;
-            if (p.gates != nullptr) {
-              scalar_t* go = p.gates + ((layer * T + t) * B + b) * G4 + j;
-              go[0] = static_cast<scalar_t>(o.i);
-              go[H] = static_cast<scalar_t>(o.f);
-              go[2 * H] = static_cast<scalar_t>(o.g);
-              go[3 * H] = static_cast<scalar_t>(o.o);
-            }
-            if (p.cells != nullptr) {
-              p.cells[((layer * T + t) * B + b) * H + j] = static_cast<scalar_t>(o.c);
-            }
-            if (last_t) {
-              p.hy[(layer * B + b) * H + j] = h;
-              p.cy[(layer * B + b) * H + j] = static_cast<scalar_t>(o.c);
-            }
-          }
+          if (!owner) continue;  // next task (warp-uniform loop)
+          fwd_cell_epilogue<scalar_t, acc_t>(p, layer, t, b, j, pre,
+                                             cs[static_cast<int64_t>(jl) * B + b], h_out, last_t);
         }
         __syncthreads();  // the stage is rewritten next
       }
@@ -487,7 +595,7 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads, 1)
 lstm_persistent_bwd_kernel(const __grid_constant__ BwdParams<scalar_t> p) {
   using acc_t = typename acc_type<scalar_t>::type;
-  extern __shared__ __align__(16) unsigned char smem[];
+  extern __shared__ __align__(128) unsigned char smem[];
   scalar_t* Wc = reinterpret_cast<scalar_t*>(smem);                 // [U][K]
   acc_t* dcs = reinterpret_cast<acc_t*>(smem + p.off_cstate);        // [U][B]
   scalar_t* xs = reinterpret_cast<scalar_t*>(smem + p.off_stage);    // [batch_chunk][K]
@@ -689,6 +797,14 @@ int64_t backward_batch_split() {
   return (v != nullptr && std::strcmp(v, "1") == 0) ? 4 : 1;
 }
 
+// Whether the forward should take the tensor-core path where its tiles fit:
+// the option persistent_mma is "on" (auto means off while the path has not
+// run on a GPU) and the device has bfloat16 WMMA (compute capability 8.0+).
+bool mma_wanted() {
+  if (get_option(Option::kPersistentMma) != 2) return false;
+  return at::cuda::getCurrentDeviceProperties()->major >= 8;
+}
+
 // The parts of the forward and backward Params that the plan and the
 // weights fill alike (FwdParams / BwdParams).
 template <template <typename> class Params, typename scalar_t>
@@ -754,7 +870,8 @@ std::optional<Plan> select_persistent_plan(const LstmSizes& s, const Tensor& inp
   }
   const Plan plan = persistent::plan_lstm(s.H, s.I, s.L, s.B, elem_size(dt), acc_size(dt),
                                           device_limits(), /*backward=*/kBackward,
-                                          kBackward ? backward_batch_split() : 1);
+                                          kBackward ? backward_batch_split() : 1,
+                                          /*mma=*/!kBackward && mma_wanted());
   const persistent::TierChoice choice =
       persistent::choose_tier(option, unsupported.empty(), unsupported, plan, s.T + s.L - 1, s.L,
                               get_option(Option::kCudaStepLaunch) != 0);
@@ -849,6 +966,11 @@ std::optional<LstmForwardResult> persistent_lstm_forward_if_selected(
     p.gates = train ? gates.data_ptr<scalar_t>() : nullptr;
     p.cells = train ? cells.data_ptr<scalar_t>() : nullptr;
     p.off_bias = plan.smem.bias;
+    p.mma_tm = static_cast<int>(plan.mma.tm);  // 0 unless asked for and the tiles fit
+    p.mma_tn = static_cast<int>(plan.mma.tn);
+    p.mma_ksplit = static_cast<int>(plan.mma_ksplit);
+    p.mma_npad = static_cast<int>(plan.mma_npad);
+    p.off_product = plan.smem.product;
     launch_cooperative(lstm_persistent_fwd_kernel<scalar_t>, plan, p, stream);
   });
   return LstmForwardResult{output, hy, cy, gates, cells, hiddens};

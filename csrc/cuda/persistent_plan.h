@@ -89,6 +89,64 @@ constexpr int64_t kMaxLayers = 64;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t align16(int64_t n) { return (n + 15) / 16 * 16; }
+inline int64_t align_to(int64_t n, int64_t a) { return (n + a - 1) / a * a; }
+
+// ------------------------------------------- tensor-core forward products --
+//
+// EXPERIMENTAL, off unless the option persistent_mma is "on"; written without
+// a GPU (2026-11-23, fourth session) and NOT yet run on one.  For bfloat16 and
+// float16 the forward kernel may compute a CTA's per-step product
+//   P[4U x bc] = Ws[4U x K] . xs[bc x K]^T
+// with WMMA tiles (tm x tn x 16, float accumulators) instead of its FMA warp
+// tasks: 16 x 16 tiles when 4U is a multiple of 16, 8 x 32 tiles when it is a
+// multiple of 8, none otherwise.  The kernel's 8 warps take the
+// (4U / tm) x (npad / tn) output tiles times `ksplit` slices of K (so that
+// small products still use every warp), each warp storing its tile's partial
+// sum into the product area, [ksplit][4U][npad] floats; the epilogue adds the
+// ksplit partials in a fixed order (deterministic).  The staging area holds
+// npad = bc rounded up to tn rows (the rows past bc are never used: each
+// output column depends on its own staged row only), and with the tensor-core
+// path every area starts at a multiple of 128 bytes (WMMA loads and stores
+// need 32-byte aligned pointers).
+constexpr int64_t kWarpsPerCta = kThreads / 32;
+constexpr int64_t kMmaK = 16;
+constexpr int64_t kMmaAlign = 128;
+
+struct MmaTiles {
+  int64_t tm = 0, tn = 0;  // tile rows (of 4U) and columns (batch rows); 0: no tensor cores
+  std::string why;         // when tm == 0 although they were asked for: why not
+  bool on() const { return tm > 0; }
+  int64_t npad(int64_t bc) const { return on() ? ceil_div(bc, tn) * tn : bc; }
+  // K slices per output tile, for bc staged rows and hidden size H: enough to
+  // give every warp work, at most H / 16 (layer 0's K is H).
+  int64_t ksplit(int64_t U, int64_t bc, int64_t H) const {
+    if (!on() || bc <= 0) return 1;
+    const int64_t tiles = (4 * U / tm) * (npad(bc) / tn);
+    int64_t k = kWarpsPerCta / tiles;
+    if (k > H / kMmaK) k = H / kMmaK;
+    return k < 1 ? 1 : k;
+  }
+};
+
+// The tiles for U units per CTA, hidden size H and `elem`-byte scalars.
+inline MmaTiles mma_tiles(int64_t U, int64_t H, int64_t elem) {
+  MmaTiles m;
+  if (elem != 2) {
+    m.why = "tensor-core products need a 16-bit dtype (bfloat16 or float16)";
+  } else if (H % kMmaK != 0) {
+    m.why = "tensor-core products need H to be a multiple of 16";
+  } else if ((4 * U) % 16 == 0) {
+    m.tm = 16;
+    m.tn = 16;
+  } else if ((4 * U) % 8 == 0) {
+    m.tm = 8;
+    m.tn = 32;
+  } else {
+    m.why = "tensor-core products need 4 x units_per_cta (" + std::to_string(4 * U) +
+            ") to be a multiple of 8";
+  }
+  return m;
+}
 
 // What the planner needs to know about the device.
 struct DeviceLimits {
@@ -99,19 +157,27 @@ struct DeviceLimits {
 };
 
 // Byte offsets of the parts of one CTA's dynamic shared memory (each 16-byte
-// aligned).  `elem` = sizeof(scalar_t), `acc` = sizeof(accumulator type).
+// aligned; 128-byte with the tensor-core path).  `elem` = sizeof(scalar_t),
+// `acc` = sizeof(accumulator type).  `product` is the tensor-core path's
+// partial-sum area (empty without it).
 struct SmemLayout {
-  int64_t weights = 0, bias = 0, cstate = 0, stage = 0, total = 0;
+  int64_t weights = 0, bias = 0, cstate = 0, stage = 0, product = 0, total = 0;
 };
 
 inline SmemLayout smem_layout(int64_t U, int64_t K, int64_t B, int64_t batch_chunk,
-                              int64_t elem, int64_t acc, bool backward = false) {
+                              int64_t elem, int64_t acc, bool backward = false,
+                              const MmaTiles& mma = MmaTiles(), int64_t H = 0) {
+  const int64_t a = mma.on() ? kMmaAlign : 16;
   SmemLayout s;
   s.weights = 0;
-  s.bias = align16((backward ? 1 : 4) * U * K * elem);
-  s.cstate = s.bias + align16(4 * U * acc);
-  s.stage = s.cstate + align16(U * B * acc);
-  s.total = s.stage + align16(batch_chunk * K * elem);
+  s.bias = align_to((backward ? 1 : 4) * U * K * elem, a);
+  s.cstate = s.bias + align_to(4 * U * acc, a);
+  s.stage = s.cstate + align_to(U * B * acc, a);
+  s.product = s.stage + align_to(mma.npad(batch_chunk) * K * elem, a);
+  s.total = s.product;
+  if (mma.on() && batch_chunk > 0) {
+    s.total += align_to(mma.ksplit(U, batch_chunk, H) * 4 * U * mma.npad(batch_chunk) * 4, a);
+  }
   return s;
 }
 
@@ -133,6 +199,9 @@ struct Plan {
   int64_t batch_chunk = 0;      // batch rows staged at once (<= rows_per_cta)
   int64_t threads = kThreads;
   SmemLayout smem;              // smem.total = dynamic shared memory per CTA
+  MmaTiles mma;                 // forward tensor-core tiles (mma.on()), when asked for
+  int64_t mma_ksplit = 1;       // K slices per tile (tensor-core path)
+  int64_t mma_npad = 0;         // staged rows the tensor-core path reads (bc rounded up)
 
   // The layer of CTA c, its units [j0, j1) and its batch rows [b0, b1) (may
   // be empty when S does not divide B).  Within a layer, CTA c is unit block
@@ -157,7 +226,8 @@ struct Plan {
 
 // The plan for one batch split S (see plan_lstm).
 inline Plan plan_lstm_split(int64_t H, int64_t L, int64_t B, int64_t elem, int64_t acc,
-                            const DeviceLimits& d, bool backward, int64_t S) {
+                            const DeviceLimits& d, bool backward, int64_t S,
+                            bool mma = false) {
   Plan p;
   p.backward = backward;
   p.H = H;
@@ -210,14 +280,16 @@ inline Plan plan_lstm_split(int64_t H, int64_t L, int64_t B, int64_t elem, int64
   p.units_per_cta = U;
   p.ctas_per_layer = ceil_div(H, U);
   p.num_ctas = L * p.ctas_per_layer * S;
+  if (mma && !backward) p.mma = mma_tiles(U, H, elem);
+  const MmaTiles& mt = p.mma;
 
   // The largest batch chunk whose layout fits one CTA per SM.
   const int64_t limit_block = d.smem_per_block;
   const int64_t limit_sm = d.smem_per_sm - kReservedSmemPerCta;
   const int64_t limit = limit_block < limit_sm ? limit_block : limit_sm;
-  const SmemLayout base = smem_layout(U, p.K, B, 0, elem, acc, backward);
-  if (base.total + align16(p.K * elem) > limit) {
-    p.smem = smem_layout(U, p.K, B, 1, elem, acc, backward);
+  const SmemLayout base = smem_layout(U, p.K, B, 0, elem, acc, backward, mt, H);
+  if (smem_layout(U, p.K, B, 1, elem, acc, backward, mt, H).total > limit) {
+    p.smem = smem_layout(U, p.K, B, 1, elem, acc, backward, mt, H);
     p.why = "its resident weights and state need " + std::to_string(p.smem.total) +
             " bytes of shared memory per CTA (" + std::to_string(U) + " units of " +
             std::to_string(L) + " layer(s) on each of " + std::to_string(p.num_ctas) +
@@ -226,9 +298,11 @@ inline Plan plan_lstm_split(int64_t H, int64_t L, int64_t B, int64_t elem, int64
   }
   int64_t bc = (limit - base.total) / (p.K * elem);  // align16 may need a little more
   if (bc > p.rows_per_cta) bc = p.rows_per_cta;
-  while (bc > 1 && smem_layout(U, p.K, B, bc, elem, acc, backward).total > limit) --bc;
+  while (bc > 1 && smem_layout(U, p.K, B, bc, elem, acc, backward, mt, H).total > limit) --bc;
   p.batch_chunk = bc;
-  p.smem = smem_layout(U, p.K, B, bc, elem, acc, backward);
+  p.smem = smem_layout(U, p.K, B, bc, elem, acc, backward, mt, H);
+  p.mma_ksplit = mt.ksplit(U, bc, H);
+  p.mma_npad = mt.npad(bc);
   p.fits = true;
 
   if (B > kAutoMaxBatch) {
@@ -252,11 +326,26 @@ inline Plan plan_lstm_split(int64_t H, int64_t L, int64_t B, int64_t elem, int64
 // fit whole: S = 2, 4, ... CTAs then share each unit block, each staging only
 // its ceil(B / S) rows (with S times the units, so the same SMs), and the
 // first S whose rows fit in one chunk is taken; without one, the unsplit plan.
+//
+// `mma` (forward only; EXPERIMENTAL, see "tensor-core forward products"
+// above) plans the tensor-core path where its tiles allow (plan.mma.on(); else
+// plan.mma.why says why not and the plan is the FMA one).
 inline Plan plan_lstm(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem, int64_t acc,
                       const DeviceLimits& d, bool backward = false,
-                      int64_t max_batch_split = 1) {
+                      int64_t max_batch_split = 1, bool mma = false) {
   (void)I;
-  const Plan whole = plan_lstm_split(H, L, B, elem, acc, d, backward, 1);
+  if (mma && !backward) {
+    // The tensor-core path only where it costs no staging: the FMA plan when
+    // its extra areas would leave a smaller batch chunk (or none).
+    Plan with = plan_lstm_split(H, L, B, elem, acc, d, false, 1, true);
+    if (!with.mma.on()) return with;  // why not is in with.mma.why
+    Plan without = plan_lstm_split(H, L, B, elem, acc, d, false, 1, false);
+    if (with.fits && with.batch_chunk == without.batch_chunk) return with;
+    without.mma.why = "the tensor-core path's padded staging and partial sums do not fit in "
+                      "shared memory beside the FMA plan's batch chunk";
+    return without;
+  }
+  const Plan whole = plan_lstm_split(H, L, B, elem, acc, d, backward, 1, mma);
   if (!backward || max_batch_split <= 1 || !whole.fits || whole.batch_chunk >= B) return whole;
   for (int64_t S = 2; S <= max_batch_split && S <= B; S *= 2) {
     const Plan split = plan_lstm_split(H, L, B, elem, acc, d, backward, S);
