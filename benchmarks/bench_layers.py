@@ -24,7 +24,7 @@ choice; sizes the persistent kernel does not fit are skipped with the reason),
 fusedrnn-persistent-split and fusedrnn-persistent-mma (only when named: the
 persistent tier with the experimental backward batch split,
 FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT=1, or with the experimental tensor-core
-forward for bfloat16/float16, persistent_mma "on"),
+products for bfloat16/float16, persistent_mma "on"),
 fusedrnn-per-step and fusedrnn-graph (CUDA only: the general tier's step
 kernels launched one by one from the host, or replayed from a captured CUDA
 graph), fusedrnn-packed and torch-packed (the same batch as a PackedSequence with
@@ -477,15 +477,15 @@ class SplitBackwardImpl(CudaTierImpl):
 
 
 class MmaImpl(CudaTierImpl):
-    """The persistent tier with its EXPERIMENTAL tensor-core forward products
-    (fusedrnn.set_option("persistent_mma", "on"); bfloat16/float16 where the
-    tiles fit, else the FMA forward).  Only when named in --impls."""
+    """The persistent tier with its EXPERIMENTAL tensor-core products, forward
+    and backward (fusedrnn.set_option("persistent_mma", "on"); bfloat16/float16
+    where the tiles fit, else the FMA kernels).  Only when named in --impls."""
     in_default = False
 
     def __init__(self):
         super().__init__("persistent")
         self.name = "fusedrnn-persistent-mma"
-        self.label = "fusedrnn.{Cell} (persistent tier, tensor-core forward)"
+        self.label = "fusedrnn.{Cell} (persistent tier, tensor cores)"
 
     def applicable(self, ctx):
         why = super().applicable(ctx)

@@ -67,7 +67,8 @@ static PyObject* get_option(PyObject*, PyObject* args) {
 // persistent LSTM tier's plan (csrc/cuda/persistent_plan.h) of its forward (or
 // backward) kernel for these sizes on a device with these limits, and the tier
 // `option` (0 auto, 1 general, 2 persistent) would pick; `mma` asks for the
-// forward's tensor-core tiles.
+// tensor-core tiles ("mma_product": the partial-sum area's rows per K slice
+// and row length).
 // Plain host code, so the CPU tests can check the planner without a GPU.
 static PyObject* persistent_plan(PyObject*, PyObject* args) {
   long long H, I, L, B, elem, smem_sm, smem_block, regs_sm, sms, T = 1, option = 0, bwd = 0,
@@ -121,11 +122,11 @@ static PyObject* persistent_plan(PyObject*, PyObject* args) {
   // The shared-memory areas' offsets and the tensor-core path's tiles.
   const auto& m = p.smem;
   PyObject* extra = Py_BuildValue(
-      "{s:(LLLLL),s:O,s:(LL),s:L,s:L,s:s}", "smem_offsets", (long long)m.weights,
+      "{s:(LLLLL),s:O,s:(LL),s:L,s:(LL),s:s}", "smem_offsets", (long long)m.weights,
       (long long)m.bias, (long long)m.cstate, (long long)m.stage, (long long)m.product, "mma",
       p.mma.on() ? Py_True : Py_False, "mma_tile", (long long)p.mma.tm, (long long)p.mma.tn,
-      "mma_ksplit", (long long)p.mma_ksplit, "mma_rows", (long long)p.mma_npad, "mma_why",
-      p.mma.why.c_str());
+      "mma_ksplit", (long long)p.mma_ksplit, "mma_product", (long long)p.mma_mpad,
+      (long long)p.mma_npad, "mma_why", p.mma.why.c_str());
   if (extra == nullptr || PyDict_Update(dict, extra) != 0) {
     Py_XDECREF(extra);
     Py_DECREF(dict);

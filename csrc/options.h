@@ -20,8 +20,9 @@ enum class Option : int {
   // graph_mode); per-step for GRU/RNN, whose graph mode has not run on a GPU
   // yet (gru_rnn_cuda.cu).
   kCudaStepLaunch = 1,
-  // Tensor-core (WMMA) products in the persistent tier's forward, for
-  // bfloat16/float16 where the tiles fit (csrc/cuda/persistent_plan.h): 0 auto
+  // Tensor-core (WMMA) products in the persistent tier's kernels (forward and
+  // backward), for bfloat16/float16 where the tiles fit
+  // (csrc/cuda/persistent_plan.h): 0 auto
   // (= off: EXPERIMENTAL, written without a GPU and not yet run on one), 1 off,
   // 2 on.
   kPersistentMma = 2,

@@ -38,9 +38,9 @@ _OPTIONS = {
     # every cell: measured faster than per-step launches on an H100), one
     # launch per step, or the step loop captured in a CUDA graph and replayed.
     "cuda_step_launch": ("auto", "per_step", "graph"),
-    # Tensor-core (WMMA) products in the persistent tier's forward for
-    # bfloat16/float16, where its tiles fit: EXPERIMENTAL, so auto means off
-    # (written without a GPU and not yet run on one).
+    # Tensor-core (WMMA) products in the persistent tier's kernels (forward
+    # and backward) for bfloat16/float16, where their tiles fit: EXPERIMENTAL,
+    # so auto means off (written without a GPU and not yet run on one).
     "persistent_mma": ("auto", "off", "on"),
 }
 
@@ -51,7 +51,7 @@ def set_option(name: str, value: str) -> None:
     Options: ``cuda_tier`` in ("auto", "general", "persistent"),
     ``cuda_step_launch`` in ("auto", "per_step", "graph") and
     ``persistent_mma`` in ("auto", "off", "on") (experimental tensor-core
-    products in the persistent forward; auto = off).  Meant for tests and
+    products in the persistent kernels; auto = off).  Meant for tests and
     benchmarks that compare implementations; "auto" is the default."""
     if name not in _OPTIONS:
         raise ValueError(f"fusedrnn.set_option: unknown option {name!r}; "

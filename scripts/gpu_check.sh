@@ -14,7 +14,7 @@
 #   $OUT/bench.log   python benchmarks/bench_layers.py --device cuda --out $OUT/results
 #   $OUT/bench_split.log  the persistent backward with and without its batch
 #                    split (fusedrnn-persistent-split), results in $OUT/results_split
-#   $OUT/bench_mma.log  bfloat16 persistent forward with and without the
+#   $OUT/bench_mma.log  bfloat16 persistent tier with and without the
 #                    tensor-core products (fusedrnn-persistent-mma), $OUT/results_mma
 #   $OUT/train.log   benchmarks/train_time_machine.py --device cuda --compare
 #                    (results/train_time_machine_cuda.json)
@@ -27,7 +27,7 @@
 # (Nsight Compute reports of one D2L forward per tier, scripts/profile_step.py),
 # SPLIT=0 / MMA=0 / TRAIN=0 (skip those steps), TRAIN_ARGS, BUILD_TIMEOUT /
 # SMOKE_TIMEOUT / TEST_TIMEOUT / BENCH_TIMEOUT / SPLIT_TIMEOUT / MMA_TIMEOUT /
-# TRAIN_TIMEOUT in seconds (150 / 45 / 200 / 170 / 60 / 60 / 120; a whole run
+# TRAIN_TIMEOUT in seconds (150 / 45 / 200 / 170 / 60 / 90 / 120; a whole run
 # took about 360 s before the last three steps were added, so a call with
 # everything on may need the device tool's full 600 s: set some to 0 then),
 # so that a hung step still leaves the logs of the others behind.
@@ -209,15 +209,16 @@ if [ "${SPLIT:-1}" = 1 ] && [ "$SKIP_PERSISTENT" = 0 ]; then
     --impls fusedrnn-persistent,fusedrnn-persistent-split
 fi
 
-# ------------------------------------------- tensor-core forward A/B (bf16) --
-# The persistent forward with and without its experimental tensor-core
-# products (persistent_mma "on"), bfloat16, side by side in one process; its
+# ------------------------------------------------- tensor-core A/B (bf16) --
+# The persistent tier with and without its experimental tensor-core products
+# (persistent_mma "on"), bfloat16, forward and forward+backward, side by side
+# in one process; its
 # correctness tests are in tests/test_cuda_persistent.py (test_mma_*).
 # MMA=0 skips it.
 if [ "${MMA:-1}" = 1 ] && [ "$SKIP_PERSISTENT" = 0 ]; then
-  run_logged mma "$OUT/bench_mma.log" "${MMA_TIMEOUT:-60}" \
+  run_logged mma "$OUT/bench_mma.log" "${MMA_TIMEOUT:-90}" \
     python benchmarks/bench_layers.py --device cuda --dtype bfloat16 --out "$OUT/results_mma" \
-    --configs small-batch,d2l-L1,d2l,d2l-L8 --cells lstm --modes fwd --no-reference \
+    --configs small-batch,d2l-L1,d2l,d2l-L8 --cells lstm --no-reference \
     --impls fusedrnn-persistent,fusedrnn-persistent-mma
 fi
 

@@ -20,10 +20,10 @@ What is checked:
 * forcing the persistent tier on sizes that do not fit, or on proj_size,
   raises a clear error; float64 gradcheck through the persistent tier;
 * the bench-only op fusedrnn::wavefront_floor runs;
-* the EXPERIMENTAL tensor-core forward (persistent_mma "on", bfloat16 and
-  float16, both tile shapes, padded batch columns, K slices): outputs, states,
-  saved activations and gradients against the FMA forward and the float64
-  reference, determinism, inference equal to training.
+* the EXPERIMENTAL tensor-core products (persistent_mma "on", bfloat16 and
+  float16, forward and backward, every tile shape, padded rows, K slices):
+  outputs, states, saved activations and gradients against the FMA kernels
+  and the float64 reference, determinism, inference equal to training.
 """
 import contextlib
 
@@ -393,7 +393,7 @@ def test_wavefront_floor_op():
     assert 0.0 < ms < 1000.0
 
 
-# -------------------------------------- tensor-core forward (EXPERIMENTAL) --
+# ------------------------------------------- tensor cores (EXPERIMENTAL) --
 
 F16 = torch.float16
 TOL_MMA = {BF16: 3e-2, F16: 1e-2}
@@ -410,25 +410,30 @@ def mma(value):
 
 
 # (L, I, H, T, B, bias), chosen so that the tiles fit on an H100/H200 (132 SMs):
-# 16x16 tiles with 4 K slices (D2L), 8x32 tiles (U = 2), B = 33 (two column
-# tiles, padded), 16x16 with 2 slices, and L = 8 (4U = 128, one slice).
+# forward 16x16 tiles with 4 K slices (D2L), 8x32 tiles (U = 2), B = 33 (two
+# column tiles, padded), 16x16 with 2 slices, L = 8 (4U = 128, one slice);
+# backward 32x8 tiles (U <= 8, units padded) and 16x16 (U = 16 at H = 512,
+# L = 4 and 8); H = 100: the forward keeps its FMA products (H is not a
+# multiple of 16), the backward takes tensor cores.
 SHAPES_MMA = [(2, 28, 256, 8, 32, True), (1, 8, 256, 5, 8, True), (2, 6, 128, 6, 33, True),
-              (4, 16, 512, 4, 8, False), (8, 5, 512, 3, 3, True)]
+              (4, 16, 512, 4, 8, False), (8, 5, 512, 3, 3, True), (2, 5, 100, 4, 6, True)]
 
 
 def _need_mma(H, L, B, dtype, T):
     _need_fit(H, L, B, dtype, T)
     if torch.cuda.get_device_capability(CUDA)[0] < 8:
         pytest.skip("tensor-core (WMMA bfloat16/float16) products need compute capability 8.0+")
-    p = device_plan(H, L, B, dtype, T, mma=True)
-    if not p["mma"]:
-        pytest.skip(f"the tensor-core tiles do not fit this plan on this device: {p['mma_why']}")
-    return p
+    fwd = device_plan(H, L, B, dtype, T, mma=True)
+    bwd = device_plan(H, L, B, dtype, T, backward=True, mma=True)
+    if not (fwd["mma"] or bwd["mma"]):
+        pytest.skip("the tensor-core tiles do not fit these plans on this device: "
+                    f"{fwd['mma_why']}; {bwd['mma_why']}")
+    return fwd
 
 
 @pytest.mark.parametrize("dtype", [BF16, F16], ids=["bfloat16", "float16"])
 @pytest.mark.parametrize("L,I,H,T,B,bias", SHAPES_MMA, ids=_ids(SHAPES_MMA))
-def test_mma_forward_matches_fma_and_reference(L, I, H, T, B, bias, dtype):
+def test_mma_matches_fma_and_reference(L, I, H, T, B, bias, dtype):
     _need_mma(H, L, B, dtype, T)
     w = _weights(I, H, L, bias, dtype)
     x, h0, c0 = lstm_inputs(I, H, L, T, B, dtype)
@@ -437,9 +442,28 @@ def test_mma_forward_matches_fma_and_reference(L, I, H, T, B, bias, dtype):
             got = _run_ops(w, x, h0, c0, bias)
         with mma("off"):
             fma = _run_ops(w, x, h0, c0, bias)
-    _assert_same(got, fma, TOL_MMA[dtype], "tensor-core vs FMA forward")
+    _assert_same(got, fma, TOL_MMA[dtype], "tensor-core vs FMA kernels")
     _assert_same(got, _run_reference(w, x, h0, c0, L, bias), TOL_MMA[dtype],
-                 "tensor-core forward vs float64 reference")
+                 "tensor-core kernels vs float64 reference")
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bfloat16", "float16"])
+def test_mma_backward_op_matches_fma_and_is_deterministic(dtype):
+    L, I, H, T, B = 2, 6, 128, 5, 33
+    _need_mma(H, L, B, dtype, T)
+    args = _backward_op_args(L, I, H, T, B, dtype, seed=11)
+    op = torch.ops.fusedrnn.lstm_backward
+    with tier("persistent"):
+        with mma("on"):
+            a = op(*args)
+            b = op(*args)
+        with mma("off"):
+            f = op(*args)
+    flat = lambda r: [r[0], r[1], r[2], *r[3]]  # noqa: E731
+    for u, v in zip(flat(a), flat(b)):
+        assert torch.equal(u, v), "tensor-core backward not deterministic"
+    for k, (u, v) in enumerate(zip(flat(a), flat(f))):
+        assert_close_scaled(u, v, TOL_MMA[dtype], f"backward result {k}, tensor-core vs FMA")
 
 
 @pytest.mark.parametrize("dtype", [BF16, F16], ids=["bfloat16", "float16"])

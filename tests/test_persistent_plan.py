@@ -233,7 +233,7 @@ def test_backward_batch_split_partition(H, L, B):
         assert p["batch_chunk"] >= p["rows_per_cta"]
 
 
-# ------------------------------------------- tensor-core forward tiles --
+# ----------------------------------------------------- tensor-core tiles --
 # (EXPERIMENTAL path, option persistent_mma; the planner's part runs here.)
 
 def mma_plan(H, L, B, elem=BF16, dev=H100, backward=False):
@@ -241,45 +241,65 @@ def mma_plan(H, L, B, elem=BF16, dev=H100, backward=False):
     return fusedrnn._C.persistent_plan(H, H, L, B, elem, *dev, 16, 0, int(backward), 1, 1)
 
 
-@pytest.mark.parametrize("H,L,B", [(256, 2, 32), (256, 1, 8), (512, 4, 8), (256, 8, 32),
-                                   (128, 2, 1), (64, 3, 5), (1024, 1, 16), (256, 2, 33)])
-def test_mma_tiles_and_layout(H, L, B):
-    p = mma_plan(H, L, B)
+MMA_SIZES = [(256, 2, 32), (256, 1, 8), (512, 4, 8), (256, 8, 32), (128, 2, 1), (64, 3, 5),
+             (1024, 1, 16), (256, 2, 33), (96, 2, 7)]
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+@pytest.mark.parametrize("H,L,B", MMA_SIZES)
+def test_mma_tiles_and_layout(H, L, B, backward):
+    p = mma_plan(H, L, B, backward=backward)
     if not p["fits"]:
         pytest.skip(f"does not fit at all: {p['why']}")
     U, K, bc = p["units_per_cta"], p["K"], p["batch_chunk"]
-    rows = 4 * U
-    if rows % 16 == 0:
-        assert p["mma"] and p["mma_tile"] == (16, 16), p
-    elif rows % 8 == 0:
-        assert p["mma"] and p["mma_tile"] == (8, 32), p
-    else:
-        assert not p["mma"] and "multiple of 8" in p["mma_why"], p
+    if not p["mma"]:
+        assert p["mma_why"], p
         return
     tm, tn = p["mma_tile"]
-    npad = p["mma_rows"]
-    assert npad % tn == 0 and bc <= npad < bc + tn
-    # every warp item is a (tile, K slice); at most one per warp, and every
-    # slice of layer 0's K = H has at least one 16-deep step
-    tiles = (rows // tm) * (npad // tn)
+    mpad, npad = p["mma_product"]
+    if backward:
+        # M = staged batch rows, N = units
+        assert (tm, tn) == ((32, 8) if U <= 8 else (16, 16))
+        stage_rows, weight_rows = mpad, npad
+        assert mpad % tm == 0 and bc <= mpad < bc + tm
+        assert npad % tn == 0 and U <= npad < U + tn
+        shortest_k = 4 * H      # the layer above's dG alone, at the last step
+    else:
+        # M = the 4U gate rows, N = staged batch rows
+        rows = 4 * U
+        assert (tm, tn) == ((16, 16) if rows % 16 == 0 else (8, 32))
+        assert mpad == rows
+        stage_rows, weight_rows = npad, rows
+        assert npad % tn == 0 and bc <= npad < bc + tn
+        shortest_k = H          # layer 0
+    tiles = (mpad // tm) * (npad // tn)
     ks = p["mma_ksplit"]
-    assert 1 <= ks <= H // 16 and (tiles * ks <= 8 or ks == 1)
-    if tiles < 8 and H // 16 >= 8 // tiles:
+    assert 1 <= ks <= shortest_k // 16 and (tiles * ks <= 8 or ks == 1)
+    if tiles < 8 and shortest_k // 16 >= 8 // tiles:
         assert ks == 8 // tiles  # small products still use every warp
     # areas 128-byte aligned, in order, large enough, within the device limit
     w, b, c, st, pr = p["smem_offsets"]
+    acc = 4
     assert all(o % 128 == 0 for o in (w, b, c, st, pr))
-    assert w == 0 and b >= rows * K * BF16 and c - b >= rows * 4 and st - c >= U * B * 4
-    assert pr - st >= npad * K * BF16          # the padded stage
-    assert p["smem_bytes"] - pr >= ks * rows * npad * 4   # the partial sums
+    assert w == 0 and b >= weight_rows * K * BF16 and c - b >= 4 * U * acc
+    assert st - c >= U * B * acc
+    assert pr - st >= stage_rows * K * BF16               # the padded stage
+    assert p["smem_bytes"] - pr >= ks * mpad * npad * 4   # the partial sums
     assert p["smem_bytes"] <= H100[1] and p["smem_bytes"] + RESERVED <= H100[0]
+    # never fewer staged rows than the FMA plan
+    q = plan(H, L, B, elem=BF16, backward=backward)
+    assert bc == q["batch_chunk"] and p["num_ctas"] == q["num_ctas"]
 
 
 def test_mma_d2l_bfloat16():
     p = mma_plan(256, 2, 32)
     assert p["mma"] and p["mma_tile"] == (16, 16)
-    assert p["units_per_cta"] == 4 and p["batch_chunk"] == 32 and p["mma_rows"] == 32
+    assert p["units_per_cta"] == 4 and p["batch_chunk"] == 32
     assert p["mma_ksplit"] == 4          # 1 x 2 tiles, 4 K slices: 8 warps
+    assert p["mma_product"] == (16, 32)
+    b = mma_plan(256, 2, 32, backward=True)
+    assert b["mma"] and b["mma_tile"] == (32, 8) and b["mma_product"] == (32, 8)
+    assert b["mma_ksplit"] == 8          # one 32 x 8 tile (4 units padded to 8), 8 K slices
     # the same CTAs as without tensor cores
     q = plan(256, 2, 32, elem=BF16)
     assert (p["num_ctas"], p["units_per_cta"]) == (q["num_ctas"], q["units_per_cta"])
@@ -295,19 +315,21 @@ def test_mma_refusals_keep_the_fma_plan(elem, H, what):
     assert p["smem_bytes"] == q["smem_bytes"] and p["batch_chunk"] == q["batch_chunk"]
 
 
-def test_mma_is_forward_only():
-    p = mma_plan(256, 2, 32, backward=True)
-    q = plan(256, 2, 32, elem=BF16, backward=True)
-    assert not p["mma"] and p["smem_bytes"] == q["smem_bytes"]
+def test_mma_backward_needs_h_multiple_of_4():
+    p = mma_plan(30, 2, 8, backward=True)
+    assert not p["mma"] and "multiple of 4" in p["mma_why"]
+    assert mma_plan(28, 2, 8, backward=True)["mma"]
 
 
 def test_mma_never_costs_staging_rows():
     """Where the tensor-core areas would shrink the batch chunk (or not fit at
     all), the plan is the FMA one, with the reason."""
     seen_fallback = False
-    for H, L, B in [(1024, 1, 64), (768, 2, 64), (512, 2, 64), (1024, 2, 8), (256, 2, 32)]:
-        p = mma_plan(H, L, B)
-        q = plan(H, L, B, elem=BF16)
+    for H, L, B, bwd in [(1024, 1, 64, False), (768, 2, 64, False), (512, 2, 64, False),
+                         (1024, 2, 8, False), (256, 2, 32, False), (512, 2, 64, True),
+                         (1024, 1, 64, True)]:
+        p = mma_plan(H, L, B, backward=bwd)
+        q = plan(H, L, B, elem=BF16, backward=bwd)
         assert p["fits"] == q["fits"] and p["batch_chunk"] == q["batch_chunk"], (H, L, B)
         if not p["mma"] and "do not fit in shared memory" in p["mma_why"]:
             seen_fallback = True

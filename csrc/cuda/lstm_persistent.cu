@@ -307,8 +307,9 @@ struct FwdParams {
   int64_t off_bias, off_cstate, off_stage;  // byte offsets in dynamic smem
   // The tensor-core product (EXPERIMENTAL; persistent_plan.h): tile shape
   // mma_tm x mma_tn (mma_tm = 0: the FMA warp tasks), K slices per tile, the
-  // product area's row length (staged rows rounded up to mma_tn) and offset.
-  int mma_tm, mma_tn, mma_ksplit, mma_npad;
+  // product area's rows per slice (4U) and row length (staged rows rounded up
+  // to mma_tn), and its offset.
+  int mma_tm, mma_tn, mma_ksplit, mma_mpad, mma_npad;
   int64_t off_product;
 };
 
@@ -363,45 +364,64 @@ struct WmmaElem<c10::Half> {
 };
 
 // The tensor-core product of one staged chunk (EXPERIMENTAL, not yet run on
-// a GPU; persistent_plan.h, "tensor-core forward products"):
-//   Ps[ks][r][n] = sum over k in slice ks of Ws[r][k] * xs[n][k]
-// for the rows r < `rows` (= 4U, gate-major like Ws) and the staged rows
-// n < n_tiles * TN, K / 16 steps of 16 split into `ksplit` slices.  Ws is
-// row-major with row stride K (the A operand); xs, row-major [n][k] with row
-// stride K, is the column-major B operand.  Each warp takes whole (tile,
-// slice) items, so no two warps write the same partial sums.
+// a GPU; persistent_plan.h, "tensor-core products"):
+//   Ps[ks][m][n] = sum over k in slice ks of A[m][k] * Bop[n][k]
+// over m_tiles x n_tiles output tiles of TM x TN, K / 16 steps of 16 split
+// into `ksplit` slices; A and Bop are row-major with row stride `ld` (Bop is
+// read as the column-major K x N operand), Ps has `mrows` rows per slice of
+// `ldp` floats.  Each warp takes whole (tile, slice) items, so no two warps
+// write the same partial sums.  Forward: A = the resident gate rows, Bop =
+// the staged rows; backward: A = the staged dG rows, Bop = the resident
+// weight columns.
 template <typename scalar_t, int TM, int TN>
-__device__ __forceinline__ void mma_partial_products(const scalar_t* Ws, const scalar_t* xs,
-                                                     int K, int rows, int n_tiles, int npad,
-                                                     int ksplit, float* Ps, int warp) {
+__device__ __forceinline__ void mma_partial_products(const scalar_t* A, const scalar_t* Bop,
+                                                     int K, int ld, int m_tiles, int n_tiles,
+                                                     int mrows, int ldp, int ksplit, float* Ps,
+                                                     int warp) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using E = typename WmmaElem<scalar_t>::type;
   namespace w = nvcuda::wmma;
-  const int m_tiles = rows / TM;
   const int ksteps = K / 16;
   const int items = m_tiles * n_tiles * ksplit;
   for (int item = warp; item < items; item += kWarps) {  // warp-uniform
     const int ks = item % ksplit, tile = item / ksplit;
     const int tm = tile / n_tiles, tn = tile % n_tiles;
     const int k0 = ks * ksteps / ksplit, k1 = (ks + 1) * ksteps / ksplit;
-    const E* a = reinterpret_cast<const E*>(Ws) + static_cast<int64_t>(tm) * TM * K;
-    const E* bm = reinterpret_cast<const E*>(xs) + static_cast<int64_t>(tn) * TN * K;
+    const E* a = reinterpret_cast<const E*>(A) + static_cast<int64_t>(tm) * TM * ld;
+    const E* bm = reinterpret_cast<const E*>(Bop) + static_cast<int64_t>(tn) * TN * ld;
     w::fragment<w::accumulator, TM, TN, 16, float> acc;
     w::fill_fragment(acc, 0.0f);
     for (int kk = k0; kk < k1; ++kk) {
       w::fragment<w::matrix_a, TM, TN, 16, E, w::row_major> fa;
       w::fragment<w::matrix_b, TM, TN, 16, E, w::col_major> fb;
-      w::load_matrix_sync(fa, a + kk * 16, K);
-      w::load_matrix_sync(fb, bm + kk * 16, K);
+      w::load_matrix_sync(fa, a + kk * 16, ld);
+      w::load_matrix_sync(fb, bm + kk * 16, ld);
       w::mma_sync(acc, fa, fb, acc);
     }
-    w::store_matrix_sync(Ps + (static_cast<int64_t>(ks) * rows + tm * TM) * npad + tn * TN, acc,
-                         npad, w::mem_row_major);
+    w::store_matrix_sync(Ps + (static_cast<int64_t>(ks) * mrows + tm * TM) * ldp + tn * TN, acc,
+                         ldp, w::mem_row_major);
   }
 #else
   // The host takes this path only on devices of compute capability >= 8.0.
   __trap();
 #endif
+}
+
+// The tile shapes the planner picks, as one call: (16, 16), (8, 32), (32, 8).
+template <typename scalar_t>
+__device__ __forceinline__ void mma_products(int tm, const scalar_t* A, const scalar_t* Bop,
+                                             int K, int ld, int m_tiles, int n_tiles, int mrows,
+                                             int ldp, int ksplit, float* Ps, int warp) {
+  if (tm == 16) {
+    mma_partial_products<scalar_t, 16, 16>(A, Bop, K, ld, m_tiles, n_tiles, mrows, ldp, ksplit,
+                                           Ps, warp);
+  } else if (tm == 8) {
+    mma_partial_products<scalar_t, 8, 32>(A, Bop, K, ld, m_tiles, n_tiles, mrows, ldp, ksplit,
+                                          Ps, warp);
+  } else {
+    mma_partial_products<scalar_t, 32, 8>(A, Bop, K, ld, m_tiles, n_tiles, mrows, ldp, ksplit,
+                                          Ps, warp);
+  }
 }
 
 template <typename scalar_t>
@@ -471,14 +491,9 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
 
         if constexpr (!std::is_void<typename WmmaElem<scalar_t>::type>::value) {
           if (p.mma_tm != 0) {  // the tensor-core product (uniform over the grid)
-            const int n_tiles = (bc + p.mma_tn - 1) / p.mma_tn;
-            if (p.mma_tm == 16) {
-              mma_partial_products<scalar_t, 16, 16>(Ws, xs, K, 4 * U, n_tiles, p.mma_npad,
-                                                     p.mma_ksplit, Ps, warp);
-            } else {
-              mma_partial_products<scalar_t, 8, 32>(Ws, xs, K, 4 * U, n_tiles, p.mma_npad,
-                                                    p.mma_ksplit, Ps, warp);
-            }
+            mma_products<scalar_t>(p.mma_tm, Ws, xs, K, K, 4 * U / p.mma_tm,
+                                   (bc + p.mma_tn - 1) / p.mma_tn, p.mma_mpad, p.mma_npad,
+                                   p.mma_ksplit, Ps, warp);
             __syncthreads();
             // One (unit, batch row) per thread, units fastest (coalesced writes).
             for (int idx = tid; idx < nu * bc; idx += kThreads) {
@@ -490,7 +505,7 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
                 pre[q] = bs[q * U + jl];
                 if (layer == 0) pre[q] += static_cast<acc_t>(p.gx0[(t * B + b) * G4 + q * H + j]);
                 for (int ks = 0; ks < p.mma_ksplit; ++ks)
-                  pre[q] += Ps[(static_cast<int64_t>(ks) * 4 * U + q * U + jl) * p.mma_npad + bl];
+                  pre[q] += Ps[(static_cast<int64_t>(ks) * p.mma_mpad + q * U + jl) * p.mma_npad + bl];
               }
               fwd_cell_epilogue<scalar_t, acc_t>(p, layer, t, b, j, pre,
                                                  cs[static_cast<int64_t>(jl) * B + b], h_out,
@@ -589,7 +604,39 @@ struct BwdParams {
   int64_t off_cstate, off_stage;     // byte offsets in dynamic smem
   int64_t batch_split;               // S (Plan::batch_split): CTAs per unit block
   int64_t rows_per_cta;              // ceil(B / S)
+  // The tensor-core product (EXPERIMENTAL), as FwdParams': rows per slice =
+  // staged rows rounded up to mma_tm, row length = units rounded up to mma_tn.
+  int mma_tm, mma_tn, mma_ksplit, mma_mpad, mma_npad;
+  int64_t off_product;
 };
+
+// The backward's per-(unit, batch row) epilogue, shared by the FMA and the
+// tensor-core products: dh from the product `prod` plus the incoming
+// gradients, the cell backward, dG into dG_out, the new dc into `dc`
+// (shared memory) and, at t = 0, grad_cx.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void bwd_cell_epilogue(const BwdParams<scalar_t>& p, int64_t layer,
+                                                  int64_t t, int64_t b, int64_t j, acc_t prod,
+                                                  acc_t& dc, const scalar_t* gates_t,
+                                                  const scalar_t* c_t, const scalar_t* c_prev,
+                                                  scalar_t* dG_out) {
+  const int64_t B = p.B, H = p.H, G4 = 4 * H;
+  const int64_t bj = b * H + j;
+  acc_t dh = prod;
+  if (layer == p.L - 1) dh += static_cast<acc_t>(p.grad_output[t * B * H + bj]);
+  if (t == p.T - 1) dh += static_cast<acc_t>(p.grad_hy[layer * B * H + bj]);
+  const scalar_t* g = gates_t + b * G4 + j;
+  const LstmBwdOut<acc_t> o = lstm_cell_backward<acc_t>(
+      dh, dc, static_cast<acc_t>(g[0]), static_cast<acc_t>(g[H]), static_cast<acc_t>(g[2 * H]),
+      static_cast<acc_t>(g[3 * H]), static_cast<acc_t>(c_prev[bj]), static_cast<acc_t>(c_t[bj]));
+  scalar_t* d = dG_out + b * G4 + j;
+  d[0] = static_cast<scalar_t>(o.di);
+  d[H] = static_cast<scalar_t>(o.df);
+  d[2 * H] = static_cast<scalar_t>(o.dg);
+  d[3 * H] = static_cast<scalar_t>(o.do_);
+  dc = o.dc_prev;
+  if (t == 0) p.grad_cx[layer * B * H + bj] = static_cast<scalar_t>(o.dc_prev);
+}
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads, 1)
@@ -599,6 +646,7 @@ lstm_persistent_bwd_kernel(const __grid_constant__ BwdParams<scalar_t> p) {
   scalar_t* Wc = reinterpret_cast<scalar_t*>(smem);                 // [U][K]
   acc_t* dcs = reinterpret_cast<acc_t*>(smem + p.off_cstate);        // [U][B]
   scalar_t* xs = reinterpret_cast<scalar_t*>(smem + p.off_stage);    // [batch_chunk][K]
+  float* Ps = reinterpret_cast<float*>(smem + p.off_product);        // [ksplit][mpad][npad]
 
   const int tid = threadIdx.x;
   const int warp = tid / 32, lane = tid % 32;
@@ -653,6 +701,29 @@ lstm_persistent_bwd_kernel(const __grid_constant__ BwdParams<scalar_t> p) {
         stage_rows<scalar_t>(xs, K, bc, Kt, Kx, dG_up, dG_next, b0, G4);
         __syncthreads();
 
+        if constexpr (!std::is_void<typename WmmaElem<scalar_t>::type>::value) {
+          if (p.mma_tm != 0) {  // the tensor-core product (uniform over the grid)
+            // Kt = 0 (the top layer's last step) has no product: the slices
+            // then store zeros.
+            mma_products<scalar_t>(p.mma_tm, xs, Wc, Kt, K, (bc + p.mma_tm - 1) / p.mma_tm,
+                                   p.mma_npad / p.mma_tn, p.mma_mpad, p.mma_npad,
+                                   p.mma_ksplit, Ps, warp);
+            __syncthreads();
+            // One (unit, batch row) per thread, units fastest (coalesced writes).
+            for (int idx = tid; idx < nu * bc; idx += kThreads) {
+              const int jl = idx % nu, bl = idx / nu;
+              acc_t prod = acc_t(0);
+              for (int ks = 0; ks < p.mma_ksplit; ++ks)
+                prod += Ps[(static_cast<int64_t>(ks) * p.mma_mpad + bl) * p.mma_npad + jl];
+              bwd_cell_epilogue<scalar_t, acc_t>(p, layer, t, b0 + bl, j0 + jl, prod,
+                                                 dcs[static_cast<int64_t>(jl) * B + b0 + bl],
+                                                 gates_t, c_t, c_prev, dG_out);
+            }
+            __syncthreads();  // the stage and the product area are rewritten next
+            continue;         // next batch chunk
+          }
+        }
+
         // Tasks: (kBwdTaskUnits units from jq, kBwdTaskRows rows from bb),
         // one warp each; units and rows past the end repeat the last one
         // (results unused).
@@ -689,24 +760,9 @@ lstm_persistent_bwd_kernel(const __grid_constant__ BwdParams<scalar_t> p) {
             const int jl = jq + i / R, r = i % R;
             if (lane % (32 / N) != 0 || jl >= nu || bb + r >= bc) continue;  // next task
             const int64_t b = b0 + bb + r;
-            const int64_t j = j0 + jl;
-            const int64_t bj = b * H + j;
-            acc_t dh = mine;
-            if (top) dh += static_cast<acc_t>(p.grad_output[t * B * H + bj]);
-            if (last_t) dh += static_cast<acc_t>(p.grad_hy[layer * B * H + bj]);
-            const scalar_t* g = gates_t + b * G4 + j;
-            acc_t& dc = dcs[static_cast<int64_t>(jl) * B + b];
-            const LstmBwdOut<acc_t> o = lstm_cell_backward<acc_t>(
-                dh, dc, static_cast<acc_t>(g[0]), static_cast<acc_t>(g[H]),
-                static_cast<acc_t>(g[2 * H]), static_cast<acc_t>(g[3 * H]),
-                static_cast<acc_t>(c_prev[bj]), static_cast<acc_t>(c_t[bj]));
-            scalar_t* d = dG_out + b * G4 + j;
-            d[0] = static_cast<scalar_t>(o.di);
-            d[H] = static_cast<scalar_t>(o.df);
-            d[2 * H] = static_cast<scalar_t>(o.dg);
-            d[3 * H] = static_cast<scalar_t>(o.do_);
-            dc = o.dc_prev;
-            if (t == 0) p.grad_cx[layer * B * H + bj] = static_cast<scalar_t>(o.dc_prev);
+            bwd_cell_epilogue<scalar_t, acc_t>(p, layer, t, b, j0 + jl, mine,
+                                               dcs[static_cast<int64_t>(jl) * B + b], gates_t,
+                                               c_t, c_prev, dG_out);
           }
         }
         __syncthreads();  // the stage is rewritten next
@@ -825,6 +881,12 @@ void fill_common_params(Params<scalar_t>& p, const Plan& plan, const std::vector
   p.batch_chunk = plan.batch_chunk;
   p.off_cstate = plan.smem.cstate;
   p.off_stage = plan.smem.stage;
+  p.mma_tm = static_cast<int>(plan.mma.tm);  // 0 unless asked for and the tiles fit
+  p.mma_tn = static_cast<int>(plan.mma.tn);
+  p.mma_ksplit = static_cast<int>(plan.mma_ksplit);
+  p.mma_mpad = static_cast<int>(plan.mma_mpad);
+  p.mma_npad = static_cast<int>(plan.mma_npad);
+  p.off_product = plan.smem.product;
 }
 
 // One cooperative launch of `kernel` on the planned grid, Params by value.
@@ -871,7 +933,7 @@ std::optional<Plan> select_persistent_plan(const LstmSizes& s, const Tensor& inp
   const Plan plan = persistent::plan_lstm(s.H, s.I, s.L, s.B, elem_size(dt), acc_size(dt),
                                           device_limits(), /*backward=*/kBackward,
                                           kBackward ? backward_batch_split() : 1,
-                                          /*mma=*/!kBackward && mma_wanted());
+                                          /*mma=*/mma_wanted());
   const persistent::TierChoice choice =
       persistent::choose_tier(option, unsupported.empty(), unsupported, plan, s.T + s.L - 1, s.L,
                               get_option(Option::kCudaStepLaunch) != 0);
@@ -966,11 +1028,6 @@ std::optional<LstmForwardResult> persistent_lstm_forward_if_selected(
     p.gates = train ? gates.data_ptr<scalar_t>() : nullptr;
     p.cells = train ? cells.data_ptr<scalar_t>() : nullptr;
     p.off_bias = plan.smem.bias;
-    p.mma_tm = static_cast<int>(plan.mma.tm);  // 0 unless asked for and the tiles fit
-    p.mma_tn = static_cast<int>(plan.mma.tn);
-    p.mma_ksplit = static_cast<int>(plan.mma_ksplit);
-    p.mma_npad = static_cast<int>(plan.mma_npad);
-    p.off_product = plan.smem.product;
     launch_cooperative(lstm_persistent_fwd_kernel<scalar_t>, plan, p, stream);
   });
   return LstmForwardResult{output, hy, cy, gates, cells, hiddens};

@@ -91,50 +91,77 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t align16(int64_t n) { return (n + 15) / 16 * 16; }
 inline int64_t align_to(int64_t n, int64_t a) { return (n + a - 1) / a * a; }
 
-// ------------------------------------------- tensor-core forward products --
+// ------------------------------------------------- tensor-core products --
 //
 // EXPERIMENTAL, off unless the option persistent_mma is "on"; written without
 // a GPU (2026-11-23, fourth session) and NOT yet run on one.  For bfloat16 and
-// float16 the forward kernel may compute a CTA's per-step product
-//   P[4U x bc] = Ws[4U x K] . xs[bc x K]^T
-// with WMMA tiles (tm x tn x 16, float accumulators) instead of its FMA warp
-// tasks: 16 x 16 tiles when 4U is a multiple of 16, 8 x 32 tiles when it is a
-// multiple of 8, none otherwise.  The kernel's 8 warps take the
-// (4U / tm) x (npad / tn) output tiles times `ksplit` slices of K (so that
-// small products still use every warp), each warp storing its tile's partial
-// sum into the product area, [ksplit][4U][npad] floats; the epilogue adds the
-// ksplit partials in a fixed order (deterministic).  The staging area holds
-// npad = bc rounded up to tn rows (the rows past bc are never used: each
-// output column depends on its own staged row only), and with the tensor-core
-// path every area starts at a multiple of 128 bytes (WMMA loads and stores
-// need 32-byte aligned pointers).
+// float16 a CTA's per-step product can run on WMMA tiles (tm x tn x 16, float
+// accumulators) instead of the FMA warp tasks.  In both directions it is
+//   P[M x N] = A[M x K] . Bop[N x K]^T   (A row-major, Bop read as the
+//                                         column-major K x N operand)
+//   forward:  A = the 4U resident gate rows (M = 4U), Bop = the bc staged rows
+//             (N = batch); 16 x 16 tiles when 4U is a multiple of 16, 8 x 32
+//             when it is a multiple of 8, none otherwise;
+//   backward: A = the bc staged dG rows (M = batch), Bop = the U resident
+//             weight columns (N = units); 32 x 8 tiles for U <= 8, else 16 x 16.
+// The kernel's 8 warps take (output tile, K slice) items, K split in `ksplit`
+// slices so that small products still use every warp; each warp stores its
+// partial sum into the product area, [ksplit][mpad][npad] floats, and the
+// epilogue adds the ksplit partials in a fixed order (deterministic).  The
+// areas are padded to whole tiles: the staging area to mpad or npad batch
+// rows, the backward's weight area to npad unit rows; what the padding rows
+// hold is never used (each output element depends on its own row and column
+// only).  Every area then starts at a multiple of 128 bytes (WMMA loads and
+// stores need 32-byte aligned pointers).
 constexpr int64_t kWarpsPerCta = kThreads / 32;
 constexpr int64_t kMmaK = 16;
 constexpr int64_t kMmaAlign = 128;
 
 struct MmaTiles {
-  int64_t tm = 0, tn = 0;  // tile rows (of 4U) and columns (batch rows); 0: no tensor cores
+  int64_t tm = 0, tn = 0;  // tile rows and columns; 0: no tensor cores
+  bool backward = false;
   std::string why;         // when tm == 0 although they were asked for: why not
   bool on() const { return tm > 0; }
-  int64_t npad(int64_t bc) const { return on() ? ceil_div(bc, tn) * tn : bc; }
-  // K slices per output tile, for bc staged rows and hidden size H: enough to
-  // give every warp work, at most H / 16 (layer 0's K is H).
+  // Staged rows the tiles read, for bc staged rows.
+  int64_t stage_rows(int64_t bc) const {
+    if (!on()) return bc;
+    return backward ? ceil_div(bc, tm) * tm : ceil_div(bc, tn) * tn;
+  }
+  // Resident weight rows, with the tiles on (the backward's padded to whole
+  // column tiles).
+  int64_t weight_rows(int64_t U) const { return backward ? ceil_div(U, tn) * tn : 4 * U; }
+  // The product area's rows (per K slice) and row length.
+  int64_t mpad(int64_t U, int64_t bc) const { return backward ? stage_rows(bc) : 4 * U; }
+  int64_t npad(int64_t U, int64_t bc) const { return backward ? weight_rows(U) : stage_rows(bc); }
+  // K slices per output tile: enough to give every warp work, at most the
+  // 16-deep steps of the shortest product (forward: layer 0's K = H;
+  // backward: the layer above's 4H at the last step).
   int64_t ksplit(int64_t U, int64_t bc, int64_t H) const {
     if (!on() || bc <= 0) return 1;
-    const int64_t tiles = (4 * U / tm) * (npad(bc) / tn);
+    const int64_t tiles = (mpad(U, bc) / tm) * (npad(U, bc) / tn);
     int64_t k = kWarpsPerCta / tiles;
-    if (k > H / kMmaK) k = H / kMmaK;
+    const int64_t steps = (backward ? 4 * H : H) / kMmaK;
+    if (k > steps) k = steps;
     return k < 1 ? 1 : k;
+  }
+  int64_t product_bytes(int64_t U, int64_t bc, int64_t H) const {
+    return on() && bc > 0 ? ksplit(U, bc, H) * mpad(U, bc) * npad(U, bc) * 4 : 0;
   }
 };
 
 // The tiles for U units per CTA, hidden size H and `elem`-byte scalars.
-inline MmaTiles mma_tiles(int64_t U, int64_t H, int64_t elem) {
+inline MmaTiles mma_tiles(int64_t U, int64_t H, int64_t elem, bool backward) {
   MmaTiles m;
+  m.backward = backward;
   if (elem != 2) {
     m.why = "tensor-core products need a 16-bit dtype (bfloat16 or float16)";
-  } else if (H % kMmaK != 0) {
-    m.why = "tensor-core products need H to be a multiple of 16";
+  } else if (!backward && H % kMmaK != 0) {
+    m.why = "tensor-core forward products need H to be a multiple of 16";
+  } else if (backward && (4 * H) % kMmaK != 0) {
+    m.why = "tensor-core backward products need H to be a multiple of 4";
+  } else if (backward) {
+    m.tm = U <= 8 ? 32 : 16;
+    m.tn = U <= 8 ? 8 : 16;
   } else if ((4 * U) % 16 == 0) {
     m.tm = 16;
     m.tn = 16;
@@ -142,7 +169,7 @@ inline MmaTiles mma_tiles(int64_t U, int64_t H, int64_t elem) {
     m.tm = 8;
     m.tn = 32;
   } else {
-    m.why = "tensor-core products need 4 x units_per_cta (" + std::to_string(4 * U) +
+    m.why = "tensor-core forward products need 4 x units_per_cta (" + std::to_string(4 * U) +
             ") to be a multiple of 8";
   }
   return m;
@@ -170,14 +197,12 @@ inline SmemLayout smem_layout(int64_t U, int64_t K, int64_t B, int64_t batch_chu
   const int64_t a = mma.on() ? kMmaAlign : 16;
   SmemLayout s;
   s.weights = 0;
-  s.bias = align_to((backward ? 1 : 4) * U * K * elem, a);
+  const int64_t weight_rows = !backward ? 4 * U : (mma.on() ? mma.weight_rows(U) : U);
+  s.bias = align_to(weight_rows * K * elem, a);
   s.cstate = s.bias + align_to(4 * U * acc, a);
   s.stage = s.cstate + align_to(U * B * acc, a);
-  s.product = s.stage + align_to(mma.npad(batch_chunk) * K * elem, a);
-  s.total = s.product;
-  if (mma.on() && batch_chunk > 0) {
-    s.total += align_to(mma.ksplit(U, batch_chunk, H) * 4 * U * mma.npad(batch_chunk) * 4, a);
-  }
+  s.product = s.stage + align_to(mma.stage_rows(batch_chunk) * K * elem, a);
+  s.total = s.product + align_to(mma.product_bytes(U, batch_chunk, H), a);
   return s;
 }
 
@@ -199,9 +224,10 @@ struct Plan {
   int64_t batch_chunk = 0;      // batch rows staged at once (<= rows_per_cta)
   int64_t threads = kThreads;
   SmemLayout smem;              // smem.total = dynamic shared memory per CTA
-  MmaTiles mma;                 // forward tensor-core tiles (mma.on()), when asked for
+  MmaTiles mma;                 // tensor-core tiles (mma.on()), when asked for
   int64_t mma_ksplit = 1;       // K slices per tile (tensor-core path)
-  int64_t mma_npad = 0;         // staged rows the tensor-core path reads (bc rounded up)
+  int64_t mma_mpad = 0;         // the product area's rows per K slice
+  int64_t mma_npad = 0;         // ... and its row length
 
   // The layer of CTA c, its units [j0, j1) and its batch rows [b0, b1) (may
   // be empty when S does not divide B).  Within a layer, CTA c is unit block
@@ -280,7 +306,7 @@ inline Plan plan_lstm_split(int64_t H, int64_t L, int64_t B, int64_t elem, int64
   p.units_per_cta = U;
   p.ctas_per_layer = ceil_div(H, U);
   p.num_ctas = L * p.ctas_per_layer * S;
-  if (mma && !backward) p.mma = mma_tiles(U, H, elem);
+  if (mma) p.mma = mma_tiles(U, H, elem, backward);
   const MmaTiles& mt = p.mma;
 
   // The largest batch chunk whose layout fits one CTA per SM.
@@ -302,7 +328,8 @@ inline Plan plan_lstm_split(int64_t H, int64_t L, int64_t B, int64_t elem, int64
   p.batch_chunk = bc;
   p.smem = smem_layout(U, p.K, B, bc, elem, acc, backward, mt, H);
   p.mma_ksplit = mt.ksplit(U, bc, H);
-  p.mma_npad = mt.npad(bc);
+  p.mma_mpad = mt.on() ? mt.mpad(U, bc) : 0;
+  p.mma_npad = mt.on() ? mt.npad(U, bc) : 0;
   p.fits = true;
 
   if (B > kAutoMaxBatch) {
@@ -327,31 +354,30 @@ inline Plan plan_lstm_split(int64_t H, int64_t L, int64_t B, int64_t elem, int64
 // its ceil(B / S) rows (with S times the units, so the same SMs), and the
 // first S whose rows fit in one chunk is taken; without one, the unsplit plan.
 //
-// `mma` (forward only; EXPERIMENTAL, see "tensor-core forward products"
-// above) plans the tensor-core path where its tiles allow (plan.mma.on(); else
-// plan.mma.why says why not and the plan is the FMA one).
+// `mma` (EXPERIMENTAL, see "tensor-core products" above) plans the
+// tensor-core path where its tiles allow and it costs no staging rows
+// (plan.mma.on()); otherwise the plan is the FMA one and plan.mma.why says why.
 inline Plan plan_lstm(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem, int64_t acc,
                       const DeviceLimits& d, bool backward = false,
                       int64_t max_batch_split = 1, bool mma = false) {
   (void)I;
-  if (mma && !backward) {
-    // The tensor-core path only where it costs no staging: the FMA plan when
-    // its extra areas would leave a smaller batch chunk (or none).
-    Plan with = plan_lstm_split(H, L, B, elem, acc, d, false, 1, true);
-    if (!with.mma.on()) return with;  // why not is in with.mma.why
-    Plan without = plan_lstm_split(H, L, B, elem, acc, d, false, 1, false);
-    if (with.fits && with.batch_chunk == without.batch_chunk) return with;
-    without.mma.why = "the tensor-core path's padded staging and partial sums do not fit in "
-                      "shared memory beside the FMA plan's batch chunk";
-    return without;
+  Plan fma = plan_lstm_split(H, L, B, elem, acc, d, backward, 1);
+  if (backward && max_batch_split > 1 && fma.fits && fma.batch_chunk < B) {
+    for (int64_t S = 2; S <= max_batch_split && S <= B; S *= 2) {
+      const Plan split = plan_lstm_split(H, L, B, elem, acc, d, backward, S);
+      if (split.fits && split.batch_chunk >= split.rows_per_cta) {
+        fma = split;
+        break;
+      }
+    }
   }
-  const Plan whole = plan_lstm_split(H, L, B, elem, acc, d, backward, 1, mma);
-  if (!backward || max_batch_split <= 1 || !whole.fits || whole.batch_chunk >= B) return whole;
-  for (int64_t S = 2; S <= max_batch_split && S <= B; S *= 2) {
-    const Plan split = plan_lstm_split(H, L, B, elem, acc, d, backward, S);
-    if (split.fits && split.batch_chunk >= split.rows_per_cta) return split;
-  }
-  return whole;
+  if (!mma || !fma.fits) return fma;
+  Plan with = plan_lstm_split(H, L, B, elem, acc, d, backward, fma.batch_split, true);
+  if (with.mma.on() && with.fits && with.batch_chunk == fma.batch_chunk) return with;
+  fma.mma.why = with.mma.on() ? "the tensor-core path's padded areas and partial sums do not "
+                                "fit in shared memory beside the FMA plan's batch chunk"
+                              : with.mma.why;
+  return fma;
 }
 
 // The tier decision for one call.  `option` is get_option(Option::kCudaTier):
