@@ -67,8 +67,8 @@ static PyObject* get_option(PyObject*, PyObject* args) {
 // persistent LSTM tier's plan (csrc/cuda/persistent_plan.h) of its forward (or
 // backward) kernel for these sizes on a device with these limits, and the tier
 // `option` (0 auto, 1 general, 2 persistent) would pick; `mma` asks for the
-// tensor-core tiles ("mma_product": the partial-sum area's rows per K slice
-// and row length).
+// tensor-core tiles (1; 2: float32 as TF32 too) ("mma_product": the
+// partial-sum area's rows per K slice and row length).
 // Plain host code, so the CPU tests can check the planner without a GPU.
 static PyObject* persistent_plan(PyObject*, PyObject* args) {
   long long H, I, L, B, elem, smem_sm, smem_block, regs_sm, sms, T = 1, option = 0, bwd = 0,
@@ -82,7 +82,7 @@ static PyObject* persistent_plan(PyObject*, PyObject* args) {
   d.regs_per_sm = regs_sm;
   d.num_sms = sms;
   const auto p = fusedrnn::persistent::plan_lstm(H, I, L, B, elem, elem == 8 ? 8 : 4, d,
-                                                   bwd != 0, split, mma != 0);
+                                                   bwd != 0, split, mma != 0, mma == 2);
   const auto c = fusedrnn::persistent::choose_tier(option, true, "", p, T + L - 1, L);
   // ctas: (layer, j0, j1) of each CTA; cta_rows: its batch rows (b0, b1).
   PyObject* ctas = PyList_New(0);
@@ -122,10 +122,10 @@ static PyObject* persistent_plan(PyObject*, PyObject* args) {
   // The shared-memory areas' offsets and the tensor-core path's tiles.
   const auto& m = p.smem;
   PyObject* extra = Py_BuildValue(
-      "{s:(LLLLL),s:O,s:(LL),s:L,s:(LL),s:s}", "smem_offsets", (long long)m.weights,
+      "{s:(LLLLL),s:O,s:(LL),s:L,s:L,s:(LL),s:s}", "smem_offsets", (long long)m.weights,
       (long long)m.bias, (long long)m.cstate, (long long)m.stage, (long long)m.product, "mma",
       p.mma.on() ? Py_True : Py_False, "mma_tile", (long long)p.mma.tm, (long long)p.mma.tn,
-      "mma_ksplit", (long long)p.mma_ksplit, "mma_product", (long long)p.mma_mpad,
+      "mma_depth", (long long)p.mma.tk, "mma_ksplit", (long long)p.mma_ksplit, "mma_product", (long long)p.mma_mpad,
       (long long)p.mma_npad, "mma_why", p.mma.why.c_str());
   if (extra == nullptr || PyDict_Update(dict, extra) != 0) {
     Py_XDECREF(extra);

@@ -21,7 +21,8 @@ enum class Option : int {
   // yet (gru_rnn_cuda.cu).
   kCudaStepLaunch = 1,
   // Tensor-core (WMMA) products in the persistent tier's kernels (forward and
-  // backward), for bfloat16/float16 where the tiles fit
+  // backward), for bfloat16/float16 (float32 as TF32 when torch's matmul TF32
+  // flag allows it) where the tiles fit
   // (csrc/cuda/persistent_plan.h): 0 auto
   // (= off: EXPERIMENTAL, written without a GPU and not yet run on one), 1 off,
   // 2 on.

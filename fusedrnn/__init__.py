@@ -39,7 +39,8 @@ _OPTIONS = {
     # launch per step, or the step loop captured in a CUDA graph and replayed.
     "cuda_step_launch": ("auto", "per_step", "graph"),
     # Tensor-core (WMMA) products in the persistent tier's kernels (forward
-    # and backward) for bfloat16/float16, where their tiles fit: EXPERIMENTAL,
+    # and backward) for bfloat16/float16, and for float32 as TF32 when
+    # torch.backends.cuda.matmul.allow_tf32 is on, where their tiles fit: EXPERIMENTAL,
     # so auto means off (written without a GPU and not yet run on one).
     "persistent_mma": ("auto", "off", "on"),
 }

@@ -71,6 +71,9 @@ def _persistent_and_general(fn, *args):
 
 
 def device_plan(H, L, B, dtype, T=8, backward=False, max_batch_split=1, mma=False):
+    """The planner's answer for this device; mma: the tensor-core tiles asked
+    for (float32 as TF32 when torch.backends.cuda.matmul.allow_tf32 is on, as
+    the op does)."""
     p = torch.cuda.get_device_properties(CUDA)
     smem_sm = getattr(p, "shared_memory_per_multiprocessor", 0)
     smem_block = getattr(p, "shared_memory_per_block_optin", 0)
@@ -80,7 +83,9 @@ def device_plan(H, L, B, dtype, T=8, backward=False, max_batch_split=1, mma=Fals
     elem = torch.empty(0, dtype=dtype).element_size()
     return fusedrnn._C.persistent_plan(H, H, L, B, elem, smem_sm, smem_block, regs,
                                        p.multi_processor_count, T, 0, int(backward),
-                                       max_batch_split, int(mma))
+                                       max_batch_split,
+                                       (2 if torch.backends.cuda.matmul.allow_tf32 else 1)
+                                       if mma else 0)
 
 
 def _run_ops(weights, x, h0, c0, bias):
@@ -490,11 +495,13 @@ def test_mma_saved_activations_inference_and_determinism(dtype):
         assert_close_scaled(a, b, TOL_MMA[dtype], f"saved {n}, tensor-core vs FMA")
 
 
-def test_mma_option_leaves_other_dtypes_alone():
-    """persistent_mma 'on' with float32: the plan has no tiles, the FMA forward
-    runs, bitwise as with the option off."""
+def test_mma_option_leaves_float32_alone_without_tf32():
+    """persistent_mma 'on' with float32 and TF32 not allowed (this module's
+    fixture turns it off): no tiles, the FMA kernels run, bitwise as with the
+    option off."""
     L, I, H, T, B = 2, 8, 128, 5, 8
     _need_fit(H, L, B, F32, T)
+    assert not torch.backends.cuda.matmul.allow_tf32
     assert not device_plan(H, L, B, F32, T, mma=True)["mma"]
     w = _weights(I, H, L, True, F32)
     x, h0, c0 = lstm_inputs(I, H, L, T, B, F32)
@@ -506,3 +513,27 @@ def test_mma_option_leaves_other_dtypes_alone():
             b = op(x, h0, c0, w, True, False)
     for u, v in zip(a[:3], b[:3]):
         assert torch.equal(u, v)
+
+
+def test_mma_tf32_float32_matches_reference():
+    """float32 with TF32 allowed and persistent_mma 'on': the forward takes
+    16 x 16 x 8 TF32 tiles (D2L size; the backward keeps its FMA plan there)
+    and stays within TF32 accuracy of the float64 reference; off, the FMA
+    kernels give the same results to float32 accuracy."""
+    L, I, H, T, B = 2, 28, 256, 6, 32
+    _need_fit(H, L, B, F32, T)
+    if torch.cuda.get_device_capability(CUDA)[0] < 8:
+        pytest.skip("TF32 tensor cores need compute capability 8.0+")
+    w = _weights(I, H, L, True, F32)
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, F32)
+    want = _run_reference(w, x, h0, c0, L, True)
+    torch.backends.cuda.matmul.allow_tf32 = True  # the fixture restores it
+    if not device_plan(H, L, B, F32, T, mma=True)["mma"]:
+        pytest.skip("the TF32 tiles do not fit this plan on this device")
+    with tier("persistent"):
+        with mma("on"):
+            got = _run_ops(w, x, h0, c0, True)
+        with mma("off"):
+            fma = _run_ops(w, x, h0, c0, True)
+    _assert_same(got, want, 5e-3, "TF32 tensor-core kernels vs float64 reference")
+    _assert_same(fma, want, 5e-3, "FMA kernels (TF32 projection GEMM) vs float64 reference")

@@ -236,9 +236,10 @@ def test_backward_batch_split_partition(H, L, B):
 # ----------------------------------------------------- tensor-core tiles --
 # (EXPERIMENTAL path, option persistent_mma; the planner's part runs here.)
 
-def mma_plan(H, L, B, elem=BF16, dev=H100, backward=False):
-    """The plan with the tensor-core tiles asked for."""
-    return fusedrnn._C.persistent_plan(H, H, L, B, elem, *dev, 16, 0, int(backward), 1, 1)
+def mma_plan(H, L, B, elem=BF16, dev=H100, backward=False, tf32=False):
+    """The plan with the tensor-core tiles asked for (float32 as TF32 with tf32)."""
+    return fusedrnn._C.persistent_plan(H, H, L, B, elem, *dev, 16, 0, int(backward), 1,
+                                       2 if tf32 else 1)
 
 
 MMA_SIZES = [(256, 2, 32), (256, 1, 8), (512, 4, 8), (256, 8, 32), (128, 2, 1), (64, 3, 5),
@@ -306,7 +307,7 @@ def test_mma_d2l_bfloat16():
     assert not q["mma"] and q["mma_why"] == ""   # not asked for
 
 
-@pytest.mark.parametrize("elem,H,what", [(F32, 256, "16-bit dtype"), (F64, 256, "16-bit dtype"),
+@pytest.mark.parametrize("elem,H,what", [(F32, 256, "TF32 allowed"), (F64, 256, "TF32 allowed"),
                                          (BF16, 100, "multiple of 16")])
 def test_mma_refusals_keep_the_fma_plan(elem, H, what):
     p = mma_plan(H, 2, 8, elem=elem)
@@ -335,3 +336,24 @@ def test_mma_never_costs_staging_rows():
             seen_fallback = True
             assert p["smem_bytes"] == q["smem_bytes"]
     assert seen_fallback, "no size exercised the fallback"
+
+
+def test_mma_tf32_float32():
+    """float32 takes tensor cores only as TF32 (when the caller's TF32 policy
+    allows it): 16 x 16 x 8 tiles; where the padded areas would cost staged
+    rows (the D2L backward: 4 units padded to 16 columns), the FMA plan."""
+    assert not mma_plan(256, 2, 32, elem=F32)["mma"]           # TF32 not allowed
+    p = mma_plan(256, 2, 32, elem=F32, tf32=True)
+    assert p["mma"] and p["mma_tile"] == (16, 16) and p["mma_depth"] == 8
+    assert p["mma_ksplit"] == 4 and p["mma_product"] == (16, 32)
+    q = plan(256, 2, 32)
+    assert p["batch_chunk"] == q["batch_chunk"] == 32 and p["num_ctas"] == q["num_ctas"]
+    assert all(o % 128 == 0 for o in p["smem_offsets"])
+    assert mma_plan(256, 2, 32, tf32=True)["mma_depth"] == 16  # bf16 keeps 16-deep tiles
+    b = mma_plan(256, 2, 32, elem=F32, tf32=True, backward=True)
+    assert not b["mma"] and "do not fit in shared memory" in b["mma_why"]
+    assert b["batch_chunk"] == plan(256, 2, 32, backward=True)["batch_chunk"]
+    # U = 2 (4U = 8) has no TF32 tile; H not a multiple of 8 neither
+    assert "multiple of 16" in mma_plan(256, 1, 8, elem=F32, tf32=True)["mma_why"]
+    assert "multiple of 8" in mma_plan(100, 2, 8, elem=F32, tf32=True)["mma_why"]
+    assert not mma_plan(256, 2, 32, elem=F64, tf32=True)["mma"]

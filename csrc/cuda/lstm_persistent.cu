@@ -349,25 +349,41 @@ __device__ __forceinline__ void fwd_cell_epilogue(const FwdParams<scalar_t>& p, 
   }
 }
 
-// The WMMA element type of a 16-bit scalar_t (void: no tensor-core path).
+// The WMMA element type of scalar_t (void: no tensor-core path) and the
+// tile depth: bfloat16 / float16 16-deep, float32 as TF32 8-deep (where the
+// device code has TF32 WMMA, compute capability 8.0+).
 template <typename T>
 struct WmmaElem {
   using type = void;
+  static constexpr int depth = 16;
 };
 template <>
 struct WmmaElem<c10::BFloat16> {
   using type = __nv_bfloat16;
+  static constexpr int depth = 16;
 };
 template <>
 struct WmmaElem<c10::Half> {
   using type = __half;
+  static constexpr int depth = 16;
 };
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800  // as mma.h declares precision::tf32
+template <>
+struct WmmaElem<float> {
+  using type = nvcuda::wmma::precision::tf32;
+  static constexpr int depth = 8;
+};
+#endif
+
+template <typename scalar_t>
+constexpr bool kHasWmma = !std::is_void<typename WmmaElem<scalar_t>::type>::value;
 
 // The tensor-core product of one staged chunk (EXPERIMENTAL, not yet run on
 // a GPU; persistent_plan.h, "tensor-core products"):
 //   Ps[ks][m][n] = sum over k in slice ks of A[m][k] * Bop[n][k]
-// over m_tiles x n_tiles output tiles of TM x TN, K / 16 steps of 16 split
-// into `ksplit` slices; A and Bop are row-major with row stride `ld` (Bop is
+// over m_tiles x n_tiles output tiles of TM x TN, K / KK steps of KK (16; 8
+// for float32 as TF32, whose operands are rounded to TF32 after each load)
+// split into `ksplit` slices; A and Bop are row-major with row stride `ld` (Bop is
 // read as the column-major K x N operand), Ps has `mrows` rows per slice of
 // `ldp` floats.  Each warp takes whole (tile, slice) items, so no two warps
 // write the same partial sums.  Forward: A = the resident gate rows, Bop =
@@ -380,22 +396,32 @@ __device__ __forceinline__ void mma_partial_products(const scalar_t* A, const sc
                                                      int warp) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using E = typename WmmaElem<scalar_t>::type;
+  constexpr int KK = WmmaElem<scalar_t>::depth;
+  constexpr bool kTf32 = std::is_same<scalar_t, float>::value;
+  // What load_matrix_sync reads: float for TF32 (rounded after the load).
+  using P = typename std::conditional<kTf32, float, E>::type;
   namespace w = nvcuda::wmma;
-  const int ksteps = K / 16;
+  const int ksteps = K / KK;
   const int items = m_tiles * n_tiles * ksplit;
   for (int item = warp; item < items; item += kWarps) {  // warp-uniform
     const int ks = item % ksplit, tile = item / ksplit;
     const int tm = tile / n_tiles, tn = tile % n_tiles;
     const int k0 = ks * ksteps / ksplit, k1 = (ks + 1) * ksteps / ksplit;
-    const E* a = reinterpret_cast<const E*>(A) + static_cast<int64_t>(tm) * TM * ld;
-    const E* bm = reinterpret_cast<const E*>(Bop) + static_cast<int64_t>(tn) * TN * ld;
-    w::fragment<w::accumulator, TM, TN, 16, float> acc;
+    const P* a = reinterpret_cast<const P*>(A) + static_cast<int64_t>(tm) * TM * ld;
+    const P* bm = reinterpret_cast<const P*>(Bop) + static_cast<int64_t>(tn) * TN * ld;
+    w::fragment<w::accumulator, TM, TN, KK, float> acc;
     w::fill_fragment(acc, 0.0f);
     for (int kk = k0; kk < k1; ++kk) {
-      w::fragment<w::matrix_a, TM, TN, 16, E, w::row_major> fa;
-      w::fragment<w::matrix_b, TM, TN, 16, E, w::col_major> fb;
-      w::load_matrix_sync(fa, a + kk * 16, ld);
-      w::load_matrix_sync(fb, bm + kk * 16, ld);
+      w::fragment<w::matrix_a, TM, TN, KK, E, w::row_major> fa;
+      w::fragment<w::matrix_b, TM, TN, KK, E, w::col_major> fb;
+      w::load_matrix_sync(fa, a + kk * KK, ld);
+      w::load_matrix_sync(fb, bm + kk * KK, ld);
+      if constexpr (kTf32) {
+#pragma unroll
+        for (int i = 0; i < fa.num_elements; ++i) fa.x[i] = w::__float_to_tf32(fa.x[i]);
+#pragma unroll
+        for (int i = 0; i < fb.num_elements; ++i) fb.x[i] = w::__float_to_tf32(fb.x[i]);
+      }
       w::mma_sync(acc, fa, fb, acc);
     }
     w::store_matrix_sync(Ps + (static_cast<int64_t>(ks) * mrows + tm * TM) * ldp + tn * TN, acc,
@@ -407,12 +433,16 @@ __device__ __forceinline__ void mma_partial_products(const scalar_t* A, const sc
 #endif
 }
 
-// The tile shapes the planner picks, as one call: (16, 16), (8, 32), (32, 8).
+// The tile shapes the planner picks, as one call: (16, 16), (8, 32), (32, 8)
+// (TF32: 16 x 16 only, its one WMMA shape).
 template <typename scalar_t>
 __device__ __forceinline__ void mma_products(int tm, const scalar_t* A, const scalar_t* Bop,
                                              int K, int ld, int m_tiles, int n_tiles, int mrows,
                                              int ldp, int ksplit, float* Ps, int warp) {
-  if (tm == 16) {
+  if constexpr (std::is_same<scalar_t, float>::value) {
+    mma_partial_products<scalar_t, 16, 16>(A, Bop, K, ld, m_tiles, n_tiles, mrows, ldp, ksplit,
+                                           Ps, warp);
+  } else if (tm == 16) {
     mma_partial_products<scalar_t, 16, 16>(A, Bop, K, ld, m_tiles, n_tiles, mrows, ldp, ksplit,
                                            Ps, warp);
   } else if (tm == 8) {
@@ -424,7 +454,9 @@ __device__ __forceinline__ void mma_products(int tm, const scalar_t* A, const sc
   }
 }
 
-template <typename scalar_t>
+// kMma: the instantiation with the tensor-core path (launched when the plan
+// has tiles); the default one is the FMA kernel alone, as measured.
+template <typename scalar_t, bool kMma = false>
 __global__ void __launch_bounds__(kThreads, 1)
 lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
   using acc_t = typename acc_type<scalar_t>::type;
@@ -489,7 +521,7 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
         stage_rows<scalar_t>(xs, K, bc, K, Kx, x_in, h_prev, b0, H);
         __syncthreads();
 
-        if constexpr (!std::is_void<typename WmmaElem<scalar_t>::type>::value) {
+        if constexpr (kMma && kHasWmma<scalar_t>) {
           if (p.mma_tm != 0) {  // the tensor-core product (uniform over the grid)
             mma_products<scalar_t>(p.mma_tm, Ws, xs, K, K, 4 * U / p.mma_tm,
                                    (bc + p.mma_tn - 1) / p.mma_tn, p.mma_mpad, p.mma_npad,
@@ -638,7 +670,7 @@ __device__ __forceinline__ void bwd_cell_epilogue(const BwdParams<scalar_t>& p, 
   if (t == 0) p.grad_cx[layer * B * H + bj] = static_cast<scalar_t>(o.dc_prev);
 }
 
-template <typename scalar_t>
+template <typename scalar_t, bool kMma = false>  // kMma: as the forward's
 __global__ void __launch_bounds__(kThreads, 1)
 lstm_persistent_bwd_kernel(const __grid_constant__ BwdParams<scalar_t> p) {
   using acc_t = typename acc_type<scalar_t>::type;
@@ -701,7 +733,7 @@ lstm_persistent_bwd_kernel(const __grid_constant__ BwdParams<scalar_t> p) {
         stage_rows<scalar_t>(xs, K, bc, Kt, Kx, dG_up, dG_next, b0, G4);
         __syncthreads();
 
-        if constexpr (!std::is_void<typename WmmaElem<scalar_t>::type>::value) {
+        if constexpr (kMma && kHasWmma<scalar_t>) {
           if (p.mma_tm != 0) {  // the tensor-core product (uniform over the grid)
             // Kt = 0 (the top layer's last step) has no product: the slices
             // then store zeros.
@@ -853,12 +885,32 @@ int64_t backward_batch_split() {
   return (v != nullptr && std::strcmp(v, "1") == 0) ? 4 : 1;
 }
 
-// Whether the forward should take the tensor-core path where its tiles fit:
+// Whether the kernels should take the tensor-core path where its tiles fit:
 // the option persistent_mma is "on" (auto means off while the path has not
-// run on a GPU) and the device has bfloat16 WMMA (compute capability 8.0+).
+// run on a GPU) and the device has bfloat16/TF32 WMMA (compute capability
+// 8.0+).  float32 takes it only as TF32, when torch's matmul TF32 policy
+// (torch.backends.cuda.matmul.allow_tf32, which layer 0's projection GEMM
+// follows as well) allows it.
 bool mma_wanted() {
   if (get_option(Option::kPersistentMma) != 2) return false;
   return at::cuda::getCurrentDeviceProperties()->major >= 8;
+}
+
+// The kernel a plan runs: forward or backward, with the tensor-core path
+// (plan.mma.on()) or the FMA kernel.
+template <bool kBackward, typename scalar_t>
+auto persistent_kernel(const Plan& plan) {
+  using Params = std::conditional_t<kBackward, BwdParams<scalar_t>, FwdParams<scalar_t>>;
+  using Kernel = void (*)(const Params);
+  if constexpr (kHasWmma<scalar_t>) {
+    if (plan.mma.on()) {
+      if constexpr (kBackward) return static_cast<Kernel>(lstm_persistent_bwd_kernel<scalar_t, true>);
+      else return static_cast<Kernel>(lstm_persistent_fwd_kernel<scalar_t, true>);
+    }
+  }
+  TORCH_CHECK(!plan.mma.on(), "fusedrnn: no tensor-core kernel for this dtype");
+  if constexpr (kBackward) return static_cast<Kernel>(lstm_persistent_bwd_kernel<scalar_t, false>);
+  else return static_cast<Kernel>(lstm_persistent_fwd_kernel<scalar_t, false>);
 }
 
 // The parts of the forward and backward Params that the plan and the
@@ -933,7 +985,8 @@ std::optional<Plan> select_persistent_plan(const LstmSizes& s, const Tensor& inp
   const Plan plan = persistent::plan_lstm(s.H, s.I, s.L, s.B, elem_size(dt), acc_size(dt),
                                           device_limits(), /*backward=*/kBackward,
                                           kBackward ? backward_batch_split() : 1,
-                                          /*mma=*/mma_wanted());
+                                          /*mma=*/mma_wanted(),
+                                          /*tf32=*/at::globalContext().allowTF32CuBLAS());
   const persistent::TierChoice choice =
       persistent::choose_tier(option, unsupported.empty(), unsupported, plan, s.T + s.L - 1, s.L,
                               get_option(Option::kCudaStepLaunch) != 0);
@@ -947,13 +1000,8 @@ std::optional<Plan> select_persistent_plan(const LstmSizes& s, const Tensor& inp
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, dt,
       kBackward ? "fusedrnn_lstm_persistent_bwd_fits" : "fusedrnn_lstm_persistent_fits", [&] {
-        if constexpr (kBackward) {
-          fits = cooperative_fits(lstm_persistent_bwd_kernel<scalar_t>, plan.smem.total,
-                                  plan.num_ctas, &why);
-        } else {
-          fits = cooperative_fits(lstm_persistent_fwd_kernel<scalar_t>, plan.smem.total,
-                                  plan.num_ctas, &why);
-        }
+        fits = cooperative_fits(persistent_kernel<kBackward, scalar_t>(plan), plan.smem.total,
+                                plan.num_ctas, &why);
       });
   if (!fits) {
     TORCH_CHECK(option != 2, op, " (CUDA, cuda_tier='persistent'): the "
@@ -1028,7 +1076,7 @@ std::optional<LstmForwardResult> persistent_lstm_forward_if_selected(
     p.gates = train ? gates.data_ptr<scalar_t>() : nullptr;
     p.cells = train ? cells.data_ptr<scalar_t>() : nullptr;
     p.off_bias = plan.smem.bias;
-    launch_cooperative(lstm_persistent_fwd_kernel<scalar_t>, plan, p, stream);
+    launch_cooperative(persistent_kernel</*kBackward=*/false, scalar_t>(plan), plan, p, stream);
   });
   return LstmForwardResult{output, hy, cy, gates, cells, hiddens};
 }
@@ -1072,7 +1120,7 @@ std::optional<LstmBackwardResult> persistent_lstm_backward_if_selected(
     p.grad_cx = grad_cx.data_ptr<scalar_t>();
     p.batch_split = plan.batch_split;
     p.rows_per_cta = plan.rows_per_cta;
-    launch_cooperative(lstm_persistent_bwd_kernel<scalar_t>, plan, p, stream);
+    launch_cooperative(persistent_kernel</*kBackward=*/true, scalar_t>(plan), plan, p, stream);
   });
 
   // After the recurrence: gradients of the weights, biases, input and h0 as

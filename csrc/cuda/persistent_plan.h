@@ -95,8 +95,9 @@ inline int64_t align_to(int64_t n, int64_t a) { return (n + a - 1) / a * a; }
 //
 // EXPERIMENTAL, off unless the option persistent_mma is "on"; written without
 // a GPU (2026-11-23, fourth session) and NOT yet run on one.  For bfloat16 and
-// float16 a CTA's per-step product can run on WMMA tiles (tm x tn x 16, float
-// accumulators) instead of the FMA warp tasks.  In both directions it is
+// float16 (and float32 as TF32 when the call's TF32 policy allows it, 16 x 16
+// x 8 tiles) a CTA's per-step product can run on WMMA tiles (tm x tn x 16,
+// float accumulators) instead of the FMA warp tasks.  In both directions it is
 //   P[M x N] = A[M x K] . Bop[N x K]^T   (A row-major, Bop read as the
 //                                         column-major K x N operand)
 //   forward:  A = the 4U resident gate rows (M = 4U), Bop = the bc staged rows
@@ -119,6 +120,7 @@ constexpr int64_t kMmaAlign = 128;
 
 struct MmaTiles {
   int64_t tm = 0, tn = 0;  // tile rows and columns; 0: no tensor cores
+  int64_t tk = kMmaK;      // tile depth: 16, or 8 for float32 as TF32
   bool backward = false;
   std::string why;         // when tm == 0 although they were asked for: why not
   bool on() const { return tm > 0; }
@@ -134,13 +136,13 @@ struct MmaTiles {
   int64_t mpad(int64_t U, int64_t bc) const { return backward ? stage_rows(bc) : 4 * U; }
   int64_t npad(int64_t U, int64_t bc) const { return backward ? weight_rows(U) : stage_rows(bc); }
   // K slices per output tile: enough to give every warp work, at most the
-  // 16-deep steps of the shortest product (forward: layer 0's K = H;
+  // tk-deep steps of the shortest product (forward: layer 0's K = H;
   // backward: the layer above's 4H at the last step).
   int64_t ksplit(int64_t U, int64_t bc, int64_t H) const {
     if (!on() || bc <= 0) return 1;
     const int64_t tiles = (mpad(U, bc) / tm) * (npad(U, bc) / tn);
     int64_t k = kWarpsPerCta / tiles;
-    const int64_t steps = (backward ? 4 * H : H) / kMmaK;
+    const int64_t steps = (backward ? 4 * H : H) / tk;
     if (k > steps) k = steps;
     return k < 1 ? 1 : k;
   }
@@ -149,12 +151,30 @@ struct MmaTiles {
   }
 };
 
-// The tiles for U units per CTA, hidden size H and `elem`-byte scalars.
-inline MmaTiles mma_tiles(int64_t U, int64_t H, int64_t elem, bool backward) {
+// The tiles for U units per CTA, hidden size H and `elem`-byte scalars;
+// `tf32`: float32 may use TF32 tensor cores (the caller's TF32 policy), with
+// 16 x 16 x 8 tiles, the only TF32 WMMA shape.
+inline MmaTiles mma_tiles(int64_t U, int64_t H, int64_t elem, bool backward, bool tf32 = false) {
   MmaTiles m;
   m.backward = backward;
+  if (elem == 4 && tf32) {
+    m.tk = 8;
+    if (!backward && H % 8 != 0) {
+      m.why = "TF32 tensor-core forward products need H to be a multiple of 8";
+    } else if (backward && H % 2 != 0) {
+      m.why = "TF32 tensor-core backward products need H to be even";
+    } else if (!backward && (4 * U) % 16 != 0) {
+      m.why = "TF32 tensor-core forward products need 4 x units_per_cta (" +
+              std::to_string(4 * U) + ") to be a multiple of 16";
+    } else {
+      m.tm = 16;
+      m.tn = 16;
+    }
+    return m;
+  }
   if (elem != 2) {
-    m.why = "tensor-core products need a 16-bit dtype (bfloat16 or float16)";
+    m.why = "tensor-core products need bfloat16 or float16, or float32 with TF32 allowed "
+            "(torch.backends.cuda.matmul.allow_tf32)";
   } else if (!backward && H % kMmaK != 0) {
     m.why = "tensor-core forward products need H to be a multiple of 16";
   } else if (backward && (4 * H) % kMmaK != 0) {
@@ -253,7 +273,7 @@ struct Plan {
 // The plan for one batch split S (see plan_lstm).
 inline Plan plan_lstm_split(int64_t H, int64_t L, int64_t B, int64_t elem, int64_t acc,
                             const DeviceLimits& d, bool backward, int64_t S,
-                            bool mma = false) {
+                            bool mma = false, bool tf32 = false) {
   Plan p;
   p.backward = backward;
   p.H = H;
@@ -306,7 +326,7 @@ inline Plan plan_lstm_split(int64_t H, int64_t L, int64_t B, int64_t elem, int64
   p.units_per_cta = U;
   p.ctas_per_layer = ceil_div(H, U);
   p.num_ctas = L * p.ctas_per_layer * S;
-  if (mma) p.mma = mma_tiles(U, H, elem, backward);
+  if (mma) p.mma = mma_tiles(U, H, elem, backward, tf32);
   const MmaTiles& mt = p.mma;
 
   // The largest batch chunk whose layout fits one CTA per SM.
@@ -357,9 +377,10 @@ inline Plan plan_lstm_split(int64_t H, int64_t L, int64_t B, int64_t elem, int64
 // `mma` (EXPERIMENTAL, see "tensor-core products" above) plans the
 // tensor-core path where its tiles allow and it costs no staging rows
 // (plan.mma.on()); otherwise the plan is the FMA one and plan.mma.why says why.
+// `tf32`: float32 may take TF32 tiles (the call's TF32 policy allows it).
 inline Plan plan_lstm(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem, int64_t acc,
                       const DeviceLimits& d, bool backward = false,
-                      int64_t max_batch_split = 1, bool mma = false) {
+                      int64_t max_batch_split = 1, bool mma = false, bool tf32 = false) {
   (void)I;
   Plan fma = plan_lstm_split(H, L, B, elem, acc, d, backward, 1);
   if (backward && max_batch_split > 1 && fma.fits && fma.batch_chunk < B) {
@@ -372,7 +393,7 @@ inline Plan plan_lstm(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem, 
     }
   }
   if (!mma || !fma.fits) return fma;
-  Plan with = plan_lstm_split(H, L, B, elem, acc, d, backward, fma.batch_split, true);
+  Plan with = plan_lstm_split(H, L, B, elem, acc, d, backward, fma.batch_split, true, tf32);
   if (with.mma.on() && with.fits && with.batch_chunk == fma.batch_chunk) return with;
   fma.mma.why = with.mma.on() ? "the tensor-core path's padded areas and partial sums do not "
                                 "fit in shared memory beside the FMA plan's batch chunk"
