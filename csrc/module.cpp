@@ -3,6 +3,7 @@
 // itself only reports how the library was built.
 #include <Python.h>
 
+#include "cuda/mma_layout.h"
 #include "cuda/persistent_plan.h"
 #include "options.h"
 
@@ -136,6 +137,35 @@ static PyObject* persistent_plan(PyObject*, PyObject* args) {
   return dict;
 }
 
+// persistent_mma_check(H, L, B, dtype_bytes, smem_per_sm, smem_per_block,
+// regs_per_sm, num_sms, backward=0, tf32=0, seed=1) -> float: plans the
+// persistent kernel with its tensor-core tiles and replays its products on
+// the CPU (csrc/cuda/mma_layout.h): the largest error of the epilogue's sums
+// against the direct product (~1e-13 when the partition is right, NaN when a
+// padding row leaked in).  ValueError when the plan has no tiles or an access
+// left its shared-memory area.
+static PyObject* persistent_mma_check(PyObject*, PyObject* args) {
+  long long H, L, B, elem, smem_sm, smem_block, regs_sm, sms, bwd = 0, tf32 = 0, seed = 1;
+  if (!PyArg_ParseTuple(args, "LLLLLLLL|LLL", &H, &L, &B, &elem, &smem_sm, &smem_block,
+                        &regs_sm, &sms, &bwd, &tf32, &seed))
+    return nullptr;
+  fusedrnn::persistent::DeviceLimits d;
+  d.smem_per_sm = smem_sm;
+  d.smem_per_block = smem_block;
+  d.regs_per_sm = regs_sm;
+  d.num_sms = sms;
+  const auto p = fusedrnn::persistent::plan_lstm(H, H, L, B, elem, elem == 8 ? 8 : 4, d,
+                                                   bwd != 0, 1, true, tf32 != 0);
+  std::string error;
+  const double e =
+      fusedrnn::persistent::mma_emulation_error(p, &error, static_cast<unsigned>(seed));
+  if (!error.empty()) {
+    PyErr_Format(PyExc_ValueError, "fusedrnn: %s", error.c_str());
+    return nullptr;
+  }
+  return PyFloat_FromDouble(e);
+}
+
 static PyMethodDef fusedrnn_methods[] = {
     {"set_option", set_option, METH_VARARGS,
      "set_option(name, value): set a kernel switch (see csrc/options.h)."},
@@ -152,6 +182,10 @@ static PyMethodDef fusedrnn_methods[] = {
      "persistent_plan(H, I, L, B, dtype_bytes, smem_per_sm, smem_per_block, regs_per_sm, "
      "num_sms, T=1, option=0, backward=0, max_batch_split=1, mma=0) -> dict: the persistent "
      "CUDA LSTM tier's plan (for tests)."},
+    {"persistent_mma_check", persistent_mma_check, METH_VARARGS,
+     "persistent_mma_check(H, L, B, dtype_bytes, smem_per_sm, smem_per_block, regs_per_sm, "
+     "num_sms, backward=0, tf32=0, seed=1) -> float: the persistent kernels' tensor-core "
+     "products replayed on the CPU; the largest error against the direct product (for tests)."},
     {nullptr, nullptr, 0, nullptr}};
 
 static struct PyModuleDef fusedrnn_module = {

@@ -357,3 +357,38 @@ def test_mma_tf32_float32():
     assert "multiple of 16" in mma_plan(256, 1, 8, elem=F32, tf32=True)["mma_why"]
     assert "multiple of 8" in mma_plan(100, 2, 8, elem=F32, tf32=True)["mma_why"]
     assert not mma_plan(256, 2, 32, elem=F64, tf32=True)["mma"]
+
+
+# The tensor-core products replayed on the CPU (csrc/cuda/mma_layout.h): the
+# kernels' own item partition, K slices, padded tiles and partial-sum offsets
+# (the same functions the CUDA code calls), with every padding row NaN and
+# every access bounds-checked.  Not covered: the WMMA fragment semantics.
+MMA_CHECK = [(256, 2, 32), (256, 1, 8), (512, 4, 8), (256, 8, 32), (128, 2, 33), (64, 3, 5),
+             (100, 2, 6), (300, 3, 3), (96, 2, 7), (1024, 1, 16), (512, 2, 64), (48, 1, 1)]
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+@pytest.mark.parametrize("elem,tf32", [(BF16, False), (F32, True)], ids=["bf16", "tf32"])
+@pytest.mark.parametrize("H,L,B", MMA_CHECK)
+def test_mma_products_replayed_on_cpu(H, L, B, elem, tf32, backward):
+    p = mma_plan(H, L, B, elem=elem, backward=backward, tf32=tf32)
+    if not p["mma"]:
+        # no tiles for this plan: the emulation refuses, and the kernel runs FMA
+        with pytest.raises(ValueError, match="no tensor-core tiles"):
+            fusedrnn._C.persistent_mma_check(H, L, B, elem, *H100, int(backward), int(tf32))
+        return
+    err = fusedrnn._C.persistent_mma_check(H, L, B, elem, *H100, int(backward), int(tf32), 7)
+    assert err == err, "a padding value reached an output the epilogue reads"
+    assert err < 1e-9, err
+
+
+def test_mma_replay_covers_both_tile_kinds():
+    """The parametrized replay above is not vacuous: it runs every tile shape."""
+    shapes = set()
+    for H, L, B in MMA_CHECK:
+        for backward in (False, True):
+            for elem, tf32 in ((BF16, False), (F32, True)):
+                p = mma_plan(H, L, B, elem=elem, backward=backward, tf32=tf32)
+                if p["mma"]:
+                    shapes.add((p["mma_tile"], p["mma_depth"]))
+    assert {((16, 16), 16), ((8, 32), 16), ((32, 8), 16), ((16, 16), 8)} <= shapes, shapes

@@ -72,6 +72,7 @@
 
 #include "cell_math.h"
 #include "cuda/lstm_persistent.h"
+#include "cuda/mma_layout.h"
 #include "cuda/persistent_plan.h"
 #include "options.h"
 
@@ -404,14 +405,12 @@ __device__ __forceinline__ void mma_partial_products(const scalar_t* A, const sc
   const int ksteps = K / KK;
   const int items = m_tiles * n_tiles * ksplit;
   for (int item = warp; item < items; item += kWarps) {  // warp-uniform
-    const int ks = item % ksplit, tile = item / ksplit;
-    const int tm = tile / n_tiles, tn = tile % n_tiles;
-    const int k0 = ks * ksteps / ksplit, k1 = (ks + 1) * ksteps / ksplit;
-    const P* a = reinterpret_cast<const P*>(A) + static_cast<int64_t>(tm) * TM * ld;
-    const P* bm = reinterpret_cast<const P*>(Bop) + static_cast<int64_t>(tn) * TN * ld;
+    const persistent::MmaItem it = persistent::mma_item(item, n_tiles, ksteps, ksplit);
+    const P* a = reinterpret_cast<const P*>(A) + static_cast<int64_t>(it.tm) * TM * ld;
+    const P* bm = reinterpret_cast<const P*>(Bop) + static_cast<int64_t>(it.tn) * TN * ld;
     w::fragment<w::accumulator, TM, TN, KK, float> acc;
     w::fill_fragment(acc, 0.0f);
-    for (int kk = k0; kk < k1; ++kk) {
+    for (int kk = it.k0; kk < it.k1; ++kk) {
       w::fragment<w::matrix_a, TM, TN, KK, E, w::row_major> fa;
       w::fragment<w::matrix_b, TM, TN, KK, E, w::col_major> fb;
       w::load_matrix_sync(fa, a + kk * KK, ld);
@@ -424,8 +423,8 @@ __device__ __forceinline__ void mma_partial_products(const scalar_t* A, const sc
       }
       w::mma_sync(acc, fa, fb, acc);
     }
-    w::store_matrix_sync(Ps + (static_cast<int64_t>(ks) * mrows + tm * TM) * ldp + tn * TN, acc,
-                         ldp, w::mem_row_major);
+    w::store_matrix_sync(Ps + persistent::mma_ps_index(it.ks, mrows, ldp, it.tm * TM, it.tn * TN),
+                         acc, ldp, w::mem_row_major);
   }
 #else
   // The host takes this path only on devices of compute capability >= 8.0.
@@ -523,9 +522,10 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
 
         if constexpr (kMma && kHasWmma<scalar_t>) {
           if (p.mma_tm != 0) {  // the tensor-core product (uniform over the grid)
-            mma_products<scalar_t>(p.mma_tm, Ws, xs, K, K, 4 * U / p.mma_tm,
-                                   (bc + p.mma_tn - 1) / p.mma_tn, p.mma_mpad, p.mma_npad,
-                                   p.mma_ksplit, Ps, warp);
+            const persistent::MmaGrid g =
+                persistent::mma_grid(false, U, bc, p.mma_tm, p.mma_tn, p.mma_npad);
+            mma_products<scalar_t>(p.mma_tm, Ws, xs, K, K, g.m_tiles, g.n_tiles, p.mma_mpad,
+                                   p.mma_npad, p.mma_ksplit, Ps, warp);
             __syncthreads();
             // One (unit, batch row) per thread, units fastest (coalesced writes).
             for (int idx = tid; idx < nu * bc; idx += kThreads) {
@@ -537,7 +537,7 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
                 pre[q] = bs[q * U + jl];
                 if (layer == 0) pre[q] += static_cast<acc_t>(p.gx0[(t * B + b) * G4 + q * H + j]);
                 for (int ks = 0; ks < p.mma_ksplit; ++ks)
-                  pre[q] += Ps[(static_cast<int64_t>(ks) * p.mma_mpad + q * U + jl) * p.mma_npad + bl];
+                  pre[q] += Ps[persistent::mma_ps_index(ks, p.mma_mpad, p.mma_npad, q * U + jl, bl)];
               }
               fwd_cell_epilogue<scalar_t, acc_t>(p, layer, t, b, j, pre,
                                                  cs[static_cast<int64_t>(jl) * B + b], h_out,
@@ -737,16 +737,17 @@ lstm_persistent_bwd_kernel(const __grid_constant__ BwdParams<scalar_t> p) {
           if (p.mma_tm != 0) {  // the tensor-core product (uniform over the grid)
             // Kt = 0 (the top layer's last step) has no product: the slices
             // then store zeros.
-            mma_products<scalar_t>(p.mma_tm, xs, Wc, Kt, K, (bc + p.mma_tm - 1) / p.mma_tm,
-                                   p.mma_npad / p.mma_tn, p.mma_mpad, p.mma_npad,
-                                   p.mma_ksplit, Ps, warp);
+            const persistent::MmaGrid g = persistent::mma_grid(
+                true, static_cast<int>(p.units), bc, p.mma_tm, p.mma_tn, p.mma_npad);
+            mma_products<scalar_t>(p.mma_tm, xs, Wc, Kt, K, g.m_tiles, g.n_tiles, p.mma_mpad,
+                                   p.mma_npad, p.mma_ksplit, Ps, warp);
             __syncthreads();
             // One (unit, batch row) per thread, units fastest (coalesced writes).
             for (int idx = tid; idx < nu * bc; idx += kThreads) {
               const int jl = idx % nu, bl = idx / nu;
               acc_t prod = acc_t(0);
               for (int ks = 0; ks < p.mma_ksplit; ++ks)
-                prod += Ps[(static_cast<int64_t>(ks) * p.mma_mpad + bl) * p.mma_npad + jl];
+                prod += Ps[persistent::mma_ps_index(ks, p.mma_mpad, p.mma_npad, bl, jl)];
               bwd_cell_epilogue<scalar_t, acc_t>(p, layer, t, b0 + bl, j0 + jl, prod,
                                                  dcs[static_cast<int64_t>(jl) * B + b0 + bl],
                                                  gates_t, c_t, c_prev, dG_out);
