@@ -155,8 +155,8 @@ if ! run_logged smoke "$OUT/persistent_smoke.log" "${SMOKE_TIMEOUT:-45}" \
 fi
 
 # ------------------------------------------------------------------- tests --
-# The files with CUDA tests (tests/test_cuda*.py, test_bidirectional.py and
-# test_autocast.py, which have one each) by default: the CPU suite runs in CI and
+# The files with CUDA tests (tests/test_cuda*.py, test_bidirectional.py,
+# test_autocast.py and test_autograd.py, which have one each) by default: the CPU suite runs in CI and
 # would spend this call's limited time on what CI already covers.  TESTS=tests
 # runs everything.
 # Each file runs in its own pytest process, so a crash in one (a segfault
@@ -165,7 +165,7 @@ fi
 : > "$OUT/tests.log"
 TEST_FILES=()
 # shellcheck disable=SC2086
-for f in ${TESTS:-tests/test_cuda*.py tests/test_bidirectional.py tests/test_autocast.py}; do
+for f in ${TESTS:-tests/test_cuda*.py tests/test_bidirectional.py tests/test_autocast.py tests/test_autograd.py}; do
   if [ -d "$f" ]; then
     for g in "$f"/test_*.py; do TEST_FILES+=("$g"); done
   else

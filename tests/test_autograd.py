@@ -9,7 +9,11 @@
 * backward after a train=False forward, a second derivative through
   create_graph=True, and an input modified in place after the forward all
   raise clear errors (and the first-order create_graph gradients are right);
-* no_grad: outputs carry no grad_fn.
+* no_grad: outputs carry no grad_fn;
+* hx=None: the cached zero states (fusedrnn.modules._zero_state) stay zero
+  after forward and backward of every cell and layout (CPU, and CUDA when
+  present), give the results of explicit zeros, and are not cached in
+  inference mode.
 """
 import pytest
 import torch
@@ -188,3 +192,59 @@ def test_no_grad_outputs_have_no_graph(kind):
         outs = fused(x)
     y = outs[0]
     assert not y.requires_grad and y.grad_fn is None
+
+
+# ------------------------------------------------ cached zero initial states --
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not (torch.cuda.is_available() and fusedrnn.cuda_compiled()),
+    reason="needs a CUDA device and a build with the CUDA kernels"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_zero_initial_states_are_cached_and_never_written(device):
+    """hx=None uses one cached zero tensor per (device, dtype, shape)
+    (fusedrnn.modules._zero_state); the ops only read their states, so after
+    forward and backward of every cell and layout the cached tensors are
+    still zero, and the results equal those with explicit zero states."""
+    from fusedrnn import modules
+    from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+    modules._ZERO_STATES.clear()
+    cases = [(fusedrnn.LSTM, {}), (fusedrnn.LSTM, {"proj_size": 3}),
+             (fusedrnn.LSTM, {"bidirectional": True}), (fusedrnn.GRU, {}),
+             (fusedrnn.GRU, {"bidirectional": True}), (fusedrnn.RNN, {"nonlinearity": "relu"})]
+    for cls, kw in cases:
+        m = cls(3, 5, 2, **kw).to(device=device, dtype=F64)
+        x = torch.randn(6, 4, 3, dtype=F64, device=device, requires_grad=True)
+        for inp in (x, pack_padded_sequence(x, torch.tensor([6, 5, 3, 2]))):
+            y = m(inp)[0]
+            (y.data if isinstance(y, PackedSequence) else y).sum().backward()
+        D = 2 if kw.get("bidirectional") else 1
+        zeros = lambda *shape: torch.zeros(*shape, dtype=F64, device=device)  # noqa: E731
+        states = (zeros(2 * D, 4, kw.get("proj_size") or 5),)
+        if cls is fusedrnn.LSTM:
+            states = (states[0], zeros(2 * D, 4, 5))
+        hx = states if cls is fusedrnn.LSTM else states[0]
+        got, want = m(x)[0], m(x, hx)[0]
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert modules._ZERO_STATES, "hx=None did not use the cache"
+    for key, z in modules._ZERO_STATES.items():
+        assert not z.requires_grad and torch.count_nonzero(z) == 0, key
+    # the same object is handed out again for the same key
+    key = next(iter(modules._ZERO_STATES))
+    x = torch.empty(1, dtype=key[1], device=key[0])
+    assert modules._zero_state(x, key[2]) is modules._ZERO_STATES[key]
+
+
+def test_zero_initial_states_not_cached_in_inference_mode():
+    from fusedrnn import modules
+    modules._ZERO_STATES.clear()
+    m = fusedrnn.GRU(3, 5, 1)
+    with torch.inference_mode():
+        m(torch.randn(4, 2, 3))
+    assert not modules._ZERO_STATES
+    # ... so a later training call can save its (normal) zero state for backward
+    x = torch.randn(4, 2, 3, requires_grad=True)
+    m(x)[0].sum().backward()
+    assert x.grad is not None
