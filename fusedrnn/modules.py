@@ -255,9 +255,10 @@ class _FusedRNNMixin:
 # about 5 µs of a 40 µs tiny forward).  Not while torch.compile traces (it
 # makes its own), while a CUDA graph is being captured (the tensor would live
 # in the graph's private pool) or in inference mode (an inference tensor
-# could not later be saved for backward).  A few entries, most recent last.
+# could not later be saved for backward).  At most _ZERO_STATES_MAX entries
+# (each L x B x H, e.g. 2 MiB at L8 B64 H1024 float32), the oldest dropped first.
 _ZERO_STATES: "dict[tuple, Tensor]" = {}
-_ZERO_STATES_MAX = 8
+_ZERO_STATES_MAX = 4
 
 
 def _zero_state(x: Tensor, shape: Tuple[int, ...]) -> Tensor:
