@@ -252,7 +252,7 @@ class _FusedRNNMixin:
 # their states, so one zero tensor per (device, dtype, shape) serves every
 # call, which saves two allocations and, on CUDA, two fill-kernel launches on
 # the host's path before the kernels of every call (measured on the CPU VM:
-# about 5 µs of a 40 µs tiny forward).  Not while torch.compile traces (it
+# about 3-4 µs of a ~40 µs tiny forward).  Not while torch.compile traces (it
 # makes its own), while a CUDA graph is being captured (the tensor would live
 # in the graph's private pool) or in inference mode (an inference tensor
 # could not later be saved for backward).  At most _ZERO_STATES_MAX entries

@@ -25,7 +25,8 @@
 # Knobs (environment): TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (16),
 # BENCH_ARGS (extra bench_layers.py arguments, e.g. --configs d2l), PROFILE=1
 # (Nsight Compute reports of one D2L forward per tier, scripts/profile_step.py),
-# SPLIT=0 / MMA=0 / TRAIN=0 (skip those steps), TRAIN_ARGS, BUILD_TIMEOUT /
+# BENCH=0 / SPLIT=0 / MMA=0 / TRAIN=0 (skip those steps), TESTS (test files;
+# "none": no tests), TRAIN_ARGS, BUILD_TIMEOUT /
 # SMOKE_TIMEOUT / TEST_TIMEOUT / BENCH_TIMEOUT / SPLIT_TIMEOUT / MMA_TIMEOUT /
 # TRAIN_TIMEOUT in seconds (240 / 45 / 200 / 170 / 60 / 90 / 120; a whole run
 # took about 360 s, build 70 s, before the last three steps and the
@@ -158,7 +159,7 @@ fi
 # The files with CUDA tests (tests/test_cuda*.py, test_bidirectional.py,
 # test_autocast.py and test_autograd.py, which have one each) by default: the CPU suite runs in CI and
 # would spend this call's limited time on what CI already covers.  TESTS=tests
-# runs everything.
+# runs everything, TESTS=none nothing.
 # Each file runs in its own pytest process, so a crash in one (a segfault
 # takes the whole interpreter) still leaves the others' results; the files
 # share TEST_TIMEOUT between them.  Every file's output goes to tests.log.
@@ -166,7 +167,9 @@ fi
 TEST_FILES=()
 # shellcheck disable=SC2086
 for f in ${TESTS:-tests/test_cuda*.py tests/test_bidirectional.py tests/test_autocast.py tests/test_autograd.py}; do
-  if [ -d "$f" ]; then
+  if [ "$f" = none ]; then
+    continue
+  elif [ -d "$f" ]; then
     for g in "$f"/test_*.py; do TEST_FILES+=("$g"); done
   else
     TEST_FILES+=("$f")
@@ -194,8 +197,9 @@ done
 grep -E "^(FAILED|ERROR) " "$OUT/tests.log" | head -n 60
 
 # --------------------------------------------------------------- benchmark --
+# BENCH=0 skips it.
 mkdir -p "$OUT/results"
-if ! run_logged bench "$OUT/bench.log" "$BENCH_TIMEOUT" \
+if [ "${BENCH:-1}" = 1 ] && ! run_logged bench "$OUT/bench.log" "$BENCH_TIMEOUT" \
     python benchmarks/bench_layers.py --device cuda --out "$OUT/results" ${NO_PERSISTENT[@]+"${NO_PERSISTENT[@]}"} ${BENCH_ARGS:-}; then
   echo "the benchmark (benchmarks/bench_layers.py) failed; see $OUT/bench.log"
 fi
