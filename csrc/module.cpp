@@ -63,6 +63,17 @@ static PyObject* get_option(PyObject*, PyObject* args) {
   return PyLong_FromLongLong(fusedrnn::get_option(static_cast<fusedrnn::Option>(i)));
 }
 
+// The device limits the planner takes, from the Python arguments.
+static fusedrnn::persistent::DeviceLimits limits(long long smem_sm, long long smem_block,
+                                                 long long regs_sm, long long sms) {
+  fusedrnn::persistent::DeviceLimits d;
+  d.smem_per_sm = smem_sm;
+  d.smem_per_block = smem_block;
+  d.regs_per_sm = regs_sm;
+  d.num_sms = sms;
+  return d;
+}
+
 // persistent_plan(H, I, L, B, dtype_bytes, smem_per_sm, smem_per_block,
 // regs_per_sm, num_sms[, T=1, option=0, backward=0, max_batch_split=1, mma=0]) -> dict: the
 // persistent LSTM tier's plan (csrc/cuda/persistent_plan.h) of its forward (or
@@ -77,12 +88,8 @@ static PyObject* persistent_plan(PyObject*, PyObject* args) {
   if (!PyArg_ParseTuple(args, "LLLLLLLLL|LLLLL", &H, &I, &L, &B, &elem, &smem_sm, &smem_block,
                         &regs_sm, &sms, &T, &option, &bwd, &split, &mma))
     return nullptr;
-  fusedrnn::persistent::DeviceLimits d;
-  d.smem_per_sm = smem_sm;
-  d.smem_per_block = smem_block;
-  d.regs_per_sm = regs_sm;
-  d.num_sms = sms;
-  const auto p = fusedrnn::persistent::plan_lstm(H, I, L, B, elem, elem == 8 ? 8 : 4, d,
+  const auto p = fusedrnn::persistent::plan_lstm(H, I, L, B, elem, elem == 8 ? 8 : 4,
+                                                   limits(smem_sm, smem_block, regs_sm, sms),
                                                    bwd != 0, split, mma != 0, mma == 2);
   const auto c = fusedrnn::persistent::choose_tier(option, true, "", p, T + L - 1, L);
   // ctas: (layer, j0, j1) of each CTA; cta_rows: its batch rows (b0, b1).
@@ -149,12 +156,8 @@ static PyObject* persistent_mma_check(PyObject*, PyObject* args) {
   if (!PyArg_ParseTuple(args, "LLLLLLLL|LLL", &H, &L, &B, &elem, &smem_sm, &smem_block,
                         &regs_sm, &sms, &bwd, &tf32, &seed))
     return nullptr;
-  fusedrnn::persistent::DeviceLimits d;
-  d.smem_per_sm = smem_sm;
-  d.smem_per_block = smem_block;
-  d.regs_per_sm = regs_sm;
-  d.num_sms = sms;
-  const auto p = fusedrnn::persistent::plan_lstm(H, H, L, B, elem, elem == 8 ? 8 : 4, d,
+  const auto p = fusedrnn::persistent::plan_lstm(H, H, L, B, elem, elem == 8 ? 8 : 4,
+                                                   limits(smem_sm, smem_block, regs_sm, sms),
                                                    bwd != 0, 1, true, tf32 != 0);
   std::string error;
   const double e =
