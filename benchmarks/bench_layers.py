@@ -134,6 +134,9 @@ CONFIGS: Dict[str, Config] = {
     "small-batch": Config(8, 256, 512, 512, 4, devices=("cuda",), about="small-batch latency"),
     "long-seq": Config(16, 1024, 768, 768, 2, devices=("cuda",), reference=False,
                        about="long sequence (reference skipped: 2048 python-level steps)"),
+    # The fixed cost of a call (Python, dispatch, allocations, launches) against
+    # cuDNN's: one step of a tiny 2-layer stack, where almost nothing is computed.
+    "one-step": Config(1, 1, 16, 16, 2, devices=("cuda",), about="fixed per-call cost"),
     # Not in any default sweep: a few milliseconds a call, for smoke tests.
     "tiny": Config(4, 8, 8, 16, 2, devices=(), cells=("lstm", "gru", "rnn"), packed=True,
                    about="smoke test (tests/test_bench_smoke.py)"),
