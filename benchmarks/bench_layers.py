@@ -445,50 +445,70 @@ class CudaTierImpl(OptionImpl):
         return super().build(ctx, cfg, base)
 
 
-class SplitBackwardImpl(CudaTierImpl):
-    """The persistent tier with its EXPERIMENTAL backward batch split on
-    (environment FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT=1, read by the backward
-    op at each call): up to 4 CTAs per unit block, each with its own batch
-    rows (csrc/cuda/persistent_plan.h).  Only when named in --impls, to
-    compare it with fusedrnn-persistent in one process before it may become
-    the default."""
-    in_default = False
-    ENV = "FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT"
+def env_switch(name: str, value: str):
+    """A context manager that sets the environment variable `name` to `value`
+    and restores it (or its absence) on exit, exceptions included."""
+    @contextlib.contextmanager
+    def scope():
+        prev = os.environ.get(name)
+        os.environ[name] = value
+        try:
+            yield
+        finally:
+            if prev is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = prev
+    return scope
 
-    def __init__(self):
+
+class PersistentVariantImpl(CudaTierImpl):
+    """The persistent tier with one more switch held while it runs
+    (extra_scope), for experimental variants that are compared with
+    fusedrnn-persistent in one process before they may become the default.
+    Only when named in --impls."""
+    in_default = False
+
+    def __init__(self, name, label):
         super().__init__("persistent")
-        self.name = "fusedrnn-persistent-split"
-        self.label = "fusedrnn.{Cell} (persistent tier, backward batch split)"
+        self.name, self.label = name, label
+
+    def extra_scope(self, ctx):
+        raise NotImplementedError
 
     def scope(self, ctx):
-        tier = super().scope(ctx)
-        env = self.ENV
+        tier, extra = super().scope(ctx), self.extra_scope(ctx)
 
         @contextlib.contextmanager
         def scope():
-            prev = os.environ.get(env)
-            os.environ[env] = "1"
-            try:
-                with tier():
-                    yield
-            finally:
-                if prev is None:
-                    os.environ.pop(env, None)
-                else:
-                    os.environ[env] = prev
+            with tier(), extra():
+                yield
         return scope
 
 
-class MmaImpl(CudaTierImpl):
-    """The persistent tier with its EXPERIMENTAL tensor-core products, forward
-    and backward (fusedrnn.set_option("persistent_mma", "on"); bfloat16/float16
-    where the tiles fit, else the FMA kernels).  Only when named in --impls."""
-    in_default = False
+class SplitBackwardImpl(PersistentVariantImpl):
+    """The EXPERIMENTAL backward batch split on (environment
+    FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT=1, read by the backward op at each
+    call): up to 4 CTAs per unit block, each with its own batch rows
+    (csrc/cuda/persistent_plan.h)."""
+    ENV = "FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT"
 
     def __init__(self):
-        super().__init__("persistent")
-        self.name = "fusedrnn-persistent-mma"
-        self.label = "fusedrnn.{Cell} (persistent tier, tensor cores)"
+        super().__init__("fusedrnn-persistent-split",
+                         "fusedrnn.{Cell} (persistent tier, backward batch split)")
+
+    def extra_scope(self, ctx):
+        return env_switch(self.ENV, "1")
+
+
+class MmaImpl(PersistentVariantImpl):
+    """The EXPERIMENTAL tensor-core products, forward and backward
+    (fusedrnn.set_option("persistent_mma", "on"); bfloat16/float16 where the
+    tiles fit, else the FMA kernels)."""
+
+    def __init__(self):
+        super().__init__("fusedrnn-persistent-mma",
+                         "fusedrnn.{Cell} (persistent tier, tensor cores)")
 
     def applicable(self, ctx):
         why = super().applicable(ctx)
@@ -496,15 +516,8 @@ class MmaImpl(CudaTierImpl):
             why = "this fusedrnn has no persistent_mma option"
         return why
 
-    def scope(self, ctx):
-        tier = super().scope(ctx)
-        mma = option_switch(ctx.fusedrnn, "persistent_mma", "on")
-
-        @contextlib.contextmanager
-        def scope():
-            with tier(), mma():
-                yield
-        return scope
+    def extra_scope(self, ctx):
+        return option_switch(ctx.fusedrnn, "persistent_mma", "on")
 
 
 class ReferenceImpl(Impl):

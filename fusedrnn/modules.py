@@ -147,7 +147,7 @@ class _FusedRNNMixin:
         sizes = self._state_sizes()
         n = len(self._state_names)
         if hx is None:
-            return [_zero_state(x, (DL, B, h)) for h in sizes]
+            return _zero_states(x, [(DL, B, h) for h in sizes])
         if n == 1:
             if not isinstance(hx, Tensor):
                 raise TypeError(
@@ -261,18 +261,22 @@ _ZERO_STATES: "dict[tuple, Tensor]" = {}
 _ZERO_STATES_MAX = 4
 
 
-def _zero_state(x: Tensor, shape: Tuple[int, ...]) -> Tensor:
+def _zero_states(x: Tensor, shapes: List[Tuple[int, ...]]) -> List[Tensor]:
+    """Zero states of these shapes, on x's device and dtype (cached, see above)."""
     if torch.compiler.is_compiling() or torch.is_inference_mode_enabled() or \
             (x.is_cuda and torch.cuda.is_current_stream_capturing()):
-        return x.new_zeros(shape)
-    key = (x.device, x.dtype, shape)
-    z = _ZERO_STATES.get(key)
-    if z is None:
-        z = x.new_zeros(shape)
-        if len(_ZERO_STATES) >= _ZERO_STATES_MAX:
-            _ZERO_STATES.pop(next(iter(_ZERO_STATES)))
-        _ZERO_STATES[key] = z
-    return z
+        return [x.new_zeros(shape) for shape in shapes]
+    out = []
+    for shape in shapes:
+        key = (x.device, x.dtype, shape)
+        z = _ZERO_STATES.get(key)
+        if z is None:
+            z = x.new_zeros(shape)
+            if len(_ZERO_STATES) >= _ZERO_STATES_MAX:
+                _ZERO_STATES.pop(next(iter(_ZERO_STATES)))
+            _ZERO_STATES[key] = z
+        out.append(z)
+    return out
 
 
 def _packed_reverse_index(batch_sizes: Tensor) -> Tensor:

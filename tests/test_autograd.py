@@ -10,7 +10,7 @@
   create_graph=True, and an input modified in place after the forward all
   raise clear errors (and the first-order create_graph gradients are right);
 * no_grad: outputs carry no grad_fn;
-* hx=None: the cached zero states (fusedrnn.modules._zero_state) stay zero
+* hx=None: the cached zero states (fusedrnn.modules._zero_states) stay zero
   after forward and backward of every cell and layout (CPU, and CUDA when
   present), give the results of explicit zeros, and are not cached in
   inference mode.
@@ -204,7 +204,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
 @pytest.mark.parametrize("device", DEVICES)
 def test_zero_initial_states_are_cached_and_never_written(device):
     """hx=None uses one cached zero tensor per (device, dtype, shape)
-    (fusedrnn.modules._zero_state); the ops only read their states, so after
+    (fusedrnn.modules._zero_states); the ops only read their states, so after
     forward and backward of every cell and layout the cached tensors are
     still zero, and the results equal those with explicit zero states."""
     from fusedrnn import modules
@@ -234,7 +234,7 @@ def test_zero_initial_states_are_cached_and_never_written(device):
     # the same object is handed out again for the same key
     key = next(iter(modules._ZERO_STATES))
     x = torch.empty(1, dtype=key[1], device=key[0])
-    assert modules._zero_state(x, key[2]) is modules._ZERO_STATES[key]
+    assert modules._zero_states(x, [key[2]])[0] is modules._ZERO_STATES[key]
 
 
 def test_zero_initial_states_not_cached_in_inference_mode():

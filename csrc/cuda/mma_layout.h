@@ -208,27 +208,21 @@ inline double mma_emulation_error(const Plan& p, std::string* error, unsigned se
   for (int64_t nu : {U, last_units}) {
     for (int64_t bc : {BC, last_chunk}) {
       for (const Depth& d : depths) {
-        std::vector<bool> a, b;
         const MmaGrid g = mma_grid(backward, static_cast<int>(U), static_cast<int>(bc), TM, TN,
                                    static_cast<int>(p.mma_npad));
-        const int m_tiles = g.m_tiles, n_tiles = g.n_tiles;
-        if (!backward) {
-          // A = the 4U gate rows q * U + jl (jl >= nu: not loaded), Bop = bc staged rows.
-          a.assign(static_cast<size_t>(4 * U), false);
-          for (int64_t q = 0; q < 4; ++q)
-            for (int64_t jl = 0; jl < nu; ++jl) a[static_cast<size_t>(q * U + jl)] = true;
-          b.assign(static_cast<size_t>(bc), true);
-          const double e = emulation::chunk_error(p, a, b, m_tiles, n_tiles, static_cast<int>(d.Kt),
-                                                  static_cast<int>(d.K), W, X, P, rng, error);
-          if (!(e <= worst)) worst = e;
-        } else {
-          // A = bc staged dG rows, Bop = the nu resident weight columns.
-          a.assign(static_cast<size_t>(bc), true);
-          b.assign(static_cast<size_t>(nu), true);
-          const double e = emulation::chunk_error(p, a, b, m_tiles, n_tiles, static_cast<int>(d.Kt),
-                                                  static_cast<int>(d.K), X, W, P, rng, error);
-          if (!(e <= worst)) worst = e;
-        }
+        // Forward: A = the 4U gate rows q * U + jl (jl >= nu are not loaded),
+        // Bop = the bc staged rows.  Backward: A = the bc staged dG rows,
+        // Bop = the nu resident weight columns.
+        std::vector<bool> gate_rows(static_cast<size_t>(4 * U), false);
+        for (int64_t q = 0; q < 4; ++q)
+          for (int64_t jl = 0; jl < nu; ++jl) gate_rows[static_cast<size_t>(q * U + jl)] = true;
+        const std::vector<bool> staged(static_cast<size_t>(bc), true);
+        const std::vector<bool> units(static_cast<size_t>(nu), true);
+        const double e = emulation::chunk_error(
+            p, backward ? staged : gate_rows, backward ? units : staged, g.m_tiles, g.n_tiles,
+            static_cast<int>(d.Kt), static_cast<int>(d.K), backward ? X : W, backward ? W : X, P,
+            rng, error);
+        if (!(e <= worst)) worst = e;
         if (!error->empty()) return 0.0;
       }
     }
