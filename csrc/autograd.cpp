@@ -62,15 +62,18 @@ void check_trained(AutogradContext* ctx, const char* op) {
 
 // Saves the common bookkeeping; `tensors` go to save_for_backward.
 void save(AutogradContext* ctx, bool has_biases, bool train, const OptTensor& batch_sizes,
-          variable_list tensors, TensorList weights) {
+          int64_t directions, variable_list tensors, TensorList weights) {
   ctx->set_materialize_grads(false);
   ctx->saved_data["has_biases"] = has_biases;
   ctx->saved_data["train"] = train;
+  ctx->saved_data["directions"] = directions;
   ctx->saved_data["num_weights"] = static_cast<int64_t>(weights.size());
   tensors.push_back(batch_sizes.has_value() ? *batch_sizes : Tensor());
   tensors.insert(tensors.end(), weights.begin(), weights.end());
   ctx->save_for_backward(tensors);
 }
+
+int64_t directions(AutogradContext* ctx) { return ctx->saved_data.at("directions").toInt(); }
 
 // Unpacks what save() stored: the first n tensors, then batch_sizes, then the weights.
 struct Saved {
@@ -120,22 +123,23 @@ variable_list grads_out(const char* op, std::initializer_list<Tensor> leading,
 // ----------------------------------------------------------------- LSTM --
 
 using LstmFwdSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
-    const Tensor&, const Tensor&, const Tensor&, TensorList, bool, bool, const OptTensor&);
+    const Tensor&, const Tensor&, const Tensor&, TensorList, bool, bool, const OptTensor&,
+    int64_t);
 using LstmBwdSig = std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>>(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
     TensorList, bool, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-    const OptTensor&);
+    const OptTensor&, int64_t);
 
 struct FusedLstmBackward : torch::autograd::Function<FusedLstmBackward> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& hx,
                                const Tensor& cx, TensorList weights, bool has_biases, bool train,
-                               const OptTensor& batch_sizes) {
+                               const OptTensor& batch_sizes, int64_t directions) {
     static const auto op = find_op<LstmFwdSig>("fusedrnn::lstm_forward");
     at::AutoDispatchBelowADInplaceOrView below;
     auto [out, hy, cy, gates, cells, hiddens] =
-        op.call(input, hx, cx, weights, has_biases, train, batch_sizes);
-    save(ctx, has_biases, train, batch_sizes, {input, hx, cx, out, gates, cells, hiddens},
-         weights);
+        op.call(input, hx, cx, weights, has_biases, train, batch_sizes, directions);
+    save(ctx, has_biases, train, batch_sizes, directions,
+         {input, hx, cx, out, gates, cells, hiddens}, weights);
     ctx->mark_non_differentiable({gates, cells, hiddens});
     return {out, hy, cy, gates, cells, hiddens};
   }
@@ -150,15 +154,16 @@ struct FusedLstmBackward : torch::autograd::Function<FusedLstmBackward> {
     auto [gi, ghx, gcx, gw] =
         op.call(or_zeros(grads[0], out), or_zeros(grads[1], hx), or_zeros(grads[2], cx), input,
                 hx, cx, s.weights, ctx->saved_data.at("has_biases").toBool(), out, s.head[4],
-                s.head[5], s.head[6], s.batch_sizes);
-    return grads_out("lstm", {gi, ghx, gcx}, gw, 3, recording);
+                s.head[5], s.head[6], s.batch_sizes, directions(ctx));
+    return grads_out("lstm", {gi, ghx, gcx}, gw, 4, recording);
   }
 };
 
 static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_autograd(
     const Tensor& input, const Tensor& hx, const Tensor& cx, TensorList weights,
-    bool has_biases, bool train, const OptTensor& batch_sizes) {
-  auto r = FusedLstmBackward::apply(input, hx, cx, weights, has_biases, train, batch_sizes);
+    bool has_biases, bool train, const OptTensor& batch_sizes, int64_t directions) {
+  auto r = FusedLstmBackward::apply(input, hx, cx, weights, has_biases, train, batch_sizes,
+                                    directions);
   return {r[0], r[1], r[2], r[3], r[4], r[5]};
 }
 
@@ -166,19 +171,21 @@ static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_a
 
 using GruFwdSig = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&,
                                                              TensorList, bool, bool,
-                                                             const OptTensor&);
+                                                             const OptTensor&, int64_t);
 using GruBwdSig = std::tuple<Tensor, Tensor, std::vector<Tensor>>(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, TensorList, bool, const Tensor&,
-    const Tensor&, const Tensor&, const OptTensor&);
+    const Tensor&, const Tensor&, const OptTensor&, int64_t);
 
 struct FusedGruBackward : torch::autograd::Function<FusedGruBackward> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& hx,
                                TensorList weights, bool has_biases, bool train,
-                               const OptTensor& batch_sizes) {
+                               const OptTensor& batch_sizes, int64_t directions) {
     static const auto op = find_op<GruFwdSig>("fusedrnn::gru_forward");
     at::AutoDispatchBelowADInplaceOrView below;
-    auto [out, hy, saved, hiddens] = op.call(input, hx, weights, has_biases, train, batch_sizes);
-    save(ctx, has_biases, train, batch_sizes, {input, hx, out, saved, hiddens}, weights);
+    auto [out, hy, saved, hiddens] =
+        op.call(input, hx, weights, has_biases, train, batch_sizes, directions);
+    save(ctx, has_biases, train, batch_sizes, directions, {input, hx, out, saved, hiddens},
+         weights);
     ctx->mark_non_differentiable({saved, hiddens});
     return {out, hy, saved, hiddens};
   }
@@ -192,34 +199,35 @@ struct FusedGruBackward : torch::autograd::Function<FusedGruBackward> {
     const Tensor &input = s.head[0], &hx = s.head[1], &out = s.head[2];
     auto [gi, ghx, gw] = op.call(or_zeros(grads[0], out), or_zeros(grads[1], hx), input, hx,
                                  s.weights, ctx->saved_data.at("has_biases").toBool(), out,
-                                 s.head[3], s.head[4], s.batch_sizes);
-    return grads_out("gru", {gi, ghx}, gw, 3, recording);
+                                 s.head[3], s.head[4], s.batch_sizes, directions(ctx));
+    return grads_out("gru", {gi, ghx}, gw, 4, recording);
   }
 };
 
 static std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_autograd(
     const Tensor& input, const Tensor& hx, TensorList weights, bool has_biases, bool train,
-    const OptTensor& batch_sizes) {
-  auto r = FusedGruBackward::apply(input, hx, weights, has_biases, train, batch_sizes);
+    const OptTensor& batch_sizes, int64_t directions) {
+  auto r = FusedGruBackward::apply(input, hx, weights, has_biases, train, batch_sizes, directions);
   return {r[0], r[1], r[2], r[3]};
 }
 
 // ------------------------------------------------------------------ RNN --
 
 using RnnFwdSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, TensorList,
-                                                     bool, bool, bool, const OptTensor&);
+                                                     bool, bool, bool, const OptTensor&, int64_t);
 using RnnBwdSig = std::tuple<Tensor, Tensor, std::vector<Tensor>>(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, TensorList, bool, bool,
-    const Tensor&, const Tensor&, const OptTensor&);
+    const Tensor&, const Tensor&, const OptTensor&, int64_t);
 
 struct FusedRnnBackward : torch::autograd::Function<FusedRnnBackward> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& hx,
                                TensorList weights, bool has_biases, bool relu, bool train,
-                               const OptTensor& batch_sizes) {
+                               const OptTensor& batch_sizes, int64_t directions) {
     static const auto op = find_op<RnnFwdSig>("fusedrnn::rnn_forward");
     at::AutoDispatchBelowADInplaceOrView below;
-    auto [out, hy, hiddens] = op.call(input, hx, weights, has_biases, relu, train, batch_sizes);
-    save(ctx, has_biases, train, batch_sizes, {input, hx, out, hiddens}, weights);
+    auto [out, hy, hiddens] =
+        op.call(input, hx, weights, has_biases, relu, train, batch_sizes, directions);
+    save(ctx, has_biases, train, batch_sizes, directions, {input, hx, out, hiddens}, weights);
     ctx->saved_data["relu"] = relu;
     ctx->mark_non_differentiable({hiddens});
     return {out, hy, hiddens};
@@ -235,15 +243,16 @@ struct FusedRnnBackward : torch::autograd::Function<FusedRnnBackward> {
     auto [gi, ghx, gw] = op.call(or_zeros(grads[0], out), or_zeros(grads[1], hx), input, hx,
                                  s.weights, ctx->saved_data.at("has_biases").toBool(),
                                  ctx->saved_data.at("relu").toBool(), out, s.head[3],
-                                 s.batch_sizes);
-    return grads_out("rnn", {gi, ghx}, gw, 4, recording);
+                                 s.batch_sizes, directions(ctx));
+    return grads_out("rnn", {gi, ghx}, gw, 5, recording);
   }
 };
 
 static std::tuple<Tensor, Tensor, Tensor> rnn_forward_autograd(
     const Tensor& input, const Tensor& hx, TensorList weights, bool has_biases, bool relu,
-    bool train, const OptTensor& batch_sizes) {
-  auto r = FusedRnnBackward::apply(input, hx, weights, has_biases, relu, train, batch_sizes);
+    bool train, const OptTensor& batch_sizes, int64_t directions) {
+  auto r = FusedRnnBackward::apply(input, hx, weights, has_biases, relu, train, batch_sizes,
+                                   directions);
   return {r[0], r[1], r[2]};
 }
 

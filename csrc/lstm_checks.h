@@ -25,9 +25,10 @@ inline void check_shape(const at::Tensor& t, at::IntArrayRef expected, const cha
 inline LstmSizes check_lstm_args(const at::Tensor& input, const at::Tensor& hx,
                                  const at::Tensor& cx, at::TensorList weights,
                                  bool has_biases,
-                                 const std::optional<at::Tensor>& batch_sizes = std::nullopt) {
+                                 const std::optional<at::Tensor>& batch_sizes = std::nullopt,
+                                 int64_t directions = 1) {
   return check_stack_args("fusedrnn.lstm", 4, input, hx, {{&cx, "cx", "cx (c0)"}}, weights,
-                          has_biases, batch_sizes, /*allow_proj=*/true);
+                          has_biases, batch_sizes, /*allow_proj=*/true, directions);
 }
 
 inline void check_backward_args(const LstmSizes& s, const at::Tensor& input,
@@ -40,16 +41,17 @@ inline void check_backward_args(const LstmSizes& s, const at::Tensor& input,
   const at::Tensor* ts[7] = {&grad_output, &grad_hy, &grad_cy, &output,
                              &gates, &cells, &hiddens};
   for (int k = 0; k < 7; ++k) check_same(*ts[k], input, names[k]);
-  check_shape(grad_output, s.rows_shape(s.P), "grad_output");
-  check_shape(grad_hy, {s.L, s.B, s.P}, "grad_hy");
-  check_shape(grad_cy, {s.L, s.B, s.H}, "grad_cy");
-  check_shape(output, s.rows_shape(s.P), "output");
+  const int64_t DL = s.D * s.L;
+  check_shape(grad_output, s.rows_shape(s.D * s.P), "grad_output");
+  check_shape(grad_hy, {DL, s.B, s.P}, "grad_hy");
+  check_shape(grad_cy, {DL, s.B, s.H}, "grad_cy");
+  check_shape(output, s.rows_shape(s.D * s.P), "output");
   TORCH_CHECK(gates.numel() > 0 || s.seq.N * s.H == 0,
               "fusedrnn.lstm_backward: gates is empty; call lstm_forward with train=True "
               "to keep what backward needs");
-  check_shape(gates, s.rows_shape(4 * s.H, s.L), "gates (from lstm_forward with train=True)");
-  check_shape(cells, s.rows_shape(s.H, s.L), "cells (from lstm_forward with train=True)");
-  check_shape(hiddens, s.rows_shape(s.P, s.L - 1),
+  check_shape(gates, s.rows_shape(4 * s.H, DL), "gates (from lstm_forward with train=True)");
+  check_shape(cells, s.rows_shape(s.H, DL), "cells (from lstm_forward with train=True)");
+  check_shape(hiddens, s.rows_shape(s.D * s.P, s.L - 1),
               "hiddens (from lstm_forward with train=True)");
 }
 

@@ -70,33 +70,46 @@
 // is (B, P), so hx, hy, output, hiddens and grad_hy/grad_output have P
 // columns, w_hh is (4H, P) and w_ih of layers > 0 is (4H, P).  The op sees the
 // projection from w_hh's shape.
+//
+// Bidirectional stacks (every op): directions = 2 runs each layer twice, the
+// second time (the "reverse" direction, nn.LSTM's `_reverse` weights) over
+// every sequence reversed in time (within its own length when packed), and
+// the layer's output is the two directions' outputs concatenated, [forward |
+// reverse] in time order, which is the next layer's input.  Then hx, cx, hy,
+// cy, grad_hy, grad_cy are (2L, B, ·) in (layer, direction) order; weights
+// hold one group per (layer, direction) in that order (nn.LSTM's flat
+// weights), layer l > 0's w_ih being (gates*H, 2P); output and grad_output
+// are (T, B, 2P); the saved activations gates/cells/saved are (2L, T, B, ·)
+// (the reverse direction's rows in its own processing order: each sequence
+// reversed), hiddens (L-1, T, B, 2P).  csrc/bidirectional.cpp implements it
+// on top of the one-direction op, for every backend.
 #include <torch/library.h>
 
 TORCH_LIBRARY(fusedrnn, m) {
   m.def(
       "lstm_forward(Tensor input, Tensor hx, Tensor cx, Tensor[] weights, "
-      "bool has_biases, bool train, Tensor? batch_sizes=None) -> (Tensor output, Tensor hy, Tensor cy, "
+      "bool has_biases, bool train, Tensor? batch_sizes=None, int directions=1) -> (Tensor output, Tensor hy, Tensor cy, "
       "Tensor gates, Tensor cells, Tensor hiddens)");
   m.def(
       "lstm_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, "
       "Tensor input, Tensor hx, Tensor cx, Tensor[] weights, bool has_biases, "
-      "Tensor output, Tensor gates, Tensor cells, Tensor hiddens, Tensor? batch_sizes=None) -> "
+      "Tensor output, Tensor gates, Tensor cells, Tensor hiddens, Tensor? batch_sizes=None, int directions=1) -> "
       "(Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor[] grad_weights)");
   m.def(
       "gru_forward(Tensor input, Tensor hx, Tensor[] weights, bool has_biases, bool train, "
-      "Tensor? batch_sizes=None) "
+      "Tensor? batch_sizes=None, int directions=1) "
       "-> (Tensor output, Tensor hy, Tensor saved, Tensor hiddens)");
   m.def(
       "gru_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, "
       "Tensor[] weights, bool has_biases, Tensor output, Tensor saved, Tensor hiddens, "
-      "Tensor? batch_sizes=None) -> "
+      "Tensor? batch_sizes=None, int directions=1) -> "
       "(Tensor grad_input, Tensor grad_hx, Tensor[] grad_weights)");
   m.def(
       "rnn_forward(Tensor input, Tensor hx, Tensor[] weights, bool has_biases, bool relu, "
-      "bool train, Tensor? batch_sizes=None) -> (Tensor output, Tensor hy, Tensor hiddens)");
+      "bool train, Tensor? batch_sizes=None, int directions=1) -> (Tensor output, Tensor hy, Tensor hiddens)");
   m.def(
       "rnn_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, "
       "Tensor[] weights, bool has_biases, bool relu, Tensor output, Tensor hiddens, "
-      "Tensor? batch_sizes=None) -> "
+      "Tensor? batch_sizes=None, int directions=1) -> "
       "(Tensor grad_input, Tensor grad_hx, Tensor[] grad_weights)");
 }

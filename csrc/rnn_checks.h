@@ -40,6 +40,7 @@ struct SeqLayout {
 // Sizes of one stacked-RNN call.
 struct RnnSizes {
   int64_t T, B, I, H, L;
+  int64_t D = 1;      // directions: 2 for a bidirectional stack (see ops.cpp)
   int64_t P;          // size of h (and of the output): H, or the LSTM's proj_size
   bool has_proj;      // P != H: each layer has a w_hr (P, H) after its biases
   int64_t per_layer;  // tensors per layer in `weights`: 4 with biases, 2 without, +1 with w_hr
@@ -135,16 +136,20 @@ struct NamedState {
 
 // Validates the forward arguments of a stacked RNN whose weights hold `gates`
 // blocks of H rows (LSTM 4, GRU 3, RNN 1) and returns the sizes.
-//   input (T, B, I); hx and every extra state (L, B, H); weights per layer
-//   w_ih (gates*H, I or H), w_hh (gates*H, H), then b_ih, b_hh (gates*H).
-//   With batch_sizes (a packed sequence) input is (N, I) instead; see SeqLayout.
+//   input (T, B, I); hx and every extra state (D*L, B, H); weights per layer
+//   and direction w_ih (gates*H, I or D*H), w_hh (gates*H, H), then b_ih, b_hh
+//   (gates*H).  With batch_sizes (a packed sequence) input is (N, I) instead;
+//   see SeqLayout.  D = `directions` (1, or 2 for a bidirectional stack).
 inline RnnSizes check_stack_args(const char* op, int64_t gates, const at::Tensor& input,
                                  const at::Tensor& hx,
                                  std::initializer_list<NamedState> extra_states,
                                  at::TensorList weights, bool has_biases,
                                  const std::optional<at::Tensor>& batch_sizes = std::nullopt,
-                                 bool allow_proj = false) {
+                                 bool allow_proj = false, int64_t directions = 1) {
   RnnSizes s;
+  TORCH_CHECK(directions == 1 || directions == 2, op, ": expected directions to be 1 or 2 "
+              "(2 for a bidirectional stack), got ", directions);
+  s.D = directions;
   if (batch_sizes.has_value()) {
     s.seq = packed_layout(op, input, *batch_sizes);
   } else {
@@ -169,28 +174,31 @@ inline RnnSizes check_stack_args(const char* op, int64_t gates, const at::Tensor
               allow_proj ? " or, with a projection, (4*H, P) with P < H" : "", ", got ",
               weights[1].sizes());
   s.per_layer = (has_biases ? 4 : 2) + (s.has_proj ? 1 : 0);
-  TORCH_CHECK(!weights.empty() && weights.size() % s.per_layer == 0,
+  TORCH_CHECK(!weights.empty() && weights.size() % (s.per_layer * s.D) == 0,
               op, ": expected weights to hold ", s.per_layer,
-              " tensors per layer (w_ih, w_hh", has_biases ? ", b_ih, b_hh" : "",
-              s.has_proj ? ", w_hr" : "", "), got ", weights.size(), " tensors");
-  s.L = static_cast<int64_t>(weights.size()) / s.per_layer;
+              " tensors per layer", s.D == 2 ? " and direction" : "", " (w_ih, w_hh",
+              has_biases ? ", b_ih, b_hh" : "", s.has_proj ? ", w_hr" : "", "), got ",
+              weights.size(), " tensors");
+  s.L = static_cast<int64_t>(weights.size()) / (s.per_layer * s.D);
   s.T = s.seq.T;
   s.B = s.seq.B;
   s.I = input.size(-1);
   const int64_t H = s.H, P = s.P, GH = gates * H;
   check_same(op, hx, input, "hx");
   for (const auto& st : extra_states) check_same(op, *st.t, input, st.name);
-  check_shape(op, hx, {s.L, s.B, P}, "hx (h0)");
-  for (const auto& st : extra_states) check_shape(op, *st.t, {s.L, s.B, H}, st.label);
+  check_shape(op, hx, {s.D * s.L, s.B, P}, "hx (h0)");
+  for (const auto& st : extra_states) check_shape(op, *st.t, {s.D * s.L, s.B, H}, st.label);
   static const char* names[5] = {"w_ih", "w_hh", "b_ih", "b_hh", "w_hr"};
-  for (int64_t l = 0; l < s.L; ++l) {
+  for (int64_t ld = 0; ld < s.L * s.D; ++ld) {
+    const int64_t l = ld / s.D;
     for (int64_t k = 0; k < s.per_layer; ++k) {
       const int64_t kind = (s.has_proj && k == s.per_layer - 1) ? 4 : k;
-      const at::Tensor& w = weights[l * s.per_layer + k];
-      const std::string name = std::string(names[kind]) + "_l" + std::to_string(l);
+      const at::Tensor& w = weights[ld * s.per_layer + k];
+      const std::string name = std::string(names[kind]) + "_l" + std::to_string(l) +
+                               (ld % s.D == 1 ? "_reverse" : "");
       check_same(op, w, input, name.c_str());
       if (kind == 0) {
-        check_shape(op, w, {GH, l == 0 ? s.I : P}, name.c_str());
+        check_shape(op, w, {GH, l == 0 ? s.I : s.D * P}, name.c_str());
       } else if (kind == 1) {
         check_shape(op, w, {GH, P}, name.c_str());
       } else if (kind == 4) {
@@ -225,8 +233,8 @@ inline void check_train_saved(const char* op, const char* fwd, const at::Tensor&
               fwd, " with train=True to keep what backward needs");
 }
 
-// gru_backward: grad_output, output (T,B,H); grad_hy (L,B,H); saved (L,T,B,4H)
-// = [r | z | n | gh_n]; hiddens (L-1,T,B,H).
+// gru_backward: grad_output, output (T,B,D*H); grad_hy (D*L,B,H); saved
+// (D*L,T,B,4H) = [r | z | n | gh_n]; hiddens (L-1,T,B,D*H).
 inline void check_gru_backward_args(const RnnSizes& s, const at::Tensor& input,
                                     const at::Tensor& grad_output, const at::Tensor& grad_hy,
                                     const at::Tensor& output, const at::Tensor& saved,
@@ -235,25 +243,28 @@ inline void check_gru_backward_args(const RnnSizes& s, const at::Tensor& input,
   check_train_saved(op, "gru_forward", saved, s);
   check_train_saved(op, "gru_forward", hiddens, s);
   check_saved_args(op, input, {
-      {&grad_output, "grad_output", s.rows_shape(s.H)},
-      {&grad_hy, "grad_hy", {s.L, s.B, s.H}},
-      {&output, "output", s.rows_shape(s.H)},
-      {&saved, "saved (from gru_forward with train=True)", s.rows_shape(4 * s.H, s.L)},
-      {&hiddens, "hiddens (from gru_forward with train=True)", s.rows_shape(s.H, s.L - 1)},
+      {&grad_output, "grad_output", s.rows_shape(s.D * s.H)},
+      {&grad_hy, "grad_hy", {s.D * s.L, s.B, s.H}},
+      {&output, "output", s.rows_shape(s.D * s.H)},
+      {&saved, "saved (from gru_forward with train=True)", s.rows_shape(4 * s.H, s.D * s.L)},
+      {&hiddens, "hiddens (from gru_forward with train=True)",
+       s.rows_shape(s.D * s.H, s.L - 1)},
   });
 }
 
-// rnn_backward: grad_output, output (T,B,H); grad_hy (L,B,H); hiddens (L-1,T,B,H).
+// rnn_backward: grad_output, output (T,B,D*H); grad_hy (D*L,B,H); hiddens
+// (L-1,T,B,D*H).
 inline void check_rnn_backward_args(const RnnSizes& s, const at::Tensor& input,
                                     const at::Tensor& grad_output, const at::Tensor& grad_hy,
                                     const at::Tensor& output, const at::Tensor& hiddens) {
   const char* op = "fusedrnn.rnn_backward";
   check_train_saved(op, "rnn_forward", hiddens, s);
   check_saved_args(op, input, {
-      {&grad_output, "grad_output", s.rows_shape(s.H)},
-      {&grad_hy, "grad_hy", {s.L, s.B, s.H}},
-      {&output, "output", s.rows_shape(s.H)},
-      {&hiddens, "hiddens (from rnn_forward with train=True)", s.rows_shape(s.H, s.L - 1)},
+      {&grad_output, "grad_output", s.rows_shape(s.D * s.H)},
+      {&grad_hy, "grad_hy", {s.D * s.L, s.B, s.H}},
+      {&output, "output", s.rows_shape(s.D * s.H)},
+      {&hiddens, "hiddens (from rnn_forward with train=True)",
+       s.rows_shape(s.D * s.H, s.L - 1)},
   });
 }
 

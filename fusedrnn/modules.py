@@ -26,17 +26,16 @@ class _FusedRNNMixin:
 
     Subclasses set ``_kind`` ("LSTM", "GRU", "RNN"), ``_state_names`` (the
     names of the recurrent states in hx: ("h_0", "c_0") or ("h_0",)) and
-    implement ``_call_op(x, states, weights, batch_sizes) -> (output, finals)``
-    running the stack (or one layer, one direction) on (T, B, I) input, or on
-    a packed sequence's (N, I) data with its batch_sizes, and (L, B, ·) states.
+    implement ``_call_op(x, states, weights, batch_sizes, bidirectional) ->
+    (output, finals)`` running the stack (or one layer) on (T, B, I) input, or
+    on a packed sequence's (N, I) data with its batch_sizes, and (D*L, B, ·)
+    states.
 
-    ``bidirectional=True`` runs layer by layer: the forward direction is the op
-    on the layer's input with the layer's weights, the reverse direction the
-    same op on the time-reversed input with the ``_reverse`` weights (its
-    output reversed back); the layer's output is both concatenated, (T, B, 2H),
+    ``bidirectional=True`` is the ops' directions=2 (csrc/ops.cpp): the op
+    runs both directions of every layer, the reverse one over the
+    time-reversed sequences (each within its own length when packed) with the
+    ``_reverse`` weights; the layer's output is both concatenated, (T, B, 2H),
     and the states are ordered as in torch.nn: [l0 fwd, l0 bwd, l1 fwd, ...].
-    For a packed sequence "time-reversed" means each sequence reversed within
-    its own length (a permutation of the packed rows).
 
     PackedSequence input runs the ops on its data with its batch_sizes (no
     work on padding; each sequence's final state is taken at its own last
@@ -180,47 +179,26 @@ class _FusedRNNMixin:
 
     def _run_stack(self, x: Tensor, states: List[Tensor],
                    batch_sizes: Optional[Tensor] = None) -> Tuple[Tensor, List[Tensor]]:
-        """The whole stack in one op call or, when bidirectional or with dropout
-        in training, layer by layer: one op call per layer and direction (the
-        reverse one on the time-reversed input), the directions' outputs
-        concatenated, and ``F.dropout`` between layers (never after the last),
-        in the reference's order so that masks coincide under the same seed."""
+        """The whole stack in one op call (both directions of every layer when
+        bidirectional: the op's directions=2) or, with dropout in training,
+        layer by layer: one op call per layer and ``F.dropout`` between layers
+        (never after the last), in the reference's order so that masks
+        coincide under the same seed."""
         weights = self._flat_weights
         L = self.num_layers
-        D = 2 if self.bidirectional else 1
-        dropout = self.dropout > 0 and self.training and L > 1
-        if D == 1 and not dropout:
-            return self._call_op(x, states, weights, batch_sizes)
-        per = len(weights) // (L * D)
-        if D == 2:
-            if batch_sizes is None:
-                def reverse(t):
-                    return torch.flip(t, (0,))
-            else:
-                perm = _packed_reverse_index(batch_sizes).to(x.device)
-
-                def reverse(t):
-                    return t.index_select(0, perm)
+        bidirectional = self.bidirectional
+        if not (self.dropout > 0 and self.training and L > 1):
+            return self._call_op(x, states, weights, batch_sizes, bidirectional)
+        D = 2 if bidirectional else 1
+        per = len(weights) // L  # tensors per layer, both directions
         finals: List[List[Tensor]] = [[] for _ in states]
         layer_in = x
         for l in range(L):
-            outs = []
-            for d in range(D):
-                k = l * D + d  # index of (layer, direction) in states and weights
-                layer_states = [s[k:k + 1] for s in states]
-                layer_weights = weights[k * per:(k + 1) * per]
-                if d == 0:
-                    out, fin = self._call_op(layer_in, layer_states, layer_weights, batch_sizes)
-                else:
-                    out, fin = self._call_op(reverse(layer_in), layer_states, layer_weights,
-                                             batch_sizes)
-                    out = reverse(out)
-                outs.append(out)
-                for acc, f in zip(finals, fin):
-                    acc.append(f)
-            out = outs[0] if D == 1 else torch.cat(outs, dim=-1)
-            layer_in = F.dropout(out, p=self.dropout, training=True) \
-                if dropout and l < L - 1 else out
+            out, fin = self._call_op(layer_in, [s[l * D:(l + 1) * D] for s in states],
+                                     weights[l * per:(l + 1) * per], batch_sizes, bidirectional)
+            for acc, f in zip(finals, fin):
+                acc.append(f)
+            layer_in = F.dropout(out, p=self.dropout, training=True) if l < L - 1 else out
         return layer_in, [torch.cat(f, 0) for f in finals]
 
     def _fused_forward(self, input, hx) -> Tuple[Tensor, List[Tensor]]:
@@ -244,7 +222,8 @@ class _FusedRNNMixin:
         return output, finals
 
     def _call_op(self, x: Tensor, states: List[Tensor], weights: Sequence[Tensor],
-                 batch_sizes: Optional[Tensor] = None) -> Tuple[Tensor, List[Tensor]]:
+                 batch_sizes: Optional[Tensor] = None, bidirectional: bool = False
+                 ) -> Tuple[Tensor, List[Tensor]]:
         raise NotImplementedError
 
 
@@ -279,21 +258,6 @@ def _zero_states(x: Tensor, shapes: List[Tuple[int, ...]]) -> List[Tensor]:
     return out
 
 
-def _packed_reverse_index(batch_sizes: Tensor) -> Tensor:
-    """The permutation of a packed sequence's rows that reverses every sequence
-    within its own length: row (t, b) <-> row (len_b - 1 - t, b).  It keeps the
-    same batch_sizes and is its own inverse."""
-    bs = batch_sizes.to(torch.int64)
-    T, B = bs.numel(), int(bs[0])
-    off = torch.cumsum(bs, 0) - bs                                   # first row of step t
-    lengths = (bs.unsqueeze(0) > torch.arange(B).unsqueeze(1)).sum(1)  # (B,)
-    t = torch.arange(T).unsqueeze(1)
-    b = torch.arange(B).unsqueeze(0)
-    valid = b < bs.unsqueeze(1)                                      # (T, B), row-major = packed order
-    rt = (lengths.unsqueeze(0) - 1 - t).clamp(min=0)
-    return (off[rt] + b)[valid]
-
-
 class LSTM(_FusedRNNMixin, nn.LSTM):
     """A stacked LSTM computed by fusedrnn's fused kernels.
 
@@ -314,8 +278,9 @@ class LSTM(_FusedRNNMixin, nn.LSTM):
     _state_names = ("h_0", "c_0")
     _has_cuda_kernels = True
 
-    def _call_op(self, x, states, weights, batch_sizes=None):
-        output, h_n, c_n = ops.lstm(x, states[0], states[1], weights, self.bias, batch_sizes)
+    def _call_op(self, x, states, weights, batch_sizes=None, bidirectional=False):
+        output, h_n, c_n = ops.lstm(x, states[0], states[1], weights, self.bias, batch_sizes,
+                                    bidirectional)
         return output, [h_n, c_n]
 
     def forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None):
@@ -340,8 +305,8 @@ class GRU(_FusedRNNMixin, nn.GRU):
     _kind = "GRU"
     _has_cuda_kernels = True
 
-    def _call_op(self, x, states, weights, batch_sizes=None):
-        output, h_n = ops.gru(x, states[0], weights, self.bias, batch_sizes)
+    def _call_op(self, x, states, weights, batch_sizes=None, bidirectional=False):
+        output, h_n = ops.gru(x, states[0], weights, self.bias, batch_sizes, bidirectional)
         return output, [h_n]
 
     def forward(self, input, hx: Optional[Tensor] = None):
@@ -366,8 +331,9 @@ class RNN(_FusedRNNMixin, nn.RNN):
     _kind = "RNN"
     _has_cuda_kernels = True
 
-    def _call_op(self, x, states, weights, batch_sizes=None):
-        output, h_n = ops.rnn(x, states[0], weights, self.bias, self.nonlinearity, batch_sizes)
+    def _call_op(self, x, states, weights, batch_sizes=None, bidirectional=False):
+        output, h_n = ops.rnn(x, states[0], weights, self.bias, self.nonlinearity, batch_sizes,
+                              bidirectional)
         return output, [h_n]
 
     def forward(self, input, hx: Optional[Tensor] = None):

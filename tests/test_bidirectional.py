@@ -12,12 +12,19 @@ Covered here:
 * parameter names and state_dict both ways with torch.nn.*(bidirectional=True);
 * a wrong h0/c0 shape (L instead of 2L) is a clear error, as in torch.nn;
 * float64 gradcheck of a tiny bidirectional LSTM module forward;
-* the reference itself against torch.nn.
+* the reference itself against torch.nn;
+* the ops' directions=2 (one op call for the whole bidirectional stack):
+  the module makes exactly one forward op call without dropout; opcheck and
+  float64 gradcheck of every forward op with directions=2, padded and packed
+  (and LSTM proj_size); the saved activations' layout; bad directions and a
+  weight list of the wrong length are clear errors.
 """
 import pytest
 import torch
 
-from conftest import fusedrnn_or_skip, reference, tolerances
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from conftest import assert_raises, fusedrnn_or_skip, reference, tolerances
 
 fusedrnn = fusedrnn_or_skip()
 
@@ -327,6 +334,169 @@ def test_compile_fullgraph_matches_eager(kind):
             got = run_impl("fused", kind, compiled, torch_mod, x, hx)
         if not training:  # compiled dropout draws its masks differently
             assert_parity(got, eager, tolerances(F64), f"{kind} compiled")
+
+
+# ------------------------------------------------- ops with directions=2 --
+
+def _bidir_op_args(kind, L=2, I_=3, H_=4, proj=0, B=3, seed=0, dtype=F64):
+    """Weights in nn.*'s flat bidirectional order and the initial states."""
+    g = torch.Generator().manual_seed(seed)
+    G = {"lstm": 4, "gru": 3}.get(kind.split("_")[0], 1)
+    P = proj or H_
+    w = []
+    for l in range(L):
+        for _ in range(2):
+            w += [torch.randn(G * H_, I_ if l == 0 else 2 * P, generator=g, dtype=dtype),
+                  torch.randn(G * H_, P, generator=g, dtype=dtype),
+                  torch.randn(G * H_, generator=g, dtype=dtype),
+                  torch.randn(G * H_, generator=g, dtype=dtype)]
+            if proj:
+                w.append(torch.randn(P, H_, generator=g, dtype=dtype))
+    w = [0.3 * t for t in w]
+    h0 = torch.randn(2 * L, B, P, generator=g, dtype=dtype)
+    c0 = torch.randn(2 * L, B, H_, generator=g, dtype=dtype)
+    return w, h0, c0
+
+
+def _fwd_op(kind, x, h0, c0, w, train, bs, directions=2):
+    if kind == "lstm":
+        return torch.ops.fusedrnn.lstm_forward(x, h0, c0, w, True, train, bs, directions)
+    if kind == "gru":
+        return torch.ops.fusedrnn.gru_forward(x, h0, w, True, train, bs, directions)
+    return torch.ops.fusedrnn.rnn_forward(x, h0, w, True, kind == "rnn_relu", train, bs,
+                                          directions)
+
+
+def _fwd_args(kind, x, h0, c0, w, train, bs, directions=2):
+    if kind == "lstm":
+        return torch.ops.fusedrnn.lstm_forward, (x, h0, c0, w, True, train, bs, directions)
+    if kind == "gru":
+        return torch.ops.fusedrnn.gru_forward, (x, h0, w, True, train, bs, directions)
+    return torch.ops.fusedrnn.rnn_forward, (x, h0, w, True, kind == "rnn_relu", train, bs,
+                                            directions)
+
+
+class _CountingOps:
+    """Stands in for torch.ops.fusedrnn in fusedrnn.ops, counting forward calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        op = getattr(torch.ops.fusedrnn, name)
+
+        def counted(*args):
+            self.calls.append((name, args[-1]))
+            return op(*args)
+        return counted
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_module_makes_one_op_call_per_stack(kind, dropout, monkeypatch):
+    """Without dropout the whole bidirectional stack is one directions=2 op
+    call; with dropout in training one call per layer (dropout in between)."""
+    fused, _ = make_pair(kind, 3, dropout=dropout)
+    counting = _CountingOps()
+    monkeypatch.setattr(fusedrnn.ops, "_ops", counting)
+    x, hx = make_inputs(kind, 3, 4, 2, F32)
+    fused(x, _pack_hx(kind, hx))
+    want = 1 if dropout == 0.0 else 3
+    assert len(counting.calls) == want, counting.calls
+    assert all(d == 2 for _, d in counting.calls)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("packed", [False, True])
+def test_op_matches_reference(kind, packed):
+    """directions=2 at the op level against the reference, padded and packed;
+    the saved activations have the documented shapes."""
+    L, T, B = 2, 5, 3
+    w, h0, c0 = _bidir_op_args(kind, L=L, B=B)
+    x = torch.randn(T, B, 3, dtype=F64)
+    lengths = torch.tensor([5, 4, 2])
+    bs = None
+    xin = x
+    if packed:
+        pk = pack_padded_sequence(x, lengths)
+        xin, bs = pk.data, pk.batch_sizes
+    res = _fwd_op(kind, xin, h0, c0, w, True, bs)
+    kw = dict(num_layers=L, has_biases=True, bidirectional=True)
+    ref_in = pk if packed else x
+    base = kind.split("_")[0]
+    if base == "lstm":
+        out, (hy, cy) = reference.lstm(ref_in, (h0, c0), w, **kw)
+        finals = [hy, cy]
+    elif base == "gru":
+        out, hy = reference.gru(ref_in, h0, w, **kw)
+        finals = [hy]
+    else:
+        out, hy = reference.rnn(ref_in, h0, w, nonlinearity=_nl(kind), **kw)
+        finals = [hy]
+    if packed:
+        out = out.data
+    torch.testing.assert_close(res[0], out, rtol=1e-10, atol=1e-10)
+    for got, want in zip(res[1:1 + len(finals)], finals):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    rows = (xin.shape[0],) if packed else (T, B)
+    saved = res[1 + len(finals):]
+    width = {"lstm": [4 * 4, 4], "gru": [4 * 4]}.get(base, [])
+    for t, cols in zip(saved, width):
+        assert t.shape == (2 * L, *rows, cols)
+    assert saved[-1].shape == (L - 1, *rows, 2 * 4)  # hiddens: [forward | reverse]
+
+
+@pytest.mark.parametrize("kind,proj,packed", [
+    ("lstm", 0, False), ("lstm", 0, True), ("lstm", 2, True), ("lstm", 2, False),
+    ("gru", 0, False), ("gru", 0, True), ("rnn_tanh", 0, True), ("rnn_relu", 0, False)])
+def test_op_gradcheck(kind, proj, packed):
+    w, h0, c0 = _bidir_op_args(kind, proj=proj, H_=3)
+    bs = torch.tensor([3, 2, 2, 1]) if packed else None
+    x = torch.randn(8, 3, dtype=F64) if packed else torch.randn(4, 3, 3, dtype=F64)
+    ins = [x, h0, c0] + w if kind == "lstm" else [x, h0] + w
+    ins = [t.requires_grad_() for t in ins]
+    n = 3 if kind == "lstm" else 2
+
+    def f(*a):
+        if kind == "lstm":
+            r = _fwd_op(kind, a[0], a[1], a[2], list(a[3:]), True, bs)
+        else:
+            r = _fwd_op(kind, a[0], a[1], None, list(a[2:]), True, bs)
+        return r[:n]
+    assert torch.autograd.gradcheck(f, ins, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind,proj,packed", [
+    ("lstm", 0, True), ("lstm", 2, False), ("gru", 0, False), ("rnn_tanh", 0, True)])
+def test_op_opcheck(kind, proj, packed):
+    w, h0, c0 = _bidir_op_args(kind, proj=proj)
+    bs = torch.tensor([3, 2, 2, 1]) if packed else None
+    x = torch.randn(8, 3, dtype=F64) if packed else torch.randn(4, 3, 3, dtype=F64)
+    x.requires_grad_()
+    h0.requires_grad_()
+    w = [t.requires_grad_() for t in w]
+    op, args = _fwd_args(kind, x, h0, c0, w, True, bs)
+    torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_op_bad_directions(kind):
+    w, h0, c0 = _bidir_op_args(kind, L=1)
+    x = torch.randn(4, 3, 3, dtype=F64)
+    assert_raises(RuntimeError, lambda: _fwd_op(kind, x, h0, c0, w, False, None, 3),
+                  "directions", "1 or 2", "got 3")
+    # A one-direction weight list with directions=2: the count is named.
+    w1, h1, c1 = _bidir_op_args(kind, L=1)
+    assert_raises(RuntimeError, lambda: _fwd_op(kind, x, h1, c1, w1[:2], False, None, 2),
+                  "per layer and direction", "got 2 tensors")
+    # The reverse weights are named in shape errors.
+    w_bad = list(w)
+    w_bad[5] = w_bad[5][:, :2].contiguous()
+    assert_raises(RuntimeError, lambda: _fwd_op(kind, x, h0, c0, w_bad, False, None, 2),
+                  "w_hh_l0_reverse")
+    # States must be (2L, B, H).
+    assert_raises(RuntimeError, lambda: _fwd_op(kind, x, h0[:1], c0[:1], w, False, None, 2),
+                  r"hx \(h0\)", r"\[2, 3, 4\]")
 
 
 # ------------------------------------------------------------------ CUDA --

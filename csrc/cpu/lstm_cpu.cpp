@@ -23,6 +23,7 @@
 #include "cpu/stack_common.h"
 
 #include <atomic>
+#include "bidirectional.h"
 #include "lstm_checks.h"
 
 namespace fusedrnn {
@@ -156,8 +157,13 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
     const Tensor& input_, const Tensor& hx_, const Tensor& cx_, at::TensorList weights_,
-    bool has_biases, bool train, const std::optional<Tensor>& batch_sizes) {
-  const LstmSizes s = check_lstm_args(input_, hx_, cx_, weights_, has_biases, batch_sizes);
+    bool has_biases, bool train, const std::optional<Tensor>& batch_sizes,
+    int64_t directions) {
+  const LstmSizes s =
+      check_lstm_args(input_, hx_, cx_, weights_, has_biases, batch_sizes, directions);
+  if (s.D == 2)
+    return lstm_forward_bidirectional(s, input_, hx_, cx_, weights_, has_biases, train,
+                                      batch_sizes);
   const SeqLayout& q = s.seq;
   const Tensor input = input_.contiguous().view({q.N, s.I});
   const Tensor hx = hx_.contiguous();
@@ -302,10 +308,16 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cpu(
     const Tensor& grad_output_, const Tensor& grad_hy_, const Tensor& grad_cy_,
     const Tensor& input_, const Tensor& hx_, const Tensor& cx_, at::TensorList weights_,
     bool has_biases, const Tensor& output_, const Tensor& gates_, const Tensor& cells_,
-    const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes) {
-  const LstmSizes s = check_lstm_args(input_, hx_, cx_, weights_, has_biases, batch_sizes);
+    const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes,
+    int64_t directions) {
+  const LstmSizes s =
+      check_lstm_args(input_, hx_, cx_, weights_, has_biases, batch_sizes, directions);
   check_backward_args(s, input_, grad_output_, grad_hy_, grad_cy_, output_, gates_, cells_,
                       hiddens_);
+  if (s.D == 2)
+    return lstm_backward_bidirectional(s, grad_output_, grad_hy_, grad_cy_, input_, hx_, cx_,
+                                       weights_, has_biases, output_, gates_, cells_, hiddens_,
+                                       batch_sizes);
   const SeqLayout& q = s.seq;
   const int64_t N = q.N, H = s.H, P = s.P, L = s.L;
   const Tensor input = input_.contiguous().view({N, s.I});

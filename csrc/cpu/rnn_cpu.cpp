@@ -22,6 +22,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "bidirectional.h"
 #include "cell_math.h"
 #include "cpu/fast_step_gru.h"
 #include "cpu/stack_common.h"
@@ -107,8 +108,13 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
 std::tuple<Tensor, Tensor, Tensor> rnn_forward_cpu(const Tensor& input_, const Tensor& hx_,
                                                    at::TensorList weights_, bool has_biases,
                                                    bool relu, bool train,
-                                                   const std::optional<Tensor>& batch_sizes) {
-  const RnnSizes s = check_stack_args(kOp, 1, input_, hx_, {}, weights_, has_biases, batch_sizes);
+                                                   const std::optional<Tensor>& batch_sizes,
+    int64_t directions) {
+  const RnnSizes s = check_stack_args(kOp, 1, input_, hx_, {}, weights_, has_biases,
+                                      batch_sizes, false, directions);
+  if (s.D == 2)
+    return rnn_forward_bidirectional(s, input_, hx_, weights_, has_biases, relu, train,
+                                     batch_sizes);
   const SeqLayout& q = s.seq;
   const Tensor input = input_.contiguous().view({q.N, s.I});
   const Tensor hx = hx_.contiguous();
@@ -193,9 +199,14 @@ void layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& w_hh, co
 std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_cpu(
     const Tensor& grad_output_, const Tensor& grad_hy_, const Tensor& input_, const Tensor& hx_,
     at::TensorList weights_, bool has_biases, bool relu, const Tensor& output_,
-    const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes) {
-  const RnnSizes s = check_stack_args(kOp, 1, input_, hx_, {}, weights_, has_biases, batch_sizes);
+    const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes,
+    int64_t directions) {
+  const RnnSizes s = check_stack_args(kOp, 1, input_, hx_, {}, weights_, has_biases,
+                                      batch_sizes, false, directions);
   check_rnn_backward_args(s, input_, grad_output_, grad_hy_, output_, hiddens_);
+  if (s.D == 2)
+    return rnn_backward_bidirectional(s, grad_output_, grad_hy_, input_, hx_, weights_,
+                                      has_biases, relu, output_, hiddens_, batch_sizes);
   const SeqLayout& q = s.seq;
   const int64_t N = q.N, H = s.H, L = s.L;
   const Tensor input = input_.contiguous().view({N, s.I}), hx = hx_.contiguous();

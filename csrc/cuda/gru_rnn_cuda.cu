@@ -56,6 +56,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "bidirectional.h"
 #include "cell_math.h"
 #include "rnn_checks.h"
 #include "cuda/capture_check.h"
@@ -329,11 +330,15 @@ constexpr const char* kRnn = "fusedrnn.rnn";
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_cuda(
     const Tensor& input_, const Tensor& hx_, at::TensorList weights_, bool has_biases,
-    bool train, const std::optional<Tensor>& batch_sizes) {
+    bool train, const std::optional<Tensor>& batch_sizes,
+    int64_t directions) {
   // The shared checks compare every tensor's device and dtype with input's,
   // so together with this one all tensors are on input's CUDA device.
   check_cuda_args(input_, "gru_forward");
-  const RnnSizes s = check_stack_args(kGru, 3, input_, hx_, {}, weights_, has_biases, batch_sizes);
+  const RnnSizes s = check_stack_args(kGru, 3, input_, hx_, {}, weights_, has_biases,
+                                      batch_sizes, false, directions);
+  if (s.D == 2)
+    return gru_forward_bidirectional(s, input_, hx_, weights_, has_biases, train, batch_sizes);
   const c10::cuda::CUDAGuard guard(input_.device());
   check_packed_not_capturing(s.seq, "gru_forward");
   const SeqLayout& seq = s.seq;
@@ -406,10 +411,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_cuda(
 std::tuple<Tensor, Tensor, std::vector<Tensor>> gru_backward_cuda(
     const Tensor& grad_output_, const Tensor& grad_hy_, const Tensor& input_, const Tensor& hx_,
     at::TensorList weights_, bool has_biases, const Tensor& output_, const Tensor& saved_,
-    const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes) {
+    const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes,
+    int64_t directions) {
   check_cuda_args(input_, "gru_backward");
-  const RnnSizes s = check_stack_args(kGru, 3, input_, hx_, {}, weights_, has_biases, batch_sizes);
+  const RnnSizes s = check_stack_args(kGru, 3, input_, hx_, {}, weights_, has_biases,
+                                      batch_sizes, false, directions);
   check_gru_backward_args(s, input_, grad_output_, grad_hy_, output_, saved_, hiddens_);
+  if (s.D == 2)
+    return gru_backward_bidirectional(s, grad_output_, grad_hy_, input_, hx_, weights_,
+                                      has_biases, output_, saved_, hiddens_, batch_sizes);
   const c10::cuda::CUDAGuard guard(input_.device());
   check_packed_not_capturing(s.seq, "gru_backward");
   const SeqLayout& seq = s.seq;
@@ -487,9 +497,14 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> gru_backward_cuda(
 std::tuple<Tensor, Tensor, Tensor> rnn_forward_cuda(const Tensor& input_, const Tensor& hx_,
                                                     at::TensorList weights_, bool has_biases,
                                                     bool relu, bool train,
-                                                    const std::optional<Tensor>& batch_sizes) {
+                                                    const std::optional<Tensor>& batch_sizes,
+    int64_t directions) {
   check_cuda_args(input_, "rnn_forward");
-  const RnnSizes s = check_stack_args(kRnn, 1, input_, hx_, {}, weights_, has_biases, batch_sizes);
+  const RnnSizes s = check_stack_args(kRnn, 1, input_, hx_, {}, weights_, has_biases,
+                                      batch_sizes, false, directions);
+  if (s.D == 2)
+    return rnn_forward_bidirectional(s, input_, hx_, weights_, has_biases, relu, train,
+                                     batch_sizes);
   const c10::cuda::CUDAGuard guard(input_.device());
   check_packed_not_capturing(s.seq, "rnn_forward");
   const SeqLayout& seq = s.seq;
@@ -556,10 +571,15 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward_cuda(const Tensor& input_, const 
 std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_cuda(
     const Tensor& grad_output_, const Tensor& grad_hy_, const Tensor& input_, const Tensor& hx_,
     at::TensorList weights_, bool has_biases, bool relu, const Tensor& output_,
-    const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes) {
+    const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes,
+    int64_t directions) {
   check_cuda_args(input_, "rnn_backward");
-  const RnnSizes s = check_stack_args(kRnn, 1, input_, hx_, {}, weights_, has_biases, batch_sizes);
+  const RnnSizes s = check_stack_args(kRnn, 1, input_, hx_, {}, weights_, has_biases,
+                                      batch_sizes, false, directions);
   check_rnn_backward_args(s, input_, grad_output_, grad_hy_, output_, hiddens_);
+  if (s.D == 2)
+    return rnn_backward_bidirectional(s, grad_output_, grad_hy_, input_, hx_, weights_,
+                                      has_biases, relu, output_, hiddens_, batch_sizes);
   const c10::cuda::CUDAGuard guard(input_.device());
   check_packed_not_capturing(s.seq, "rnn_backward");
   const SeqLayout& seq = s.seq;

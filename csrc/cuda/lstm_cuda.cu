@@ -71,6 +71,7 @@
 #include "cuda/capture_check.h"
 #include "cuda/step_graph.h"
 #include "cuda/tile_product.cuh"
+#include "bidirectional.h"
 #include "lstm_checks.h"
 #include "options.h"
 
@@ -344,11 +345,16 @@ using step_graph::run_steps;
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cuda(
     const Tensor& input_, const Tensor& hx_, const Tensor& cx_, at::TensorList weights_,
-    bool has_biases, bool train, const std::optional<Tensor>& batch_sizes) {
+    bool has_biases, bool train, const std::optional<Tensor>& batch_sizes,
+    int64_t directions) {
   // The shared checks compare every tensor's device and dtype with input's,
   // so together with this one all tensors are on input's CUDA device.
   check_cuda_args(input_, "lstm_forward");
-  const LstmSizes s = check_lstm_args(input_, hx_, cx_, weights_, has_biases, batch_sizes);
+  const LstmSizes s =
+      check_lstm_args(input_, hx_, cx_, weights_, has_biases, batch_sizes, directions);
+  if (s.D == 2)
+    return lstm_forward_bidirectional(s, input_, hx_, cx_, weights_, has_biases, train,
+                                      batch_sizes);
   if (auto r = persistent_lstm_forward_if_selected(s, input_, hx_, cx_, weights_, has_biases, train))
     return *r;
   check_cuda_supported(s, "lstm_forward");
@@ -484,12 +490,18 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cuda(
     const Tensor& grad_output_, const Tensor& grad_hy_, const Tensor& grad_cy_,
     const Tensor& input_, const Tensor& hx_, const Tensor& cx_, at::TensorList weights_,
     bool has_biases, const Tensor& output_, const Tensor& gates_, const Tensor& cells_,
-    const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes) {
+    const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes,
+    int64_t directions) {
   check_cuda_args(input_, "lstm_backward");
-  const LstmSizes s = check_lstm_args(input_, hx_, cx_, weights_, has_biases, batch_sizes);
+  const LstmSizes s =
+      check_lstm_args(input_, hx_, cx_, weights_, has_biases, batch_sizes, directions);
   check_cuda_supported(s, "lstm_backward");
   check_backward_args(s, input_, grad_output_, grad_hy_, grad_cy_, output_, gates_, cells_,
                       hiddens_);
+  if (s.D == 2)
+    return lstm_backward_bidirectional(s, grad_output_, grad_hy_, grad_cy_, input_, hx_, cx_,
+                                       weights_, has_biases, output_, gates_, cells_, hiddens_,
+                                       batch_sizes);
   if (auto r = persistent_lstm_backward_if_selected(s, grad_output_, grad_hy_, grad_cy_, input_,
                                                     hx_, cx_, weights_, has_biases, output_,
                                                     gates_, cells_, hiddens_))
