@@ -13,7 +13,8 @@ cell fusedrnn provides: lstm, and gru/rnn when fusedrnn.GRU/RNN exist), with
 torch.nn.LSTM/GRU/RNN as the baseline of its rows.  In the default sweeps a
 configuration runs only the cells listed in its Config.cells (the layer sweep
 points are LSTM-only, GRU/RNN run at d2l), which keeps the default CPU run at a
-few minutes; configurations named with --configs run every chosen cell.
+few minutes; configurations named with --configs run their own cells too,
+and every chosen cell when --cells is given as well.
 
 Implementations (--impls): torch (the baseline), fusedrnn, fusedrnn-generic
 (CPU float32 only: fusedrnn with its fused AVX-512 step kernels switched off,
@@ -97,8 +98,8 @@ class Config:
     I: int                      # input size
     H: int                      # hidden size
     L: int                      # layers
-    # Cells the default and --quick sweeps run this configuration for (a
-    # configuration named with --configs runs every chosen cell).
+    # Cells the sweeps run this configuration for (named with --configs and
+    # --cells together, it runs every chosen cell).
     cells: Tuple[str, ...] = ("lstm",)
     # The cell of one run: set per run (dataclasses.replace), a key into CELLS.
     cell: str = "lstm"
@@ -137,6 +138,10 @@ CONFIGS: Dict[str, Config] = {
     # The fixed cost of a call (Python, dispatch, allocations, launches) against
     # cuDNN's: one step of a tiny 2-layer stack, where almost nothing is computed.
     "one-step": Config(1, 1, 16, 16, 2, devices=("cuda",), about="fixed per-call cost"),
+    # The D2L shape with bidirectional layers: fusedrnn (each direction its own
+    # call) against fusedrnn-one-launch (both directions per kernel launch).
+    "d2l-bidir": Config(32, 35, 28, 256, 2, cells=("lstm-bidir",), devices=("cuda",),
+                        about="D2L shape, bidirectional"),
     # Not in any default sweep: a few milliseconds a call, for smoke tests.
     "tiny": Config(4, 8, 8, 16, 2, devices=(), cells=("lstm", "gru", "rnn"), packed=True,
                    about="smoke test (tests/test_bench_smoke.py)"),
@@ -182,15 +187,20 @@ CELLS: Dict[str, Cell] = {
     # Not in the default set: the same kernels as rnn with another activation.
     "rnn-relu": Cell("RNN", 1, kwargs={"nonlinearity": "relu"}, ref_name="rnn",
                      ref_kwargs={"nonlinearity": "relu"}),
+    # Bidirectional LSTM (configuration d2l-bidir): states are (2L, B, H).
+    "lstm-bidir": Cell("LSTM", 2, kwargs={"bidirectional": True},
+                       ref_kwargs={"bidirectional": True}),
 }
-DEFAULT_CELLS = ("lstm", "gru", "rnn")
+# lstm-bidir runs only where a configuration lists it (d2l-bidir).
+DEFAULT_CELLS = ("lstm", "gru", "rnn", "lstm-bidir")
 
 
 def cell_label(cell: str) -> str:
     """How rows of a cell are labelled: LSTM, GRU, RNN, RNN-relu."""
     c = CELLS[cell]
     nl = c.kwargs.get("nonlinearity")
-    return c.title + (f"-{nl}" if nl and nl != "tanh" else "")
+    return (c.title + (f"-{nl}" if nl and nl != "tanh" else "")
+            + ("-bidir" if c.kwargs.get("bidirectional") else ""))
 
 
 def fast_step_switch(fr, on: bool):
@@ -422,6 +432,26 @@ class StepLaunchImpl(OptionImpl):
     so their fusedrnn-graph row is the one that differs from fusedrnn."""
 
 
+class OneLaunchImpl(OptionImpl):
+    """Bidirectional LSTM with both directions of a layer in one kernel launch
+    per step (cuda_bidirectional = one_launch, EXPERIMENTAL; the general tier).
+    Only for bidirectional cells."""
+
+    def __init__(self):
+        super().__init__("fusedrnn-one-launch", "fusedrnn.{Cell} (both directions, one launch)",
+                         "cuda_bidirectional", "one_launch")
+
+    def applicable(self, ctx):
+        why = super().applicable(ctx)
+        if why is None and "cuda_bidirectional" not in getattr(ctx.fusedrnn, "_OPTIONS", {}):
+            why = "this fusedrnn has no cuda_bidirectional option"
+        return why
+
+    def wants(self, cfg):
+        c = CELLS[cfg.cell]
+        return c.title == "LSTM" and bool(c.kwargs.get("bidirectional"))
+
+
 class CudaTierImpl(OptionImpl):
     """fusedrnn's LSTM with the CUDA tier forced (fusedrnn.set_option("cuda_tier", tier)):
     "general" (one fused kernel per layer-timestep) or "persistent" (the
@@ -649,6 +679,7 @@ IMPLS: Dict[str, Impl] = {
     "fusedrnn-persistent": CudaTierImpl("persistent"),
     "fusedrnn-persistent-split": SplitBackwardImpl(),
     "fusedrnn-persistent-mma": MmaImpl(),
+    "fusedrnn-one-launch": OneLaunchImpl(),
     "fusedrnn-generic": GenericStepImpl(),
     # The CUDA general tier's two ways of issuing its T·L step kernels.
     "fusedrnn-per-step": StepLaunchImpl("fusedrnn-per-step",
@@ -821,7 +852,9 @@ def make_inputs(ctx, cfg, requires_grad):
     def t(*shape):
         return torch.randn(*shape, **kw).to(ctx.device, ctx.dtype).requires_grad_(requires_grad)
     x = t(cfg.T, cfg.B, cfg.I)
-    states = [t(cfg.L, cfg.B, cfg.H) for _ in range(CELLS[cfg.cell].n_states)]
+    cell = CELLS[cfg.cell]
+    D = 2 if cell.kwargs.get("bidirectional") else 1
+    states = [t(D * cfg.L, cfg.B, cfg.H) for _ in range(cell.n_states)]
     hx = tuple(states) if len(states) > 1 else states[0]
     leaves = [x] + states
     return x, hx, leaves
@@ -1304,7 +1337,7 @@ def list_configs():
     for n, c in CONFIGS.items():
         log(f"{n:12s} {c.B:4d} {c.T:5d} {c.I:5d} {c.H:5d} {c.L:2d}  {','.join(c.cells):14s} "
             f"{','.join(c.devices) or '-':10s}  {c.about}")
-    log("(configurations named with --configs run every chosen cell)")
+    log("(named with --configs: the listed cells; with --cells as well: every chosen cell)")
 
 
 def main(argv=None):
@@ -1393,14 +1426,15 @@ def main(argv=None):
     else:
         key = "quick" if args.quick else "devices"
         cnames = [n for n, c in CONFIGS.items() if device.type in getattr(c, key)]
-    # The runs, cell by cell: every chosen cell for configurations named with
-    # --configs; in the default sweeps only the cells the configuration lists.
+    # The runs, cell by cell: with both --configs and --cells every chosen cell
+    # on every named configuration; otherwise only the cells each
+    # configuration lists.
     runs = [(cn, cell) for cell in cells for cn in cnames
-            if args.configs or cell in CONFIGS[cn].cells]
+            if (args.configs and args.cells) or cell in CONFIGS[cn].cells]
     skipped_cells = [c for c in cells if not any(rc == c for _, rc in runs)]
-    if skipped_cells:
-        notes.append(f"cell(s) {', '.join(skipped_cells)}: not part of the default sweep's "
-                     f"configurations; name them with --configs")
+    if skipped_cells and args.cells:
+        notes.append(f"cell(s) {', '.join(skipped_cells)}: not listed by these "
+                     f"configurations; name them with --configs and --cells")
 
     meta = metadata(ctx)
     meta["cells"] = cells

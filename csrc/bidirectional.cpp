@@ -45,28 +45,23 @@ std::vector<int64_t> reverse_row_order(const SeqLayout& q) {
   return perm;
 }
 
+RowReverser::RowReverser(const SeqLayout& q, const at::Device& device) : packed(q.packed) {
+  if (packed) {
+    const std::vector<int64_t> p = reverse_row_order(q);
+    perm = at::tensor(p, at::TensorOptions().dtype(at::kLong)).to(device);
+  }
+}
+
+Tensor RowReverser::operator()(const Tensor& t) const {
+  return packed ? t.index_select(0, perm) : t.flip(0);
+}
+
 namespace {
 
 template <typename Sig>
 c10::TypedOperatorHandle<Sig> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
 }
-
-// Reverses every sequence of a per-row tensor ((T, B, X) padded, (N, X) packed).
-struct Reverser {
-  bool packed;
-  Tensor perm;  // packed: reverse_row_order on the tensors' device
-
-  Reverser(const SeqLayout& q, const at::Device& device) : packed(q.packed) {
-    if (packed) {
-      const std::vector<int64_t> p = reverse_row_order(q);
-      perm = at::tensor(p, at::TensorOptions().dtype(at::kLong)).to(device);
-    }
-  }
-  Tensor operator()(const Tensor& t) const {
-    return packed ? t.index_select(0, perm) : t.flip(0);
-  }
-};
 
 // One direction of one layer: its output (in its processing order), final
 // states (each (1, B, ·)) and saved activations (each (1, rows, ·), or (0,)).
@@ -84,7 +79,7 @@ struct StackForward {
 StackForward forward_stack(const RnnSizes& s, const Tensor& input, bool train, size_t n_finals,
                            size_t n_saved,
                            const std::function<DirForward(const Tensor&, int64_t)>& run) {
-  const Reverser rev(s.seq, input.device());
+  const RowReverser rev(s.seq, input.device());
   std::vector<std::vector<Tensor>> finals(n_finals), saved(n_saved);
   std::vector<Tensor> inner;  // train: the output of every layer but the last
   Tensor x = input;
@@ -138,7 +133,7 @@ StackBackward backward_stack(
     const RnnSizes& s, const Tensor& grad_output, const Tensor& input, const Tensor& output,
     const Tensor& hiddens, size_t n_states,
     const std::function<DirBackward(const Tensor&, const Tensor&, const Tensor&, int64_t)>& run) {
-  const Reverser rev(s.seq, input.device());
+  const RowReverser rev(s.seq, input.device());
   const int64_t P = output.size(-1) / 2;
   std::vector<std::vector<Tensor>> states(n_states, std::vector<Tensor>(2 * s.L));
   StackBackward res;

@@ -48,8 +48,19 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_bidirec
     const std::optional<at::Tensor>& batch_sizes);
 
 // The row permutation that reverses every sequence of layout q in time
-// (row off[t] + b <-> row off[len_b - 1 - t] + b); an involution.  Exposed
-// for the CUDA tier's one-launch bidirectional layers.
+// (row off[t] + b <-> row off[len_b - 1 - t] + b); an involution.
 std::vector<int64_t> reverse_row_order(const SeqLayout& q);
+
+// Reverses every sequence of a per-row tensor ((T, B, X) padded: a flip of
+// dim 0; (N, X) packed: a gather by reverse_row_order, which keeps the packed
+// layout).  Used by the composite below and the CUDA tier's one-launch
+// bidirectional layers.
+struct RowReverser {
+  bool packed;
+  at::Tensor perm;  // packed: reverse_row_order, on the tensors' device
+
+  RowReverser(const SeqLayout& q, const at::Device& device);
+  at::Tensor operator()(const at::Tensor& t) const;
+};
 
 }  // namespace fusedrnn

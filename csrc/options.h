@@ -27,7 +27,15 @@ enum class Option : int {
   // (= off: EXPERIMENTAL, written without a GPU and not yet run on one), 1 off,
   // 2 on.
   kPersistentMma = 2,
-  kCount = 3,
+  // Bidirectional layers on CUDA (ops with directions=2): 0 auto (= separate:
+  // EXPERIMENTAL one_launch, written without a GPU and not yet run on one),
+  // 1 separate (each direction its own one-direction op call,
+  // csrc/bidirectional.cpp), 2 one_launch (the general tier runs both
+  // directions of a layer with one kernel launch per step, lstm_cuda.cu;
+  // falls back to separate where it does not apply: a projection, or
+  // cuda_tier='persistent').
+  kCudaBidirectional = 3,
+  kCount = 4,
 };
 
 // Current value (thread-safe; relaxed atomics).

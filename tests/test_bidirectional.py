@@ -510,3 +510,85 @@ def test_cuda_lstm_matches_torch_nn():
     assert_parity(run_impl("fused", "lstm", fused, torch_mod, x, hx),
                   run_impl("torch", "lstm", fused, torch_mod, x, hx),
                   dict(rtol=1e-8, atol=1e-8), "cuda lstm")
+
+
+_NEEDS_CUDA = pytest.mark.skipif(not (torch.cuda.is_available() and fusedrnn._C.cuda_compiled),
+                                 reason="needs a GPU and a CUDA build of fusedrnn")
+
+
+def _op_fwd_bwd(x, h0, c0, w, bs):
+    """lstm_forward(directions=2) and its backward: results and every gradient."""
+    ins = [t.detach().clone().requires_grad_(True) for t in [x, h0, c0] + w]
+    out, hy, cy, *_ = torch.ops.fusedrnn.lstm_forward(ins[0], ins[1], ins[2], ins[3:], True,
+                                                      True, bs, 2)
+    g = torch.Generator().manual_seed(5)
+    loss = sum((r * torch.randn(r.shape, generator=g, dtype=r.dtype).to(r.device)).sum()
+               for r in (out, hy, cy))
+    loss.backward()
+    return [out.detach(), hy.detach(), cy.detach()] + [t.grad for t in ins]
+
+
+@_NEEDS_CUDA
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("launch", ["per_step", "graph"])
+@pytest.mark.parametrize("dtype", [F64, F32])
+def test_cuda_lstm_one_launch_matches_separate(packed, launch, dtype):
+    """cuda_bidirectional='one_launch' (both directions of a layer in one
+    kernel launch per step, forward and backward) against the separate
+    one-direction calls, padded and packed, with and without the step graph;
+    and against the reference on the CPU."""
+    L, T, B, I_, H_ = 3, 7, 5, 6, 40
+    w, h0, c0 = _bidir_op_args("lstm", L=L, I_=I_, H_=H_, B=B, dtype=dtype)
+    x = torch.randn(T, B, I_, dtype=dtype)
+    bs = None
+    if packed:
+        pk = pack_padded_sequence(x, torch.tensor([7, 6, 6, 3, 1]))
+        x, bs = pk.data, pk.batch_sizes
+    cpu = _op_fwd_bwd(x, h0, c0, w, bs)
+    dev = [t.cuda() for t in [x, h0, c0] + w]
+    results = {}
+    old = {n: fusedrnn.get_option(n) for n in ("cuda_bidirectional", "cuda_step_launch",
+                                               "cuda_tier")}
+    try:
+        fusedrnn.set_option("cuda_step_launch", launch)
+        fusedrnn.set_option("cuda_tier", "general")
+        for mode in ("separate", "one_launch"):
+            fusedrnn.set_option("cuda_bidirectional", mode)
+            results[mode] = _op_fwd_bwd(dev[0], dev[1], dev[2], dev[3:], bs)
+    finally:
+        for n, v in old.items():
+            fusedrnn.set_option(n, v)
+    tol = dict(rtol=1e-9, atol=1e-9) if dtype == F64 else dict(rtol=2e-4, atol=2e-5)
+    for i, (a, b, c) in enumerate(zip(results["one_launch"], results["separate"], cpu)):
+        torch.testing.assert_close(a, b, **tol, msg=lambda m: f"result/grad {i}: {m}")
+        torch.testing.assert_close(a.cpu(), c, **tol, msg=lambda m: f"vs CPU {i}: {m}")
+
+
+@_NEEDS_CUDA
+def test_cuda_one_launch_falls_back_with_projection_and_inference():
+    """With a projection one_launch runs the separate calls (same results);
+    inference (no grad) runs the one-launch forward without saving anything."""
+    w, h0, c0 = _bidir_op_args("lstm", L=2, proj=2, B=3)
+    x = torch.randn(4, 3, 3, dtype=F64)
+    dev = [t.cuda() for t in [x, h0, c0] + w]
+    old = fusedrnn.get_option("cuda_bidirectional")
+    try:
+        got = {}
+        for mode in ("separate", "one_launch"):
+            fusedrnn.set_option("cuda_bidirectional", mode)
+            got[mode] = _op_fwd_bwd(dev[0], dev[1], dev[2], dev[3:], None)
+        for a, b in zip(got["one_launch"], got["separate"]):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        w, h0, c0 = _bidir_op_args("lstm", L=2, B=3)
+        dev = [t.cuda() for t in [x, h0, c0] + w]
+        outs = {}
+        for mode in ("separate", "one_launch"):
+            fusedrnn.set_option("cuda_bidirectional", mode)
+            with torch.no_grad():
+                outs[mode] = torch.ops.fusedrnn.lstm_forward(dev[0], dev[1], dev[2], dev[3:],
+                                                             True, False, None, 2)
+        for a, b in zip(outs["one_launch"][:3], outs["separate"][:3]):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+        assert all(t.numel() == 0 for t in outs["one_launch"][3:])
+    finally:
+        fusedrnn.set_option("cuda_bidirectional", old)

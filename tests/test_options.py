@@ -10,7 +10,8 @@ fusedrnn = fusedrnn_or_skip()
 
 OPTIONS = {"cuda_tier": ("auto", "general", "persistent"),
            "cuda_step_launch": ("auto", "per_step", "graph"),
-           "persistent_mma": ("auto", "off", "on")}
+           "persistent_mma": ("auto", "off", "on"),
+           "cuda_bidirectional": ("auto", "separate", "one_launch")}
 
 
 @pytest.fixture(autouse=True)
@@ -54,8 +55,13 @@ def test_cpu_results_do_not_depend_on_cuda_switches():
     fusedrnn.set_option("cuda_tier", "persistent")
     fusedrnn.set_option("cuda_step_launch", "graph")
     fusedrnn.set_option("persistent_mma", "on")
+    fusedrnn.set_option("cuda_bidirectional", "one_launch")
     got, _ = m(x)
     assert torch.equal(got, want)
+    bi = fusedrnn.LSTM(3, 5, 2, bidirectional=True)
+    got, _ = bi(x)
+    fusedrnn.set_option("cuda_bidirectional", "separate")
+    assert torch.equal(got, bi(x)[0])
     got, _ = m.to(torch.bfloat16)(x.to(torch.bfloat16))
     fusedrnn.set_option("persistent_mma", "off")
     want, _ = m(x.to(torch.bfloat16))

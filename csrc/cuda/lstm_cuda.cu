@@ -104,13 +104,15 @@ using at::Tensor;
 // (tx, ty), tx in [0, BN), ty in [0, BM/TM), owns unit j0 + tx for batch rows
 // b0 + ty*TM + m, m < TM, and keeps 4*TM accumulators, computed by
 // fwd_product (tile_product.cuh) with depth K.
+//
+// The body is a device function so that the one-launch bidirectional kernel
+// (lstm_fwd_step_pair_kernel below) runs exactly the same code per direction.
 template <typename scalar_t, int BM, int BN, int TM>
-__global__ void __launch_bounds__(BN * (BM / TM), kMinBlocks<scalar_t>)
-lstm_fwd_step_kernel(const scalar_t* __restrict__ h_prev, const scalar_t* __restrict__ w_hh,
-                     const scalar_t* __restrict__ gx,
-                     typename acc_type<scalar_t>::type* __restrict__ c_state,
-                     scalar_t* __restrict__ h_out, scalar_t* __restrict__ gates_out,
-                     scalar_t* __restrict__ cell_out, int64_t B, int64_t H, int64_t K) {
+__device__ __forceinline__ void lstm_fwd_step_body(
+    const scalar_t* __restrict__ h_prev, const scalar_t* __restrict__ w_hh,
+    const scalar_t* __restrict__ gx, typename acc_type<scalar_t>::type* __restrict__ c_state,
+    scalar_t* __restrict__ h_out, scalar_t* __restrict__ gates_out,
+    scalar_t* __restrict__ cell_out, int64_t B, int64_t H, int64_t K) {
   using acc_t = typename acc_type<scalar_t>::type;
   const int tx = threadIdx.x % BN, ty = threadIdx.x / BN;
   const int64_t b0 = static_cast<int64_t>(blockIdx.x) * BM;
@@ -145,6 +147,17 @@ lstm_fwd_step_kernel(const scalar_t* __restrict__ h_prev, const scalar_t* __rest
   }
 }
 
+template <typename scalar_t, int BM, int BN, int TM>
+__global__ void __launch_bounds__(BN * (BM / TM), kMinBlocks<scalar_t>)
+lstm_fwd_step_kernel(const scalar_t* __restrict__ h_prev, const scalar_t* __restrict__ w_hh,
+                     const scalar_t* __restrict__ gx,
+                     typename acc_type<scalar_t>::type* __restrict__ c_state,
+                     scalar_t* __restrict__ h_out, scalar_t* __restrict__ gates_out,
+                     scalar_t* __restrict__ cell_out, int64_t B, int64_t H, int64_t K) {
+  lstm_fwd_step_body<scalar_t, BM, BN, TM>(h_prev, w_hh, gx, c_state, h_out, gates_out,
+                                           cell_out, B, H, K);
+}
+
 // -------------------------------------------------------------- backward --
 //
 // One timestep of one layer, in reverse.
@@ -171,14 +184,15 @@ lstm_fwd_step_kernel(const scalar_t* __restrict__ h_prev, const scalar_t* __rest
 // (tx, ty) owns unit j0 + tx for rows b0 + ty*TM + m and after the product
 // holds the complete dh of those elements, so it can run the cell backward
 // for all four gates of the unit.
+// (A device function body, shared with the one-launch bidirectional kernel,
+// as in the forward.)
 template <typename scalar_t, int BM, int BN, int TM>
-__global__ void __launch_bounds__(BN * (BM / TM))
-lstm_bwd_step_kernel(const scalar_t* __restrict__ dG_next, const scalar_t* __restrict__ w_hh,
-                     const scalar_t* __restrict__ dy, const scalar_t* __restrict__ dy_extra,
-                     const scalar_t* __restrict__ gates, const scalar_t* __restrict__ c_prev,
-                     const scalar_t* __restrict__ c,
-                     typename acc_type<scalar_t>::type* __restrict__ dc_state,
-                     scalar_t* __restrict__ dG_out, int64_t B, int64_t B_next, int64_t H) {
+__device__ __forceinline__ void lstm_bwd_step_body(
+    const scalar_t* __restrict__ dG_next, const scalar_t* __restrict__ w_hh,
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ dy_extra,
+    const scalar_t* __restrict__ gates, const scalar_t* __restrict__ c_prev,
+    const scalar_t* __restrict__ c, typename acc_type<scalar_t>::type* __restrict__ dc_state,
+    scalar_t* __restrict__ dG_out, int64_t B, int64_t B_next, int64_t H) {
   using acc_t = typename acc_type<scalar_t>::type;
   const int tx = threadIdx.x % BN, ty = threadIdx.x / BN;
   const int64_t b0 = static_cast<int64_t>(blockIdx.x) * BM;
@@ -211,6 +225,18 @@ lstm_bwd_step_kernel(const scalar_t* __restrict__ dG_next, const scalar_t* __res
     d[3 * H] = static_cast<scalar_t>(r.do_);
     dc_state[bj] = r.dc_prev;
   }
+}
+
+template <typename scalar_t, int BM, int BN, int TM>
+__global__ void __launch_bounds__(BN * (BM / TM))
+lstm_bwd_step_kernel(const scalar_t* __restrict__ dG_next, const scalar_t* __restrict__ w_hh,
+                     const scalar_t* __restrict__ dy, const scalar_t* __restrict__ dy_extra,
+                     const scalar_t* __restrict__ gates, const scalar_t* __restrict__ c_prev,
+                     const scalar_t* __restrict__ c,
+                     typename acc_type<scalar_t>::type* __restrict__ dc_state,
+                     scalar_t* __restrict__ dG_out, int64_t B, int64_t B_next, int64_t H) {
+  lstm_bwd_step_body<scalar_t, BM, BN, TM>(dG_next, w_hh, dy, dy_extra, gates, c_prev, c,
+                                           dc_state, dG_out, B, B_next, H);
 }
 
 // ------------------------------------------------------------ launching --
@@ -258,6 +284,36 @@ void fwd_step(const StepConfig& cfg, cudaStream_t stream, const FwdStep<scalar_t
   });
 }
 
+// Both directions of a bidirectional layer in one launch (option
+// cuda_bidirectional = one_launch): blockIdx.z picks the direction's
+// arguments; both have the same rows B, H and K (the reverse direction runs
+// over the time-reversed sequences, which have the same batch_sizes).
+template <typename scalar_t>
+struct FwdStepPair {
+  FwdStep<scalar_t> d[2];
+};
+
+template <typename scalar_t, int BM, int BN, int TM>
+__global__ void __launch_bounds__(BN * (BM / TM), kMinBlocks<scalar_t>)
+lstm_fwd_step_pair_kernel(const FwdStepPair<scalar_t> p) {
+  // A select, not p.d[blockIdx.z]: a dynamic index into the parameter space
+  // would copy the structs to local memory.
+  const FwdStep<scalar_t>& a = blockIdx.z == 0 ? p.d[0] : p.d[1];
+  lstm_fwd_step_body<scalar_t, BM, BN, TM>(a.h_prev, a.w_hh, a.gx, a.c_state, a.h_out,
+                                           a.gates_out, a.cell_out, a.B, a.H, a.K);
+}
+
+template <typename scalar_t>
+void fwd_step_pair(const StepConfig& cfg, cudaStream_t stream, const FwdStepPair<scalar_t>& p) {
+  with_tile(cfg, [&](auto tile) {
+    using TL = decltype(tile);
+    dim3 grid = step_grid<TL>(p.d[0].B, p.d[0].H);
+    grid.z = 2;
+    lstm_fwd_step_pair_kernel<scalar_t, TL::BM, TL::BN, TL::TM><<<grid, TL::NT, 0, stream>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
 template <typename scalar_t>
 void bwd_step(const StepConfig& cfg, cudaStream_t stream, const BwdStep<scalar_t>& a) {
   with_tile(cfg, [&](auto tile) {
@@ -265,6 +321,31 @@ void bwd_step(const StepConfig& cfg, cudaStream_t stream, const BwdStep<scalar_t
     lstm_bwd_step_kernel<scalar_t, TL::BM, TL::BN, TL::TM><<<step_grid<TL>(a.B, a.H), TL::NT, 0, stream>>>(
         a.dG_next, a.w_hh, a.dy, a.dy_extra, a.gates, a.c_prev, a.c, a.dc_state, a.dG_out, a.B,
         a.B_next, a.H);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+template <typename scalar_t>
+struct BwdStepPair {
+  BwdStep<scalar_t> d[2];
+};
+
+template <typename scalar_t, int BM, int BN, int TM>
+__global__ void __launch_bounds__(BN * (BM / TM))
+lstm_bwd_step_pair_kernel(const BwdStepPair<scalar_t> p) {
+  const BwdStep<scalar_t>& a = blockIdx.z == 0 ? p.d[0] : p.d[1];
+  lstm_bwd_step_body<scalar_t, BM, BN, TM>(a.dG_next, a.w_hh, a.dy, a.dy_extra, a.gates,
+                                           a.c_prev, a.c, a.dc_state, a.dG_out, a.B, a.B_next,
+                                           a.H);
+}
+
+template <typename scalar_t>
+void bwd_step_pair(const StepConfig& cfg, cudaStream_t stream, const BwdStepPair<scalar_t>& p) {
+  with_tile(cfg, [&](auto tile) {
+    using TL = decltype(tile);
+    dim3 grid = step_grid<TL>(p.d[0].B, p.d[0].H);
+    grid.z = 2;
+    lstm_bwd_step_pair_kernel<scalar_t, TL::BM, TL::BN, TL::TM><<<grid, TL::NT, 0, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -343,6 +424,131 @@ using step_graph::run_steps;
 
 // --------------------------------------------------------- op: forward --
 
+// Bidirectional (directions = 2, see ops.cpp) with cuda_bidirectional =
+// one_launch: per layer, each direction's input projection is one GEMM (the
+// reverse direction's on the time-reversed input, RowReverser), then ONE
+// step loop whose kernels (lstm_fwd_step_pair_kernel) advance both
+// directions, each over its own processing order; the layer's output is
+// [forward | reverse reversed back].  The saved gates/cells are those of two
+// one-direction calls (the reverse direction's in its processing order), so
+// the backward of either path consumes them.  Not with a projection (its
+// per-step cuBLAS products) or cuda_tier='persistent': those run the
+// directions as separate calls (csrc/bidirectional.cpp).
+bool one_launch_applies(const LstmSizes& s) {
+  return get_option(Option::kCudaBidirectional) == 2 && get_option(Option::kCudaTier) != 2 &&
+         !s.has_proj && s.T > 0 && s.B > 0 && s.H > 0;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_one_launch(
+    const LstmSizes& s, const Tensor& input_, const Tensor& hx_, const Tensor& cx_,
+    at::TensorList weights_, bool has_biases, bool train) {
+  check_cuda_supported(s, "lstm_forward");
+  const c10::cuda::CUDAGuard guard(input_.device());
+  check_packed_not_capturing(s.seq, "lstm_forward");
+  const int64_t B = s.B, H = s.H, L = s.L, N = s.seq.N, G4 = 4 * H;  // P = H here
+  const SeqLayout& q = s.seq;
+  const auto opts = input_.options();
+  Tensor output = at::empty(s.rows_shape(2 * H), opts);
+  Tensor hy = at::empty({2 * L, B, H}, opts);
+  Tensor cy = at::empty({2 * L, B, H}, opts);
+  Tensor gates, cells, hiddens;
+  if (train) {
+    gates = at::empty(s.rows_shape(G4, 2 * L), opts);
+    cells = at::empty(s.rows_shape(H, 2 * L), opts);
+    hiddens = at::empty(s.rows_shape(2 * H, L - 1), opts);
+  } else {
+    gates = at::empty({0}, opts);
+    cells = at::empty({0}, opts);
+    hiddens = at::empty({0}, opts);
+  }
+  const Tensor input = input_.contiguous(), hx = hx_.contiguous(), cx = cx_.contiguous();
+  const std::vector<Tensor> w = contiguous_all(weights_);
+  const StepConfig cfg = choose_config(B, H, sm_count());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const RowReverser rev(q, input.device());
+
+  Tensor gx = at::empty({2, N, G4}, opts);  // each direction's input projection
+  Tensor outs = at::empty({2, N, H}, opts);  // each direction's h_t, processing order
+  Tensor c_state = at::empty({2, B, H}, opts.dtype(acc_scalar_type(input.scalar_type())));
+  Tensor last_idx;
+  if (q.packed) last_idx = last_rows(q, input.device());
+
+  Tensor x = input.reshape({N, s.I});
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t I_l = x.size(-1);
+    const Tensor xr = rev(x.view(s.rows_shape(I_l))).reshape({N, I_l});
+    for (int64_t d = 0; d < 2; ++d) {
+      const Tensor* wl = &w[(2 * l + d) * s.per_layer];
+      Tensor g = gx[d];
+      if (has_biases) {
+        at::addmm_out(g, wl[2] + wl[3], d == 0 ? x : xr, wl[0].t());
+      } else {
+        at::mm_out(g, d == 0 ? x : xr, wl[0].t());
+      }
+      c_state[d].copy_(cx[2 * l + d]);
+    }
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                    "fusedrnn_lstm_forward_one_launch", [&] {
+      using acc_t = typename acc_type<scalar_t>::type;
+      const scalar_t* w_hh[2];
+      const scalar_t* h0[2];
+      const scalar_t* gx_p[2];
+      scalar_t* out_p[2];
+      scalar_t* gates_p[2];
+      scalar_t* cells_p[2];
+      acc_t* c_p[2];
+      for (int64_t d = 0; d < 2; ++d) {
+        const int64_t k = 2 * l + d;
+        w_hh[d] = w[k * s.per_layer + 1].data_ptr<scalar_t>();
+        h0[d] = hx.data_ptr<scalar_t>() + k * B * H;
+        gx_p[d] = gx.data_ptr<scalar_t>() + d * N * G4;
+        out_p[d] = outs.data_ptr<scalar_t>() + d * N * H;
+        gates_p[d] = train ? gates.data_ptr<scalar_t>() + k * N * G4 : nullptr;
+        cells_p[d] = train ? cells.data_ptr<scalar_t>() + k * N * H : nullptr;
+        c_p[d] = c_state.data_ptr<acc_t>() + d * B * H;
+      }
+      auto steps = [&](cudaStream_t st) {
+        for (int64_t t = 0; t < s.T; ++t) {
+          const int64_t rows = q.rows(t), o = q.offset(t);
+          FwdStepPair<scalar_t> p;
+          for (int d = 0; d < 2; ++d) {
+            FwdStep<scalar_t>& a = p.d[d];
+            a.h_prev = t == 0 ? h0[d] : out_p[d] + q.offset(t - 1) * H;
+            a.w_hh = w_hh[d];
+            a.gx = gx_p[d] + o * G4;
+            a.c_state = c_p[d];
+            a.h_out = out_p[d] + o * H;
+            a.gates_out = train ? gates_p[d] + o * G4 : nullptr;
+            a.cell_out = train ? cells_p[d] + o * H : nullptr;
+            a.B = rows;
+            a.H = H;
+            a.K = H;
+          }
+          fwd_step_pair<scalar_t>(cfg, st, p);
+        }
+      };
+      run_steps(graph_mode(), graph_topology(2, l, s, input.scalar_type(), cfg, train ? 1 : 0),
+                {w_hh[0], w_hh[1], h0[0], h0[1], gx_p[0], out_p[0], gates_p[0], gates_p[1],
+                 cells_p[0], cells_p[1], c_p[0]},
+                stream, steps);
+    });
+    for (int64_t d = 0; d < 2; ++d) {
+      const Tensor out_d = outs[d];
+      hy[2 * l + d].copy_(q.packed ? out_d.index_select(0, last_idx) : out_d.narrow(0, N - B, B));
+      cy[2 * l + d].copy_(c_state[d]);
+    }
+    // The layer's output, [forward | reverse in time order]: the next
+    // layer's input (gx and outs are rewritten only after it is read).
+    Tensor y = l == L - 1 ? output : (train ? hiddens[l] : at::empty(s.rows_shape(2 * H), opts));
+    Tensor y2 = y.view({N, 2 * H});
+    y2.narrow(1, 0, H).copy_(outs[0]);
+    y2.narrow(1, H, H).copy_(rev(outs[1].view(s.rows_shape(H))).reshape({N, H}));
+    x = y2;
+  }
+  return {output, hy, cy, gates, cells, hiddens};
+}
+
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cuda(
     const Tensor& input_, const Tensor& hx_, const Tensor& cx_, at::TensorList weights_,
     bool has_biases, bool train, const std::optional<Tensor>& batch_sizes,
@@ -352,9 +558,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cuda(
   check_cuda_args(input_, "lstm_forward");
   const LstmSizes s =
       check_lstm_args(input_, hx_, cx_, weights_, has_biases, batch_sizes, directions);
-  if (s.D == 2)
+  if (s.D == 2) {
+    if (one_launch_applies(s))
+      return lstm_forward_one_launch(s, input_, hx_, cx_, weights_, has_biases, train);
     return lstm_forward_bidirectional(s, input_, hx_, cx_, weights_, has_biases, train,
                                       batch_sizes);
+  }
   if (auto r = persistent_lstm_forward_if_selected(s, input_, hx_, cx_, weights_, has_biases, train))
     return *r;
   check_cuda_supported(s, "lstm_forward");
@@ -475,6 +684,149 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cuda(
 }
 
 // -------------------------------------------------------- op: backward --
+
+// Bidirectional backward with cuda_bidirectional = one_launch (see the
+// forward): per layer from the top, each direction's output gradient in its
+// processing order (the reverse half reversed) with grad_hy added at each
+// sequence's last step, ONE reverse step loop of lstm_bwd_step_pair_kernel
+// for both directions, then per direction the weight GEMMs and its share of
+// the input gradient (the reverse direction's reversed back).
+std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_one_launch(
+    const LstmSizes& s, const Tensor& grad_output_, const Tensor& grad_hy_,
+    const Tensor& grad_cy_, const Tensor& input_, const Tensor& hx_, const Tensor& cx_,
+    at::TensorList weights_, bool has_biases, const Tensor& output_, const Tensor& gates_,
+    const Tensor& cells_, const Tensor& hiddens_) {
+  check_cuda_supported(s, "lstm_backward");
+  const c10::cuda::CUDAGuard guard(input_.device());
+  check_packed_not_capturing(s.seq, "lstm_backward");
+  const int64_t T = s.T, B = s.B, H = s.H, L = s.L, N = s.seq.N, G4 = 4 * H;  // P = H here
+  const SeqLayout& q = s.seq;
+  const auto opts = input_.options();
+  const Tensor input = input_.contiguous(), hx = hx_.contiguous(), cx = cx_.contiguous();
+  const Tensor output = output_.contiguous(), gates = gates_.contiguous();
+  const Tensor cells = cells_.contiguous(), hiddens = hiddens_.contiguous();
+  const Tensor grad_hy = grad_hy_.contiguous(), grad_cy = grad_cy_.contiguous();
+  const std::vector<Tensor> w = contiguous_all(weights_);
+  const StepConfig cfg = choose_config(B, H, sm_count());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const RowReverser rev(q, input.device());
+  auto reversed = [&](const Tensor& rows, int64_t cols) {  // (N, cols) -> (N, cols)
+    return rev(rows.reshape(s.rows_shape(cols))).reshape({N, cols});
+  };
+
+  Tensor grad_hx = at::empty({2 * L, B, H}, opts);
+  Tensor grad_cx = at::empty({2 * L, B, H}, opts);
+  std::vector<Tensor> grad_w(weights_.size());
+  Tensor grad_input;
+  Tensor dG = at::empty({2, N, G4}, opts);
+  Tensor dys = at::empty({2, N, H}, opts);  // each direction's dh from above, processing order
+  Tensor dc_state = at::empty({2, B, H}, opts.dtype(acc_scalar_type(input.scalar_type())));
+  Tensor last_idx, prev_idx;
+  if (q.packed) {
+    last_idx = last_rows(q, input.device());
+    prev_idx = prev_rows(q, input.device());
+  }
+  Tensor dy = grad_output_.reshape({N, 2 * H});  // gradient of the layer's output, time order
+
+  for (int64_t l = L - 1; l >= 0; --l) {
+    const Tensor x = (l == 0 ? input : hiddens[l - 1]).reshape({N, l == 0 ? s.I : 2 * H});
+    const Tensor y = (l == L - 1 ? output : hiddens[l]).reshape({N, 2 * H});
+    for (int64_t d = 0; d < 2; ++d) {
+      const int64_t k = 2 * l + d;
+      Tensor dy_d = dys[d];
+      dy_d.copy_(d == 0 ? dy.narrow(1, 0, H) : reversed(dy.narrow(1, H, H), H));
+      if (q.packed) {
+        dy_d.index_copy_(0, last_idx, dy_d.index_select(0, last_idx).add_(grad_hy[k]));
+      } else {
+        dy_d.narrow(0, N - B, B).add_(grad_hy[k]);
+      }
+      dc_state[d].copy_(grad_cy[k]);
+    }
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                    "fusedrnn_lstm_backward_one_launch", [&] {
+      using acc_t = typename acc_type<scalar_t>::type;
+      const scalar_t* w_hh[2];
+      const scalar_t* dy_p[2];
+      const scalar_t* gates_p[2];
+      const scalar_t* cells_p[2];
+      const scalar_t* c0[2];
+      scalar_t* dG_p[2];
+      acc_t* dc_p[2];
+      for (int64_t d = 0; d < 2; ++d) {
+        const int64_t k = 2 * l + d;
+        w_hh[d] = w[k * s.per_layer + 1].data_ptr<scalar_t>();
+        dy_p[d] = dys.data_ptr<scalar_t>() + d * N * H;
+        gates_p[d] = gates.data_ptr<scalar_t>() + k * N * G4;
+        cells_p[d] = cells.data_ptr<scalar_t>() + k * N * H;
+        c0[d] = cx.data_ptr<scalar_t>() + k * B * H;
+        dG_p[d] = dG.data_ptr<scalar_t>() + d * N * G4;
+        dc_p[d] = dc_state.data_ptr<acc_t>() + d * B * H;
+      }
+      auto steps = [&](cudaStream_t st) {
+        for (int64_t t = T - 1; t >= 0; --t) {
+          const int64_t rows = q.rows(t), o = q.offset(t);
+          const int64_t n_next = t + 1 < T ? q.rows(t + 1) : 0;
+          BwdStepPair<scalar_t> p;
+          for (int d = 0; d < 2; ++d) {
+            BwdStep<scalar_t>& a = p.d[d];
+            a.dG_next = n_next > 0 ? dG_p[d] + q.offset(t + 1) * G4 : nullptr;
+            a.B_next = n_next;
+            a.w_hh = w_hh[d];
+            a.dy = dy_p[d] + o * H;
+            a.dy_extra = nullptr;
+            a.gates = gates_p[d] + o * G4;
+            a.c_prev = t == 0 ? c0[d] : cells_p[d] + q.offset(t - 1) * H;
+            a.c = cells_p[d] + o * H;
+            a.dc_state = dc_p[d];
+            a.dG_out = dG_p[d] + o * G4;
+            a.B = rows;
+            a.H = H;
+          }
+          bwd_step_pair<scalar_t>(cfg, st, p);
+        }
+      };
+      run_steps(graph_mode(), graph_topology(3, l, s, input.scalar_type(), cfg, 0),
+                {w_hh[0], w_hh[1], dy_p[0], gates_p[0], gates_p[1], cells_p[0], cells_p[1], c0[0],
+                 c0[1], dG_p[0], dc_p[0]},
+                stream, steps);
+    });
+
+    Tensor dx;
+    for (int64_t d = 0; d < 2; ++d) {
+      const int64_t k = 2 * l + d;
+      const Tensor* wl = &w[k * s.per_layer];
+      const Tensor dG_d = dG[d];
+      grad_hx[k].copy_(at::mm(dG_d.narrow(0, 0, B), wl[1]));
+      grad_cx[k].copy_(dc_state[d]);
+      // This direction's input and output rows in its processing order.
+      const Tensor x_d = d == 0 ? x : reversed(x, x.size(1));
+      const Tensor out_d = d == 0 ? y.narrow(1, 0, H) : reversed(y.narrow(1, H, H), H);
+      Tensor h_prev;
+      if (q.packed) {
+        h_prev = at::cat({hx[k], out_d}, 0).index_select(0, prev_idx);
+      } else {
+        h_prev = T > 1 ? at::cat({hx[k], out_d.narrow(0, 0, N - B)}, 0) : hx[k];
+      }
+      grad_w[k * s.per_layer] = at::mm(dG_d.t(), x_d);
+      grad_w[k * s.per_layer + 1] = at::mm(dG_d.t(), h_prev);
+      if (has_biases) {
+        Tensor db = dG_d.sum(0);
+        grad_w[k * s.per_layer + 2] = db;
+        grad_w[k * s.per_layer + 3] = db.clone();
+      }
+      const Tensor dx_d = at::mm(dG_d, wl[0]);
+      if (d == 0) {
+        dx = dx_d;
+      } else {
+        dx.add_(reversed(dx_d, dx_d.size(1)));
+      }
+    }
+    dy = dx;
+    if (l == 0) grad_input = dx.view(input_.sizes());
+  }
+  return {grad_input, grad_hx, grad_cx, grad_w};
+}
+
 //
 // Without a projection and padded, grad_hy enters the last step's kernel as
 // dy_extra and the top layer reads grad_output in place.  Packed or with a
@@ -498,6 +850,9 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cuda(
   check_cuda_supported(s, "lstm_backward");
   check_backward_args(s, input_, grad_output_, grad_hy_, grad_cy_, output_, gates_, cells_,
                       hiddens_);
+  if (s.D == 2 && one_launch_applies(s))
+    return lstm_backward_one_launch(s, grad_output_, grad_hy_, grad_cy_, input_, hx_, cx_,
+                                    weights_, has_biases, output_, gates_, cells_, hiddens_);
   if (s.D == 2)
     return lstm_backward_bidirectional(s, grad_output_, grad_hy_, grad_cy_, input_, hx_, cx_,
                                        weights_, has_biases, output_, gates_, cells_, hiddens_,
