@@ -685,6 +685,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cuda(
 
 // -------------------------------------------------------- op: backward --
 
+// Weight and bias gradients of one layer (and direction) as single GEMMs /
+// reductions over all N rows (they follow allow_tf32): dW_ih = dGᵀ x and
+// dW_hh = Σ_t dG_tᵀ h_{t-1} with h_{-1} = h0, one GEMM over the matrix of
+// every row's previous hidden state (`out`: the layer's h_t rows in the same
+// order as dG).  Writes grad_w[first .. first + 3] (+2, +3 with biases).
+void layer_weight_grads(const SeqLayout& q, const Tensor& dG, const Tensor& x, const Tensor& out,
+                        const Tensor& h0, const Tensor& prev_idx, bool has_biases,
+                        std::vector<Tensor>& grad_w, int64_t first) {
+  const int64_t N = q.N, B = q.B;
+  Tensor h_prev;
+  if (q.packed) {
+    h_prev = at::cat({h0, out}, 0).index_select(0, prev_idx);
+  } else {
+    h_prev = q.T > 1 ? at::cat({h0, out.narrow(0, 0, N - B)}, 0) : h0;
+  }
+  grad_w[first] = at::mm(dG.t(), x);
+  grad_w[first + 1] = at::mm(dG.t(), h_prev);
+  if (has_biases) {
+    Tensor db = dG.sum(0);
+    grad_w[first + 2] = db;
+    grad_w[first + 3] = db.clone();
+  }
+}
+
+
 // Bidirectional backward with cuda_bidirectional = one_launch (see the
 // forward): per layer from the top, each direction's output gradient in its
 // processing order (the reverse half reversed) with grad_hy added at each
@@ -801,19 +826,8 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_one_launch
       // This direction's input and output rows in its processing order.
       const Tensor x_d = d == 0 ? x : reversed(x, x.size(1));
       const Tensor out_d = d == 0 ? y.narrow(1, 0, H) : reversed(y.narrow(1, H, H), H);
-      Tensor h_prev;
-      if (q.packed) {
-        h_prev = at::cat({hx[k], out_d}, 0).index_select(0, prev_idx);
-      } else {
-        h_prev = T > 1 ? at::cat({hx[k], out_d.narrow(0, 0, N - B)}, 0) : hx[k];
-      }
-      grad_w[k * s.per_layer] = at::mm(dG_d.t(), x_d);
-      grad_w[k * s.per_layer + 1] = at::mm(dG_d.t(), h_prev);
-      if (has_biases) {
-        Tensor db = dG_d.sum(0);
-        grad_w[k * s.per_layer + 2] = db;
-        grad_w[k * s.per_layer + 3] = db.clone();
-      }
+      layer_weight_grads(q, dG_d, x_d, out_d, hx[k], prev_idx, has_biases, grad_w,
+                         k * s.per_layer);
       const Tensor dx_d = at::mm(dG_d, wl[0]);
       if (d == 0) {
         dx = dx_d;
@@ -990,22 +1004,7 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cuda(
     grad_hx[l].copy_(at::mm(dG.narrow(0, 0, B), wl[1]));
     grad_cx[l].copy_(dc_state);
 
-    // Weight gradients: one GEMM each over all rows (follow allow_tf32).
-    // dW_hh = Σ_t dG_tᵀ h_{t-1} with h_{-1} = hx[l], as one GEMM over the
-    // matrix of every row's previous hidden state.
-    Tensor h_prev;
-    if (q.packed) {
-      h_prev = at::cat({hx[l], out2}, 0).index_select(0, prev_idx);
-    } else {
-      h_prev = T > 1 ? at::cat({hx[l], out2.narrow(0, 0, N - B)}, 0) : hx[l];
-    }
-    grad_w[l * s.per_layer] = at::mm(dG.t(), x2);
-    grad_w[l * s.per_layer + 1] = at::mm(dG.t(), h_prev);
-    if (has_biases) {
-      Tensor db = dG.sum(0);
-      grad_w[l * s.per_layer + 2] = db;
-      grad_w[l * s.per_layer + 3] = db.clone();
-    }
+    layer_weight_grads(q, dG, x2, out2, hx[l], prev_idx, has_biases, grad_w, l * s.per_layer);
     if (proj) {
       // dW_hr = Σ dh_tᵀ h_raw_t; dy now holds dh_t of every row.
       const at::ScalarType acc = acc_scalar_type(input.scalar_type());
