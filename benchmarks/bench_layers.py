@@ -139,8 +139,10 @@ CONFIGS: Dict[str, Config] = {
     # cuDNN's: one step of a tiny 2-layer stack, where almost nothing is computed.
     "one-step": Config(1, 1, 16, 16, 2, devices=("cuda",), about="fixed per-call cost"),
     # The D2L shape with bidirectional layers: fusedrnn (each direction its own
-    # call) against fusedrnn-one-launch (both directions per kernel launch).
-    "d2l-bidir": Config(32, 35, 28, 256, 2, cells=("lstm-bidir",), devices=("cuda",),
+    # call inside the op) against fusedrnn-one-launch (both directions per
+    # kernel launch).
+    "d2l-bidir": Config(32, 35, 28, 256, 2, cells=("lstm-bidir", "gru-bidir", "rnn-bidir"),
+                        devices=("cuda",),
                         about="D2L shape, bidirectional"),
     # Not in any default sweep: a few milliseconds a call, for smoke tests.
     "tiny": Config(4, 8, 8, 16, 2, devices=(), cells=("lstm", "gru", "rnn"), packed=True,
@@ -187,12 +189,16 @@ CELLS: Dict[str, Cell] = {
     # Not in the default set: the same kernels as rnn with another activation.
     "rnn-relu": Cell("RNN", 1, kwargs={"nonlinearity": "relu"}, ref_name="rnn",
                      ref_kwargs={"nonlinearity": "relu"}),
-    # Bidirectional LSTM (configuration d2l-bidir): states are (2L, B, H).
+    # Bidirectional (configuration d2l-bidir): states are (2L, B, H).
     "lstm-bidir": Cell("LSTM", 2, kwargs={"bidirectional": True},
                        ref_kwargs={"bidirectional": True}),
+    "gru-bidir": Cell("GRU", 1, kwargs={"bidirectional": True},
+                      ref_kwargs={"bidirectional": True}),
+    "rnn-bidir": Cell("RNN", 1, kwargs={"nonlinearity": "tanh", "bidirectional": True},
+                      ref_kwargs={"nonlinearity": "tanh", "bidirectional": True}),
 }
-# lstm-bidir runs only where a configuration lists it (d2l-bidir).
-DEFAULT_CELLS = ("lstm", "gru", "rnn", "lstm-bidir")
+# The -bidir cells run only where a configuration lists them (d2l-bidir).
+DEFAULT_CELLS = ("lstm", "gru", "rnn", "lstm-bidir", "gru-bidir", "rnn-bidir")
 
 
 def cell_label(cell: str) -> str:
@@ -433,9 +439,9 @@ class StepLaunchImpl(OptionImpl):
 
 
 class OneLaunchImpl(OptionImpl):
-    """Bidirectional LSTM with both directions of a layer in one kernel launch
-    per step (cuda_bidirectional = one_launch, EXPERIMENTAL; the general tier).
-    Only for bidirectional cells."""
+    """Bidirectional layers with both directions in one kernel launch per step
+    (cuda_bidirectional = one_launch, EXPERIMENTAL; the general tier).  Only
+    for bidirectional cells."""
 
     def __init__(self):
         super().__init__("fusedrnn-one-launch", "fusedrnn.{Cell} (both directions, one launch)",
@@ -448,8 +454,7 @@ class OneLaunchImpl(OptionImpl):
         return why
 
     def wants(self, cfg):
-        c = CELLS[cfg.cell]
-        return c.title == "LSTM" and bool(c.kwargs.get("bidirectional"))
+        return bool(CELLS[cfg.cell].kwargs.get("bidirectional"))
 
 
 class CudaTierImpl(OptionImpl):

@@ -31,9 +31,9 @@ enum class Option : int {
   // EXPERIMENTAL one_launch, written without a GPU and not yet run on one),
   // 1 separate (each direction its own one-direction op call,
   // csrc/bidirectional.cpp), 2 one_launch (the general tier runs both
-  // directions of a layer with one kernel launch per step, lstm_cuda.cu;
-  // falls back to separate where it does not apply: a projection, or
-  // cuda_tier='persistent').
+  // directions of a layer with one kernel launch per step, every cell:
+  // lstm_cuda.cu, gru_rnn_cuda.cu; the LSTM falls back to separate with a
+  // projection or cuda_tier='persistent').
   kCudaBidirectional = 3,
   kCount = 4,
 };

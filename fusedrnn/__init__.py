@@ -43,11 +43,11 @@ _OPTIONS = {
     # torch.backends.cuda.matmul.allow_tf32 is on, where their tiles fit: EXPERIMENTAL,
     # so auto means off (written without a GPU and not yet run on one).
     "persistent_mma": ("auto", "off", "on"),
-    # Bidirectional LSTM layers on CUDA: each direction its own call
-    # ("separate"), or both directions of a layer with one kernel launch per
-    # step in the general tier ("one_launch"; falls back to separate with a
-    # projection or cuda_tier='persistent'): EXPERIMENTAL, so auto means
-    # separate (written without a GPU and not yet run on one).
+    # Bidirectional layers on CUDA (LSTM, GRU, RNN): each direction its own
+    # call ("separate"), or both directions of a layer with one kernel launch
+    # per step in the general tier ("one_launch"; the LSTM falls back to
+    # separate with a projection or cuda_tier='persistent'): EXPERIMENTAL, so
+    # auto means separate (written without a GPU and not yet run on one).
     "cuda_bidirectional": ("auto", "separate", "one_launch"),
 }
 
@@ -60,7 +60,7 @@ def set_option(name: str, value: str) -> None:
     ``persistent_mma`` in ("auto", "off", "on") (experimental tensor-core
     products in the persistent kernels; auto = off) and
     ``cuda_bidirectional`` in ("auto", "separate", "one_launch")
-    (experimental one-launch bidirectional LSTM layers; auto = separate).
+    (experimental one-launch bidirectional layers; auto = separate).
     Meant for tests and
     benchmarks that compare implementations; "auto" is the default."""
     if name not in _OPTIONS:

@@ -516,35 +516,37 @@ _NEEDS_CUDA = pytest.mark.skipif(not (torch.cuda.is_available() and fusedrnn._C.
                                  reason="needs a GPU and a CUDA build of fusedrnn")
 
 
-def _op_fwd_bwd(x, h0, c0, w, bs):
-    """lstm_forward(directions=2) and its backward: results and every gradient."""
-    ins = [t.detach().clone().requires_grad_(True) for t in [x, h0, c0] + w]
-    out, hy, cy, *_ = torch.ops.fusedrnn.lstm_forward(ins[0], ins[1], ins[2], ins[3:], True,
-                                                      True, bs, 2)
+def _op_fwd_bwd(kind, x, h0, c0, w, bs):
+    """The forward op with directions=2 and its backward: results and every gradient."""
+    lstm = kind == "lstm"
+    ins = [t.detach().clone().requires_grad_(True) for t in ([x, h0, c0] if lstm else [x, h0]) + w]
+    n = 3 if lstm else 2
+    res = _fwd_op(kind, ins[0], ins[1], ins[2] if lstm else None, ins[n:], True, bs)[:n]
     g = torch.Generator().manual_seed(5)
     loss = sum((r * torch.randn(r.shape, generator=g, dtype=r.dtype).to(r.device)).sum()
-               for r in (out, hy, cy))
+               for r in res)
     loss.backward()
-    return [out.detach(), hy.detach(), cy.detach()] + [t.grad for t in ins]
+    return [r.detach() for r in res] + [t.grad for t in ins]
 
 
 @_NEEDS_CUDA
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("launch", ["per_step", "graph"])
 @pytest.mark.parametrize("dtype", [F64, F32])
-def test_cuda_lstm_one_launch_matches_separate(packed, launch, dtype):
+def test_cuda_one_launch_matches_separate(kind, packed, launch, dtype):
     """cuda_bidirectional='one_launch' (both directions of a layer in one
     kernel launch per step, forward and backward) against the separate
     one-direction calls, padded and packed, with and without the step graph;
-    and against the reference on the CPU."""
+    and against the CPU op."""
     L, T, B, I_, H_ = 3, 7, 5, 6, 40
-    w, h0, c0 = _bidir_op_args("lstm", L=L, I_=I_, H_=H_, B=B, dtype=dtype)
+    w, h0, c0 = _bidir_op_args(kind, L=L, I_=I_, H_=H_, B=B, dtype=dtype)
     x = torch.randn(T, B, I_, dtype=dtype)
     bs = None
     if packed:
         pk = pack_padded_sequence(x, torch.tensor([7, 6, 6, 3, 1]))
         x, bs = pk.data, pk.batch_sizes
-    cpu = _op_fwd_bwd(x, h0, c0, w, bs)
+    cpu = _op_fwd_bwd(kind, x, h0, c0, w, bs)
     dev = [t.cuda() for t in [x, h0, c0] + w]
     results = {}
     old = {n: fusedrnn.get_option(n) for n in ("cuda_bidirectional", "cuda_step_launch",
@@ -554,7 +556,7 @@ def test_cuda_lstm_one_launch_matches_separate(packed, launch, dtype):
         fusedrnn.set_option("cuda_tier", "general")
         for mode in ("separate", "one_launch"):
             fusedrnn.set_option("cuda_bidirectional", mode)
-            results[mode] = _op_fwd_bwd(dev[0], dev[1], dev[2], dev[3:], bs)
+            results[mode] = _op_fwd_bwd(kind, dev[0], dev[1], dev[2], dev[3:], bs)
     finally:
         for n, v in old.items():
             fusedrnn.set_option(n, v)
@@ -576,7 +578,7 @@ def test_cuda_one_launch_falls_back_with_projection_and_inference():
         got = {}
         for mode in ("separate", "one_launch"):
             fusedrnn.set_option("cuda_bidirectional", mode)
-            got[mode] = _op_fwd_bwd(dev[0], dev[1], dev[2], dev[3:], None)
+            got[mode] = _op_fwd_bwd("lstm", dev[0], dev[1], dev[2], dev[3:], None)
         for a, b in zip(got["one_launch"], got["separate"]):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
         w, h0, c0 = _bidir_op_args("lstm", L=2, B=3)

@@ -82,11 +82,11 @@ using at::Tensor;
 //   hy_out (B', H) rows b >= hy_from also go to hy_out[b] (the sequences whose
 //                  last step this is; hy_from >= B: none)
 template <typename scalar_t, int BM, int BN, int TM>
-__global__ void __launch_bounds__(BN * (BM / TM), kMinBlocks<scalar_t>)
-gru_fwd_step_kernel(const scalar_t* __restrict__ h_prev, const scalar_t* __restrict__ w_hh,
-                    const scalar_t* __restrict__ b_hh, const scalar_t* __restrict__ gx,
-                    scalar_t* __restrict__ h_out, scalar_t* __restrict__ saved_out,
-                    scalar_t* __restrict__ hy_out, int64_t hy_from, int64_t B, int64_t H) {
+__device__ __forceinline__ void gru_fwd_step_body(
+    const scalar_t* __restrict__ h_prev, const scalar_t* __restrict__ w_hh,
+    const scalar_t* __restrict__ b_hh, const scalar_t* __restrict__ gx,
+    scalar_t* __restrict__ h_out, scalar_t* __restrict__ saved_out, scalar_t* __restrict__ hy_out,
+    int64_t hy_from, int64_t B, int64_t H) {
   using acc_t = typename acc_type<scalar_t>::type;
   const int tx = threadIdx.x % BN, ty = threadIdx.x / BN;
   const int64_t b0 = static_cast<int64_t>(blockIdx.x) * BM;
@@ -133,13 +133,12 @@ gru_fwd_step_kernel(const scalar_t* __restrict__ h_prev, const scalar_t* __restr
 // Row b < nrec: dh = dy + carry + dG_next·W_hh; row b >= nrec (its sequence
 // ends at t): dh = dy + dhy.
 template <typename scalar_t, int BM, int BN, int TM>
-__global__ void __launch_bounds__(BN * (BM / TM))
-gru_bwd_step_kernel(const scalar_t* __restrict__ dG_next, const scalar_t* __restrict__ w_hh,
-                    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ dhy,
-                    const scalar_t* __restrict__ saved, const scalar_t* __restrict__ h_prev,
-                    typename acc_type<scalar_t>::type* __restrict__ carry,
-                    scalar_t* __restrict__ dgx_out, scalar_t* __restrict__ dgh_out,
-                    int64_t nrec, int64_t B, int64_t H) {
+__device__ __forceinline__ void gru_bwd_step_body(
+    const scalar_t* __restrict__ dG_next, const scalar_t* __restrict__ w_hh,
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ dhy,
+    const scalar_t* __restrict__ saved, const scalar_t* __restrict__ h_prev,
+    typename acc_type<scalar_t>::type* __restrict__ carry, scalar_t* __restrict__ dgx_out,
+    scalar_t* __restrict__ dgh_out, int64_t nrec, int64_t B, int64_t H) {
   using acc_t = typename acc_type<scalar_t>::type;
   const int tx = threadIdx.x % BN, ty = threadIdx.x / BN;
   const int64_t b0 = static_cast<int64_t>(blockIdx.x) * BM;
@@ -182,11 +181,10 @@ gru_bwd_step_kernel(const scalar_t* __restrict__ dG_next, const scalar_t* __rest
 // Forward step: h_out = act(gx + h_prev · W_hhᵀ), gx (B, H) with both biases;
 // hy_out / hy_from as in gru_fwd_step_kernel.
 template <typename scalar_t, int BM, int BN, int TM>
-__global__ void __launch_bounds__(BN * (BM / TM), kMinBlocks<scalar_t>)
-rnn_fwd_step_kernel(const scalar_t* __restrict__ h_prev, const scalar_t* __restrict__ w_hh,
-                    const scalar_t* __restrict__ gx, scalar_t* __restrict__ h_out,
-                    scalar_t* __restrict__ hy_out, int64_t hy_from, bool relu, int64_t B,
-                    int64_t H) {
+__device__ __forceinline__ void rnn_fwd_step_body(
+    const scalar_t* __restrict__ h_prev, const scalar_t* __restrict__ w_hh,
+    const scalar_t* __restrict__ gx, scalar_t* __restrict__ h_out, scalar_t* __restrict__ hy_out,
+    int64_t hy_from, bool relu, int64_t B, int64_t H) {
   using acc_t = typename acc_type<scalar_t>::type;
   const int tx = threadIdx.x % BN, ty = threadIdx.x / BN;
   const int64_t b0 = static_cast<int64_t>(blockIdx.x) * BM;
@@ -213,11 +211,11 @@ rnn_fwd_step_kernel(const scalar_t* __restrict__ h_prev, const scalar_t* __restr
 //   dG_next (nrec, H) or nullptr; w_hh (H, H); dy (B, H); dhy (B', H);
 //   h (B, H) h_t;  dG_out (B, H), must not alias dG_next.
 template <typename scalar_t, int BM, int BN, int TM>
-__global__ void __launch_bounds__(BN * (BM / TM))
-rnn_bwd_step_kernel(const scalar_t* __restrict__ dG_next, const scalar_t* __restrict__ w_hh,
-                    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ dhy,
-                    const scalar_t* __restrict__ h, scalar_t* __restrict__ dG_out, bool relu,
-                    int64_t nrec, int64_t B, int64_t H) {
+__device__ __forceinline__ void rnn_bwd_step_body(
+    const scalar_t* __restrict__ dG_next, const scalar_t* __restrict__ w_hh,
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ dhy,
+    const scalar_t* __restrict__ h, scalar_t* __restrict__ dG_out, bool relu, int64_t nrec,
+    int64_t B, int64_t H) {
   using acc_t = typename acc_type<scalar_t>::type;
   const int tx = threadIdx.x % BN, ty = threadIdx.x / BN;
   const int64_t b0 = static_cast<int64_t>(blockIdx.x) * BM;
@@ -236,6 +234,132 @@ rnn_bwd_step_kernel(const scalar_t* __restrict__ dG_next, const scalar_t* __rest
     dh += b < nrec ? acc[m] : static_cast<acc_t>(dhy[bj]);
     dG_out[bj] = static_cast<scalar_t>(rnn_cell_backward<acc_t>(dh, static_cast<acc_t>(h[bj]), relu));
   }
+}
+
+// The step kernels: each __global__ runs its body above, the one-direction
+// kernels with their arguments, the one-launch bidirectional kernel
+// (step_pair_kernel, cuda_bidirectional = one_launch) with the direction's
+// argument struct picked by blockIdx.z.  The bodies are __forceinline__, so
+// both kernels run the same code per direction.
+template <typename scalar_t, int BM, int BN, int TM>
+__global__ void __launch_bounds__(BN * (BM / TM), kMinBlocks<scalar_t>)
+gru_fwd_step_kernel(const scalar_t* __restrict__ h_prev, const scalar_t* __restrict__ w_hh,
+                    const scalar_t* __restrict__ b_hh, const scalar_t* __restrict__ gx,
+                    scalar_t* __restrict__ h_out, scalar_t* __restrict__ saved_out,
+                    scalar_t* __restrict__ hy_out, int64_t hy_from, int64_t B, int64_t H) {
+  gru_fwd_step_body<scalar_t, BM, BN, TM>(h_prev, w_hh, b_hh, gx, h_out, saved_out, hy_out,
+                                          hy_from, B, H);
+}
+
+template <typename scalar_t, int BM, int BN, int TM>
+__global__ void __launch_bounds__(BN * (BM / TM))
+gru_bwd_step_kernel(const scalar_t* __restrict__ dG_next, const scalar_t* __restrict__ w_hh,
+                    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ dhy,
+                    const scalar_t* __restrict__ saved, const scalar_t* __restrict__ h_prev,
+                    typename acc_type<scalar_t>::type* __restrict__ carry,
+                    scalar_t* __restrict__ dgx_out, scalar_t* __restrict__ dgh_out,
+                    int64_t nrec, int64_t B, int64_t H) {
+  gru_bwd_step_body<scalar_t, BM, BN, TM>(dG_next, w_hh, dy, dhy, saved, h_prev, carry, dgx_out,
+                                          dgh_out, nrec, B, H);
+}
+
+template <typename scalar_t, int BM, int BN, int TM>
+__global__ void __launch_bounds__(BN * (BM / TM), kMinBlocks<scalar_t>)
+rnn_fwd_step_kernel(const scalar_t* __restrict__ h_prev, const scalar_t* __restrict__ w_hh,
+                    const scalar_t* __restrict__ gx, scalar_t* __restrict__ h_out,
+                    scalar_t* __restrict__ hy_out, int64_t hy_from, bool relu, int64_t B,
+                    int64_t H) {
+  rnn_fwd_step_body<scalar_t, BM, BN, TM>(h_prev, w_hh, gx, h_out, hy_out, hy_from, relu, B, H);
+}
+
+template <typename scalar_t, int BM, int BN, int TM>
+__global__ void __launch_bounds__(BN * (BM / TM))
+rnn_bwd_step_kernel(const scalar_t* __restrict__ dG_next, const scalar_t* __restrict__ w_hh,
+                    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ dhy,
+                    const scalar_t* __restrict__ h, scalar_t* __restrict__ dG_out, bool relu,
+                    int64_t nrec, int64_t B, int64_t H) {
+  rnn_bwd_step_body<scalar_t, BM, BN, TM>(dG_next, w_hh, dy, dhy, h, dG_out, relu, nrec, B, H);
+}
+
+// One direction's arguments of each step kernel, for the one-launch pair.
+template <typename scalar_t>
+struct GruFwdArgs {
+  static constexpr int kMinCtas = kMinBlocks<scalar_t>;
+  const scalar_t *h_prev, *w_hh, *b_hh, *gx;
+  scalar_t *h_out, *saved_out, *hy_out;
+  int64_t hy_from, B, H;
+  template <int BM, int BN, int TM>
+  __device__ __forceinline__ void run() const {
+    gru_fwd_step_body<scalar_t, BM, BN, TM>(h_prev, w_hh, b_hh, gx, h_out, saved_out, hy_out,
+                                            hy_from, B, H);
+  }
+};
+
+template <typename scalar_t>
+struct GruBwdArgs {
+  static constexpr int kMinCtas = 1;
+  const scalar_t *dG_next, *w_hh, *dy, *dhy, *saved, *h_prev;
+  typename acc_type<scalar_t>::type* carry;
+  scalar_t *dgx_out, *dgh_out;
+  int64_t nrec, B, H;
+  template <int BM, int BN, int TM>
+  __device__ __forceinline__ void run() const {
+    gru_bwd_step_body<scalar_t, BM, BN, TM>(dG_next, w_hh, dy, dhy, saved, h_prev, carry,
+                                            dgx_out, dgh_out, nrec, B, H);
+  }
+};
+
+template <typename scalar_t>
+struct RnnFwdArgs {
+  static constexpr int kMinCtas = kMinBlocks<scalar_t>;
+  const scalar_t *h_prev, *w_hh, *gx;
+  scalar_t *h_out, *hy_out;
+  int64_t hy_from;
+  bool relu;
+  int64_t B, H;
+  template <int BM, int BN, int TM>
+  __device__ __forceinline__ void run() const {
+    rnn_fwd_step_body<scalar_t, BM, BN, TM>(h_prev, w_hh, gx, h_out, hy_out, hy_from, relu, B, H);
+  }
+};
+
+template <typename scalar_t>
+struct RnnBwdArgs {
+  static constexpr int kMinCtas = 1;
+  const scalar_t *dG_next, *w_hh, *dy, *dhy, *h;
+  scalar_t* dG_out;
+  bool relu;
+  int64_t nrec, B, H;
+  template <int BM, int BN, int TM>
+  __device__ __forceinline__ void run() const {
+    rnn_bwd_step_body<scalar_t, BM, BN, TM>(dG_next, w_hh, dy, dhy, h, dG_out, relu, nrec, B, H);
+  }
+};
+
+template <typename Args>
+struct ArgPair {
+  Args d[2];
+};
+
+template <typename Args, int BM, int BN, int TM>
+__global__ void __launch_bounds__(BN * (BM / TM), Args::kMinCtas)
+step_pair_kernel(const ArgPair<Args> p) {
+  // A select, not p.d[blockIdx.z]: a dynamic index into the parameter space
+  // would copy the structs to local memory.
+  const Args& a = blockIdx.z == 0 ? p.d[0] : p.d[1];
+  a.template run<BM, BN, TM>();
+}
+
+// Both directions' step on `rows` rows, in one launch (grid z = 2).
+template <typename Args>
+void launch_pair(int64_t rows, int64_t H, int64_t sms, cudaStream_t st, const ArgPair<Args>& p) {
+  with_tile(choose_config(rows, H, sms), [&](auto tile) {
+    using TL = decltype(tile);
+    dim3 grid = step_grid<TL>(rows, H);
+    grid.z = 2;
+    step_pair_kernel<Args, TL::BM, TL::BN, TL::TM><<<grid, TL::NT, 0, st>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 // Where layer l writes its h_t rows: output for the last layer, hiddens[l] in
@@ -315,7 +439,11 @@ bool gru_rnn_graph_mode() { return get_option(Option::kCudaStepLaunch) != 1; }
 // The topology part of a step-graph key (step_graph.h, loop_key): what
 // decides the kernels and grids of one layer's loop.  Kinds 100.. keep these
 // loops apart from the LSTM's (0, 1) in the shared cache.
-enum LoopKind : int64_t { kGruFwd = 100, kGruBwd = 101, kRnnFwd = 102, kRnnBwd = 103 };
+enum LoopKind : int64_t {
+  kGruFwd = 100, kGruBwd = 101, kRnnFwd = 102, kRnnBwd = 103,
+  // the one-launch bidirectional loops (both directions per kernel)
+  kGruFwdPair = 104, kGruBwdPair = 105, kRnnFwdPair = 106, kRnnBwdPair = 107
+};
 
 std::vector<int64_t> loop_topology(LoopKind kind, int64_t layer, const RnnSizes& s,
                                    at::ScalarType dtype, int64_t flags) {
@@ -328,6 +456,380 @@ std::vector<int64_t> loop_topology(LoopKind kind, int64_t layer, const RnnSizes&
 constexpr const char* kGru = "fusedrnn.gru";
 constexpr const char* kRnn = "fusedrnn.rnn";
 
+// ======================================= bidirectional, one launch per step ==
+//
+// directions = 2 with cuda_bidirectional = one_launch (as the LSTM's, see
+// lstm_cuda.cu): per layer each direction's input projection is one GEMM (the
+// reverse direction's on the time-reversed input, RowReverser), then ONE step
+// loop whose kernels (step_pair_kernel) advance both directions, each in its
+// own processing order, so both have the same rows per step; the layer's
+// output is [forward | reverse reversed back].  The saved activations are
+// those of the separate one-direction calls (csrc/bidirectional.cpp), so the
+// backward of either path consumes the forward of either.
+bool one_launch_applies(const RnnSizes& s) {
+  return get_option(Option::kCudaBidirectional) == 2 && s.seq.N > 0 && s.H > 0;
+}
+
+// What the GRU and RNN one-launch loops share: the layout, the reverser and
+// the two directions' row buffers.
+struct PairLayer {
+  const RnnSizes& s;
+  RowReverser rev;
+  PairLayer(const RnnSizes& s_, const Tensor& input) : s(s_), rev(s_.seq, input.device()) {}
+  // (N, cols) rows of a per-row tensor, every sequence reversed in time.
+  Tensor reversed(const Tensor& rows) const {
+    const int64_t cols = rows.size(-1);
+    return rev(rows.reshape(s.rows_shape(cols))).reshape({s.seq.N, cols});
+  }
+  // The layer's output [forward | reverse in time order] from both
+  // directions' h_t rows in their processing order (outs (2, N, H)).
+  void write_output(const Tensor& outs, Tensor& y) const {
+    const int64_t N = s.seq.N, H = s.H;
+    Tensor y2 = y.view({N, 2 * H});
+    y2.narrow(1, 0, H).copy_(outs[0]);
+    y2.narrow(1, H, H).copy_(reversed(outs[1]));
+  }
+  // The layer's output y (N, 2H) split into its directions' rows, each in
+  // its processing order, into outs (2, N, H).
+  void split_output(const Tensor& y, Tensor& outs) const {
+    const int64_t H = s.H;
+    outs[0].copy_(y.narrow(1, 0, H));
+    outs[1].copy_(reversed(y.narrow(1, H, H)));
+  }
+  Tensor layer_output(int64_t l, bool train, const Tensor& output, const Tensor& hiddens) const {
+    if (l == s.L - 1) return output;
+    return train ? hiddens[l] : at::empty(s.rows_shape(2 * s.H), output.options());
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_one_launch(
+    const RnnSizes& s, const Tensor& input_, const Tensor& hx_, at::TensorList weights_,
+    bool has_biases, bool train) {
+  const c10::cuda::CUDAGuard guard(input_.device());
+  check_packed_not_capturing(s.seq, "gru_forward");
+  check_grid(s.B, s.H, kGru);
+  const SeqLayout& seq = s.seq;
+  const int64_t T = s.T, B = s.B, H = s.H, L = s.L, N = seq.N, G3 = 3 * H, G4 = 4 * H;
+  const auto opts = input_.options();
+  Tensor output = at::empty(s.rows_shape(2 * H), opts);
+  Tensor hy = at::empty({2 * L, B, H}, opts);
+  Tensor saved = train ? at::empty(s.rows_shape(G4, 2 * L), opts) : at::empty({0}, opts);
+  Tensor hiddens = train ? at::empty(s.rows_shape(2 * H, L - 1), opts) : at::empty({0}, opts);
+  const Tensor input = input_.contiguous(), hx = hx_.contiguous();
+  const std::vector<Tensor> w = contiguous_all(weights_);
+  const int64_t sms = sm_count();
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const PairLayer pl(s, input);
+  Tensor gx = at::empty({2, N, G3}, opts);
+  Tensor outs = at::empty({2, N, H}, opts);
+  Tensor x = input.reshape({N, s.I});
+  for (int64_t l = 0; l < L; ++l) {
+    const Tensor xr = pl.reversed(x);
+    for (int64_t d = 0; d < 2; ++d) {
+      const Tensor* wl = &w[(2 * l + d) * s.per_layer];
+      Tensor g = gx[d];
+      if (has_biases) {
+        at::addmm_out(g, wl[2], d == 0 ? x : xr, wl[0].t());
+      } else {
+        at::mm_out(g, d == 0 ? x : xr, wl[0].t());
+      }
+    }
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                    "fusedrnn_gru_forward_one_launch", [&] {
+      ArgPair<GruFwdArgs<scalar_t>> base;
+      for (int64_t d = 0; d < 2; ++d) {
+        const int64_t k = 2 * l + d;
+        GruFwdArgs<scalar_t>& a = base.d[d];
+        a.w_hh = w[k * s.per_layer + 1].data_ptr<scalar_t>();
+        a.b_hh = has_biases ? w[k * s.per_layer + 3].data_ptr<scalar_t>() : nullptr;
+        a.h_prev = hx.data_ptr<scalar_t>() + k * B * H;  // h0: step 0's h_{t-1}
+        a.gx = gx.data_ptr<scalar_t>() + d * N * G3;
+        a.h_out = outs.data_ptr<scalar_t>() + d * N * H;
+        a.saved_out = train ? saved.data_ptr<scalar_t>() + k * N * G4 : nullptr;
+        a.hy_out = hy.data_ptr<scalar_t>() + k * B * H;
+        a.H = H;
+      }
+      auto steps = [&](cudaStream_t st) {
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t rows = seq.rows(t), off = seq.offset(t);
+          ArgPair<GruFwdArgs<scalar_t>> p = base;
+          for (int d = 0; d < 2; ++d) {
+            GruFwdArgs<scalar_t>& a = p.d[d];
+            const GruFwdArgs<scalar_t>& b0 = base.d[d];
+            if (t > 0) a.h_prev = b0.h_out + seq.offset(t - 1) * H;
+            a.gx = b0.gx + off * G3;
+            a.h_out = b0.h_out + off * H;
+            if (b0.saved_out != nullptr) a.saved_out = b0.saved_out + off * G4;
+            a.hy_from = seq.ended_begin(t);
+            a.B = rows;
+          }
+          launch_pair(rows, H, sms, st, p);
+        }
+      };
+      step_graph::run_steps(gru_rnn_graph_mode(),
+                            loop_topology(kGruFwdPair, l, s, input.scalar_type(),
+                                          (train ? 1 : 0) | (has_biases ? 2 : 0)),
+                            {base.d[0].h_prev, base.d[1].h_prev, base.d[0].w_hh, base.d[1].w_hh,
+                             base.d[0].b_hh, base.d[1].b_hh, base.d[0].gx, base.d[0].h_out,
+                             base.d[0].saved_out, base.d[0].hy_out},
+                            stream, steps);
+    });
+    Tensor y = pl.layer_output(l, train, output, hiddens);
+    pl.write_output(outs, y);
+    x = y.view({N, 2 * H});
+  }
+  return {output, hy, saved, hiddens};
+}
+
+std::tuple<Tensor, Tensor, std::vector<Tensor>> gru_backward_one_launch(
+    const RnnSizes& s, const Tensor& grad_output_, const Tensor& grad_hy_, const Tensor& input_,
+    const Tensor& hx_, at::TensorList weights_, bool has_biases, const Tensor& output_,
+    const Tensor& saved_, const Tensor& hiddens_) {
+  const c10::cuda::CUDAGuard guard(input_.device());
+  check_packed_not_capturing(s.seq, "gru_backward");
+  check_grid(s.B, s.H, kGru);
+  const SeqLayout& seq = s.seq;
+  const int64_t T = s.T, B = s.B, H = s.H, L = s.L, N = seq.N, G3 = 3 * H, G4 = 4 * H;
+  const Tensor input = input_.contiguous(), hx = hx_.contiguous();
+  const Tensor output = output_.contiguous(), saved = saved_.contiguous();
+  const Tensor hiddens = hiddens_.contiguous(), grad_hy = grad_hy_.contiguous();
+  const std::vector<Tensor> w = contiguous_all(weights_);
+  const int64_t sms = sm_count();
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const auto opts = input.options();
+  const PairLayer pl(s, input);
+  const Tensor prev_idx = seq.packed ? prev_row_index(seq, input.device()) : Tensor();
+  Tensor grad_hx = at::empty({2 * L, B, H}, opts);
+  std::vector<Tensor> grad_w(w.size());
+  Tensor dgx = at::empty({2, N, G3}, opts), dgh = at::empty({2, N, G3}, opts);
+  Tensor carry = at::empty({2, B, H}, opts.dtype(acc_scalar_type(input.scalar_type())));
+  Tensor dys = at::empty({2, N, H}, opts);   // dh from above, processing order
+  Tensor outs = at::empty({2, N, H}, opts);  // the layer's h_t, processing order
+  Tensor dy = grad_output_.reshape({N, 2 * H});
+  Tensor grad_input;
+  for (int64_t l = L - 1; l >= 0; --l) {
+    const Tensor x = (l == 0 ? input : hiddens[l - 1]).reshape({N, l == 0 ? s.I : 2 * H});
+    pl.split_output((l == L - 1 ? output : hiddens[l]).reshape({N, 2 * H}), outs);
+    pl.split_output(dy, dys);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                    "fusedrnn_gru_backward_one_launch", [&] {
+      using acc_t = typename acc_type<scalar_t>::type;
+      ArgPair<GruBwdArgs<scalar_t>> base;
+      for (int64_t d = 0; d < 2; ++d) {
+        const int64_t k = 2 * l + d;
+        GruBwdArgs<scalar_t>& a = base.d[d];
+        a.w_hh = w[k * s.per_layer + 1].data_ptr<scalar_t>();
+        a.dy = dys.data_ptr<scalar_t>() + d * N * H;
+        a.dhy = grad_hy.data_ptr<scalar_t>() + k * B * H;
+        a.saved = saved.data_ptr<scalar_t>() + k * N * G4;
+        a.h_prev = hx.data_ptr<scalar_t>() + k * B * H;  // h0: step 0's h_{t-1}
+        a.carry = carry.data_ptr<acc_t>() + d * B * H;
+        a.dgx_out = dgx.data_ptr<scalar_t>() + d * N * G3;
+        a.dgh_out = dgh.data_ptr<scalar_t>() + d * N * G3;
+        a.H = H;
+      }
+      const scalar_t* outs_p = outs.data_ptr<scalar_t>();
+      auto steps = [&](cudaStream_t st) {
+        for (int64_t t = T - 1; t >= 0; --t) {
+          const int64_t rows = seq.rows(t), off = seq.offset(t);
+          const int64_t nrec = seq.ended_begin(t);  // rows with a step t+1
+          ArgPair<GruBwdArgs<scalar_t>> p = base;
+          for (int d = 0; d < 2; ++d) {
+            GruBwdArgs<scalar_t>& a = p.d[d];
+            const GruBwdArgs<scalar_t>& b0 = base.d[d];
+            a.dG_next = nrec > 0 ? b0.dgh_out + seq.offset(t + 1) * G3 : nullptr;
+            a.dy = b0.dy + off * H;
+            a.saved = b0.saved + off * G4;
+            if (t > 0) a.h_prev = outs_p + d * N * H + seq.offset(t - 1) * H;
+            a.dgx_out = b0.dgx_out + off * G3;
+            a.dgh_out = b0.dgh_out + off * G3;
+            a.nrec = nrec;
+            a.B = rows;
+          }
+          launch_pair(rows, H, sms, st, p);
+        }
+      };
+      step_graph::run_steps(gru_rnn_graph_mode(),
+                            loop_topology(kGruBwdPair, l, s, input.scalar_type(), 0),
+                            {base.d[0].w_hh, base.d[1].w_hh, base.d[0].dy, base.d[0].dhy,
+                             base.d[1].dhy, base.d[0].saved, base.d[1].saved, base.d[0].h_prev,
+                             base.d[1].h_prev, outs_p, base.d[0].carry, base.d[0].dgx_out,
+                             base.d[0].dgh_out},
+                            stream, steps);
+    });
+    Tensor dx;
+    for (int64_t d = 0; d < 2; ++d) {
+      const int64_t k = 2 * l + d;
+      const Tensor* wl = &w[k * s.per_layer];
+      grad_hx[k].copy_(carry[d] + at::mm(dgh[d].narrow(0, 0, B), wl[1]));
+      Tensor dx_d = layer_param_grads(dgx[d], dgh[d], d == 0 ? x : pl.reversed(x), hx[k], outs[d],
+                                      wl[0], prev_idx, has_biases, grad_w, k * s.per_layer);
+      dx = d == 0 ? dx_d : dx.add_(pl.reversed(dx_d));
+    }
+    dy = dx;
+    if (l == 0) grad_input = dx.view(input_.sizes());
+  }
+  return {grad_input, grad_hx, grad_w};
+}
+
+std::tuple<Tensor, Tensor, Tensor> rnn_forward_one_launch(
+    const RnnSizes& s, const Tensor& input_, const Tensor& hx_, at::TensorList weights_,
+    bool has_biases, bool relu, bool train) {
+  const c10::cuda::CUDAGuard guard(input_.device());
+  check_packed_not_capturing(s.seq, "rnn_forward");
+  check_grid(s.B, s.H, kRnn);
+  const SeqLayout& seq = s.seq;
+  const int64_t T = s.T, B = s.B, H = s.H, L = s.L, N = seq.N;
+  const auto opts = input_.options();
+  Tensor output = at::empty(s.rows_shape(2 * H), opts);
+  Tensor hy = at::empty({2 * L, B, H}, opts);
+  Tensor hiddens = train ? at::empty(s.rows_shape(2 * H, L - 1), opts) : at::empty({0}, opts);
+  const Tensor input = input_.contiguous(), hx = hx_.contiguous();
+  const std::vector<Tensor> w = contiguous_all(weights_);
+  const int64_t sms = sm_count();
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const PairLayer pl(s, input);
+  Tensor gx = at::empty({2, N, H}, opts);
+  Tensor outs = at::empty({2, N, H}, opts);
+  Tensor x = input.reshape({N, s.I});
+  for (int64_t l = 0; l < L; ++l) {
+    const Tensor xr = pl.reversed(x);
+    for (int64_t d = 0; d < 2; ++d) {
+      const Tensor* wl = &w[(2 * l + d) * s.per_layer];
+      Tensor g = gx[d];
+      if (has_biases) {
+        at::addmm_out(g, wl[2] + wl[3], d == 0 ? x : xr, wl[0].t());
+      } else {
+        at::mm_out(g, d == 0 ? x : xr, wl[0].t());
+      }
+    }
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                    "fusedrnn_rnn_forward_one_launch", [&] {
+      ArgPair<RnnFwdArgs<scalar_t>> base;
+      for (int64_t d = 0; d < 2; ++d) {
+        const int64_t k = 2 * l + d;
+        RnnFwdArgs<scalar_t>& a = base.d[d];
+        a.w_hh = w[k * s.per_layer + 1].data_ptr<scalar_t>();
+        a.h_prev = hx.data_ptr<scalar_t>() + k * B * H;  // h0: step 0's h_{t-1}
+        a.gx = gx.data_ptr<scalar_t>() + d * N * H;
+        a.h_out = outs.data_ptr<scalar_t>() + d * N * H;
+        a.hy_out = hy.data_ptr<scalar_t>() + k * B * H;
+        a.relu = relu;
+        a.H = H;
+      }
+      auto steps = [&](cudaStream_t st) {
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t rows = seq.rows(t), off = seq.offset(t);
+          ArgPair<RnnFwdArgs<scalar_t>> p = base;
+          for (int d = 0; d < 2; ++d) {
+            RnnFwdArgs<scalar_t>& a = p.d[d];
+            const RnnFwdArgs<scalar_t>& b0 = base.d[d];
+            if (t > 0) a.h_prev = b0.h_out + seq.offset(t - 1) * H;
+            a.gx = b0.gx + off * H;
+            a.h_out = b0.h_out + off * H;
+            a.hy_from = seq.ended_begin(t);
+            a.B = rows;
+          }
+          launch_pair(rows, H, sms, st, p);
+        }
+      };
+      step_graph::run_steps(gru_rnn_graph_mode(),
+                            loop_topology(kRnnFwdPair, l, s, input.scalar_type(), relu ? 1 : 0),
+                            {base.d[0].h_prev, base.d[1].h_prev, base.d[0].w_hh, base.d[1].w_hh,
+                             base.d[0].gx, base.d[0].h_out, base.d[0].hy_out},
+                            stream, steps);
+    });
+    Tensor y = pl.layer_output(l, train, output, hiddens);
+    pl.write_output(outs, y);
+    x = y.view({N, 2 * H});
+  }
+  return {output, hy, hiddens};
+}
+
+std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_one_launch(
+    const RnnSizes& s, const Tensor& grad_output_, const Tensor& grad_hy_, const Tensor& input_,
+    const Tensor& hx_, at::TensorList weights_, bool has_biases, bool relu,
+    const Tensor& output_, const Tensor& hiddens_) {
+  const c10::cuda::CUDAGuard guard(input_.device());
+  check_packed_not_capturing(s.seq, "rnn_backward");
+  check_grid(s.B, s.H, kRnn);
+  const SeqLayout& seq = s.seq;
+  const int64_t T = s.T, B = s.B, H = s.H, L = s.L, N = seq.N;
+  const Tensor input = input_.contiguous(), hx = hx_.contiguous();
+  const Tensor output = output_.contiguous(), hiddens = hiddens_.contiguous();
+  const Tensor grad_hy = grad_hy_.contiguous();
+  const std::vector<Tensor> w = contiguous_all(weights_);
+  const int64_t sms = sm_count();
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const auto opts = input.options();
+  const PairLayer pl(s, input);
+  const Tensor prev_idx = seq.packed ? prev_row_index(seq, input.device()) : Tensor();
+  Tensor grad_hx = at::empty({2 * L, B, H}, opts);
+  std::vector<Tensor> grad_w(w.size());
+  Tensor dG = at::empty({2, N, H}, opts);
+  Tensor dys = at::empty({2, N, H}, opts);   // dh from above, processing order
+  Tensor outs = at::empty({2, N, H}, opts);  // the layer's h_t, processing order
+  Tensor dy = grad_output_.reshape({N, 2 * H});
+  Tensor grad_input;
+  for (int64_t l = L - 1; l >= 0; --l) {
+    const Tensor x = (l == 0 ? input : hiddens[l - 1]).reshape({N, l == 0 ? s.I : 2 * H});
+    pl.split_output((l == L - 1 ? output : hiddens[l]).reshape({N, 2 * H}), outs);
+    pl.split_output(dy, dys);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                    "fusedrnn_rnn_backward_one_launch", [&] {
+      ArgPair<RnnBwdArgs<scalar_t>> base;
+      for (int64_t d = 0; d < 2; ++d) {
+        const int64_t k = 2 * l + d;
+        RnnBwdArgs<scalar_t>& a = base.d[d];
+        a.w_hh = w[k * s.per_layer + 1].data_ptr<scalar_t>();
+        a.dy = dys.data_ptr<scalar_t>() + d * N * H;
+        a.dhy = grad_hy.data_ptr<scalar_t>() + k * B * H;
+        a.h = outs.data_ptr<scalar_t>() + d * N * H;
+        a.dG_out = dG.data_ptr<scalar_t>() + d * N * H;
+        a.relu = relu;
+        a.H = H;
+      }
+      auto steps = [&](cudaStream_t st) {
+        for (int64_t t = T - 1; t >= 0; --t) {
+          const int64_t rows = seq.rows(t), off = seq.offset(t);
+          const int64_t nrec = seq.ended_begin(t);
+          ArgPair<RnnBwdArgs<scalar_t>> p = base;
+          for (int d = 0; d < 2; ++d) {
+            RnnBwdArgs<scalar_t>& a = p.d[d];
+            const RnnBwdArgs<scalar_t>& b0 = base.d[d];
+            a.dG_next = nrec > 0 ? b0.dG_out + seq.offset(t + 1) * H : nullptr;
+            a.dy = b0.dy + off * H;
+            a.h = b0.h + off * H;
+            a.dG_out = b0.dG_out + off * H;
+            a.nrec = nrec;
+            a.B = rows;
+          }
+          launch_pair(rows, H, sms, st, p);
+        }
+      };
+      step_graph::run_steps(gru_rnn_graph_mode(),
+                            loop_topology(kRnnBwdPair, l, s, input.scalar_type(), relu ? 1 : 0),
+                            {base.d[0].w_hh, base.d[1].w_hh, base.d[0].dy, base.d[0].dhy,
+                             base.d[1].dhy, base.d[0].h, base.d[0].dG_out},
+                            stream, steps);
+    });
+    Tensor dx;
+    for (int64_t d = 0; d < 2; ++d) {
+      const int64_t k = 2 * l + d;
+      const Tensor* wl = &w[k * s.per_layer];
+      Tensor grad_hx_k = grad_hx[k];
+      at::mm_out(grad_hx_k, dG[d].narrow(0, 0, B), wl[1]);
+      Tensor dx_d = layer_param_grads(dG[d], dG[d], d == 0 ? x : pl.reversed(x), hx[k], outs[d],
+                                      wl[0], prev_idx, has_biases, grad_w, k * s.per_layer);
+      dx = d == 0 ? dx_d : dx.add_(pl.reversed(dx_d));
+    }
+    dy = dx;
+    if (l == 0) grad_input = dx.view(input_.sizes());
+  }
+  return {grad_input, grad_hx, grad_w};
+}
+
+
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_cuda(
     const Tensor& input_, const Tensor& hx_, at::TensorList weights_, bool has_biases,
     bool train, const std::optional<Tensor>& batch_sizes,
@@ -337,6 +839,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_cuda(
   check_cuda_args(input_, "gru_forward");
   const RnnSizes s = check_stack_args(kGru, 3, input_, hx_, {}, weights_, has_biases,
                                       batch_sizes, false, directions);
+  if (s.D == 2 && one_launch_applies(s))
+    return gru_forward_one_launch(s, input_, hx_, weights_, has_biases, train);
   if (s.D == 2)
     return gru_forward_bidirectional(s, input_, hx_, weights_, has_biases, train, batch_sizes);
   const c10::cuda::CUDAGuard guard(input_.device());
@@ -417,6 +921,9 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> gru_backward_cuda(
   const RnnSizes s = check_stack_args(kGru, 3, input_, hx_, {}, weights_, has_biases,
                                       batch_sizes, false, directions);
   check_gru_backward_args(s, input_, grad_output_, grad_hy_, output_, saved_, hiddens_);
+  if (s.D == 2 && one_launch_applies(s))
+    return gru_backward_one_launch(s, grad_output_, grad_hy_, input_, hx_, weights_, has_biases,
+                                   output_, saved_, hiddens_);
   if (s.D == 2)
     return gru_backward_bidirectional(s, grad_output_, grad_hy_, input_, hx_, weights_,
                                       has_biases, output_, saved_, hiddens_, batch_sizes);
@@ -502,6 +1009,8 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward_cuda(const Tensor& input_, const 
   check_cuda_args(input_, "rnn_forward");
   const RnnSizes s = check_stack_args(kRnn, 1, input_, hx_, {}, weights_, has_biases,
                                       batch_sizes, false, directions);
+  if (s.D == 2 && one_launch_applies(s))
+    return rnn_forward_one_launch(s, input_, hx_, weights_, has_biases, relu, train);
   if (s.D == 2)
     return rnn_forward_bidirectional(s, input_, hx_, weights_, has_biases, relu, train,
                                      batch_sizes);
@@ -577,6 +1086,9 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_cuda(
   const RnnSizes s = check_stack_args(kRnn, 1, input_, hx_, {}, weights_, has_biases,
                                       batch_sizes, false, directions);
   check_rnn_backward_args(s, input_, grad_output_, grad_hy_, output_, hiddens_);
+  if (s.D == 2 && one_launch_applies(s))
+    return rnn_backward_one_launch(s, grad_output_, grad_hy_, input_, hx_, weights_, has_biases,
+                                   relu, output_, hiddens_);
   if (s.D == 2)
     return rnn_backward_bidirectional(s, grad_output_, grad_hy_, input_, hx_, weights_,
                                       has_biases, relu, output_, hiddens_, batch_sizes);
