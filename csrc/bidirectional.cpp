@@ -56,6 +56,51 @@ Tensor RowReverser::operator()(const Tensor& t) const {
   return packed ? t.index_select(0, perm) : t.flip(0);
 }
 
+PairLayer::PairLayer(const RnnSizes& s_, const Tensor& input)
+    : s(s_), rev(s_.seq, input.device()) {}
+
+Tensor PairLayer::reversed(const Tensor& rows) const {
+  const int64_t cols = rows.size(-1);
+  return rev(rows.reshape(s.rows_shape(cols))).reshape({s.seq.N, cols});
+}
+
+void PairLayer::input_projections(const Tensor& x, const std::vector<Tensor>& w, int64_t l,
+                                  bool has_biases, bool fold_b_hh, Tensor& gx) const {
+  const Tensor xr = reversed(x);
+  for (int64_t d = 0; d < 2; ++d) {
+    const Tensor* wl = &w[(2 * l + d) * s.per_layer];
+    Tensor g = gx[d];
+    if (has_biases) {
+      at::addmm_out(g, fold_b_hh ? wl[2] + wl[3] : wl[2], d == 0 ? x : xr, wl[0].t());
+    } else {
+      at::mm_out(g, d == 0 ? x : xr, wl[0].t());
+    }
+  }
+}
+
+void PairLayer::write_output(const Tensor& outs, Tensor& y) const {
+  const int64_t N = s.seq.N, H = outs.size(-1);
+  Tensor y2 = y.view({N, 2 * H});
+  y2.narrow(1, 0, H).copy_(outs[0]);
+  y2.narrow(1, H, H).copy_(reversed(outs[1]));
+}
+
+void PairLayer::split_output(const Tensor& y, Tensor& outs) const {
+  const int64_t H = outs.size(-1);
+  outs[0].copy_(y.narrow(1, 0, H));
+  outs[1].copy_(reversed(y.narrow(1, H, H)));
+}
+
+Tensor PairLayer::layer_output(int64_t l, bool train, const Tensor& output,
+                               const Tensor& hiddens) const {
+  if (l == s.L - 1) return output;
+  return train ? hiddens[l] : at::empty(output.sizes(), output.options());
+}
+
+Tensor PairLayer::input_grad(Tensor dx0, const Tensor& dx1) const {
+  return dx0.add_(reversed(dx1));
+}
+
 namespace {
 
 template <typename Sig>

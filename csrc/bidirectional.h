@@ -63,4 +63,34 @@ struct RowReverser {
   at::Tensor operator()(const at::Tensor& t) const;
 };
 
+// What the CUDA tier's one-launch bidirectional loops (every cell) share
+// around their step kernels: each direction's rows are kept in its own
+// processing order (the reverse direction's sequences reversed), in
+// (2, N, ·) buffers.
+struct PairLayer {
+  const RnnSizes& s;
+  RowReverser rev;
+  PairLayer(const RnnSizes& s_, const at::Tensor& input);
+  // (N, cols) rows of a per-row tensor, every sequence reversed in time.
+  at::Tensor reversed(const at::Tensor& rows) const;
+  // Both directions' input projections of layer l's input rows x (N, I_l)
+  // into gx (2, N, G): x W_ihᵀ + b_ih (+ b_hh when fold_b_hh), the reverse
+  // direction's over the reversed rows.  w: the op's weights (s.per_layer
+  // per layer and direction).
+  void input_projections(const at::Tensor& x, const std::vector<at::Tensor>& w, int64_t l,
+                         bool has_biases, bool fold_b_hh, at::Tensor& gx) const;
+  // The layer's output y ([forward | reverse in time order], N x 2H rows)
+  // from both directions' rows in processing order, outs (2, N, H).
+  void write_output(const at::Tensor& outs, at::Tensor& y) const;
+  // The reverse: y (N, 2H) split into outs (2, N, H), processing order.
+  void split_output(const at::Tensor& y, at::Tensor& outs) const;
+  // Where layer l writes its output: `output` (the last layer), hiddens[l]
+  // (train), else a new buffer.
+  at::Tensor layer_output(int64_t l, bool train, const at::Tensor& output,
+                          const at::Tensor& hiddens) const;
+  // The layer's input gradient from each direction's dX in its processing
+  // order: dx0 + reversed(dx1) (into dx0, which must be ours).
+  at::Tensor input_grad(at::Tensor dx0, const at::Tensor& dx1) const;
+};
+
 }  // namespace fusedrnn

@@ -470,38 +470,6 @@ bool one_launch_applies(const RnnSizes& s) {
   return get_option(Option::kCudaBidirectional) == 2 && s.seq.N > 0 && s.H > 0;
 }
 
-// What the GRU and RNN one-launch loops share: the layout, the reverser and
-// the two directions' row buffers.
-struct PairLayer {
-  const RnnSizes& s;
-  RowReverser rev;
-  PairLayer(const RnnSizes& s_, const Tensor& input) : s(s_), rev(s_.seq, input.device()) {}
-  // (N, cols) rows of a per-row tensor, every sequence reversed in time.
-  Tensor reversed(const Tensor& rows) const {
-    const int64_t cols = rows.size(-1);
-    return rev(rows.reshape(s.rows_shape(cols))).reshape({s.seq.N, cols});
-  }
-  // The layer's output [forward | reverse in time order] from both
-  // directions' h_t rows in their processing order (outs (2, N, H)).
-  void write_output(const Tensor& outs, Tensor& y) const {
-    const int64_t N = s.seq.N, H = s.H;
-    Tensor y2 = y.view({N, 2 * H});
-    y2.narrow(1, 0, H).copy_(outs[0]);
-    y2.narrow(1, H, H).copy_(reversed(outs[1]));
-  }
-  // The layer's output y (N, 2H) split into its directions' rows, each in
-  // its processing order, into outs (2, N, H).
-  void split_output(const Tensor& y, Tensor& outs) const {
-    const int64_t H = s.H;
-    outs[0].copy_(y.narrow(1, 0, H));
-    outs[1].copy_(reversed(y.narrow(1, H, H)));
-  }
-  Tensor layer_output(int64_t l, bool train, const Tensor& output, const Tensor& hiddens) const {
-    if (l == s.L - 1) return output;
-    return train ? hiddens[l] : at::empty(s.rows_shape(2 * s.H), output.options());
-  }
-};
-
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_one_launch(
     const RnnSizes& s, const Tensor& input_, const Tensor& hx_, at::TensorList weights_,
     bool has_biases, bool train) {
@@ -524,16 +492,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_one_launch(
   Tensor outs = at::empty({2, N, H}, opts);
   Tensor x = input.reshape({N, s.I});
   for (int64_t l = 0; l < L; ++l) {
-    const Tensor xr = pl.reversed(x);
-    for (int64_t d = 0; d < 2; ++d) {
-      const Tensor* wl = &w[(2 * l + d) * s.per_layer];
-      Tensor g = gx[d];
-      if (has_biases) {
-        at::addmm_out(g, wl[2], d == 0 ? x : xr, wl[0].t());
-      } else {
-        at::mm_out(g, d == 0 ? x : xr, wl[0].t());
-      }
-    }
+    pl.input_projections(x, w, l, has_biases, /*fold_b_hh=*/false, gx);  // b_hn stays apart
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                     "fusedrnn_gru_forward_one_launch", [&] {
       ArgPair<GruFwdArgs<scalar_t>> base;
@@ -664,7 +623,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> gru_backward_one_launch(
       grad_hx[k].copy_(carry[d] + at::mm(dgh[d].narrow(0, 0, B), wl[1]));
       Tensor dx_d = layer_param_grads(dgx[d], dgh[d], d == 0 ? x : pl.reversed(x), hx[k], outs[d],
                                       wl[0], prev_idx, has_biases, grad_w, k * s.per_layer);
-      dx = d == 0 ? dx_d : dx.add_(pl.reversed(dx_d));
+      dx = d == 0 ? dx_d : pl.input_grad(dx, dx_d);
     }
     dy = dx;
     if (l == 0) grad_input = dx.view(input_.sizes());
@@ -693,16 +652,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward_one_launch(
   Tensor outs = at::empty({2, N, H}, opts);
   Tensor x = input.reshape({N, s.I});
   for (int64_t l = 0; l < L; ++l) {
-    const Tensor xr = pl.reversed(x);
-    for (int64_t d = 0; d < 2; ++d) {
-      const Tensor* wl = &w[(2 * l + d) * s.per_layer];
-      Tensor g = gx[d];
-      if (has_biases) {
-        at::addmm_out(g, wl[2] + wl[3], d == 0 ? x : xr, wl[0].t());
-      } else {
-        at::mm_out(g, d == 0 ? x : xr, wl[0].t());
-      }
-    }
+    pl.input_projections(x, w, l, has_biases, /*fold_b_hh=*/true, gx);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                     "fusedrnn_rnn_forward_one_launch", [&] {
       ArgPair<RnnFwdArgs<scalar_t>> base;
@@ -821,7 +771,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_one_launch(
       at::mm_out(grad_hx_k, dG[d].narrow(0, 0, B), wl[1]);
       Tensor dx_d = layer_param_grads(dG[d], dG[d], d == 0 ? x : pl.reversed(x), hx[k], outs[d],
                                       wl[0], prev_idx, has_biases, grad_w, k * s.per_layer);
-      dx = d == 0 ? dx_d : dx.add_(pl.reversed(dx_d));
+      dx = d == 0 ? dx_d : pl.input_grad(dx, dx_d);
     }
     dy = dx;
     if (l == 0) grad_input = dx.view(input_.sizes());

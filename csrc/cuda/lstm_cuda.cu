@@ -465,7 +465,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_one_laun
   const std::vector<Tensor> w = contiguous_all(weights_);
   const StepConfig cfg = choose_config(B, H, sm_count());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const RowReverser rev(q, input.device());
+  const PairLayer pl(s, input);
 
   Tensor gx = at::empty({2, N, G4}, opts);  // each direction's input projection
   Tensor outs = at::empty({2, N, H}, opts);  // each direction's h_t, processing order
@@ -475,18 +475,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_one_laun
 
   Tensor x = input.reshape({N, s.I});
   for (int64_t l = 0; l < L; ++l) {
-    const int64_t I_l = x.size(-1);
-    const Tensor xr = rev(x.view(s.rows_shape(I_l))).reshape({N, I_l});
-    for (int64_t d = 0; d < 2; ++d) {
-      const Tensor* wl = &w[(2 * l + d) * s.per_layer];
-      Tensor g = gx[d];
-      if (has_biases) {
-        at::addmm_out(g, wl[2] + wl[3], d == 0 ? x : xr, wl[0].t());
-      } else {
-        at::mm_out(g, d == 0 ? x : xr, wl[0].t());
-      }
-      c_state[d].copy_(cx[2 * l + d]);
-    }
+    pl.input_projections(x, w, l, has_biases, /*fold_b_hh=*/true, gx);
+    for (int64_t d = 0; d < 2; ++d) c_state[d].copy_(cx[2 * l + d]);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                     "fusedrnn_lstm_forward_one_launch", [&] {
       using acc_t = typename acc_type<scalar_t>::type;
@@ -539,11 +529,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_one_laun
     }
     // The layer's output, [forward | reverse in time order]: the next
     // layer's input (gx and outs are rewritten only after it is read).
-    Tensor y = l == L - 1 ? output : (train ? hiddens[l] : at::empty(s.rows_shape(2 * H), opts));
-    Tensor y2 = y.view({N, 2 * H});
-    y2.narrow(1, 0, H).copy_(outs[0]);
-    y2.narrow(1, H, H).copy_(rev(outs[1].view(s.rows_shape(H))).reshape({N, H}));
-    x = y2;
+    Tensor y = pl.layer_output(l, train, output, hiddens);
+    pl.write_output(outs, y);
+    x = y.view({N, 2 * H});
   }
   return {output, hy, cy, gates, cells, hiddens};
 }
@@ -734,10 +722,7 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_one_launch
   const std::vector<Tensor> w = contiguous_all(weights_);
   const StepConfig cfg = choose_config(B, H, sm_count());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const RowReverser rev(q, input.device());
-  auto reversed = [&](const Tensor& rows, int64_t cols) {  // (N, cols) -> (N, cols)
-    return rev(rows.reshape(s.rows_shape(cols))).reshape({N, cols});
-  };
+  const PairLayer pl(s, input);
 
   Tensor grad_hx = at::empty({2 * L, B, H}, opts);
   Tensor grad_cx = at::empty({2 * L, B, H}, opts);
@@ -759,7 +744,7 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_one_launch
     for (int64_t d = 0; d < 2; ++d) {
       const int64_t k = 2 * l + d;
       Tensor dy_d = dys[d];
-      dy_d.copy_(d == 0 ? dy.narrow(1, 0, H) : reversed(dy.narrow(1, H, H), H));
+      dy_d.copy_(d == 0 ? dy.narrow(1, 0, H) : pl.reversed(dy.narrow(1, H, H)));
       if (q.packed) {
         dy_d.index_copy_(0, last_idx, dy_d.index_select(0, last_idx).add_(grad_hy[k]));
       } else {
@@ -824,16 +809,12 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_one_launch
       grad_hx[k].copy_(at::mm(dG_d.narrow(0, 0, B), wl[1]));
       grad_cx[k].copy_(dc_state[d]);
       // This direction's input and output rows in its processing order.
-      const Tensor x_d = d == 0 ? x : reversed(x, x.size(1));
-      const Tensor out_d = d == 0 ? y.narrow(1, 0, H) : reversed(y.narrow(1, H, H), H);
+      const Tensor x_d = d == 0 ? x : pl.reversed(x);
+      const Tensor out_d = d == 0 ? y.narrow(1, 0, H) : pl.reversed(y.narrow(1, H, H));
       layer_weight_grads(q, dG_d, x_d, out_d, hx[k], prev_idx, has_biases, grad_w,
                          k * s.per_layer);
       const Tensor dx_d = at::mm(dG_d, wl[0]);
-      if (d == 0) {
-        dx = dx_d;
-      } else {
-        dx.add_(reversed(dx_d, dx_d.size(1)));
-      }
+      dx = d == 0 ? dx_d : pl.input_grad(dx, dx_d);
     }
     dy = dx;
     if (l == 0) grad_input = dx.view(input_.sizes());
