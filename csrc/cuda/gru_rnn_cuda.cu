@@ -336,32 +336,6 @@ struct RnnBwdArgs {
   }
 };
 
-template <typename Args>
-struct ArgPair {
-  Args d[2];
-};
-
-template <typename Args, int BM, int BN, int TM>
-__global__ void __launch_bounds__(BN * (BM / TM), Args::kMinCtas)
-step_pair_kernel(const ArgPair<Args> p) {
-  // A select, not p.d[blockIdx.z]: a dynamic index into the parameter space
-  // would copy the structs to local memory.
-  const Args& a = blockIdx.z == 0 ? p.d[0] : p.d[1];
-  a.template run<BM, BN, TM>();
-}
-
-// Both directions' step on `rows` rows, in one launch (grid z = 2).
-template <typename Args>
-void launch_pair(int64_t rows, int64_t H, int64_t sms, cudaStream_t st, const ArgPair<Args>& p) {
-  with_tile(choose_config(rows, H, sms), [&](auto tile) {
-    using TL = decltype(tile);
-    dim3 grid = step_grid<TL>(rows, H);
-    grid.z = 2;
-    step_pair_kernel<Args, TL::BM, TL::BN, TL::TM><<<grid, TL::NT, 0, st>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-}
-
 // Where layer l writes its h_t rows: output for the last layer, hiddens[l] in
 // training, else one scratch buffer shared by the inner layers (each layer's
 // input projection reads all of its input before the steps overwrite it).
@@ -522,7 +496,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_one_launch(
             a.hy_from = seq.ended_begin(t);
             a.B = rows;
           }
-          launch_pair(rows, H, sms, st, p);
+          launch_pair(choose_config(rows, H, sms), st, p);
         }
       };
       step_graph::run_steps(gru_rnn_graph_mode(),
@@ -605,7 +579,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> gru_backward_one_launch(
             a.nrec = nrec;
             a.B = rows;
           }
-          launch_pair(rows, H, sms, st, p);
+          launch_pair(choose_config(rows, H, sms), st, p);
         }
       };
       step_graph::run_steps(gru_rnn_graph_mode(),
@@ -680,7 +654,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward_one_launch(
             a.hy_from = seq.ended_begin(t);
             a.B = rows;
           }
-          launch_pair(rows, H, sms, st, p);
+          launch_pair(choose_config(rows, H, sms), st, p);
         }
       };
       step_graph::run_steps(gru_rnn_graph_mode(),
@@ -754,7 +728,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_one_launch(
             a.nrec = nrec;
             a.B = rows;
           }
-          launch_pair(rows, H, sms, st, p);
+          launch_pair(choose_config(rows, H, sms), st, p);
         }
       };
       step_graph::run_steps(gru_rnn_graph_mode(),

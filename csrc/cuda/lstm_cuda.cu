@@ -106,7 +106,8 @@ using at::Tensor;
 // fwd_product (tile_product.cuh) with depth K.
 //
 // The body is a device function so that the one-launch bidirectional kernel
-// (lstm_fwd_step_pair_kernel below) runs exactly the same code per direction.
+// (step_pair_kernel of tile_product.cuh, via FwdStep::run) runs exactly the
+// same code per direction.
 template <typename scalar_t, int BM, int BN, int TM>
 __device__ __forceinline__ void lstm_fwd_step_body(
     const scalar_t* __restrict__ h_prev, const scalar_t* __restrict__ w_hh,
@@ -257,6 +258,13 @@ struct FwdStep {
   scalar_t* gates_out;
   scalar_t* cell_out;
   int64_t B, H, K;
+  // As one direction of the one-launch pair (tile_product.cuh, ArgPair).
+  static constexpr int kMinCtas = kMinBlocks<scalar_t>;
+  template <int BM, int BN, int TM>
+  __device__ __forceinline__ void run() const {
+    lstm_fwd_step_body<scalar_t, BM, BN, TM>(h_prev, w_hh, gx, c_state, h_out, gates_out,
+                                             cell_out, B, H, K);
+  }
 };
 
 template <typename scalar_t>
@@ -272,6 +280,12 @@ struct BwdStep {
   acc_t* dc_state;
   scalar_t* dG_out;
   int64_t B, B_next, H;
+  static constexpr int kMinCtas = 1;
+  template <int BM, int BN, int TM>
+  __device__ __forceinline__ void run() const {
+    lstm_bwd_step_body<scalar_t, BM, BN, TM>(dG_next, w_hh, dy, dy_extra, gates, c_prev, c,
+                                             dc_state, dG_out, B, B_next, H);
+  }
 };
 
 template <typename scalar_t>
@@ -284,36 +298,6 @@ void fwd_step(const StepConfig& cfg, cudaStream_t stream, const FwdStep<scalar_t
   });
 }
 
-// Both directions of a bidirectional layer in one launch (option
-// cuda_bidirectional = one_launch): blockIdx.z picks the direction's
-// arguments; both have the same rows B, H and K (the reverse direction runs
-// over the time-reversed sequences, which have the same batch_sizes).
-template <typename scalar_t>
-struct FwdStepPair {
-  FwdStep<scalar_t> d[2];
-};
-
-template <typename scalar_t, int BM, int BN, int TM>
-__global__ void __launch_bounds__(BN * (BM / TM), kMinBlocks<scalar_t>)
-lstm_fwd_step_pair_kernel(const FwdStepPair<scalar_t> p) {
-  // A select, not p.d[blockIdx.z]: a dynamic index into the parameter space
-  // would copy the structs to local memory.
-  const FwdStep<scalar_t>& a = blockIdx.z == 0 ? p.d[0] : p.d[1];
-  lstm_fwd_step_body<scalar_t, BM, BN, TM>(a.h_prev, a.w_hh, a.gx, a.c_state, a.h_out,
-                                           a.gates_out, a.cell_out, a.B, a.H, a.K);
-}
-
-template <typename scalar_t>
-void fwd_step_pair(const StepConfig& cfg, cudaStream_t stream, const FwdStepPair<scalar_t>& p) {
-  with_tile(cfg, [&](auto tile) {
-    using TL = decltype(tile);
-    dim3 grid = step_grid<TL>(p.d[0].B, p.d[0].H);
-    grid.z = 2;
-    lstm_fwd_step_pair_kernel<scalar_t, TL::BM, TL::BN, TL::TM><<<grid, TL::NT, 0, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-}
-
 template <typename scalar_t>
 void bwd_step(const StepConfig& cfg, cudaStream_t stream, const BwdStep<scalar_t>& a) {
   with_tile(cfg, [&](auto tile) {
@@ -321,31 +305,6 @@ void bwd_step(const StepConfig& cfg, cudaStream_t stream, const BwdStep<scalar_t
     lstm_bwd_step_kernel<scalar_t, TL::BM, TL::BN, TL::TM><<<step_grid<TL>(a.B, a.H), TL::NT, 0, stream>>>(
         a.dG_next, a.w_hh, a.dy, a.dy_extra, a.gates, a.c_prev, a.c, a.dc_state, a.dG_out, a.B,
         a.B_next, a.H);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-}
-
-template <typename scalar_t>
-struct BwdStepPair {
-  BwdStep<scalar_t> d[2];
-};
-
-template <typename scalar_t, int BM, int BN, int TM>
-__global__ void __launch_bounds__(BN * (BM / TM))
-lstm_bwd_step_pair_kernel(const BwdStepPair<scalar_t> p) {
-  const BwdStep<scalar_t>& a = blockIdx.z == 0 ? p.d[0] : p.d[1];
-  lstm_bwd_step_body<scalar_t, BM, BN, TM>(a.dG_next, a.w_hh, a.dy, a.dy_extra, a.gates,
-                                           a.c_prev, a.c, a.dc_state, a.dG_out, a.B, a.B_next,
-                                           a.H);
-}
-
-template <typename scalar_t>
-void bwd_step_pair(const StepConfig& cfg, cudaStream_t stream, const BwdStepPair<scalar_t>& p) {
-  with_tile(cfg, [&](auto tile) {
-    using TL = decltype(tile);
-    dim3 grid = step_grid<TL>(p.d[0].B, p.d[0].H);
-    grid.z = 2;
-    lstm_bwd_step_pair_kernel<scalar_t, TL::BM, TL::BN, TL::TM><<<grid, TL::NT, 0, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -427,7 +386,7 @@ using step_graph::run_steps;
 // Bidirectional (directions = 2, see ops.cpp) with cuda_bidirectional =
 // one_launch: per layer, each direction's input projection is one GEMM (the
 // reverse direction's on the time-reversed input, RowReverser), then ONE
-// step loop whose kernels (lstm_fwd_step_pair_kernel) advance both
+// step loop whose kernels (step_pair_kernel over FwdStep) advance both
 // directions, each over its own processing order; the layer's output is
 // [forward | reverse reversed back].  The saved gates/cells are those of two
 // one-direction calls (the reverse direction's in its processing order), so
@@ -500,7 +459,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_one_laun
       auto steps = [&](cudaStream_t st) {
         for (int64_t t = 0; t < s.T; ++t) {
           const int64_t rows = q.rows(t), o = q.offset(t);
-          FwdStepPair<scalar_t> p;
+          ArgPair<FwdStep<scalar_t>> p;
           for (int d = 0; d < 2; ++d) {
             FwdStep<scalar_t>& a = p.d[d];
             a.h_prev = t == 0 ? h0[d] : out_p[d] + q.offset(t - 1) * H;
@@ -514,7 +473,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_one_laun
             a.H = H;
             a.K = H;
           }
-          fwd_step_pair<scalar_t>(cfg, st, p);
+          launch_pair(cfg, st, p);
         }
       };
       run_steps(graph_mode(), graph_topology(2, l, s, input.scalar_type(), cfg, train ? 1 : 0),
@@ -701,7 +660,7 @@ void layer_weight_grads(const SeqLayout& q, const Tensor& dG, const Tensor& x, c
 // Bidirectional backward with cuda_bidirectional = one_launch (see the
 // forward): per layer from the top, each direction's output gradient in its
 // processing order (the reverse half reversed) with grad_hy added at each
-// sequence's last step, ONE reverse step loop of lstm_bwd_step_pair_kernel
+// sequence's last step, ONE reverse step loop of step_pair_kernel (BwdStep)
 // for both directions, then per direction the weight GEMMs and its share of
 // the input gradient (the reverse direction's reversed back).
 std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_one_launch(
@@ -776,7 +735,7 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_one_launch
         for (int64_t t = T - 1; t >= 0; --t) {
           const int64_t rows = q.rows(t), o = q.offset(t);
           const int64_t n_next = t + 1 < T ? q.rows(t + 1) : 0;
-          BwdStepPair<scalar_t> p;
+          ArgPair<BwdStep<scalar_t>> p;
           for (int d = 0; d < 2; ++d) {
             BwdStep<scalar_t>& a = p.d[d];
             a.dG_next = n_next > 0 ? dG_p[d] + q.offset(t + 1) * G4 : nullptr;
@@ -792,7 +751,7 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_one_launch
             a.B = rows;
             a.H = H;
           }
-          bwd_step_pair<scalar_t>(cfg, st, p);
+          launch_pair(cfg, st, p);
         }
       };
       run_steps(graph_mode(), graph_topology(3, l, s, input.scalar_type(), cfg, 0),

@@ -11,6 +11,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 
 #include <type_traits>
 #include <vector>
@@ -296,6 +297,39 @@ std::vector<at::Tensor> contiguous_all(at::TensorList ts) {
   v.reserve(ts.size());
   for (const auto& t : ts) v.push_back(t.contiguous());
   return v;
+}
+
+// ------------------------------------- both directions in one launch --
+//
+// The one-launch bidirectional step kernels (option cuda_bidirectional =
+// one_launch): Args holds one direction's arguments of a step kernel and
+// runs its body (template <BM, BN, TM> run() const, __forceinline__, the same
+// code the one-direction kernel runs); kMinCtas is the kernel's
+// minimum-blocks launch bound.  Both directions have the same rows and H.
+template <typename Args>
+struct ArgPair {
+  Args d[2];
+};
+
+template <typename Args, int BM, int BN, int TM>
+__global__ void __launch_bounds__(BN * (BM / TM), Args::kMinCtas)
+step_pair_kernel(const ArgPair<Args> p) {
+  // A select, not p.d[blockIdx.z]: a dynamic index into the parameter space
+  // would copy the structs to local memory.
+  const Args& a = blockIdx.z == 0 ? p.d[0] : p.d[1];
+  a.template run<BM, BN, TM>();
+}
+
+// Both directions' step in one launch (grid z = 2), with the tile of cfg.
+template <typename Args>
+void launch_pair(const StepConfig& cfg, cudaStream_t st, const ArgPair<Args>& p) {
+  with_tile(cfg, [&](auto tile) {
+    using TL = decltype(tile);
+    dim3 grid = step_grid<TL>(p.d[0].B, p.d[0].H);
+    grid.z = 2;
+    step_pair_kernel<Args, TL::BM, TL::BN, TL::TM><<<grid, TL::NT, 0, st>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 }  // namespace
