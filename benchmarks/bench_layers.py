@@ -22,10 +22,10 @@ i.e. at::addmm + a pointwise pass per step, to show what the fused step buys),
 fusedrnn-general / fusedrnn-persistent (CUDA LSTM only: one kernel tier forced
 through fusedrnn.set_option("cuda_tier", ...); the fusedrnn row is the auto
 choice; sizes the persistent kernel does not fit are skipped with the reason),
-fusedrnn-persistent-split and fusedrnn-persistent-mma (only when named: the
-persistent tier with the experimental backward batch split,
-FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT=1, or with the experimental tensor-core
-products for bfloat16/float16, persistent_mma "on"),
+fusedrnn-persistent-nosplit and fusedrnn-persistent-mma (only when named: the
+persistent tier with its backward batch split off, persistent_bwd_split "off",
+or with the experimental tensor-core products for bfloat16/float16,
+persistent_mma "on"),
 fusedrnn-per-step and fusedrnn-graph (CUDA only: the general tier's step
 kernels launched one by one from the host, or replayed from a captured CUDA
 graph), fusedrnn-packed and torch-packed (the same batch as a PackedSequence with
@@ -138,9 +138,9 @@ CONFIGS: Dict[str, Config] = {
     # The fixed cost of a call (Python, dispatch, allocations, launches) against
     # cuDNN's: one step of a tiny 2-layer stack, where almost nothing is computed.
     "one-step": Config(1, 1, 16, 16, 2, devices=("cuda",), about="fixed per-call cost"),
-    # The D2L shape with bidirectional layers: fusedrnn (each direction its own
-    # call inside the op) against fusedrnn-one-launch (both directions per
-    # kernel launch).
+    # The D2L shape with bidirectional layers: fusedrnn (auto) against
+    # fusedrnn-separate (each direction its own call inside the op) and
+    # fusedrnn-one-launch (both directions per kernel launch).
     "d2l-bidir": Config(32, 35, 28, 256, 2, cells=("lstm-bidir", "gru-bidir", "rnn-bidir"),
                         devices=("cuda",),
                         about="D2L shape, bidirectional"),
@@ -438,14 +438,18 @@ class StepLaunchImpl(OptionImpl):
     so their fusedrnn-graph row is the one that differs from fusedrnn."""
 
 
-class OneLaunchImpl(OptionImpl):
-    """Bidirectional layers with both directions in one kernel launch per step
-    (cuda_bidirectional = one_launch, EXPERIMENTAL; the general tier).  Only
-    for bidirectional cells."""
+class BidirectionalImpl(OptionImpl):
+    """Bidirectional layers on CUDA with the option cuda_bidirectional held:
+    "one_launch" (both directions of a layer in one kernel launch per step,
+    the general tier) or "separate" (each direction its own one-direction
+    call, e.g. the persistent tier's for an LSTM that fits it).  The fusedrnn
+    row is auto's choice between them.  Only for bidirectional cells."""
 
-    def __init__(self):
-        super().__init__("fusedrnn-one-launch", "fusedrnn.{Cell} (both directions, one launch)",
-                         "cuda_bidirectional", "one_launch")
+    def __init__(self, value):
+        label = {"one_launch": "both directions, one launch",
+                 "separate": "each direction its own call"}[value]
+        super().__init__(f"fusedrnn-{value.replace('_', '-')}", f"fusedrnn.{{Cell}} ({label})",
+                         "cuda_bidirectional", value)
 
     def applicable(self, ctx):
         why = super().applicable(ctx)
@@ -480,23 +484,6 @@ class CudaTierImpl(OptionImpl):
         return super().build(ctx, cfg, base)
 
 
-def env_switch(name: str, value: str):
-    """A context manager that sets the environment variable `name` to `value`
-    and restores it (or its absence) on exit, exceptions included."""
-    @contextlib.contextmanager
-    def scope():
-        prev = os.environ.get(name)
-        os.environ[name] = value
-        try:
-            yield
-        finally:
-            if prev is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = prev
-    return scope
-
-
 class PersistentVariantImpl(CudaTierImpl):
     """The persistent tier with one more switch held while it runs
     (extra_scope), for experimental variants that are compared with
@@ -521,19 +508,25 @@ class PersistentVariantImpl(CudaTierImpl):
         return scope
 
 
-class SplitBackwardImpl(PersistentVariantImpl):
-    """The EXPERIMENTAL backward batch split on (environment
-    FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT=1, read by the backward op at each
-    call): up to 4 CTAs per unit block, each with its own batch rows
-    (csrc/cuda/persistent_plan.h)."""
-    ENV = "FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT"
+class NoSplitBackwardImpl(PersistentVariantImpl):
+    """The persistent tier with its backward batch split switched off
+    (fusedrnn.set_option("persistent_bwd_split", "off")): one CTA per unit
+    block, the batch staged in chunks where its rows do not fit whole.  The
+    split is the default since its first GPU run (csrc/options.h); this row
+    keeps the comparison."""
 
     def __init__(self):
-        super().__init__("fusedrnn-persistent-split",
-                         "fusedrnn.{Cell} (persistent tier, backward batch split)")
+        super().__init__("fusedrnn-persistent-nosplit",
+                         "fusedrnn.{Cell} (persistent tier, backward batch split off)")
+
+    def applicable(self, ctx):
+        why = super().applicable(ctx)
+        if why is None and "persistent_bwd_split" not in getattr(ctx.fusedrnn, "_OPTIONS", {}):
+            why = "this fusedrnn has no persistent_bwd_split option"
+        return why
 
     def extra_scope(self, ctx):
-        return env_switch(self.ENV, "1")
+        return option_switch(ctx.fusedrnn, "persistent_bwd_split", "off")
 
 
 class MmaImpl(PersistentVariantImpl):
@@ -682,9 +675,10 @@ IMPLS: Dict[str, Impl] = {
     # CUDA LSTM with one kernel tier forced (the fusedrnn row is the auto choice).
     "fusedrnn-general": CudaTierImpl("general"),
     "fusedrnn-persistent": CudaTierImpl("persistent"),
-    "fusedrnn-persistent-split": SplitBackwardImpl(),
+    "fusedrnn-persistent-nosplit": NoSplitBackwardImpl(),
     "fusedrnn-persistent-mma": MmaImpl(),
-    "fusedrnn-one-launch": OneLaunchImpl(),
+    "fusedrnn-one-launch": BidirectionalImpl("one_launch"),
+    "fusedrnn-separate": BidirectionalImpl("separate"),
     "fusedrnn-generic": GenericStepImpl(),
     # The CUDA general tier's two ways of issuing its T·L step kernels.
     "fusedrnn-per-step": StepLaunchImpl("fusedrnn-per-step",
@@ -1297,7 +1291,7 @@ def parse_args(argv):
     p.add_argument("--cells", help=f"comma-separated, from {', '.join(CELLS)} (default: those of "
                                    f"{', '.join(DEFAULT_CELLS)} that fusedrnn provides)")
     p.add_argument("--impls", help=f"comma-separated, from {', '.join(IMPLS)} (default: all "
-                                   f"that apply but fusedrnn-persistent-split/-mma; peers when "
+                                   f"that apply but fusedrnn-persistent-nosplit/-mma; peers when "
                                    f"installed)")
     p.add_argument("--no-reference", action="store_true", help="leave out the reference")
     p.add_argument("--modes", default="fwd,fwdbwd", help="fwd, fwdbwd or both (default)")

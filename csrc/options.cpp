@@ -16,7 +16,8 @@ constexpr OptionInfo kInfo[] = {
     {"cuda_tier", 3},         // auto, general, persistent
     {"cuda_step_launch", 3},  // auto, per_step, graph
     {"persistent_mma", 3},    // auto (= off), off, on
-    {"cuda_bidirectional", 3},  // auto (= separate), separate, one_launch
+    {"cuda_bidirectional", 3},  // auto, separate, one_launch (options.h)
+    {"persistent_bwd_split", 3},  // auto (= on), off, on
 };
 static_assert(sizeof(kInfo) / sizeof(kInfo[0]) == static_cast<int>(Option::kCount),
               "one OptionInfo per Option");

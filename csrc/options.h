@@ -27,15 +27,22 @@ enum class Option : int {
   // (= off: EXPERIMENTAL, written without a GPU and not yet run on one), 1 off,
   // 2 on.
   kPersistentMma = 2,
-  // Bidirectional layers on CUDA (ops with directions=2): 0 auto (= separate:
-  // EXPERIMENTAL one_launch, written without a GPU and not yet run on one),
-  // 1 separate (each direction its own one-direction op call,
+  // Bidirectional layers on CUDA (ops with directions=2): 0 auto (one_launch
+  // for GRU/RNN, and for the LSTM unless the persistent tier would run its
+  // directions: lstm_cuda.cu one_launch_applies; measured on an H200,
+  // 2026-12-04), 1 separate (each direction its own one-direction op call,
   // csrc/bidirectional.cpp), 2 one_launch (the general tier runs both
   // directions of a layer with one kernel launch per step, every cell:
   // lstm_cuda.cu, gru_rnn_cuda.cu; the LSTM falls back to separate with a
   // projection or cuda_tier='persistent').
   kCudaBidirectional = 3,
-  kCount = 4,
+  // The persistent tier's backward may split the batch across up to 4 CTAs per
+  // unit block where its staged rows (8H long) do not fit one CTA whole
+  // (csrc/cuda/persistent_plan.h, plan_lstm's max_batch_split): 0 auto (= on:
+  // measured on an H200, 2026-12-04, D2L L=2 forward+backward 1.587 -> 1.280
+  // ms, no change where the rows fit whole), 1 off, 2 on.
+  kPersistentBwdSplit = 4,
+  kCount = 5,
 };
 
 // Current value (thread-safe; relaxed atomics).

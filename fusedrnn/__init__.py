@@ -30,7 +30,7 @@ def cuda_compiled() -> bool:
 # (index 0 is always "auto").
 _OPTIONS = {
     # Which CUDA LSTM tier runs: the selector's choice (the persistent tier
-    # where the weights fit on chip, B <= 64 and T + L - 1 >= 16, else the
+    # where the weights fit on chip and B <= 64, else the
     # general tier), the general tier (one fused kernel per layer-timestep)
     # or the persistent wavefront kernel.
     "cuda_tier": ("auto", "general", "persistent"),
@@ -46,9 +46,15 @@ _OPTIONS = {
     # Bidirectional layers on CUDA (LSTM, GRU, RNN): each direction its own
     # call ("separate"), or both directions of a layer with one kernel launch
     # per step in the general tier ("one_launch"; the LSTM falls back to
-    # separate with a projection or cuda_tier='persistent'): EXPERIMENTAL, so
-    # auto means separate (written without a GPU and not yet run on one).
+    # separate with a projection or cuda_tier='persistent').  auto: one_launch
+    # for GRU and RNN, and for the LSTM where the persistent tier would not run
+    # its directions (an H200 measured both ways faster there, 2026-12-04);
+    # separate for an LSTM whose directions the persistent tier runs.
     "cuda_bidirectional": ("auto", "separate", "one_launch"),
+    # The persistent tier's backward splitting the batch across CTAs where its
+    # staged rows do not fit one CTA whole: auto = on (measured faster on an
+    # H200, 2026-12-04), "off" for comparisons.
+    "persistent_bwd_split": ("auto", "off", "on"),
 }
 
 
@@ -56,11 +62,13 @@ def set_option(name: str, value: str) -> None:
     """Set a process-wide kernel switch, e.g. ``set_option("cuda_tier", "general")``.
 
     Options: ``cuda_tier`` in ("auto", "general", "persistent"),
-    ``cuda_step_launch`` in ("auto", "per_step", "graph") and
+    ``cuda_step_launch`` in ("auto", "per_step", "graph"),
     ``persistent_mma`` in ("auto", "off", "on") (experimental tensor-core
-    products in the persistent kernels; auto = off) and
-    ``cuda_bidirectional`` in ("auto", "separate", "one_launch")
-    (experimental one-launch bidirectional layers; auto = separate).
+    products in the persistent kernels; auto = off),
+    ``cuda_bidirectional`` in ("auto", "separate", "one_launch") (both
+    directions of a bidirectional layer in one launch per step) and
+    ``persistent_bwd_split`` in ("auto", "off", "on") (the persistent
+    backward's batch split; auto = on).
     Meant for tests and
     benchmarks that compare implementations; "auto" is the default."""
     if name not in _OPTIONS:

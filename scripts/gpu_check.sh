@@ -6,14 +6,19 @@
 #
 # It records the machine, builds fusedrnn._C in place with its CUDA kernels,
 # runs the CUDA tests (every test that needs a GPU) and the layer benchmark
-# against cuDNN.  Everything it produces goes under $OUT (default
-# /tmp/fusedrnn_gpu_check when OUT is unset):
+# against cuDNN.  Everything it produces goes under a work folder,
+# GPU_CHECK_DIR (default: a new /tmp/fusedrnn_gpu_check.* when OUT is set,
+# else /tmp/fusedrnn_gpu_check), written $OUT below; when
+# the environment names an OUT (the device tool's folder of files to bring
+# back, which takes at most 8 files), the script ends, even when a step or
+# the DEADLINE cut it short, by packing the work folder into
+# OUT/gpu_check.tgz and copying summary.txt, tests.log and bench.log beside it:
 #   $OUT/env.log     nvidia-smi, python/torch/cuDNN versions
 #   $OUT/build.log   python setup.py build_ext --inplace
 #   $OUT/tests.log   python -m pytest tests/test_cuda*.py -v (TESTS=tests: all)
 #   $OUT/bench.log   python benchmarks/bench_layers.py --device cuda --out $OUT/results
 #   $OUT/bench_split.log  the persistent backward with and without its batch
-#                    split (fusedrnn-persistent-split), results in $OUT/results_split
+#                    split (fusedrnn-persistent-nosplit), results in $OUT/results_split
 #   $OUT/bench_mma.log  bfloat16 persistent tier with and without the
 #                    tensor-core products (fusedrnn-persistent-mma), $OUT/results_mma
 #   $OUT/train.log   benchmarks/train_time_machine.py --device cuda --compare
@@ -28,27 +33,57 @@
 # BENCH=0 / SPLIT=0 / MMA=0 / TRAIN=0 (skip those steps), TESTS (test files;
 # "none": no tests), TRAIN_ARGS, BUILD_TIMEOUT /
 # SMOKE_TIMEOUT / TEST_TIMEOUT / BENCH_TIMEOUT / SPLIT_TIMEOUT / MMA_TIMEOUT /
-# TRAIN_TIMEOUT in seconds (240 / 45 / 200 / 170 / 60 / 90 / 120; a whole run
-# took about 360 s, build 70 s, before the last three steps and the
-# tensor-core kernel instantiations were added, so a call with everything on
-# may not fit the device tool's 600 s: set SPLIT/MMA/TRAIN=0 and run those
-# in a second call then),
+# TRAIN_TIMEOUT in seconds (240 / 45 / 200 / 240 / 60 / 90 / 120), each cut
+# to what is left of DEADLINE (default 560 s for the whole script, so that one
+# call of the device tool with timeout_s=600 brings everything back; on an
+# H200, 2026-12-04, the steps took build 75, smoke 13, tests 123, bench 162,
+# mma 26, split 18, train 51 s: about 470 s),
 # so that a hung step still leaves the logs of the others behind.
 set -u
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-OUT="${OUT:-/tmp/fusedrnn_gpu_check}"
+DEST="${OUT:-}"
+if [ -n "${GPU_CHECK_DIR:-}" ]; then
+  OUT="$GPU_CHECK_DIR"
+elif [ -n "$DEST" ]; then
+  OUT="$(mktemp -d /tmp/fusedrnn_gpu_check.XXXXXX)"
+else
+  OUT=/tmp/fusedrnn_gpu_check
+fi
 mkdir -p "$OUT"
+if [ -n "$DEST" ] && [ "$(cd "$DEST" && pwd)" = "$(cd "$OUT" && pwd)" ]; then
+  DEST=""  # the work folder is OUT itself: nothing to pack
+fi
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 FAILED=0
 START=$SECONDS
+DEADLINE="${DEADLINE:-560}"
+
+# pack: the work folder into DEST (the device tool brings back 8 files at most).
+pack() {
+  [ -n "$DEST" ] || return 0
+  mkdir -p "$DEST"
+  tar czf "$DEST/gpu_check.tgz" -C "$OUT" . 2>/dev/null
+  for f in summary.txt tests.log bench.log; do
+    [ -f "$OUT/$f" ] && cp "$OUT/$f" "$DEST/"
+  done
+  echo "packed $OUT into $DEST/gpu_check.tgz"
+}
+trap pack EXIT
+trap 'echo "gpu_check: terminated"; exit 143' TERM INT
+
+# limit_left LIMIT: LIMIT, or what is left of DEADLINE (less 10 s for packing).
+limit_left() {
+  local left=$((DEADLINE - (SECONDS - START) - 10))
+  if [ "$1" -lt "$left" ]; then echo "$1"; else echo "$left"; fi
+}
 
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 export MAX_JOBS="${MAX_JOBS:-16}"
 BUILD_TIMEOUT="${BUILD_TIMEOUT:-240}"
 TEST_TIMEOUT="${TEST_TIMEOUT:-200}"
-BENCH_TIMEOUT="${BENCH_TIMEOUT:-170}"
+BENCH_TIMEOUT="${BENCH_TIMEOUT:-240}"
 # Python writes its output unbuffered, so a step killed by its timeout still
 # leaves everything it printed in its log.
 export PYTHONUNBUFFERED=1
@@ -75,8 +110,14 @@ record() {
 # run_logged NAME LOG TIMEOUT CMD...: run CMD with its output to LOG and to the
 # console (the tail of the console is what a remote run shows first).
 run_logged() {
-  local name=$1 log=$2 limit=$3
+  local name=$1 log=$2 limit
+  limit=$(limit_left "$3")
   shift 3
+  if [ "$limit" -lt 5 ]; then
+    phase "$name: skipped, no time left before the DEADLINE (${DEADLINE}s)"
+    record "$name" 124
+    return 124
+  fi
   phase "$name: $* (log: $log, limit ${limit}s)"
   timeout --signal=TERM --kill-after=15 "$limit" "$@" > "$log" 2>&1
   local rc=$?
@@ -175,7 +216,7 @@ for f in ${TESTS:-tests/test_cuda*.py tests/test_bidirectional.py tests/test_aut
     TEST_FILES+=("$f")
   fi
 done
-TEST_DEADLINE=$((SECONDS + TEST_TIMEOUT))
+TEST_DEADLINE=$((SECONDS + $(limit_left "$TEST_TIMEOUT")))
 for f in "${TEST_FILES[@]}"; do
   if [ "$SKIP_PERSISTENT" = 1 ] && [ "$f" = tests/test_cuda_persistent.py ]; then
     echo "(skipping $f: the persistent smoke test failed)" >> "$OUT/tests.log"
@@ -218,14 +259,15 @@ if [ "${MMA:-1}" = 1 ] && [ "$SKIP_PERSISTENT" = 0 ]; then
 fi
 
 # ----------------------------------------------- backward batch split A/B --
-# The persistent tier's experimental backward batch split against the default
-# backward, side by side in one process (forward+backward; the forward is the
-# same kernel).  SPLIT=0 skips it.
+# The persistent tier's backward with its batch split (the default since
+# 2026-12-04) against the backward without it (persistent_bwd_split "off"),
+# side by side in one process (forward+backward; the forward is the same
+# kernel).  SPLIT=0 skips it.
 if [ "${SPLIT:-1}" = 1 ] && [ "$SKIP_PERSISTENT" = 0 ]; then
   run_logged split "$OUT/bench_split.log" "${SPLIT_TIMEOUT:-60}" \
     python benchmarks/bench_layers.py --device cuda --out "$OUT/results_split" \
     --configs d2l-L1,d2l,d2l-L4,d2l-L8 --cells lstm --modes fwdbwd \
-    --impls fusedrnn-persistent,fusedrnn-persistent-split
+    --impls fusedrnn-persistent,fusedrnn-persistent-nosplit
 fi
 
 # --------------------------------------------------- the D2L chapter, on CUDA --

@@ -115,6 +115,21 @@ def step_launch():
 
 
 @pytest.fixture
+def general_tier():
+    """Runs the CUDA LSTM's general tier (cuda_tier = 'general'), restored
+    afterwards: tests/test_cuda.py, the general tier's tests, opt in, since
+    auto would give most of its sizes to the persistent tier (tested in
+    tests/test_cuda_persistent.py, auto included)."""
+    import fusedrnn
+    old = fusedrnn.get_option("cuda_tier")
+    fusedrnn.set_option("cuda_tier", "general")
+    try:
+        yield
+    finally:
+        fusedrnn.set_option("cuda_tier", old)
+
+
+@pytest.fixture
 def no_tf32():
     """Full fp32 GEMMs for cuBLAS and cuDNN alike, restored afterwards (a CUDA
     test module opts in with pytestmark = pytest.mark.usefixtures("no_tf32"))."""

@@ -94,31 +94,31 @@ def test_fast_step_switch_restores_on_exception():
         fusedrnn._C.set_cpu_fast_step_enabled(before)
 
 
-def test_split_backward_impl_scope_and_not_default(monkeypatch):
-    """fusedrnn-persistent-split runs only when named, and its scope sets the
-    batch-split environment variable and the persistent tier for the call and
-    restores both afterwards, also when the call raises."""
+def test_nosplit_backward_impl_scope_and_not_default():
+    """fusedrnn-persistent-nosplit runs only when named, and its scope sets the
+    option persistent_bwd_split to "off" and the persistent tier for the call
+    and restores both afterwards, also when the call raises."""
     spec = importlib.util.spec_from_file_location("bench_layers", SCRIPT)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    impl = bench.IMPLS["fusedrnn-persistent-split"]
+    impl = bench.IMPLS["fusedrnn-persistent-nosplit"]
     assert not impl.in_default and bench.IMPLS["fusedrnn-persistent"].in_default
-    env = bench.SplitBackwardImpl.ENV
 
     class Ctx:
         fusedrnn = globals()["fusedrnn"]
 
     tier_before = fusedrnn.get_option("cuda_tier")
-    for prev in (None, "0"):
-        if prev is None:
-            monkeypatch.delenv(env, raising=False)
-        else:
-            monkeypatch.setenv(env, prev)
-        scope = impl.scope(Ctx())
-        with pytest.raises(RuntimeError):
-            with scope():
-                assert os.environ[env] == "1"
-                assert fusedrnn.get_option("cuda_tier") == "persistent"
-                raise RuntimeError("boom")
-        assert os.environ.get(env) == prev
-        assert fusedrnn.get_option("cuda_tier") == tier_before
+    split_before = fusedrnn.get_option("persistent_bwd_split")
+    try:
+        for prev in ("auto", "on"):
+            fusedrnn.set_option("persistent_bwd_split", prev)
+            scope = impl.scope(Ctx())
+            with pytest.raises(RuntimeError):
+                with scope():
+                    assert fusedrnn.get_option("persistent_bwd_split") == "off"
+                    assert fusedrnn.get_option("cuda_tier") == "persistent"
+                    raise RuntimeError("boom")
+            assert fusedrnn.get_option("persistent_bwd_split") == prev
+            assert fusedrnn.get_option("cuda_tier") == tier_before
+    finally:
+        fusedrnn.set_option("persistent_bwd_split", split_before)

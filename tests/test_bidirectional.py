@@ -24,7 +24,8 @@ import torch
 
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from conftest import assert_raises, fusedrnn_or_skip, reference, tolerances
+from conftest import (CUDA_TOL, assert_close_scaled, assert_raises, fusedrnn_or_skip, reference,
+                      tolerances)
 
 fusedrnn = fusedrnn_or_skip()
 
@@ -523,7 +524,9 @@ def _op_fwd_bwd(kind, x, h0, c0, w, bs):
     n = 3 if lstm else 2
     res = _fwd_op(kind, ins[0], ins[1], ins[2] if lstm else None, ins[n:], True, bs)[:n]
     g = torch.Generator().manual_seed(5)
-    loss = sum((r * torch.randn(r.shape, generator=g, dtype=r.dtype).to(r.device)).sum()
+    # The loss weights are drawn in float64 whatever the dtype, so that runs in
+    # different dtypes weigh their results alike.
+    loss = sum((r * torch.randn(r.shape, generator=g, dtype=torch.float64).to(r)).sum()
                for r in res)
     loss.backward()
     return [r.detach() for r in res] + [t.grad for t in ins]
@@ -538,7 +541,11 @@ def test_cuda_one_launch_matches_separate(kind, packed, launch, dtype):
     """cuda_bidirectional='one_launch' (both directions of a layer in one
     kernel launch per step, forward and backward) against the separate
     one-direction calls, padded and packed, with and without the step graph;
-    and against the CPU op."""
+    and both against the CPU op in float64 on the same (float32-rounded)
+    inputs, within the CUDA tests' scaled tolerance.  (A float32 CPU run as
+    the truth failed on an H200, 2026-12-04, for RNN-tanh/relu: up to 1e-3
+    apart on single elements, e.g. a w_hh gradient of ~1.2 that is a sum of
+    larger terms; one_launch and separate agreed with each other there.)"""
     L, T, B, I_, H_ = 3, 7, 5, 6, 40
     w, h0, c0 = _bidir_op_args(kind, L=L, I_=I_, H_=H_, B=B, dtype=dtype)
     x = torch.randn(T, B, I_, dtype=dtype)
@@ -546,7 +553,7 @@ def test_cuda_one_launch_matches_separate(kind, packed, launch, dtype):
     if packed:
         pk = pack_padded_sequence(x, torch.tensor([7, 6, 6, 3, 1]))
         x, bs = pk.data, pk.batch_sizes
-    cpu = _op_fwd_bwd(kind, x, h0, c0, w, bs)
+    cpu = _op_fwd_bwd(kind, x.double(), h0.double(), c0.double(), [t.double() for t in w], bs)
     dev = [t.cuda() for t in [x, h0, c0] + w]
     results = {}
     old = {n: fusedrnn.get_option(n) for n in ("cuda_bidirectional", "cuda_step_launch",
@@ -561,9 +568,11 @@ def test_cuda_one_launch_matches_separate(kind, packed, launch, dtype):
         for n, v in old.items():
             fusedrnn.set_option(n, v)
     tol = dict(rtol=1e-9, atol=1e-9) if dtype == F64 else dict(rtol=2e-4, atol=2e-5)
+    scaled = 1e-9 if dtype == F64 else CUDA_TOL[F32]
     for i, (a, b, c) in enumerate(zip(results["one_launch"], results["separate"], cpu)):
         torch.testing.assert_close(a, b, **tol, msg=lambda m: f"result/grad {i}: {m}")
-        torch.testing.assert_close(a.cpu(), c, **tol, msg=lambda m: f"vs CPU {i}: {m}")
+        for name, r in (("one_launch", a), ("separate", b)):
+            assert_close_scaled(r, c, scaled, f"{name} vs float64 CPU, result/grad {i}")
 
 
 @_NEEDS_CUDA

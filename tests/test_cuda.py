@@ -1,4 +1,5 @@
-"""CUDA backend of fusedrnn (csrc/cuda/lstm_cuda.cu).
+"""CUDA backend of fusedrnn: the LSTM's general tier (csrc/cuda/lstm_cuda.cu),
+forced for every test here with cuda_tier = 'general' (conftest.general_tier).
 
 Every test here needs a CUDA device *and* a build of fusedrnn._C that contains
 the CUDA kernels; otherwise the module is skipped with the reason.
@@ -33,7 +34,9 @@ from conftest import (CUDA, CUDA_TOL, assert_close_scaled, cuda_or_skip, flat_we
                       loss_weights, lstm_inputs, make_pair, reference)
 
 fusedrnn = cuda_or_skip()
-pytestmark = pytest.mark.usefixtures("no_tf32")
+# The general tier (cuda_tier = 'general'): auto picks the persistent tier
+# wherever it fits, which tests/test_cuda_persistent.py covers.
+pytestmark = pytest.mark.usefixtures("no_tf32", "general_tier")
 
 F64, F32, F16, BF16 = torch.float64, torch.float32, torch.float16, torch.bfloat16
 

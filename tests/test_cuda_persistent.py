@@ -233,7 +233,7 @@ def test_two_runs_bitwise_identical(dtype):
 @pytest.mark.parametrize("B", [4, 100])
 def test_auto_follows_the_planner(B):
     """auto runs exactly the tier the planner picks: bitwise equal to that tier forced."""
-    L, I, H, T = 4, 12, 96, 20   # L >= 4 and T + L - 1 >= 16 wavefront steps: auto's minimums
+    L, I, H, T = 4, 12, 96, 20
     plan = device_plan(H, L, B, F32, T)
     w = _weights(I, H, L, True, F32)
     x, h0, c0 = lstm_inputs(I, H, L, T, B, F32)
@@ -293,8 +293,8 @@ def test_backward_op_persistent_matches_general():
 
 
 @pytest.mark.parametrize("B", [32, 31, 33])
-def test_backward_batch_split_matches_unsplit(B, monkeypatch):
-    """The backward's experimental batch split (FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT=1,
+def test_backward_batch_split_matches_unsplit(B):
+    """The backward's batch split (option persistent_bwd_split, auto = on;
     persistent_plan.h plan_lstm): where the plan splits the batch across CTAs,
     the gradients match the unsplit persistent backward's (to float32
     rounding: a row's place in its warp task, and so its summation order,
@@ -307,16 +307,21 @@ def test_backward_batch_split_matches_unsplit(B, monkeypatch):
         pytest.skip(f"the backward of H={H} L={L} B={B} float32 is not split on this device "
                     f"(its rows fit whole or no split fits): nothing to compare")
     args = _backward_op_args(L, I, H, T, B, F32, seed=7)
-    with tier("persistent"):
-        monkeypatch.delenv("FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT", raising=False)
-        whole = torch.ops.fusedrnn.lstm_backward(*args)
-        monkeypatch.setenv("FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT", "1")
-        parts = torch.ops.fusedrnn.lstm_backward(*args)
-        again = torch.ops.fusedrnn.lstm_backward(*args)
+    old = fusedrnn.get_option("persistent_bwd_split")
+    try:
+        with tier("persistent"):
+            fusedrnn.set_option("persistent_bwd_split", "off")
+            whole = torch.ops.fusedrnn.lstm_backward(*args)
+            fusedrnn.set_option("persistent_bwd_split", "auto")
+            parts = torch.ops.fusedrnn.lstm_backward(*args)
+            fusedrnn.set_option("persistent_bwd_split", "on")
+            again = torch.ops.fusedrnn.lstm_backward(*args)
+    finally:
+        fusedrnn.set_option("persistent_bwd_split", old)
     flat = lambda r: list(r[:3]) + list(r[3])  # noqa: E731
     for k, (a, b, c) in enumerate(zip(flat(whole), flat(parts), flat(again))):
         assert_close_scaled(b, a, TOL[F32], f"result {k}: split vs unsplit backward")
-        assert torch.equal(b, c), f"result {k}: split backward differs run to run"
+        assert torch.equal(b, c), f"result {k}: split backward differs run to run (auto vs on)"
 
 
 def test_auto_keeps_general_when_step_launch_is_set():

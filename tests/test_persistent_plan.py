@@ -150,10 +150,9 @@ def test_tier_option():
     assert p["persistent"] and p["error"] == ""
     p = plan(1024, 4, 256, option=2)
     assert not p["persistent"] and "do not fit" in p["error"]
-    # auto leaves short wavefronts (T + L - 1 < kAutoMinSteps = 16) to general.
-    assert not plan(256, 2, 4, T=14)["auto_eligible"]
-    assert plan(256, 2, 4, T=15)["auto_eligible"]
-    assert not plan(256, 3, 4, T=13)["auto_eligible"] and plan(256, 3, 4, T=14)["auto_eligible"]
+    # No minimum wavefront length (kAutoMinSteps = 1): a single step is auto's too.
+    assert plan(256, 2, 4, T=1)["auto_eligible"] and plan(256, 2, 4, T=1)["persistent"]
+    assert plan(16, 2, 1, T=1)["auto_eligible"] and plan(256, 1, 4, T=1)["auto_eligible"]
 
 
 @pytest.mark.parametrize("L", [1, 2, 3, 4, 8])
@@ -195,7 +194,7 @@ def test_backward_single_layer_row_is_4h():
 
 
 def test_backward_batch_split_d2l():
-    """With a batch split allowed (the experimental FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT),
+    """With a batch split allowed (the option persistent_bwd_split, auto = on),
     the D2L backward, whose 32 rows of 8H do not fit one CTA's shared memory
     at once, is split over 2 CTAs per unit block: twice the units, 16 rows
     each, one chunk, the same 128 CTAs."""

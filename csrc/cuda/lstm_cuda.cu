@@ -393,9 +393,18 @@ using step_graph::run_steps;
 // the backward of either path consumes them.  Not with a projection (its
 // per-step cuBLAS products) or cuda_tier='persistent': those run the
 // directions as separate calls (csrc/bidirectional.cpp).
-bool one_launch_applies(const LstmSizes& s) {
-  return get_option(Option::kCudaBidirectional) == 2 && get_option(Option::kCudaTier) != 2 &&
-         !s.has_proj && s.T > 0 && s.B > 0 && s.H > 0;
+// cuda_bidirectional = auto takes one launch too, except where the persistent
+// tier would run each direction's one-layer call (`backward`: its backward):
+// on an H200 (2026-12-04, d2l-bidir, B32 T35 I28 H256 L2, float32) one launch
+// beat the separate general-tier calls (forward 1.29 vs 2.31 ms), and the
+// separate persistent calls beat one launch (1.09 vs 1.29 ms; forward+backward
+// 3.50 vs 3.83).
+bool one_launch_applies(const LstmSizes& s, const Tensor& input, bool backward) {
+  const int64_t option = get_option(Option::kCudaBidirectional);
+  if (option == 1 || get_option(Option::kCudaTier) == 2 || s.has_proj || s.T == 0 ||
+      s.B == 0 || s.H == 0)
+    return false;
+  return option == 2 || !persistent_lstm_runs_direction(s, input, backward);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_one_launch(
@@ -506,7 +515,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cuda(
   const LstmSizes s =
       check_lstm_args(input_, hx_, cx_, weights_, has_biases, batch_sizes, directions);
   if (s.D == 2) {
-    if (one_launch_applies(s))
+    if (one_launch_applies(s, input_, /*backward=*/false))
       return lstm_forward_one_launch(s, input_, hx_, cx_, weights_, has_biases, train);
     return lstm_forward_bidirectional(s, input_, hx_, cx_, weights_, has_biases, train,
                                       batch_sizes);
@@ -804,7 +813,7 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cuda(
   check_cuda_supported(s, "lstm_backward");
   check_backward_args(s, input_, grad_output_, grad_hy_, grad_cy_, output_, gates_, cells_,
                       hiddens_);
-  if (s.D == 2 && one_launch_applies(s))
+  if (s.D == 2 && one_launch_applies(s, input_, /*backward=*/true))
     return lstm_backward_one_launch(s, grad_output_, grad_hy_, grad_cy_, input_, hx_, cx_,
                                     weights_, has_biases, output_, gates_, cells_, hiddens_);
   if (s.D == 2)

@@ -876,14 +876,12 @@ bool cooperative_fits(Kernel kernel, int64_t smem, int64_t ctas, std::string* wh
 }
 
 // The most CTAs the backward may split the batch across (persistent_plan.h,
-// plan_lstm): 1, unless the environment variable
-// FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT=1 (read at each call) allows up to 4.
-// EXPERIMENTAL and off by default: written after the last GPU run of
-// 2026-11-23 and not yet run on a GPU (benchmarks/NOTES_gpu.md says what it
-// should show); tests/test_cuda_persistent.py runs the backward both ways.
+// plan_lstm): 4, unless the option persistent_bwd_split is "off" (then 1).
+// auto = on since its first GPU run (H200, 2026-12-04: the gradients match the
+// unsplit backward's, tests/test_cuda_persistent.py; D2L L=2 forward+backward
+// 1.587 -> 1.280 ms, benchmarks/results/cuda-nvidia-h200_2026-12-04_bwd-split.md).
 int64_t backward_batch_split() {
-  const char* v = std::getenv("FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT");
-  return (v != nullptr && std::strcmp(v, "1") == 0) ? 4 : 1;
+  return get_option(Option::kPersistentBwdSplit) == 1 ? 1 : 4;
 }
 
 // Whether the kernels should take the tensor-core path where its tiles fit:
@@ -1014,6 +1012,15 @@ std::optional<Plan> select_persistent_plan(const LstmSizes& s, const Tensor& inp
 }
 
 }  // namespace
+
+bool persistent_lstm_runs_direction(const LstmSizes& s, const Tensor& input, bool backward) {
+  LstmSizes one = s;
+  one.L = 1;
+  one.D = 1;
+  c10::cuda::OptionalCUDAGuard guard;
+  return backward ? select_persistent_plan</*kBackward=*/true>(one, input, guard).has_value()
+                  : select_persistent_plan</*kBackward=*/false>(one, input, guard).has_value();
+}
 
 // ----------------------------------------------------------- op: forward --
 

@@ -38,4 +38,11 @@ std::optional<LstmBackwardResult> persistent_lstm_backward_if_selected(
     const at::Tensor& cx, at::TensorList weights, bool has_biases, const at::Tensor& output,
     const at::Tensor& gates, const at::Tensor& cells, const at::Tensor& hiddens);
 
+// Whether the persistent tier would run one direction of one layer of the
+// bidirectional stack `s` (the one-layer, one-direction op call that the
+// separate path, csrc/bidirectional.cpp, makes for it), forward or backward,
+// under the current options.  The bidirectional "auto" choice of lstm_cuda.cu
+// runs such stacks as separate calls and all others with one launch per step.
+bool persistent_lstm_runs_direction(const LstmSizes& s, const at::Tensor& input, bool backward);
+
 }  // namespace fusedrnn

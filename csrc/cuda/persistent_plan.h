@@ -42,9 +42,13 @@
 //                      forward, only when the whole batch is staged at once (no
 //                      chunking; the backward's staged rows are 4x longer, so
 //                      auto accepts chunking there).
-//   kAutoMinSteps      ... and only for T + L - 1 >= this many wavefront steps
-//                      (with few steps the general tier's T·L launches cost
-//                      little and it keeps its own test coverage).
+//   kAutoMinSteps      ... and only for T + L - 1 >= this many wavefront steps.
+//                      1 (no minimum) since an H200 measured the persistent
+//                      tier faster on the shortest stack benchmarked, the
+//                      one-step config (B1 T1 I16 H16 L2, float32, 2026-12-04:
+//                      forward 0.155 vs 0.262 ms general, forward+backward
+//                      0.997 vs 1.280; auto, then 16, ran the general tier).
+//                      The general tier's tests force it (tests/test_cuda.py).
 //   kAutoMinLayers     ... and only for stacks of at least this many layers.
 //                      Measured on an H100 (2026-11-23, bench_layers.py,
 //                      float32, benchmarks/results/cuda-nvidia-h100-*): with
@@ -72,7 +76,7 @@ constexpr int64_t kFwdTaskRows = 8;
 constexpr int64_t kBwdTaskUnits = 4;
 constexpr int64_t kBwdTaskRows = 4;
 constexpr int64_t kAutoMaxBatch = 64;
-constexpr int64_t kAutoMinSteps = 16;
+constexpr int64_t kAutoMinSteps = 1;
 constexpr int64_t kAutoMinLayers = 1;
 // Whether "auto" may pick the persistent tier at all.  On since the kernels
 // passed tests/test_cuda_persistent.py on an H100 (2026-11-23, 41 tests) and
@@ -367,8 +371,8 @@ inline Plan plan_lstm_split(int64_t H, int64_t L, int64_t B, int64_t elem, int64
 // layer 0's input projection, and the backward's input gradient, are GEMMs
 // outside the kernel), batch B, `elem`-byte scalars, `acc`-byte accumulators.
 //
-// `max_batch_split` > 1 (backward only; EXPERIMENTAL, not yet run on a GPU,
-// FUSEDRNN_PERSISTENT_BWD_BATCH_SPLIT in lstm_persistent.cu) lets the
+// `max_batch_split` > 1 (backward only; 4 unless the option
+// persistent_bwd_split is off, lstm_persistent.cu backward_batch_split) lets the
 // backward split the batch across CTAs when its staged rows (8H long) do not
 // fit whole: S = 2, 4, ... CTAs then share each unit block, each staging only
 // its ceil(B / S) rows (with S times the units, so the same SMs), and the
