@@ -1129,6 +1129,35 @@ def table_rows(rows, mode, impl_names, cuda):
     return header, body
 
 
+def scaling_rows(rows, impl_names):
+    """Header and body of the layer-scaling table: for each layer sweep (configs
+    sharing a `sweep`), cell and mode, every implementation's time at the
+    sweep's largest L over its time at the smallest (issue 4's target: at most
+    2.5 for L=8 over L=1 at the D2L size).  Empty without a sweep of two or
+    more depths."""
+    groups = {}
+    for r in rows:
+        cfg = CONFIGS.get(r["config"])
+        if cfg and cfg.sweep:
+            groups.setdefault((cfg.sweep, r["cell"], r["mode"]), []).append(r)
+    ratios = {}
+    for key, g in groups.items():
+        depths = sorted({r["L"] for r in g})
+        if len(depths) < 2:
+            continue
+        lo, hi = depths[0], depths[-1]
+        for n in impl_names:
+            t = {r["L"]: r["median_ms"] for r in g if r["impl"] == n}
+            if lo in t and hi in t and t[lo]:
+                ratios.setdefault((key, lo, hi), {})[n] = t[hi] / t[lo]
+    shown = [n for n in impl_names if any(n in v for v in ratios.values())]
+    header = ["sweep", "cell", "mode", "L"] + shown
+    body = [[sweep, cell_label(cell), mode, f"{hi}/{lo}"]
+            + [f"{v[n]:.2f}" if n in v else "-" for n in shown]
+            for ((sweep, cell, mode), lo, hi), v in ratios.items()]
+    return header, body
+
+
 def text_table(header, body):
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
     fmt = lambda cells: "  ".join(c.rjust(w) if i > 1 else c.ljust(w)  # noqa: E731
@@ -1188,6 +1217,11 @@ def write_markdown(path, meta, rows, impl_names, notes):
         if any(r["mode"] == mode for r in rows):
             out += [f"## {MODE_TITLES[mode]}", "", md_table(*table_rows(rows, mode, impl_names, cuda)),
                     ""]
+    header, body = scaling_rows(rows, impl_names)
+    if body:
+        out += ["## Layer scaling", "", "Time at the sweep's largest L over its time at the "
+                "smallest, per implementation (the same medians as above).", "",
+                md_table(header, body), ""]
     if notes:
         out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     with open(path, "w") as f:
@@ -1516,6 +1550,11 @@ def main(argv=None):
                 f"(>1: faster than torch)")
             log(text_table(*table_rows(rows, mode, names, device.type == "cuda")))
             log("")
+    header, body = scaling_rows(rows, names)
+    if body:
+        log("== layer scaling: t(largest L) / t(smallest L) of each layer sweep")
+        log(text_table(header, body))
+        log("")
     if notes:
         log("notes:")
         for n in notes:

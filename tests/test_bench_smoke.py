@@ -122,3 +122,25 @@ def test_nosplit_backward_impl_scope_and_not_default():
             assert fusedrnn.get_option("cuda_tier") == tier_before
     finally:
         fusedrnn.set_option("persistent_bwd_split", split_before)
+
+def test_layer_scaling_table():
+    """scaling_rows: each implementation's time at a sweep's largest L over its
+    time at the smallest, per cell and mode; configurations outside a sweep
+    and implementations missing a depth are left out."""
+    spec = importlib.util.spec_from_file_location("bench_layers", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def row(config, L, impl, ms, mode="fwd"):
+        return {"config": config, "L": L, "cell": "lstm", "mode": mode, "impl": impl,
+                "median_ms": ms}
+    rows = [row("d2l-L1", 1, "torch", 1.0), row("d2l", 2, "torch", 2.0),
+            row("d2l-L8", 8, "torch", 6.0), row("d2l-L1", 1, "fusedrnn", 0.5),
+            row("d2l-L8", 8, "fusedrnn", 1.5), row("d2l-L8", 8, "reference", 9.0),
+            row("d2l-L1", 1, "fusedrnn", 2.0, "fwdbwd"), row("d2l-L8", 8, "fusedrnn", 5.0, "fwdbwd"),
+            row("fastrnns", 1, "torch", 3.0)]
+    header, body = bench.scaling_rows(rows, ["torch", "fusedrnn", "reference"])
+    assert header == ["sweep", "cell", "mode", "L", "torch", "fusedrnn"]
+    assert body == [["d2l", "LSTM", "fwd", "8/1", "6.00", "3.00"],
+                    ["d2l", "LSTM", "fwdbwd", "8/1", "-", "2.50"]]
+    assert bench.scaling_rows(rows[:1], ["torch"])[1] == []

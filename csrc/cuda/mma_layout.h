@@ -21,9 +21,9 @@
 #include "cuda/persistent_plan.h"
 
 #if defined(__CUDACC__)
-#define FUSEDRNN_HD __host__ __device__
+#define FUSEDRNN_MMA_HD __host__ __device__
 #else
-#define FUSEDRNN_HD
+#define FUSEDRNN_MMA_HD
 #endif
 
 namespace fusedrnn {
@@ -36,7 +36,7 @@ struct MmaItem {
   int ks, tm, tn, k0, k1;
 };
 
-FUSEDRNN_HD inline MmaItem mma_item(int item, int n_tiles, int ksteps, int ksplit) {
+FUSEDRNN_MMA_HD inline MmaItem mma_item(int item, int n_tiles, int ksteps, int ksplit) {
   MmaItem r;
   r.ks = item % ksplit;
   const int tile = item / ksplit;
@@ -49,7 +49,7 @@ FUSEDRNN_HD inline MmaItem mma_item(int item, int n_tiles, int ksteps, int kspli
 
 // Offset (in floats) of partial sum (ks, m, n) in the product area of
 // `mrows` rows per slice, `ldp` floats per row.
-FUSEDRNN_HD inline int64_t mma_ps_index(int ks, int mrows, int ldp, int m, int n) {
+FUSEDRNN_MMA_HD inline int64_t mma_ps_index(int ks, int mrows, int ldp, int m, int n) {
   return (static_cast<int64_t>(ks) * mrows + m) * ldp + n;
 }
 
@@ -60,7 +60,7 @@ struct MmaGrid {
   int m_tiles, n_tiles;
 };
 
-FUSEDRNN_HD inline MmaGrid mma_grid(bool backward, int U, int bc, int tm, int tn, int npad) {
+FUSEDRNN_MMA_HD inline MmaGrid mma_grid(bool backward, int U, int bc, int tm, int tn, int npad) {
   MmaGrid g;
   if (backward) {
     g.m_tiles = (bc + tm - 1) / tm;
