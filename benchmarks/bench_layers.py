@@ -412,6 +412,14 @@ def option_switch(fr, name: str, value: str):
     return scope
 
 
+def option_missing(ctx, option):
+    """Why an implementation that holds `option` cannot run with this fusedrnn
+    (an older build without that switch), or None."""
+    if option not in getattr(ctx.fusedrnn, "_OPTIONS", {option: None}):
+        return f"this fusedrnn has no {option} option"
+    return None
+
+
 class OptionImpl(FusedImpl):
     """fusedrnn with one kernel switch (fusedrnn.set_option) held at a value
     while it runs, e.g. the CUDA step loop replayed from a CUDA graph."""
@@ -425,7 +433,7 @@ class OptionImpl(FusedImpl):
             return "this fusedrnn has no kernel switches (fusedrnn.set_option)"
         if ctx.device.type not in self.devices:
             return f"{'/'.join(self.devices)} only"
-        return None
+        return option_missing(ctx, self.option)
 
     def scope(self, ctx):
         return option_switch(ctx.fusedrnn, self.option, self.value)
@@ -450,12 +458,6 @@ class BidirectionalImpl(OptionImpl):
                  "separate": "each direction its own call"}[value]
         super().__init__(f"fusedrnn-{value.replace('_', '-')}", f"fusedrnn.{{Cell}} ({label})",
                          "cuda_bidirectional", value)
-
-    def applicable(self, ctx):
-        why = super().applicable(ctx)
-        if why is None and "cuda_bidirectional" not in getattr(ctx.fusedrnn, "_OPTIONS", {}):
-            why = "this fusedrnn has no cuda_bidirectional option"
-        return why
 
     def wants(self, cfg):
         return bool(CELLS[cfg.cell].kwargs.get("bidirectional"))
@@ -485,67 +487,32 @@ class CudaTierImpl(OptionImpl):
 
 
 class PersistentVariantImpl(CudaTierImpl):
-    """The persistent tier with one more switch held while it runs
-    (extra_scope), for experimental variants that are compared with
-    fusedrnn-persistent in one process before they may become the default.
-    Only when named in --impls."""
+    """The persistent tier with one more kernel switch held while it runs
+    (fusedrnn.set_option(option, value)), for variants compared with
+    fusedrnn-persistent in one process: fusedrnn-persistent-nosplit (the
+    backward's batch split off; on by default since its first GPU run) and
+    fusedrnn-persistent-mma (the tensor-core products, forward and backward:
+    bfloat16/float16 where the tiles fit, else the FMA kernels; off by
+    default).  Only when named in --impls."""
     in_default = False
 
-    def __init__(self, name, label):
+    def __init__(self, name, label, option, value):
         super().__init__("persistent")
         self.name, self.label = name, label
+        self.variant = (option, value)
 
-    def extra_scope(self, ctx):
-        raise NotImplementedError
+    def applicable(self, ctx):
+        return super().applicable(ctx) or option_missing(ctx, self.variant[0])
 
     def scope(self, ctx):
-        tier, extra = super().scope(ctx), self.extra_scope(ctx)
+        tier = super().scope(ctx)
+        extra = option_switch(ctx.fusedrnn, *self.variant)
 
         @contextlib.contextmanager
         def scope():
             with tier(), extra():
                 yield
         return scope
-
-
-class NoSplitBackwardImpl(PersistentVariantImpl):
-    """The persistent tier with its backward batch split switched off
-    (fusedrnn.set_option("persistent_bwd_split", "off")): one CTA per unit
-    block, the batch staged in chunks where its rows do not fit whole.  The
-    split is the default since its first GPU run (csrc/options.h); this row
-    keeps the comparison."""
-
-    def __init__(self):
-        super().__init__("fusedrnn-persistent-nosplit",
-                         "fusedrnn.{Cell} (persistent tier, backward batch split off)")
-
-    def applicable(self, ctx):
-        why = super().applicable(ctx)
-        if why is None and "persistent_bwd_split" not in getattr(ctx.fusedrnn, "_OPTIONS", {}):
-            why = "this fusedrnn has no persistent_bwd_split option"
-        return why
-
-    def extra_scope(self, ctx):
-        return option_switch(ctx.fusedrnn, "persistent_bwd_split", "off")
-
-
-class MmaImpl(PersistentVariantImpl):
-    """The EXPERIMENTAL tensor-core products, forward and backward
-    (fusedrnn.set_option("persistent_mma", "on"); bfloat16/float16 where the
-    tiles fit, else the FMA kernels)."""
-
-    def __init__(self):
-        super().__init__("fusedrnn-persistent-mma",
-                         "fusedrnn.{Cell} (persistent tier, tensor cores)")
-
-    def applicable(self, ctx):
-        why = super().applicable(ctx)
-        if why is None and "persistent_mma" not in getattr(ctx.fusedrnn, "_OPTIONS", {}):
-            why = "this fusedrnn has no persistent_mma option"
-        return why
-
-    def extra_scope(self, ctx):
-        return option_switch(ctx.fusedrnn, "persistent_mma", "on")
 
 
 class ReferenceImpl(Impl):
@@ -675,8 +642,12 @@ IMPLS: Dict[str, Impl] = {
     # CUDA LSTM with one kernel tier forced (the fusedrnn row is the auto choice).
     "fusedrnn-general": CudaTierImpl("general"),
     "fusedrnn-persistent": CudaTierImpl("persistent"),
-    "fusedrnn-persistent-nosplit": NoSplitBackwardImpl(),
-    "fusedrnn-persistent-mma": MmaImpl(),
+    "fusedrnn-persistent-nosplit": PersistentVariantImpl(
+        "fusedrnn-persistent-nosplit", "fusedrnn.{Cell} (persistent tier, backward batch split off)",
+        "persistent_bwd_split", "off"),
+    "fusedrnn-persistent-mma": PersistentVariantImpl(
+        "fusedrnn-persistent-mma", "fusedrnn.{Cell} (persistent tier, tensor cores)",
+        "persistent_mma", "on"),
     "fusedrnn-one-launch": BidirectionalImpl("one_launch"),
     "fusedrnn-separate": BidirectionalImpl("separate"),
     "fusedrnn-generic": GenericStepImpl(),
