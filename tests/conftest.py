@@ -8,7 +8,8 @@
 * ``cuda_or_skip()`` — like ``fusedrnn_or_skip()``, and also skip the calling
   module without a CUDA device or without the CUDA kernels in the build.
   The CUDA test modules also share ``CUDA``, ``CUDA_TOL`` with
-  ``assert_close_scaled(...)``, the ``no_tf32`` and ``step_launch`` fixtures,
+  ``assert_close_scaled(...)``, the ``no_tf32``, ``step_launch`` and
+  ``general_tier`` fixtures,
   ``lstm_inputs(...)``
   and ``loss_weights(...)``.
 * ``make_pair(...)`` — a ``fusedrnn.LSTM`` and a ``torch.nn.LSTM`` with
