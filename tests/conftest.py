@@ -9,13 +9,15 @@
   module without a CUDA device or without the CUDA kernels in the build.
   The CUDA test modules also share ``CUDA``, ``CUDA_TOL`` with
   ``assert_close_scaled(...)``, the ``no_tf32``, ``step_launch`` and
-  ``general_tier`` fixtures,
+  ``general_tier`` fixtures, ``option_set(name, value)`` (a kernel switch
+  for a block),
   ``lstm_inputs(...)``
   and ``loss_weights(...)``.
 * ``make_pair(...)`` — a ``fusedrnn.LSTM`` and a ``torch.nn.LSTM`` with
   identical weights.
 * ``seed`` fixture (autouse) — every test starts from ``torch.manual_seed(0)``.
 """
+import contextlib
 import glob
 import importlib.util
 import os
@@ -115,19 +117,27 @@ def step_launch():
         fusedrnn.set_option("cuda_step_launch", old)
 
 
+@contextlib.contextmanager
+def option_set(name, value):
+    """fusedrnn.set_option(name, value) for the block, the previous value
+    restored afterwards, exceptions included."""
+    import fusedrnn
+    old = fusedrnn.get_option(name)
+    fusedrnn.set_option(name, value)
+    try:
+        yield
+    finally:
+        fusedrnn.set_option(name, old)
+
+
 @pytest.fixture
 def general_tier():
     """Runs the CUDA LSTM's general tier (cuda_tier = 'general'), restored
     afterwards: tests/test_cuda.py, the general tier's tests, opt in, since
     auto would give most of its sizes to the persistent tier (tested in
     tests/test_cuda_persistent.py, auto included)."""
-    import fusedrnn
-    old = fusedrnn.get_option("cuda_tier")
-    fusedrnn.set_option("cuda_tier", "general")
-    try:
+    with option_set("cuda_tier", "general"):
         yield
-    finally:
-        fusedrnn.set_option("cuda_tier", old)
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ import pytest
 import torch
 
 from conftest import (CUDA, assert_close_scaled, cuda_or_skip, flat_weights, loss_weights,
-                      lstm_inputs, make_pair, reference)
+                      lstm_inputs, make_pair, option_set, reference)
 
 fusedrnn = cuda_or_skip()
 
@@ -51,14 +51,8 @@ def restore_tier_and_tf32():
         torch.backends.cuda.matmul.allow_tf32 = old_tf32
 
 
-@contextlib.contextmanager
 def tier(name):
-    old = fusedrnn.get_option("cuda_tier")
-    fusedrnn.set_option("cuda_tier", name)
-    try:
-        yield
-    finally:
-        fusedrnn.set_option("cuda_tier", old)
+    return option_set("cuda_tier", name)
 
 
 def _persistent_and_general(fn, *args):
@@ -307,17 +301,13 @@ def test_backward_batch_split_matches_unsplit(B):
         pytest.skip(f"the backward of H={H} L={L} B={B} float32 is not split on this device "
                     f"(its rows fit whole or no split fits): nothing to compare")
     args = _backward_op_args(L, I, H, T, B, F32, seed=7)
-    old = fusedrnn.get_option("persistent_bwd_split")
-    try:
-        with tier("persistent"):
-            fusedrnn.set_option("persistent_bwd_split", "off")
+    with tier("persistent"):
+        with option_set("persistent_bwd_split", "off"):
             whole = torch.ops.fusedrnn.lstm_backward(*args)
-            fusedrnn.set_option("persistent_bwd_split", "auto")
+        with option_set("persistent_bwd_split", "auto"):
             parts = torch.ops.fusedrnn.lstm_backward(*args)
-            fusedrnn.set_option("persistent_bwd_split", "on")
+        with option_set("persistent_bwd_split", "on"):
             again = torch.ops.fusedrnn.lstm_backward(*args)
-    finally:
-        fusedrnn.set_option("persistent_bwd_split", old)
     flat = lambda r: list(r[:3]) + list(r[3])  # noqa: E731
     for k, (a, b, c) in enumerate(zip(flat(whole), flat(parts), flat(again))):
         assert_close_scaled(b, a, TOL[F32], f"result {k}: split vs unsplit backward")

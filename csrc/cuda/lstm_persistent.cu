@@ -61,7 +61,6 @@
 #include <cuda_fp16.h>
 #include <mma.h>
 
-#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
