@@ -5,6 +5,7 @@
 
 #include "cuda/mma_layout.h"
 #include "cuda/persistent_plan.h"
+#include "cuda/stage_layout.h"
 #include "options.h"
 
 #ifndef FUSEDRNN_WITH_CUDA
@@ -169,6 +170,24 @@ static PyObject* persistent_mma_check(PyObject*, PyObject* args) {
   return PyFloat_FromDouble(e);
 }
 
+// persistent_stage_check(threads, rows, kv, kav, ldv, dst_ldv) -> None: replays
+// the persistent kernels' per-step staging copy (csrc/cuda/stage_layout.h) of
+// one CTA on the CPU; ValueError saying what went wrong when an element was
+// missed, stored twice, stored by another thread than the coalesced order's,
+// or a load or store left its area.
+static PyObject* persistent_stage_check(PyObject*, PyObject* args) {
+  int threads, rows, kv, kav, ldv, dst_ldv;
+  if (!PyArg_ParseTuple(args, "iiiiii", &threads, &rows, &kv, &kav, &ldv, &dst_ldv))
+    return nullptr;
+  const std::string err =
+      fusedrnn::persistent::stage_copy_check(threads, rows, kv, kav, ldv, dst_ldv);
+  if (!err.empty()) {
+    PyErr_Format(PyExc_ValueError, "fusedrnn: staging copy: %s", err.c_str());
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
 static PyMethodDef fusedrnn_methods[] = {
     {"set_option", set_option, METH_VARARGS,
      "set_option(name, value): set a kernel switch (see csrc/options.h)."},
@@ -189,6 +208,10 @@ static PyMethodDef fusedrnn_methods[] = {
      "persistent_mma_check(H, L, B, dtype_bytes, smem_per_sm, smem_per_block, regs_per_sm, "
      "num_sms, backward=0, tf32=0, seed=1) -> float: the persistent kernels' tensor-core "
      "products replayed on the CPU; the largest error against the direct product (for tests)."},
+    {"persistent_stage_check", persistent_stage_check, METH_VARARGS,
+     "persistent_stage_check(threads, rows, kv, kav, ldv, dst_ldv) -> None: the persistent "
+     "kernels' staging copy of one CTA replayed on the CPU; ValueError if it is wrong (for "
+     "tests)."},
     {nullptr, nullptr, 0, nullptr}};
 
 static struct PyModuleDef fusedrnn_module = {

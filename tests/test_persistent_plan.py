@@ -391,3 +391,48 @@ def test_mma_replay_covers_both_tile_kinds():
                 if p["mma"]:
                     shapes.add((p["mma_tile"], p["mma_depth"]))
     assert {((16, 16), 16), ((8, 32), 16), ((32, 8), 16), ((16, 16), 8)} <= shapes, shapes
+
+
+# ------------------------------------------------------ the staging copy --
+# csrc/cuda/stage_layout.h: each step every CTA copies [x_t | h_{t-1}]
+# (backward: [dG above | dG_{t+1}]) into shared memory, each thread walking its
+# elements by additions.  The replay runs every thread of one CTA on arrays.
+
+THREADS = 256   # persistent::kThreads
+
+
+@pytest.mark.parametrize("rows,kv,kav,ldv", [
+    (32, 128, 64, 64),     # D2L L2 forward, layer 1: [h^0_t | h^1_{t-1}], 16-byte vectors
+    (32, 64, 0, 64),       # D2L forward, layer 0: h_{t-1} only
+    (16, 512, 256, 256),   # D2L L2 backward (split): [dG above | dG_{t+1}]
+    (16, 256, 256, 256),   # backward, last step below the top: the layer above's part only
+    (16, 256, 0, 256),     # backward, top layer
+    (8, 1024, 512, 512),   # small batch B8 H512 L4 bfloat16 forward (8 per vector)
+    (1, 5, 2, 3),          # batch 1, odd row
+    (3, 1, 0, 1),          # one column
+    (7, 300, 150, 150),    # rows longer than the CTA (kv > threads, not a multiple)
+    (33, 37, 17, 20),      # neither divides: carries every step
+    (5, 256, 128, 128),    # kv == threads
+    (64, 3, 1, 2),         # many short rows
+])
+def test_stage_copy_replay(rows, kv, kav, ldv):
+    fusedrnn._C.persistent_stage_check(THREADS, rows, kv, kav, ldv, kv)
+    fusedrnn._C.persistent_stage_check(THREADS, rows, kv, kav, ldv, kv + 4)   # padded rows
+
+
+@pytest.mark.parametrize("threads", [1, 32, 96, 512])
+def test_stage_copy_replay_other_thread_counts(threads):
+    for rows, kv, kav in [(1, 1, 0), (9, 40, 13), (32, 128, 64), (4, 700, 350)]:
+        fusedrnn._C.persistent_stage_check(threads, rows, kv, kav, max(kav, kv - kav), kv)
+
+
+def test_stage_copy_nothing_to_stage():
+    # The backward's top layer has no columns at its last step (kv = 0).
+    fusedrnn._C.persistent_stage_check(THREADS, 16, 0, 0, 256, 512)
+    fusedrnn._C.persistent_stage_check(THREADS, 0, 128, 64, 64, 128)
+
+
+def test_stage_copy_check_rejects_bad_arguments():
+    # The replay's own guard: a dst row shorter than the staged row is refused.
+    with pytest.raises(ValueError, match="invalid arguments"):
+        fusedrnn._C.persistent_stage_check(THREADS, 4, 64, 0, 64, 32)

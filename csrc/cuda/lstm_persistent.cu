@@ -73,6 +73,7 @@
 #include "cuda/lstm_persistent.h"
 #include "cuda/mma_layout.h"
 #include "cuda/persistent_plan.h"
+#include "cuda/stage_layout.h"
 #include "options.h"
 
 namespace fusedrnn {
@@ -137,42 +138,30 @@ __device__ __forceinline__ T load_cg(const T* p) {
 // (b, k) comes from src_a[(row0 + b) * ld + k] for k < Ka, else from
 // src_b[(row0 + b) * ld + k - Ka], read through L2 (other CTAs wrote them).
 // Each thread issues kStageBatch independent loads before it stores any, so
-// that many L2 round trips overlap instead of running one after another.
-// When every row start on both sides is 16-byte aligned (Kt, Ka, ld and
-// dst_ld multiples of 16 / sizeof(scalar_t), aligned base pointers), the
-// loads and stores are 16 bytes wide: a quarter (float32) of the load
-// instructions and of the rounds of L2 round trips.  The choice depends only
-// on kernel arguments, so it is the same for the whole CTA.
-constexpr int kStageBatch = 8;
+// that many L2 round trips overlap instead of running one after another; its
+// elements are walked by additions, not a division each (stage_layout.h,
+// which the CPU tests replay).  When every row start on both sides is 16-byte
+// aligned (Kt, Ka, ld and dst_ld multiples of 16 / sizeof(scalar_t), aligned
+// base pointers), the loads and stores are 16 bytes wide: a quarter
+// (float32) of the load instructions and of the rounds of L2 round trips.
+// The choice depends only on kernel arguments, so it is the same for the
+// whole CTA.
+using persistent::kStageBatch;
 
 template <typename V, typename scalar_t>
 __device__ __forceinline__ void stage_rows_as(scalar_t* dst, int dst_ld, int rows, int Kt, int Ka,
                                               const scalar_t* src_a, const scalar_t* src_b,
                                               int64_t row0, int64_t ld) {
   constexpr int W = static_cast<int>(sizeof(V) / sizeof(scalar_t));  // scalars per V
-  const int kv = Kt / W, kav = Ka / W;  // row length and split point, in V units
-  const int n = rows * kv;
-  for (int base = threadIdx.x; base < n; base += kThreads * kStageBatch) {
-    V v[kStageBatch];
-#pragma unroll
-    for (int u = 0; u < kStageBatch; ++u) {
-      const int idx = base + u * kThreads;
-      if (idx < n) {
-        const int b = idx / kv, k = idx - b * kv;
-        const int64_t row = (row0 + b) * ld;
-        v[u] = k < kav ? load_cg(reinterpret_cast<const V*>(src_a + row) + k)
-                       : load_cg(reinterpret_cast<const V*>(src_b + row) + (k - kav));
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kStageBatch; ++u) {
-      const int idx = base + u * kThreads;
-      if (idx < n) {
-        const int b = idx / kv, k = idx - b * kv;
-        reinterpret_cast<V*>(dst + static_cast<int64_t>(b) * dst_ld)[k] = v[u];
-      }
-    }
-  }
+  const int ldv = static_cast<int>(ld / W);
+  // The first staged row of each side (a side with no columns may be null).
+  const V* a = Ka > 0 ? reinterpret_cast<const V*>(src_a) + row0 * ldv : nullptr;
+  const V* c = Kt > Ka ? reinterpret_cast<const V*>(src_b) + row0 * ldv : nullptr;
+  V* d = reinterpret_cast<V*>(dst);
+  persistent::stage_copy<kStageBatch, V>(
+      static_cast<int>(threadIdx.x), static_cast<int>(kThreads), rows, Kt / W, Ka / W, ldv,
+      dst_ld / W, [&](int side, int off) { return load_cg((side == 0 ? a : c) + off); },
+      [&](int off, const V& v) { d[off] = v; });
 }
 
 template <typename scalar_t>
