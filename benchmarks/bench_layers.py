@@ -22,10 +22,11 @@ i.e. at::addmm + a pointwise pass per step, to show what the fused step buys),
 fusedrnn-general / fusedrnn-persistent (CUDA LSTM only: one kernel tier forced
 through fusedrnn.set_option("cuda_tier", ...); the fusedrnn row is the auto
 choice; sizes the persistent kernel does not fit are skipped with the reason),
-fusedrnn-persistent-nosplit and fusedrnn-persistent-mma (only when named: the
-persistent tier with its backward batch split off, persistent_bwd_split "off",
-or with the experimental tensor-core products for bfloat16/float16,
-persistent_mma "on"),
+fusedrnn-persistent-nosplit, fusedrnn-persistent-mma and
+fusedrnn-persistent-ctaepi (only when named: the persistent tier with its
+backward batch split off, persistent_bwd_split "off", with the experimental
+tensor-core products for bfloat16/float16, persistent_mma "on", or with the
+experimental CTA-wide forward epilogue, persistent_cta_epilogue "on"),
 fusedrnn-per-step and fusedrnn-graph (CUDA only: the general tier's step
 kernels launched one by one from the host, or replayed from a captured CUDA
 graph), fusedrnn-packed and torch-packed (the same batch as a PackedSequence with
@@ -493,7 +494,9 @@ class PersistentVariantImpl(CudaTierImpl):
     backward's batch split off; on by default since its first GPU run) and
     fusedrnn-persistent-mma (the tensor-core products, forward and backward:
     bfloat16/float16 where the tiles fit, else the FMA kernels; off by
-    default).  Only when named in --impls."""
+    default), fusedrnn-persistent-ctaepi (the forward's cell applied CTA-wide
+    after the chunk's products; off by default).  Only when named in
+    --impls."""
     in_default = False
 
     def __init__(self, name, label, option, value):
@@ -648,6 +651,9 @@ IMPLS: Dict[str, Impl] = {
     "fusedrnn-persistent-mma": PersistentVariantImpl(
         "fusedrnn-persistent-mma", "fusedrnn.{Cell} (persistent tier, tensor cores)",
         "persistent_mma", "on"),
+    "fusedrnn-persistent-ctaepi": PersistentVariantImpl(
+        "fusedrnn-persistent-ctaepi", "fusedrnn.{Cell} (persistent tier, CTA-wide forward epilogue)",
+        "persistent_cta_epilogue", "on"),
     "fusedrnn-one-launch": BidirectionalImpl("one_launch"),
     "fusedrnn-separate": BidirectionalImpl("separate"),
     "fusedrnn-generic": GenericStepImpl(),
@@ -1296,7 +1302,7 @@ def parse_args(argv):
     p.add_argument("--cells", help=f"comma-separated, from {', '.join(CELLS)} (default: those of "
                                    f"{', '.join(DEFAULT_CELLS)} that fusedrnn provides)")
     p.add_argument("--impls", help=f"comma-separated, from {', '.join(IMPLS)} (default: all "
-                                   f"that apply but fusedrnn-persistent-nosplit/-mma; peers when "
+                                   f"that apply but fusedrnn-persistent-nosplit/-mma/-ctaepi; peers when "
                                    f"installed)")
     p.add_argument("--no-reference", action="store_true", help="leave out the reference")
     p.add_argument("--modes", default="fwd,fwdbwd", help="fwd, fwdbwd or both (default)")

@@ -18,6 +18,7 @@ constexpr OptionInfo kInfo[] = {
     {"persistent_mma", 3},    // auto (= off), off, on
     {"cuda_bidirectional", 3},  // auto, separate, one_launch (options.h)
     {"persistent_bwd_split", 3},  // auto (= on), off, on
+    {"persistent_cta_epilogue", 3},  // auto (= off), off, on
 };
 static_assert(sizeof(kInfo) / sizeof(kInfo[0]) == static_cast<int>(Option::kCount),
               "one OptionInfo per Option");

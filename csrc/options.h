@@ -42,7 +42,13 @@ enum class Option : int {
   // measured on an H200, 2026-12-04, D2L L=2 forward+backward 1.587 -> 1.280
   // ms, no change where the rows fit whole), 1 off, 2 on.
   kPersistentBwdSplit = 4,
-  kCount = 5,
+  // The persistent forward's FMA path applies the LSTM cell CTA-wide, one
+  // (unit, batch row) pair per thread after all of a chunk's warp tasks
+  // (csrc/cuda/persistent_plan.h, cta_epilogue_bytes), instead of lane r of
+  // each task for its row: 0 auto (= off: EXPERIMENTAL, written without a
+  // GPU on 2026-12-04 and not yet run on one), 1 off, 2 on.
+  kPersistentCtaEpilogue = 5,
+  kCount = 6,
 };
 
 // Current value (thread-safe; relaxed atomics).

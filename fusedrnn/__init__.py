@@ -55,6 +55,11 @@ _OPTIONS = {
     # staged rows do not fit one CTA whole: auto = on (measured faster on an
     # H200, 2026-12-04), "off" for comparisons.
     "persistent_bwd_split": ("auto", "off", "on"),
+    # The persistent forward applying the LSTM cell CTA-wide, one (unit, batch
+    # row) pair per thread after the chunk's products, instead of 8 lanes of
+    # each warp task: EXPERIMENTAL, so auto means off (written without a GPU,
+    # 2026-12-04, and not yet run on one).
+    "persistent_cta_epilogue": ("auto", "off", "on"),
 }
 
 
@@ -68,7 +73,9 @@ def set_option(name: str, value: str) -> None:
     ``cuda_bidirectional`` in ("auto", "separate", "one_launch") (both
     directions of a bidirectional layer in one launch per step) and
     ``persistent_bwd_split`` in ("auto", "off", "on") (the persistent
-    backward's batch split; auto = on).
+    backward's batch split; auto = on) and ``persistent_cta_epilogue`` in
+    ("auto", "off", "on") (experimental: the persistent forward's cell
+    CTA-wide; auto = off).
     Meant for tests and
     benchmarks that compare implementations; "auto" is the default."""
     if name not in _OPTIONS:

@@ -94,34 +94,41 @@ def test_fast_step_switch_restores_on_exception():
         fusedrnn._C.set_cpu_fast_step_enabled(before)
 
 
-def test_nosplit_backward_impl_scope_and_not_default():
-    """fusedrnn-persistent-nosplit runs only when named, and its scope sets the
-    option persistent_bwd_split to "off" and the persistent tier for the call
-    and restores both afterwards, also when the call raises."""
+@pytest.mark.parametrize("name,option,value,others", [
+    ("fusedrnn-persistent-nosplit", "persistent_bwd_split", "off", ("auto", "on")),
+    ("fusedrnn-persistent-ctaepi", "persistent_cta_epilogue", "on", ("auto", "off")),
+])
+def test_persistent_variant_impl_scope_and_not_default(name, option, value, others):
+    """The persistent-tier variants run only when named, and each one's scope
+    sets its option (fusedrnn-persistent-nosplit: persistent_bwd_split "off";
+    fusedrnn-persistent-ctaepi: persistent_cta_epilogue "on") and the
+    persistent tier for the call and restores both afterwards, also when the
+    call raises."""
     spec = importlib.util.spec_from_file_location("bench_layers", SCRIPT)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    impl = bench.IMPLS["fusedrnn-persistent-nosplit"]
+    impl = bench.IMPLS[name]
     assert not impl.in_default and bench.IMPLS["fusedrnn-persistent"].in_default
 
     class Ctx:
         fusedrnn = globals()["fusedrnn"]
 
     tier_before = fusedrnn.get_option("cuda_tier")
-    split_before = fusedrnn.get_option("persistent_bwd_split")
+    option_before = fusedrnn.get_option(option)
     try:
-        for prev in ("auto", "on"):
-            fusedrnn.set_option("persistent_bwd_split", prev)
+        for prev in others:
+            fusedrnn.set_option(option, prev)
             scope = impl.scope(Ctx())
             with pytest.raises(RuntimeError):
                 with scope():
-                    assert fusedrnn.get_option("persistent_bwd_split") == "off"
+                    assert fusedrnn.get_option(option) == value
                     assert fusedrnn.get_option("cuda_tier") == "persistent"
                     raise RuntimeError("boom")
-            assert fusedrnn.get_option("persistent_bwd_split") == prev
+            assert fusedrnn.get_option(option) == prev
             assert fusedrnn.get_option("cuda_tier") == tier_before
     finally:
-        fusedrnn.set_option("persistent_bwd_split", split_before)
+        fusedrnn.set_option(option, option_before)
+
 
 def test_layer_scaling_table():
     """scaling_rows: each implementation's time at a sweep's largest L over its

@@ -20,6 +20,10 @@ What is checked:
 * forcing the persistent tier on sizes that do not fit, or on proj_size,
   raises a clear error; float64 gradcheck through the persistent tier;
 * the bench-only op fusedrnn::wavefront_floor runs;
+* the EXPERIMENTAL CTA-wide forward epilogue (persistent_cta_epilogue "on"):
+  the forward (training and inference, every saved tensor) against the lanes'
+  epilogue and the float64 reference, also where the batch is staged in
+  chunks; determinism;
 * the EXPERIMENTAL tensor-core products (persistent_mma "on", bfloat16 and
   float16, forward and backward, every tile shape, padded rows, K slices):
   outputs, states, saved activations and gradients against the FMA kernels
@@ -64,10 +68,11 @@ def _persistent_and_general(fn, *args):
     return p, g
 
 
-def device_plan(H, L, B, dtype, T=8, backward=False, max_batch_split=1, mma=False):
+def device_plan(H, L, B, dtype, T=8, backward=False, max_batch_split=1, mma=False,
+                cta_epilogue=False):
     """The planner's answer for this device; mma: the tensor-core tiles asked
     for (float32 as TF32 when torch.backends.cuda.matmul.allow_tf32 is on, as
-    the op does)."""
+    the op does); cta_epilogue: the forward's CTA-wide epilogue asked for."""
     p = torch.cuda.get_device_properties(CUDA)
     smem_sm = getattr(p, "shared_memory_per_multiprocessor", 0)
     smem_block = getattr(p, "shared_memory_per_block_optin", 0)
@@ -79,7 +84,7 @@ def device_plan(H, L, B, dtype, T=8, backward=False, max_batch_split=1, mma=Fals
                                        p.multi_processor_count, T, 0, int(backward),
                                        max_batch_split,
                                        (2 if torch.backends.cuda.matmul.allow_tf32 else 1)
-                                       if mma else 0)
+                                       if mma else 0, int(cta_epilogue))
 
 
 def _run_ops(weights, x, h0, c0, bias):
@@ -532,3 +537,48 @@ def test_mma_tf32_float32_matches_reference():
             fma = _run_ops(w, x, h0, c0, True)
     _assert_same(got, want, 5e-3, "TF32 tensor-core kernels vs float64 reference")
     _assert_same(fma, want, 5e-3, "FMA kernels (TF32 projection GEMM) vs float64 reference")
+
+
+# ------------------------------------------------ the CTA-wide epilogue --
+# persistent_cta_epilogue "on" (EXPERIMENTAL, written without a GPU): the
+# forward's warp tasks store their products in shared memory and every thread
+# then applies the cell to (unit, batch row) pairs.  The products and the
+# order of each gate's sum (bias, layer 0's projection, product) are the
+# lanes' epilogue's, so the results agree to rounding at most.
+
+# + B = 200: staged in chunks; D2L at L = 8: 16 units per CTA, 8 tasks per warp.
+SHAPES_CTA = SHAPES + [(2, 28, 256, 6, 200, True), (8, 28, 256, 5, 32, True)]
+
+
+@pytest.mark.parametrize("dtype", [F64, F32, BF16], ids=["float64", "float32", "bfloat16"])
+@pytest.mark.parametrize("L,I,H,T,B,bias", SHAPES_CTA, ids=_ids(SHAPES_CTA))
+def test_cta_epilogue_matches_lane_epilogue_and_reference(L, I, H, T, B, bias, dtype):
+    _need_fit(H, L, B, dtype, T)
+    p = device_plan(H, L, B, dtype, T, cta_epilogue=True)
+    if not p["cta_epilogue"]:
+        pytest.skip(f"the CTA-wide epilogue's product area does not fit beside this plan: "
+                    f"{p['why']}")
+    w = _weights(I, H, L, bias, dtype)
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, dtype)
+    op = torch.ops.fusedrnn.lstm_forward
+    names = ["output", "hy", "cy", "gates", "cells", "hiddens"]
+    with tier("persistent"):
+        with option_set("persistent_cta_epilogue", "off"):
+            lanes = op(x, h0, c0, w, bias, True)
+            lanes_inf = op(x, h0, c0, w, bias, False)
+        with option_set("persistent_cta_epilogue", "on"):
+            cta = op(x, h0, c0, w, bias, True)
+            again = op(x, h0, c0, w, bias, True)
+            cta_inf = op(x, h0, c0, w, bias, False)
+            got = _run_ops(w, x, h0, c0, bias)
+    for a, b, c, n in zip(cta, lanes, again, names):
+        assert a.shape == b.shape, n
+        assert_close_scaled(a, b, TOL[dtype], f"CTA-wide vs lanes' epilogue: {n}")
+        assert torch.equal(a, c), f"CTA-wide epilogue not deterministic: {n}"
+    for a, b, n in zip(cta_inf[:3], lanes_inf[:3], names):
+        assert_close_scaled(a, b, TOL[dtype], f"inference, CTA-wide vs lanes' epilogue: {n}")
+    for a, b, n in zip(cta_inf[:3], cta[:3], names):
+        assert torch.equal(a, b), f"CTA-wide epilogue: inference differs from training: {n}"
+    tol = {F64: TOL[F64], F32: 1e-4, BF16: TOL[BF16]}[dtype]
+    _assert_same(got, _run_reference(w, x, h0, c0, L, bias), tol,
+                 "CTA-wide epilogue (forward) + persistent backward vs reference")

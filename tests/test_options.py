@@ -11,7 +11,9 @@ fusedrnn = fusedrnn_or_skip()
 OPTIONS = {"cuda_tier": ("auto", "general", "persistent"),
            "cuda_step_launch": ("auto", "per_step", "graph"),
            "persistent_mma": ("auto", "off", "on"),
-           "cuda_bidirectional": ("auto", "separate", "one_launch")}
+           "cuda_bidirectional": ("auto", "separate", "one_launch"),
+           "persistent_bwd_split": ("auto", "off", "on"),
+           "persistent_cta_epilogue": ("auto", "off", "on")}
 
 
 @pytest.fixture(autouse=True)

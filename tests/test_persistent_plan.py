@@ -436,3 +436,40 @@ def test_stage_copy_check_rejects_bad_arguments():
     # The replay's own guard: a dst row shorter than the staged row is refused.
     with pytest.raises(ValueError, match="invalid arguments"):
         fusedrnn._C.persistent_stage_check(THREADS, 4, 64, 0, 64, 32)
+
+
+# ------------------------------------------- the CTA-wide forward epilogue --
+# persistent_cta_epilogue "on" (EXPERIMENTAL): the forward's FMA path stores
+# its products, [4][batch_chunk][U] accumulators, in a product area.
+
+def cta_plan(H, L, B, elem=F32, dev=H100, backward=False, mma=0):
+    return fusedrnn._C.persistent_plan(H, H, L, B, elem, *dev, 16, 0, int(backward), 1, mma, 1)
+
+
+@pytest.mark.parametrize("H,L,B,elem", [(256, 2, 32, F32), (256, 8, 32, F32), (256, 1, 32, F32),
+                                        (512, 4, 8, BF16), (300, 3, 3, F32), (64, 2, 5, F64),
+                                        (256, 2, 200, F32)])
+def test_cta_epilogue_product_area(H, L, B, elem):
+    off, on = plan(H, L, B, elem=elem), cta_plan(H, L, B, elem=elem)
+    assert off["fits"] and on["fits"]
+    assert not off["cta_epilogue"] and on["cta_epilogue"]
+    U, bc = on["units_per_cta"], on["batch_chunk"]
+    acc = 8 if elem == F64 else 4
+    assert U == off["units_per_cta"] and on["num_ctas"] == off["num_ctas"]
+    weights, bias, cstate, stage, product = on["smem_offsets"]
+    # Without it the product area is empty; with it, 4 x batch_chunk x U
+    # accumulators after the stage, within the CTA's shared memory.
+    assert off["smem_bytes"] == off["smem_offsets"][4]
+    assert product == stage + _align16(bc * on["K"] * elem)
+    assert on["smem_bytes"] == product + _align16(4 * bc * U * acc)
+    assert on["smem_bytes"] <= H100[1] and on["smem_bytes"] + RESERVED <= H100[0]
+    # It costs no staged rows where the whole batch fits either way.
+    if off["batch_chunk"] == B:
+        assert bc == B and on["auto"] == off["auto"]
+
+
+def test_cta_epilogue_is_forward_fma_only():
+    b = cta_plan(256, 2, 32, backward=True)
+    assert not b["cta_epilogue"] and b["smem_bytes"] == plan(256, 2, 32, backward=True)["smem_bytes"]
+    m = cta_plan(256, 2, 32, elem=BF16, mma=1)   # the tensor-core path has its own epilogue
+    assert m["mma"] and not m["cta_epilogue"]

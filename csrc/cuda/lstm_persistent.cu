@@ -300,6 +300,11 @@ struct FwdParams {
   // to mma_tn), and its offset.
   int mma_tm, mma_tn, mma_ksplit, mma_mpad, mma_npad;
   int64_t off_product;
+  // The FMA path's CTA-wide epilogue (EXPERIMENTAL; persistent_plan.h,
+  // cta_epilogue_bytes): the tasks store their products to [4][batch_chunk][U]
+  // at off_product and fwd_chunk_epilogue applies the cell.  0: lane r of
+  // each task applies it to its row.
+  int cta_epilogue;
 };
 
 template <typename scalar_t>
@@ -338,13 +343,40 @@ __device__ __forceinline__ void fwd_cell_epilogue(const FwdParams<scalar_t>& p, 
   }
 }
 
+// The cell of every (unit, batch row) pair of one staged chunk, one pair per
+// thread at a time, units fastest (neighbouring threads write neighbouring h,
+// gate and cell elements; cs is [B][U], so they touch neighbouring banks):
+// pre = bias (+ layer 0's input projection), then add(q, jl, bl, pre) adds
+// the product of gate q, unit jl, chunk row bl -- the epilogue of the
+// tensor-core path and of the FMA path's CTA-wide variant.
+template <typename scalar_t, typename acc_t, typename AddProduct>
+__device__ __forceinline__ void fwd_chunk_epilogue(const FwdParams<scalar_t>& p, int64_t layer,
+                                                   int64_t t, int64_t b0, int bc, int nu,
+                                                   int64_t j0, const acc_t* bs, acc_t* cs,
+                                                   scalar_t* h_out, bool last_t,
+                                                   const AddProduct& add) {
+  const int64_t B = p.B, H = p.H, G4 = 4 * H;
+  const int U = static_cast<int>(p.units);
+  for (int idx = threadIdx.x; idx < nu * bc; idx += kThreads) {
+    const int jl = idx % nu, bl = idx / nu;
+    const int64_t b = b0 + bl, j = j0 + jl;
+    acc_t pre[4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      pre[q] = bs[q * U + jl];
+      if (layer == 0) pre[q] += static_cast<acc_t>(p.gx0[(t * B + b) * G4 + q * H + j]);
+      add(q, jl, bl, pre[q]);
+    }
+    fwd_cell_epilogue<scalar_t, acc_t>(p, layer, t, b, j, pre, cs[b * U + jl], h_out, last_t);
+  }
+}
+
 // The WMMA element type of scalar_t (void: no tensor-core path) and the
 // tile depth: bfloat16 / float16 16-deep, float32 as TF32 8-deep (where the
 // device code has TF32 WMMA, compute capability 8.0+).
 template <typename T>
 struct WmmaElem {
   using type = void;
-  static constexpr int depth = 16;
 };
 template <>
 struct WmmaElem<c10::BFloat16> {
@@ -441,6 +473,12 @@ __device__ __forceinline__ void mma_products(int tm, const scalar_t* A, const sc
   }
 }
 
+// Offset of the product of gate q, chunk row bl, unit jl in the CTA-wide
+// epilogue's area, [4][bc_max][U]: units fastest, as fwd_chunk_epilogue reads.
+__device__ __forceinline__ int cta_product_index(int q, int bl, int jl, int bc_max, int U) {
+  return (q * bc_max + bl) * U + jl;
+}
+
 // kMma: the instantiation with the tensor-core path (launched when the plan
 // has tiles); the default one is the FMA kernel alone, as measured.
 template <typename scalar_t, bool kMma = false>
@@ -450,9 +488,12 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
   extern __shared__ __align__(128) unsigned char smem[];
   scalar_t* Ws = reinterpret_cast<scalar_t*>(smem);                 // [4][U][K]
   acc_t* bs = reinterpret_cast<acc_t*>(smem + p.off_bias);           // [4][U]
-  acc_t* cs = reinterpret_cast<acc_t*>(smem + p.off_cstate);         // [U][B]
+  acc_t* cs = reinterpret_cast<acc_t*>(smem + p.off_cstate);         // [B][U]
   scalar_t* xs = reinterpret_cast<scalar_t*>(smem + p.off_stage);    // [batch_chunk][K]
-  float* Ps = reinterpret_cast<float*>(smem + p.off_product);        // [ksplit][4U][npad]
+  // The product area: the tensor-core path's [ksplit][4U][npad] partial sums,
+  // or the CTA-wide epilogue's [4][batch_chunk][U] products (p.cta_epilogue).
+  float* Ps = reinterpret_cast<float*>(smem + p.off_product);
+  acc_t* Pe = reinterpret_cast<acc_t*>(smem + p.off_product);
 
   const int tid = threadIdx.x;
   const int warp = tid / 32, lane = tid % 32;
@@ -486,7 +527,7 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
     }
     for (int64_t idx = tid; idx < static_cast<int64_t>(nu) * B; idx += kThreads) {
       const int64_t jl = idx / B, b = idx % B;
-      cs[jl * B + b] = static_cast<acc_t>(p.cx[(layer * B + b) * H + j0 + jl]);
+      cs[b * U + jl] = static_cast<acc_t>(p.cx[(layer * B + b) * H + j0 + jl]);
     }
   }
   __syncthreads();
@@ -494,6 +535,8 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
   unsigned long long target = 0;
   const int64_t steps = T + p.L - 1;
   const int64_t BC = p.batch_chunk;
+  const int BCi = static_cast<int>(BC);
+  const bool cta_epi = p.cta_epilogue != 0;
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t t = s - layer;
     if (t >= 0 && t < T) {
@@ -515,22 +558,14 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
             mma_products<scalar_t>(p.mma_tm, Ws, xs, K, K, g.m_tiles, g.n_tiles, p.mma_mpad,
                                    p.mma_npad, p.mma_ksplit, Ps, warp);
             __syncthreads();
-            // One (unit, batch row) per thread, units fastest (coalesced writes).
-            for (int idx = tid; idx < nu * bc; idx += kThreads) {
-              const int jl = idx % nu, bl = idx / nu;
-              const int64_t b = b0 + bl, j = j0 + jl;
-              acc_t pre[4];
-#pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                pre[q] = bs[q * U + jl];
-                if (layer == 0) pre[q] += static_cast<acc_t>(p.gx0[(t * B + b) * G4 + q * H + j]);
-                for (int ks = 0; ks < p.mma_ksplit; ++ks)
-                  pre[q] += Ps[persistent::mma_ps_index(ks, p.mma_mpad, p.mma_npad, q * U + jl, bl)];
-              }
-              fwd_cell_epilogue<scalar_t, acc_t>(p, layer, t, b, j, pre,
-                                                 cs[static_cast<int64_t>(jl) * B + b], h_out,
-                                                 last_t);
-            }
+            fwd_chunk_epilogue<scalar_t, acc_t>(
+                p, layer, t, b0, bc, nu, j0, bs, cs, h_out, last_t,
+                [&](int q, int jl, int bl, acc_t& pre) {
+                  for (int ks = 0; ks < p.mma_ksplit; ++ks) {
+                    pre += Ps[persistent::mma_ps_index(ks, p.mma_mpad, p.mma_npad, q * U + jl,
+                                                       bl)];
+                  }
+                });
             __syncthreads();  // the stage and the product area are rewritten next
             continue;         // next batch chunk
           }
@@ -557,14 +592,14 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
           }
           // Lane r (< R) owns batch row b0 + bb + r of unit j0 + jl; layer
           // 0 fetches that row's input projection now, so that the loads
-          // overlap the products.
+          // overlap the products (not with the CTA-wide epilogue).
           const bool owner = lane < R && bb + lane < bc;
           const int64_t b = b0 + bb + (lane < R ? lane : 0);
           const int64_t j = j0 + jl;
           acc_t pre[4];
 #pragma unroll
           for (int q = 0; q < 4; ++q) pre[q] = bs[q * U + jl];
-          if (layer == 0 && owner) {
+          if (layer == 0 && owner && !cta_epi) {
             const scalar_t* g = p.gx0 + (t * B + b) * G4 + j;
 #pragma unroll
             for (int q = 0; q < 4; ++q) pre[q] += static_cast<acc_t>(g[q * H]);
@@ -578,14 +613,27 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
           // Lane l holds the product of gate l / R, row l % R; lane r
           // gathers its row's four gates.
           const acc_t mine = warp_reduce_scatter<4 * R>(acc, lane);
+          if (cta_epi) {  // uniform: store it for fwd_chunk_epilogue
+            const int r = lane % R;
+            if (bb + r < bc) Pe[cta_product_index(lane / R, bb + r, jl, BCi, U)] = mine;
+            continue;  // next task
+          }
 #pragma unroll
           for (int q = 0; q < 4; ++q)
             pre[q] += __shfl_sync(0xffffffffu, mine, (lane + q * R) & 31);
           if (!owner) continue;  // next task (warp-uniform loop)
-          fwd_cell_epilogue<scalar_t, acc_t>(p, layer, t, b, j, pre,
-                                             cs[static_cast<int64_t>(jl) * B + b], h_out, last_t);
+          fwd_cell_epilogue<scalar_t, acc_t>(p, layer, t, b, j, pre, cs[b * U + jl], h_out,
+                                             last_t);
         }
-        __syncthreads();  // the stage is rewritten next
+        if (cta_epi) {
+          __syncthreads();  // every task's products are stored
+          fwd_chunk_epilogue<scalar_t, acc_t>(
+              p, layer, t, b0, bc, nu, j0, bs, cs, h_out, last_t,
+              [&](int q, int jl, int bl, acc_t& pre) {
+                pre += Pe[cta_product_index(q, bl, jl, BCi, U)];
+              });
+        }
+        __syncthreads();  // the stage (and the products) are rewritten next
       }
     }
     if (s + 1 < steps) grid_barrier(p.barrier, target);
@@ -878,6 +926,10 @@ int64_t backward_batch_split() {
 // 8.0+).  float32 takes it only as TF32, when torch's matmul TF32 policy
 // (torch.backends.cuda.matmul.allow_tf32, which layer 0's projection GEMM
 // follows as well) allows it.
+// Whether the forward's FMA path should apply the cell CTA-wide (option
+// persistent_cta_epilogue "on"; auto means off until a GPU has measured it).
+bool cta_epilogue_wanted() { return get_option(Option::kPersistentCtaEpilogue) == 2; }
+
 bool mma_wanted() {
   if (get_option(Option::kPersistentMma) != 2) return false;
   return at::cuda::getCurrentDeviceProperties()->major >= 8;
@@ -973,7 +1025,8 @@ std::optional<Plan> select_persistent_plan(const LstmSizes& s, const Tensor& inp
                                           device_limits(), /*backward=*/kBackward,
                                           kBackward ? backward_batch_split() : 1,
                                           /*mma=*/mma_wanted(),
-                                          /*tf32=*/at::globalContext().allowTF32CuBLAS());
+                                          /*tf32=*/at::globalContext().allowTF32CuBLAS(),
+                                          /*cta_epilogue=*/!kBackward && cta_epilogue_wanted());
   const persistent::TierChoice choice =
       persistent::choose_tier(option, unsupported.empty(), unsupported, plan, s.T + s.L - 1, s.L,
                               get_option(Option::kCudaStepLaunch) != 0);
@@ -1062,6 +1115,7 @@ std::optional<LstmForwardResult> persistent_lstm_forward_if_selected(
       p.b_hh[l] = has_biases ? w[l * pl + 3].data_ptr<scalar_t>() : nullptr;
     }
     p.gx0 = gx0.data_ptr<scalar_t>();
+    p.cta_epilogue = plan.cta_epilogue ? 1 : 0;
     p.hx = hx.data_ptr<scalar_t>();
     p.cx = cx.data_ptr<scalar_t>();
     p.output = output.data_ptr<scalar_t>();

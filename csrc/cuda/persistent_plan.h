@@ -207,17 +207,28 @@ struct DeviceLimits {
   int64_t num_sms = 0;         // cudaDevAttrMultiProcessorCount
 };
 
+// The forward's FMA path with its epilogue CTA-wide (option
+// persistent_cta_epilogue; EXPERIMENTAL, written without a GPU, 2026-12-04):
+// the warp tasks store their gate pre-activation products in shared memory,
+// [4][batch_chunk][U] accumulators, and after a __syncthreads every thread
+// applies the cell to (unit, batch row) pairs, units fastest.  The default
+// (lanes) has lane r of each task apply it to its batch row right after the
+// task, so 8 of 32 lanes run each epilogue and a warp runs one per task.
+inline int64_t cta_epilogue_bytes(int64_t U, int64_t bc, int64_t acc) { return 4 * U * bc * acc; }
+
 // Byte offsets of the parts of one CTA's dynamic shared memory (each 16-byte
 // aligned; 128-byte with the tensor-core path).  `elem` = sizeof(scalar_t),
 // `acc` = sizeof(accumulator type).  `product` is the tensor-core path's
-// partial-sum area (empty without it).
+// partial-sum area, or the CTA-wide epilogue's products (forward, FMA path,
+// `cta_epilogue`); empty without either.
 struct SmemLayout {
   int64_t weights = 0, bias = 0, cstate = 0, stage = 0, product = 0, total = 0;
 };
 
 inline SmemLayout smem_layout(int64_t U, int64_t K, int64_t B, int64_t batch_chunk,
                               int64_t elem, int64_t acc, bool backward = false,
-                              const MmaTiles& mma = MmaTiles(), int64_t H = 0) {
+                              const MmaTiles& mma = MmaTiles(), int64_t H = 0,
+                              bool cta_epilogue = false) {
   const int64_t a = mma.on() ? kMmaAlign : 16;
   SmemLayout s;
   s.weights = 0;
@@ -226,7 +237,10 @@ inline SmemLayout smem_layout(int64_t U, int64_t K, int64_t B, int64_t batch_chu
   s.cstate = s.bias + align_to(4 * U * acc, a);
   s.stage = s.cstate + align_to(U * B * acc, a);
   s.product = s.stage + align_to(mma.stage_rows(batch_chunk) * K * elem, a);
-  s.total = s.product + align_to(mma.product_bytes(U, batch_chunk, H), a);
+  const int64_t product = mma.on() ? mma.product_bytes(U, batch_chunk, H)
+                          : (!backward && cta_epilogue ? cta_epilogue_bytes(U, batch_chunk, acc)
+                                                        : 0);
+  s.total = s.product + align_to(product, a);
   return s;
 }
 
@@ -252,6 +266,8 @@ struct Plan {
   int64_t mma_ksplit = 1;       // K slices per tile (tensor-core path)
   int64_t mma_mpad = 0;         // the product area's rows per K slice
   int64_t mma_npad = 0;         // ... and its row length
+  bool cta_epilogue = false;    // forward, FMA path: the epilogue CTA-wide (see
+                                //   cta_epilogue_bytes), when asked for
 
   // The layer of CTA c, its units [j0, j1) and its batch rows [b0, b1) (may
   // be empty when S does not divide B).  Within a layer, CTA c is unit block
@@ -277,7 +293,7 @@ struct Plan {
 // The plan for one batch split S (see plan_lstm).
 inline Plan plan_lstm_split(int64_t H, int64_t L, int64_t B, int64_t elem, int64_t acc,
                             const DeviceLimits& d, bool backward, int64_t S,
-                            bool mma = false, bool tf32 = false) {
+                            bool mma = false, bool tf32 = false, bool cta_epilogue = false) {
   Plan p;
   p.backward = backward;
   p.H = H;
@@ -332,14 +348,17 @@ inline Plan plan_lstm_split(int64_t H, int64_t L, int64_t B, int64_t elem, int64
   p.num_ctas = L * p.ctas_per_layer * S;
   if (mma) p.mma = mma_tiles(U, H, elem, backward, tf32);
   const MmaTiles& mt = p.mma;
+  // The tensor-core path has its own CTA-wide epilogue.
+  p.cta_epilogue = cta_epilogue && !backward && !mt.on();
+  const bool ce = p.cta_epilogue;
 
   // The largest batch chunk whose layout fits one CTA per SM.
   const int64_t limit_block = d.smem_per_block;
   const int64_t limit_sm = d.smem_per_sm - kReservedSmemPerCta;
   const int64_t limit = limit_block < limit_sm ? limit_block : limit_sm;
-  const SmemLayout base = smem_layout(U, p.K, B, 0, elem, acc, backward, mt, H);
-  if (smem_layout(U, p.K, B, 1, elem, acc, backward, mt, H).total > limit) {
-    p.smem = smem_layout(U, p.K, B, 1, elem, acc, backward, mt, H);
+  const SmemLayout base = smem_layout(U, p.K, B, 0, elem, acc, backward, mt, H, ce);
+  if (smem_layout(U, p.K, B, 1, elem, acc, backward, mt, H, ce).total > limit) {
+    p.smem = smem_layout(U, p.K, B, 1, elem, acc, backward, mt, H, ce);
     p.why = "its resident weights and state need " + std::to_string(p.smem.total) +
             " bytes of shared memory per CTA (" + std::to_string(U) + " units of " +
             std::to_string(L) + " layer(s) on each of " + std::to_string(p.num_ctas) +
@@ -348,9 +367,9 @@ inline Plan plan_lstm_split(int64_t H, int64_t L, int64_t B, int64_t elem, int64
   }
   int64_t bc = (limit - base.total) / (p.K * elem);  // align16 may need a little more
   if (bc > p.rows_per_cta) bc = p.rows_per_cta;
-  while (bc > 1 && smem_layout(U, p.K, B, bc, elem, acc, backward, mt, H).total > limit) --bc;
+  while (bc > 1 && smem_layout(U, p.K, B, bc, elem, acc, backward, mt, H, ce).total > limit) --bc;
   p.batch_chunk = bc;
-  p.smem = smem_layout(U, p.K, B, bc, elem, acc, backward, mt, H);
+  p.smem = smem_layout(U, p.K, B, bc, elem, acc, backward, mt, H, ce);
   p.mma_ksplit = mt.ksplit(U, bc, H);
   p.mma_mpad = mt.on() ? mt.mpad(U, bc) : 0;
   p.mma_npad = mt.on() ? mt.npad(U, bc) : 0;
@@ -382,11 +401,14 @@ inline Plan plan_lstm_split(int64_t H, int64_t L, int64_t B, int64_t elem, int64
 // tensor-core path where its tiles allow and it costs no staging rows
 // (plan.mma.on()); otherwise the plan is the FMA one and plan.mma.why says why.
 // `tf32`: float32 may take TF32 tiles (the call's TF32 policy allows it).
+// `cta_epilogue` (forward, FMA path; EXPERIMENTAL): the epilogue CTA-wide,
+// with its product area (cta_epilogue_bytes) in the layout.
 inline Plan plan_lstm(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem, int64_t acc,
                       const DeviceLimits& d, bool backward = false,
-                      int64_t max_batch_split = 1, bool mma = false, bool tf32 = false) {
+                      int64_t max_batch_split = 1, bool mma = false, bool tf32 = false,
+                      bool cta_epilogue = false) {
   (void)I;
-  Plan fma = plan_lstm_split(H, L, B, elem, acc, d, backward, 1);
+  Plan fma = plan_lstm_split(H, L, B, elem, acc, d, backward, 1, false, false, cta_epilogue);
   if (backward && max_batch_split > 1 && fma.fits && fma.batch_chunk < B) {
     for (int64_t S = 2; S <= max_batch_split && S <= B; S *= 2) {
       const Plan split = plan_lstm_split(H, L, B, elem, acc, d, backward, S);
