@@ -22,11 +22,12 @@ i.e. at::addmm + a pointwise pass per step, to show what the fused step buys),
 fusedrnn-general / fusedrnn-persistent (CUDA LSTM only: one kernel tier forced
 through fusedrnn.set_option("cuda_tier", ...); the fusedrnn row is the auto
 choice; sizes the persistent kernel does not fit are skipped with the reason),
-fusedrnn-persistent-nosplit, fusedrnn-persistent-mma and
-fusedrnn-persistent-ctaepi (only when named: the persistent tier with its
-backward batch split off, persistent_bwd_split "off", with the experimental
-tensor-core products for bfloat16/float16, persistent_mma "on", or with the
-experimental CTA-wide forward epilogue, persistent_cta_epilogue "on"),
+fusedrnn-persistent-nosplit, -mma, -ctaepi, -wide and -wide-ctaepi (only when
+named: the persistent tier with its backward batch split off,
+persistent_bwd_split "off"; with the experimental tensor-core products for
+bfloat16/float16, persistent_mma "on"; with the experimental CTA-wide forward
+epilogue, persistent_cta_epilogue "on"; with the experimental 512 threads per
+CTA, persistent_threads "512"; with both of the last two),
 fusedrnn-per-step and fusedrnn-graph (CUDA only: the general tier's step
 kernels launched one by one from the host, or replayed from a captured CUDA
 graph), fusedrnn-packed and torch-packed (the same batch as a PackedSequence with
@@ -488,32 +489,40 @@ class CudaTierImpl(OptionImpl):
 
 
 class PersistentVariantImpl(CudaTierImpl):
-    """The persistent tier with one more kernel switch held while it runs
-    (fusedrnn.set_option(option, value)), for variants compared with
+    """The persistent tier with more kernel switches held while it runs
+    (fusedrnn.set_option(option, value) for each (option, value) pair), for
+    variants compared with
     fusedrnn-persistent in one process: fusedrnn-persistent-nosplit (the
     backward's batch split off; on by default since its first GPU run) and
     fusedrnn-persistent-mma (the tensor-core products, forward and backward:
     bfloat16/float16 where the tiles fit, else the FMA kernels; off by
     default), fusedrnn-persistent-ctaepi (the forward's cell applied CTA-wide
-    after the chunk's products; off by default).  Only when named in
-    --impls."""
+    after the chunk's products; off by default), fusedrnn-persistent-wide
+    (512 threads per CTA; 256 by default) and fusedrnn-persistent-wide-ctaepi
+    (both).  Only when named in --impls."""
     in_default = False
 
-    def __init__(self, name, label, option, value):
+    def __init__(self, name, label, *variant):
         super().__init__("persistent")
         self.name, self.label = name, label
-        self.variant = (option, value)
+        self.variant = variant  # (option, value) pairs
 
     def applicable(self, ctx):
-        return super().applicable(ctx) or option_missing(ctx, self.variant[0])
+        why = super().applicable(ctx)
+        for option, _ in self.variant:
+            why = why or option_missing(ctx, option)
+        return why
 
     def scope(self, ctx):
         tier = super().scope(ctx)
-        extra = option_switch(ctx.fusedrnn, *self.variant)
+        extras = [option_switch(ctx.fusedrnn, o, v) for o, v in self.variant]
 
         @contextlib.contextmanager
         def scope():
-            with tier(), extra():
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(tier())
+                for extra in extras:
+                    stack.enter_context(extra())
                 yield
         return scope
 
@@ -647,13 +656,20 @@ IMPLS: Dict[str, Impl] = {
     "fusedrnn-persistent": CudaTierImpl("persistent"),
     "fusedrnn-persistent-nosplit": PersistentVariantImpl(
         "fusedrnn-persistent-nosplit", "fusedrnn.{Cell} (persistent tier, backward batch split off)",
-        "persistent_bwd_split", "off"),
+        ("persistent_bwd_split", "off")),
     "fusedrnn-persistent-mma": PersistentVariantImpl(
         "fusedrnn-persistent-mma", "fusedrnn.{Cell} (persistent tier, tensor cores)",
-        "persistent_mma", "on"),
+        ("persistent_mma", "on")),
     "fusedrnn-persistent-ctaepi": PersistentVariantImpl(
         "fusedrnn-persistent-ctaepi", "fusedrnn.{Cell} (persistent tier, CTA-wide forward epilogue)",
-        "persistent_cta_epilogue", "on"),
+        ("persistent_cta_epilogue", "on")),
+    "fusedrnn-persistent-wide": PersistentVariantImpl(
+        "fusedrnn-persistent-wide", "fusedrnn.{Cell} (persistent tier, 512 threads per CTA)",
+        ("persistent_threads", "512")),
+    "fusedrnn-persistent-wide-ctaepi": PersistentVariantImpl(
+        "fusedrnn-persistent-wide-ctaepi",
+        "fusedrnn.{Cell} (persistent tier, 512 threads per CTA, CTA-wide forward epilogue)",
+        ("persistent_threads", "512"), ("persistent_cta_epilogue", "on")),
     "fusedrnn-one-launch": BidirectionalImpl("one_launch"),
     "fusedrnn-separate": BidirectionalImpl("separate"),
     "fusedrnn-generic": GenericStepImpl(),
@@ -1302,7 +1318,7 @@ def parse_args(argv):
     p.add_argument("--cells", help=f"comma-separated, from {', '.join(CELLS)} (default: those of "
                                    f"{', '.join(DEFAULT_CELLS)} that fusedrnn provides)")
     p.add_argument("--impls", help=f"comma-separated, from {', '.join(IMPLS)} (default: all "
-                                   f"that apply but fusedrnn-persistent-nosplit/-mma/-ctaepi; peers when "
+                                   f"that apply but the fusedrnn-persistent-* variants; peers when "
                                    f"installed)")
     p.add_argument("--no-reference", action="store_true", help="leave out the reference")
     p.add_argument("--modes", default="fwd,fwdbwd", help="fwd, fwdbwd or both (default)")

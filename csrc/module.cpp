@@ -77,7 +77,7 @@ static fusedrnn::persistent::DeviceLimits limits(long long smem_sm, long long sm
 
 // persistent_plan(H, I, L, B, dtype_bytes, smem_per_sm, smem_per_block,
 // regs_per_sm, num_sms[, T=1, option=0, backward=0, max_batch_split=1, mma=0,
-// cta_epilogue=0]) -> dict: the
+// cta_epilogue=0, threads=256]) -> dict: the
 // persistent LSTM tier's plan (csrc/cuda/persistent_plan.h) of its forward (or
 // backward) kernel for these sizes on a device with these limits, and the tier
 // `option` (0 auto, 1 general, 2 persistent) would pick; `mma` asks for the
@@ -86,14 +86,14 @@ static fusedrnn::persistent::DeviceLimits limits(long long smem_sm, long long sm
 // Plain host code, so the CPU tests can check the planner without a GPU.
 static PyObject* persistent_plan(PyObject*, PyObject* args) {
   long long H, I, L, B, elem, smem_sm, smem_block, regs_sm, sms, T = 1, option = 0, bwd = 0,
-      split = 1, mma = 0, cta = 0;
-  if (!PyArg_ParseTuple(args, "LLLLLLLLL|LLLLLL", &H, &I, &L, &B, &elem, &smem_sm, &smem_block,
-                        &regs_sm, &sms, &T, &option, &bwd, &split, &mma, &cta))
+      split = 1, mma = 0, cta = 0, threads = fusedrnn::persistent::kThreads;
+  if (!PyArg_ParseTuple(args, "LLLLLLLLL|LLLLLLL", &H, &I, &L, &B, &elem, &smem_sm, &smem_block,
+                        &regs_sm, &sms, &T, &option, &bwd, &split, &mma, &cta, &threads))
     return nullptr;
   const auto p = fusedrnn::persistent::plan_lstm(H, I, L, B, elem, elem == 8 ? 8 : 4,
                                                    limits(smem_sm, smem_block, regs_sm, sms),
                                                    bwd != 0, split, mma != 0, mma == 2,
-                                                   cta != 0);
+                                                   cta != 0, threads);
   const auto c = fusedrnn::persistent::choose_tier(option, true, "", p, T + L - 1, L);
   // ctas: (layer, j0, j1) of each CTA; cta_rows: its batch rows (b0, b1).
   PyObject* ctas = PyList_New(0);
@@ -205,7 +205,8 @@ static PyMethodDef fusedrnn_methods[] = {
      "benchmarks)."},
     {"persistent_plan", persistent_plan, METH_VARARGS,
      "persistent_plan(H, I, L, B, dtype_bytes, smem_per_sm, smem_per_block, regs_per_sm, "
-     "num_sms, T=1, option=0, backward=0, max_batch_split=1, mma=0, cta_epilogue=0) -> dict: "
+     "num_sms, T=1, option=0, backward=0, max_batch_split=1, mma=0, cta_epilogue=0, "
+     "threads=256) -> dict: "
      "the persistent "
      "CUDA LSTM tier's plan (for tests)."},
     {"persistent_mma_check", persistent_mma_check, METH_VARARGS,

@@ -19,6 +19,7 @@ constexpr OptionInfo kInfo[] = {
     {"cuda_bidirectional", 3},  // auto, separate, one_launch (options.h)
     {"persistent_bwd_split", 3},  // auto (= on), off, on
     {"persistent_cta_epilogue", 3},  // auto (= off), off, on
+    {"persistent_threads", 3},  // auto (= 256), 256, 512
 };
 static_assert(sizeof(kInfo) / sizeof(kInfo[0]) == static_cast<int>(Option::kCount),
               "one OptionInfo per Option");

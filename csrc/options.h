@@ -48,7 +48,12 @@ enum class Option : int {
   // each task for its row: 0 auto (= off: EXPERIMENTAL, written without a
   // GPU on 2026-12-04 and not yet run on one), 1 off, 2 on.
   kPersistentCtaEpilogue = 5,
-  kCount = 6,
+  // Threads per CTA of the persistent kernels: 0 auto (= 256), 1 256, 2 512
+  // (EXPERIMENTAL, written without a GPU on 2026-12-04: twice the warps per
+  // SM to hide latency with, at most 128 registers a thread; not with the
+  // tensor-core products).
+  kPersistentThreads = 6,
+  kCount = 7,
 };
 
 // Current value (thread-safe; relaxed atomics).

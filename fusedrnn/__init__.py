@@ -60,6 +60,10 @@ _OPTIONS = {
     # each warp task: EXPERIMENTAL, so auto means off (written without a GPU,
     # 2026-12-04, and not yet run on one).
     "persistent_cta_epilogue": ("auto", "off", "on"),
+    # Threads per CTA of the persistent kernels: 512 (EXPERIMENTAL, written
+    # without a GPU, 2026-12-04) gives each SM twice the warps to hide
+    # latency with, at 128 registers a thread; auto means 256.
+    "persistent_threads": ("auto", "256", "512"),
 }
 
 
@@ -75,7 +79,8 @@ def set_option(name: str, value: str) -> None:
     ``persistent_bwd_split`` in ("auto", "off", "on") (the persistent
     backward's batch split; auto = on) and ``persistent_cta_epilogue`` in
     ("auto", "off", "on") (experimental: the persistent forward's cell
-    CTA-wide; auto = off).
+    CTA-wide; auto = off), ``persistent_threads`` in ("auto", "256", "512")
+    (experimental: threads per CTA of the persistent kernels; auto = 256).
     Meant for tests and
     benchmarks that compare implementations; "auto" is the default."""
     if name not in _OPTIONS:

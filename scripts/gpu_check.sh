@@ -17,9 +17,11 @@
 #   $OUT/build.log   python setup.py build_ext --inplace
 #   $OUT/tests.log   python -m pytest tests/test_cuda*.py -v (TESTS=tests: all)
 #   $OUT/bench.log   python benchmarks/bench_layers.py --device cuda --out $OUT/results
-#   $OUT/bench_ctaepi.log  the persistent forward with its lanes' epilogue
-#                    (the default) and with the experimental CTA-wide one
-#                    (fusedrnn-persistent-ctaepi), float32, $OUT/results_ctaepi
+#   $OUT/bench_variants.log  the persistent tier as it is by default against
+#                    its experimental variants of 2026-12-04: the CTA-wide
+#                    forward epilogue (fusedrnn-persistent-ctaepi), 512 threads
+#                    per CTA (-wide) and both (-wide-ctaepi), float32, the D2L
+#                    layer sweep, $OUT/results_variants
 #   $OUT/bench_split.log  the persistent backward with and without its batch
 #                    split (fusedrnn-persistent-nosplit), results in $OUT/results_split
 #   $OUT/bench_mma.log  (MMA=1 only: measured mixed on an H200, 2026-12-04)
@@ -34,11 +36,11 @@
 # Knobs (environment): TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (16),
 # BENCH_ARGS (extra bench_layers.py arguments, e.g. --configs d2l), PROFILE=1
 # (Nsight Compute reports of one D2L forward per tier, scripts/profile_step.py),
-# BENCH=0 / CTAEPI=0 / SPLIT=0 / TRAIN=0 (skip those steps), MMA=1 (run the
+# BENCH=0 / VARIANTS=0 / SPLIT=0 / TRAIN=0 (skip those steps), MMA=1 (run the
 # tensor-core A/B), TESTS (test files;
 # "none": no tests), TRAIN_ARGS, BUILD_TIMEOUT /
-# SMOKE_TIMEOUT / TEST_TIMEOUT / BENCH_TIMEOUT / CTAEPI_TIMEOUT / SPLIT_TIMEOUT /
-# MMA_TIMEOUT / TRAIN_TIMEOUT in seconds (240 / 45 / 200 / 240 / 60 / 60 / 90 /
+# SMOKE_TIMEOUT / TEST_TIMEOUT / BENCH_TIMEOUT / VARIANTS_TIMEOUT / SPLIT_TIMEOUT /
+# MMA_TIMEOUT / TRAIN_TIMEOUT in seconds (240 / 45 / 200 / 240 / 90 / 60 / 90 /
 # 120), each cut
 # to what is left of DEADLINE (default 560 s for the whole script, so that one
 # call of the device tool with timeout_s=600 brings everything back; on an
@@ -251,17 +253,19 @@ if [ "${BENCH:-1}" = 1 ] && ! run_logged bench "$OUT/bench.log" "$BENCH_TIMEOUT"
   echo "the benchmark (benchmarks/bench_layers.py) failed; see $OUT/bench.log"
 fi
 
-# --------------------------------------------- CTA-wide forward epilogue A/B --
-# The persistent forward with the cell applied by 8 lanes of each warp task
-# (the default) and CTA-wide after the chunk's products (persistent_cta_epilogue
-# "on", EXPERIMENTAL, written without a GPU on 2026-12-04), float32 forward,
-# the D2L layer sweep, side by side in one process; its correctness test is
-# tests/test_cuda_persistent.py::test_cta_epilogue_*.  CTAEPI=0 skips it.
-if [ "${CTAEPI:-1}" = 1 ] && [ "$SKIP_PERSISTENT" = 0 ]; then
-  run_logged ctaepi "$OUT/bench_ctaepi.log" "${CTAEPI_TIMEOUT:-60}" \
-    python benchmarks/bench_layers.py --device cuda --out "$OUT/results_ctaepi" \
-    --configs d2l-L1,d2l,d2l-L4,d2l-L8 --cells lstm --modes fwd --no-reference \
-    --impls fusedrnn-persistent,fusedrnn-persistent-ctaepi
+# ------------------------------------ experimental persistent variants A/B --
+# The persistent tier by default against the variants written without a GPU
+# on 2026-12-04 (EXPERIMENTAL, off by default): the forward's cell applied
+# CTA-wide after the chunk's products (persistent_cta_epilogue "on"), 512
+# threads per CTA (persistent_threads "512") and both; float32, forward and
+# forward+backward, the D2L layer sweep, side by side in one process.  Their
+# correctness tests are in tests/test_cuda_persistent.py (test_cta_epilogue_*,
+# test_wide_ctas_*).  VARIANTS=0 skips it.
+if [ "${VARIANTS:-1}" = 1 ] && [ "$SKIP_PERSISTENT" = 0 ]; then
+  run_logged variants "$OUT/bench_variants.log" "${VARIANTS_TIMEOUT:-90}" \
+    python benchmarks/bench_layers.py --device cuda --out "$OUT/results_variants" \
+    --configs d2l-L1,d2l,d2l-L4,d2l-L8 --cells lstm --no-reference --budget 1.5 \
+    --impls fusedrnn-persistent,fusedrnn-persistent-ctaepi,fusedrnn-persistent-wide,fusedrnn-persistent-wide-ctaepi
 fi
 
 # ------------------------------------------------- tensor-core A/B (bf16) --

@@ -97,6 +97,8 @@ def test_fast_step_switch_restores_on_exception():
 @pytest.mark.parametrize("name,option,value,others", [
     ("fusedrnn-persistent-nosplit", "persistent_bwd_split", "off", ("auto", "on")),
     ("fusedrnn-persistent-ctaepi", "persistent_cta_epilogue", "on", ("auto", "off")),
+    ("fusedrnn-persistent-wide", "persistent_threads", "512", ("auto", "256")),
+    ("fusedrnn-persistent-wide-ctaepi", "persistent_threads", "512", ("auto", "256")),
 ])
 def test_persistent_variant_impl_scope_and_not_default(name, option, value, others):
     """The persistent-tier variants run only when named, and each one's scope
@@ -128,6 +130,23 @@ def test_persistent_variant_impl_scope_and_not_default(name, option, value, othe
             assert fusedrnn.get_option("cuda_tier") == tier_before
     finally:
         fusedrnn.set_option(option, option_before)
+
+
+def test_combined_variant_holds_every_option():
+    """fusedrnn-persistent-wide-ctaepi holds both of its switches (and the
+    persistent tier) for the call and restores all three."""
+    spec = importlib.util.spec_from_file_location("bench_layers", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    class Ctx:
+        fusedrnn = globals()["fusedrnn"]
+
+    names = ("cuda_tier", "persistent_threads", "persistent_cta_epilogue")
+    before = {n: fusedrnn.get_option(n) for n in names}
+    with bench.IMPLS["fusedrnn-persistent-wide-ctaepi"].scope(Ctx())():
+        assert [fusedrnn.get_option(n) for n in names] == ["persistent", "512", "on"]
+    assert {n: fusedrnn.get_option(n) for n in names} == before
 
 
 def test_layer_scaling_table():

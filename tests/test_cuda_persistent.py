@@ -24,6 +24,9 @@ What is checked:
   the forward (training and inference, every saved tensor) against the lanes'
   epilogue and the float64 reference, also where the batch is staged in
   chunks; determinism;
+* the EXPERIMENTAL 512-thread CTAs (persistent_threads "512", alone and with
+  the CTA-wide epilogue): outputs, states, saved activations and gradients
+  against 256 threads and the float64 reference; determinism;
 * the EXPERIMENTAL tensor-core products (persistent_mma "on", bfloat16 and
   float16, forward and backward, every tile shape, padded rows, K slices):
   outputs, states, saved activations and gradients against the FMA kernels
@@ -582,3 +585,75 @@ def test_cta_epilogue_matches_lane_epilogue_and_reference(L, I, H, T, B, bias, d
     tol = {F64: TOL[F64], F32: 1e-4, BF16: TOL[BF16]}[dtype]
     _assert_same(got, _run_reference(w, x, h0, c0, L, bias), tol,
                  "CTA-wide epilogue (forward) + persistent backward vs reference")
+
+
+# --------------------------------------------------- 512 threads per CTA --
+# persistent_threads "512" (EXPERIMENTAL, written without a GPU): the same
+# partition, layout and warp tasks, spread over 16 warps instead of 8.
+
+
+@pytest.mark.parametrize("dtype", [F64, F32, BF16], ids=["float64", "float32", "bfloat16"])
+@pytest.mark.parametrize("L,I,H,T,B,bias", SHAPES_CTA, ids=_ids(SHAPES_CTA))
+def test_wide_ctas_match_256_threads_and_reference(L, I, H, T, B, bias, dtype):
+    _need_fit(H, L, B, dtype, T)
+    w = _weights(I, H, L, bias, dtype)
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, dtype)
+    op = torch.ops.fusedrnn.lstm_forward
+    names = ["output", "hy", "cy", "gates", "cells", "hiddens"]
+    with tier("persistent"):
+        with option_set("persistent_threads", "512"):
+            wide = _run_ops(w, x, h0, c0, bias)
+            again = _run_ops(w, x, h0, c0, bias)
+            saved_wide = op(x, h0, c0, w, bias, True)
+            inf_wide = op(x, h0, c0, w, bias, False)
+            with option_set("persistent_cta_epilogue", "on"):
+                wide_cta = _run_ops(w, x, h0, c0, bias)
+        with option_set("persistent_threads", "256"):
+            narrow = _run_ops(w, x, h0, c0, bias)
+            saved_narrow = op(x, h0, c0, w, bias, True)
+    _assert_same(wide, narrow, TOL[dtype], "512 vs 256 threads per CTA")
+    _assert_same(wide_cta, narrow, TOL[dtype], "512 threads + CTA-wide epilogue vs 256")
+    for a, b in zip(wide[0] + wide[1], again[0] + again[1]):
+        assert torch.equal(a, b), "512 threads per CTA: not deterministic"
+    for a, b, n in zip(saved_wide, saved_narrow, names):
+        assert a.shape == b.shape, n
+        assert_close_scaled(a, b, TOL[dtype], f"512 vs 256 threads: saved {n}")
+    for a, b, n in zip(inf_wide[:3], saved_wide[:3], names):
+        assert torch.equal(a, b), f"512 threads: inference differs from training: {n}"
+    tol = {F64: TOL[F64], F32: 1e-4, BF16: TOL[BF16]}[dtype]
+    _assert_same(wide, _run_reference(w, x, h0, c0, L, bias), tol,
+                 "512 threads per CTA vs reference")
+
+
+def test_wide_ctas_backward_split():
+    """The backward's batch split with 512 threads per CTA (D2L, B = 33: the
+    split does not divide B) against 256 threads."""
+    L, I, H, T, B = 2, 28, 256, 12, 33
+    _need_fit(H, L, B, F32, T)
+    args = _backward_op_args(L, I, H, T, B, F32, seed=5)
+    with tier("persistent"):
+        with option_set("persistent_threads", "512"):
+            wide = torch.ops.fusedrnn.lstm_backward(*args)
+        with option_set("persistent_threads", "256"):
+            narrow = torch.ops.fusedrnn.lstm_backward(*args)
+    flat = lambda r: list(r[:3]) + list(r[3])  # noqa: E731
+    for k, (a, b) in enumerate(zip(flat(wide), flat(narrow))):
+        assert_close_scaled(a, b, TOL[F32], f"backward result {k}: 512 vs 256 threads")
+
+
+def test_wide_ctas_ignore_tensor_cores():
+    """persistent_mma "on" with 512 threads: the planner keeps the FMA kernels
+    (the tensor-core path runs with 256 threads only), so the results equal
+    the FMA kernels' at 512 threads."""
+    L, I, H, T, B = 2, 28, 256, 6, 32
+    _need_fit(H, L, B, BF16, T)
+    w = _weights(I, H, L, True, BF16)
+    x, h0, c0 = lstm_inputs(I, H, L, T, B, BF16)
+    op = torch.ops.fusedrnn.lstm_forward
+    with tier("persistent"), option_set("persistent_threads", "512"):
+        with mma("on"):
+            a = op(x, h0, c0, w, True, True)
+        with mma("off"):
+            b = op(x, h0, c0, w, True, True)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v), "512 threads: the tensor-core option changed the results"

@@ -13,7 +13,8 @@ OPTIONS = {"cuda_tier": ("auto", "general", "persistent"),
            "persistent_mma": ("auto", "off", "on"),
            "cuda_bidirectional": ("auto", "separate", "one_launch"),
            "persistent_bwd_split": ("auto", "off", "on"),
-           "persistent_cta_epilogue": ("auto", "off", "on")}
+           "persistent_cta_epilogue": ("auto", "off", "on"),
+           "persistent_threads": ("auto", "256", "512")}
 
 
 @pytest.fixture(autouse=True)

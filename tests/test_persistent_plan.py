@@ -473,3 +473,34 @@ def test_cta_epilogue_is_forward_fma_only():
     assert not b["cta_epilogue"] and b["smem_bytes"] == plan(256, 2, 32, backward=True)["smem_bytes"]
     m = cta_plan(256, 2, 32, elem=BF16, mma=1)   # the tensor-core path has its own epilogue
     assert m["mma"] and not m["cta_epilogue"]
+
+
+# ------------------------------------------------ 512 threads per CTA --
+# persistent_threads "512" (EXPERIMENTAL): the same partition and layout,
+# twice the warps; no tensor-core tiles.
+
+def wide_plan(H, L, B, elem=F32, backward=False, mma=0, split=1):
+    return fusedrnn._C.persistent_plan(H, H, L, B, elem, *H100, 16, 0, int(backward), split,
+                                       mma, 0, 512)
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "bwd"])
+@pytest.mark.parametrize("H,L,B", [(256, 2, 32), (256, 8, 32), (512, 4, 8), (33, 2, 40)])
+def test_wide_ctas_same_partition_and_layout(H, L, B, backward):
+    narrow = plan(H, L, B, backward=backward, split=4 if backward else 1)
+    wide = wide_plan(H, L, B, backward=backward, split=4 if backward else 1)
+    assert narrow["threads"] == 256 and wide["threads"] == 512
+    for key in ("fits", "auto", "units_per_cta", "num_ctas", "batch_chunk", "batch_split",
+                "smem_bytes", "smem_offsets", "ctas", "cta_rows"):
+        assert wide[key] == narrow[key], key
+
+
+def test_wide_ctas_have_no_tensor_cores_and_other_counts_are_refused():
+    w = wide_plan(256, 2, 32, elem=BF16, mma=1)
+    assert w["fits"] and not w["mma"] and "256 threads" in w["mma_why"]
+    bad = fusedrnn._C.persistent_plan(256, 256, 2, 32, F32, *H100, 16, 0, 0, 1, 0, 0, 384)
+    assert not bad["fits"] and "384" in bad["why"]
+    # A register file too small for 512 threads x 128 registers is refused.
+    small = (H100[0], H100[1], 32768, H100[3])
+    r = fusedrnn._C.persistent_plan(256, 256, 2, 32, F32, *small, 16, 0, 0, 1, 0, 0, 512)
+    assert not r["fits"] and "registers" in r["why"]

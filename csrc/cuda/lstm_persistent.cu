@@ -87,8 +87,9 @@ using persistent::kFwdTaskRows;
 using persistent::kThreads;
 using persistent::Plan;
 
-constexpr int kWarps = static_cast<int>(kThreads) / 32;
-static_assert(kThreads % 32 == 0, "whole warps");
+// The kernels are templates over their threads per CTA, kT (kThreads, or
+// kThreadsWide with the option persistent_threads), with kT / 32 warps.
+static_assert(kThreads % 32 == 0 && persistent::kThreadsWide % 32 == 0, "whole warps");
 
 // ------------------------------------------------------------ the barrier --
 //
@@ -148,7 +149,7 @@ __device__ __forceinline__ T load_cg(const T* p) {
 // whole CTA.
 using persistent::kStageBatch;
 
-template <typename V, typename scalar_t>
+template <int kT, typename V, typename scalar_t>
 __device__ __forceinline__ void stage_rows_as(scalar_t* dst, int dst_ld, int rows, int Kt, int Ka,
                                               const scalar_t* src_a, const scalar_t* src_b,
                                               int64_t row0, int64_t ld) {
@@ -159,12 +160,12 @@ __device__ __forceinline__ void stage_rows_as(scalar_t* dst, int dst_ld, int row
   const V* c = Kt > Ka ? reinterpret_cast<const V*>(src_b) + row0 * ldv : nullptr;
   V* d = reinterpret_cast<V*>(dst);
   persistent::stage_copy<kStageBatch, V>(
-      static_cast<int>(threadIdx.x), static_cast<int>(kThreads), rows, Kt / W, Ka / W, ldv,
+      static_cast<int>(threadIdx.x), kT, rows, Kt / W, Ka / W, ldv,
       dst_ld / W, [&](int side, int off) { return load_cg((side == 0 ? a : c) + off); },
       [&](int off, const V& v) { d[off] = v; });
 }
 
-template <typename scalar_t>
+template <int kT, typename scalar_t>
 __device__ __forceinline__ void stage_rows(scalar_t* dst, int dst_ld, int rows, int Kt, int Ka,
                                            const scalar_t* src_a, const scalar_t* src_b,
                                            int64_t row0, int64_t ld) {
@@ -174,9 +175,9 @@ __device__ __forceinline__ void stage_rows(scalar_t* dst, int dst_ld, int rows, 
   };
   if (Kt % W == 0 && Ka % W == 0 && ld % W == 0 && dst_ld % W == 0 && aligned(dst) &&
       aligned(src_a) && aligned(src_b)) {
-    stage_rows_as<uint4>(dst, dst_ld, rows, Kt, Ka, src_a, src_b, row0, ld);
+    stage_rows_as<kT, uint4>(dst, dst_ld, rows, Kt, Ka, src_a, src_b, row0, ld);
   } else {
-    stage_rows_as<scalar_t>(dst, dst_ld, rows, Kt, Ka, src_a, src_b, row0, ld);
+    stage_rows_as<kT, scalar_t>(dst, dst_ld, rows, Kt, Ka, src_a, src_b, row0, ld);
   }
 }
 
@@ -349,7 +350,7 @@ __device__ __forceinline__ void fwd_cell_epilogue(const FwdParams<scalar_t>& p, 
 // pre = bias (+ layer 0's input projection), then add(q, jl, bl, pre) adds
 // the product of gate q, unit jl, chunk row bl -- the epilogue of the
 // tensor-core path and of the FMA path's CTA-wide variant.
-template <typename scalar_t, typename acc_t, typename AddProduct>
+template <int kT, typename scalar_t, typename acc_t, typename AddProduct>
 __device__ __forceinline__ void fwd_chunk_epilogue(const FwdParams<scalar_t>& p, int64_t layer,
                                                    int64_t t, int64_t b0, int bc, int nu,
                                                    int64_t j0, const acc_t* bs, acc_t* cs,
@@ -357,7 +358,7 @@ __device__ __forceinline__ void fwd_chunk_epilogue(const FwdParams<scalar_t>& p,
                                                    const AddProduct& add) {
   const int64_t B = p.B, H = p.H, G4 = 4 * H;
   const int U = static_cast<int>(p.units);
-  for (int idx = threadIdx.x; idx < nu * bc; idx += kThreads) {
+  for (int idx = threadIdx.x; idx < nu * bc; idx += kT) {
     const int jl = idx % nu, bl = idx / nu;
     const int64_t b = b0 + bl, j = j0 + jl;
     acc_t pre[4];
@@ -410,7 +411,7 @@ constexpr bool kHasWmma = !std::is_void<typename WmmaElem<scalar_t>::type>::valu
 // write the same partial sums.  Forward: A = the resident gate rows, Bop =
 // the staged rows; backward: A = the staged dG rows, Bop = the resident
 // weight columns.
-template <typename scalar_t, int TM, int TN>
+template <int kT, typename scalar_t, int TM, int TN>
 __device__ __forceinline__ void mma_partial_products(const scalar_t* A, const scalar_t* Bop,
                                                      int K, int ld, int m_tiles, int n_tiles,
                                                      int mrows, int ldp, int ksplit, float* Ps,
@@ -424,7 +425,7 @@ __device__ __forceinline__ void mma_partial_products(const scalar_t* A, const sc
   namespace w = nvcuda::wmma;
   const int ksteps = K / KK;
   const int items = m_tiles * n_tiles * ksplit;
-  for (int item = warp; item < items; item += kWarps) {  // warp-uniform
+  for (int item = warp; item < items; item += kT / 32) {  // warp-uniform
     const persistent::MmaItem it = persistent::mma_item(item, n_tiles, ksteps, ksplit);
     const P* a = reinterpret_cast<const P*>(A) + static_cast<int64_t>(it.tm) * TM * ld;
     const P* bm = reinterpret_cast<const P*>(Bop) + static_cast<int64_t>(it.tn) * TN * ld;
@@ -454,21 +455,21 @@ __device__ __forceinline__ void mma_partial_products(const scalar_t* A, const sc
 
 // The tile shapes the planner picks, as one call: (16, 16), (8, 32), (32, 8)
 // (TF32: 16 x 16 only, its one WMMA shape).
-template <typename scalar_t>
+template <int kT, typename scalar_t>
 __device__ __forceinline__ void mma_products(int tm, const scalar_t* A, const scalar_t* Bop,
                                              int K, int ld, int m_tiles, int n_tiles, int mrows,
                                              int ldp, int ksplit, float* Ps, int warp) {
   if constexpr (std::is_same<scalar_t, float>::value) {
-    mma_partial_products<scalar_t, 16, 16>(A, Bop, K, ld, m_tiles, n_tiles, mrows, ldp, ksplit,
+    mma_partial_products<kT, scalar_t, 16, 16>(A, Bop, K, ld, m_tiles, n_tiles, mrows, ldp, ksplit,
                                            Ps, warp);
   } else if (tm == 16) {
-    mma_partial_products<scalar_t, 16, 16>(A, Bop, K, ld, m_tiles, n_tiles, mrows, ldp, ksplit,
+    mma_partial_products<kT, scalar_t, 16, 16>(A, Bop, K, ld, m_tiles, n_tiles, mrows, ldp, ksplit,
                                            Ps, warp);
   } else if (tm == 8) {
-    mma_partial_products<scalar_t, 8, 32>(A, Bop, K, ld, m_tiles, n_tiles, mrows, ldp, ksplit,
+    mma_partial_products<kT, scalar_t, 8, 32>(A, Bop, K, ld, m_tiles, n_tiles, mrows, ldp, ksplit,
                                           Ps, warp);
   } else {
-    mma_partial_products<scalar_t, 32, 8>(A, Bop, K, ld, m_tiles, n_tiles, mrows, ldp, ksplit,
+    mma_partial_products<kT, scalar_t, 32, 8>(A, Bop, K, ld, m_tiles, n_tiles, mrows, ldp, ksplit,
                                           Ps, warp);
   }
 }
@@ -481,8 +482,8 @@ __device__ __forceinline__ int cta_product_index(int q, int bl, int jl, int bc_m
 
 // kMma: the instantiation with the tensor-core path (launched when the plan
 // has tiles); the default one is the FMA kernel alone, as measured.
-template <typename scalar_t, bool kMma = false>
-__global__ void __launch_bounds__(kThreads, 1)
+template <typename scalar_t, bool kMma = false, int kT = kThreads>
+__global__ void __launch_bounds__(kT, 1)
 lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
   using acc_t = typename acc_type<scalar_t>::type;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -511,21 +512,21 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
     const scalar_t* w_ih = p.w_ih[layer];
     const scalar_t* w_hh = p.w_hh[layer];
     const int64_t n = static_cast<int64_t>(4) * nu * K;
-    for (int64_t idx = tid; idx < n; idx += kThreads) {
+    for (int64_t idx = tid; idx < n; idx += kT) {
       const int row = static_cast<int>(idx / K), k = static_cast<int>(idx % K);
       const int q = row / nu, jl = row % nu;
       const int64_t g = q * H + j0 + jl;
       Ws[(static_cast<int64_t>(q) * U + jl) * K + k] =
           k < Kx ? w_ih[g * H + k] : w_hh[g * H + (k - Kx)];
     }
-    for (int idx = tid; idx < 4 * nu; idx += kThreads) {
+    for (int idx = tid; idx < 4 * nu; idx += kT) {
       const int q = idx / nu, jl = idx % nu;
       const int64_t g = q * H + j0 + jl;
       bs[q * U + jl] = p.b_ih[layer] != nullptr ? static_cast<acc_t>(p.b_ih[layer][g]) +
                                                       static_cast<acc_t>(p.b_hh[layer][g])
                                                 : acc_t(0);
     }
-    for (int64_t idx = tid; idx < static_cast<int64_t>(nu) * B; idx += kThreads) {
+    for (int64_t idx = tid; idx < static_cast<int64_t>(nu) * B; idx += kT) {
       const int64_t jl = idx / B, b = idx % B;
       cs[b * U + jl] = static_cast<acc_t>(p.cx[(layer * B + b) * H + j0 + jl]);
     }
@@ -548,17 +549,17 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
         const int bc = static_cast<int>(B - b0 < BC ? B - b0 : BC);
         // Stage rows b0 .. b0+bc-1 of [x_t | h_{t-1}] (written by other CTAs
         // at step s-1, or the inputs hx at t = 0).
-        stage_rows<scalar_t>(xs, K, bc, K, Kx, x_in, h_prev, b0, H);
+        stage_rows<kT, scalar_t>(xs, K, bc, K, Kx, x_in, h_prev, b0, H);
         __syncthreads();
 
         if constexpr (kMma && kHasWmma<scalar_t>) {
           if (p.mma_tm != 0) {  // the tensor-core product (uniform over the grid)
             const persistent::MmaGrid g =
                 persistent::mma_grid(false, U, bc, p.mma_tm, p.mma_tn, p.mma_npad);
-            mma_products<scalar_t>(p.mma_tm, Ws, xs, K, K, g.m_tiles, g.n_tiles, p.mma_mpad,
+            mma_products<kT, scalar_t>(p.mma_tm, Ws, xs, K, K, g.m_tiles, g.n_tiles, p.mma_mpad,
                                    p.mma_npad, p.mma_ksplit, Ps, warp);
             __syncthreads();
-            fwd_chunk_epilogue<scalar_t, acc_t>(
+            fwd_chunk_epilogue<kT, scalar_t, acc_t>(
                 p, layer, t, b0, bc, nu, j0, bs, cs, h_out, last_t,
                 [&](int q, int jl, int bl, acc_t& pre) {
                   for (int ks = 0; ks < p.mma_ksplit; ++ks) {
@@ -576,7 +577,7 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
         static_assert(4 * R == 32, "one product per lane after the reduction");
         const int groups = (bc + R - 1) / R;
         const int tasks = nu * groups;
-        for (int task = warp; task < tasks; task += kWarps) {  // warp-uniform
+        for (int task = warp; task < tasks; task += kT / 32) {  // warp-uniform
           const int jl = task / groups;
           const int bb = (task % groups) * R;
           const scalar_t* wr[4];
@@ -627,7 +628,7 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
         }
         if (cta_epi) {
           __syncthreads();  // every task's products are stored
-          fwd_chunk_epilogue<scalar_t, acc_t>(
+          fwd_chunk_epilogue<kT, scalar_t, acc_t>(
               p, layer, t, b0, bc, nu, j0, bs, cs, h_out, last_t,
               [&](int q, int jl, int bl, acc_t& pre) {
                 pre += Pe[cta_product_index(q, bl, jl, BCi, U)];
@@ -706,8 +707,8 @@ __device__ __forceinline__ void bwd_cell_epilogue(const BwdParams<scalar_t>& p, 
   if (t == 0) p.grad_cx[layer * B * H + bj] = static_cast<scalar_t>(o.dc_prev);
 }
 
-template <typename scalar_t, bool kMma = false>  // kMma: as the forward's
-__global__ void __launch_bounds__(kThreads, 1)
+template <typename scalar_t, bool kMma = false, int kT = kThreads>  // as the forward's
+__global__ void __launch_bounds__(kT, 1)
 lstm_persistent_bwd_kernel(const __grid_constant__ BwdParams<scalar_t> p) {
   using acc_t = typename acc_type<scalar_t>::type;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -736,12 +737,12 @@ lstm_persistent_bwd_kernel(const __grid_constant__ BwdParams<scalar_t> p) {
     const scalar_t* w_up = top ? nullptr : p.w_ih[layer + 1];
     const scalar_t* w_hh = p.w_hh[layer];
     const int64_t n = static_cast<int64_t>(nu) * K;
-    for (int64_t idx = tid; idx < n; idx += kThreads) {
+    for (int64_t idx = tid; idx < n; idx += kT) {
       const int jl = static_cast<int>(idx / K), k = static_cast<int>(idx % K);
       const int64_t j = j0 + jl;
       Wc[static_cast<int64_t>(jl) * K + k] = k < Kx ? w_up[k * H + j] : w_hh[(k - Kx) * H + j];
     }
-    for (int64_t idx = tid; idx < static_cast<int64_t>(nu) * B; idx += kThreads) {
+    for (int64_t idx = tid; idx < static_cast<int64_t>(nu) * B; idx += kT) {
       const int64_t jl = idx / B, b = idx % B;
       dcs[jl * B + b] = static_cast<acc_t>(p.grad_cy[(layer * B + b) * H + j0 + jl]);
     }
@@ -766,7 +767,7 @@ lstm_persistent_bwd_kernel(const __grid_constant__ BwdParams<scalar_t> p) {
       const scalar_t* c_prev = t == 0 ? p.cx + layer * B * H : c_t - B * H;
       for (int64_t b0 = rb0; b0 < rb1; b0 += BC) {  // this CTA's batch rows
         const int bc = static_cast<int>(rb1 - b0 < BC ? rb1 - b0 : BC);
-        stage_rows<scalar_t>(xs, K, bc, Kt, Kx, dG_up, dG_next, b0, G4);
+        stage_rows<kT, scalar_t>(xs, K, bc, Kt, Kx, dG_up, dG_next, b0, G4);
         __syncthreads();
 
         if constexpr (kMma && kHasWmma<scalar_t>) {
@@ -775,11 +776,11 @@ lstm_persistent_bwd_kernel(const __grid_constant__ BwdParams<scalar_t> p) {
             // then store zeros.
             const persistent::MmaGrid g = persistent::mma_grid(
                 true, static_cast<int>(p.units), bc, p.mma_tm, p.mma_tn, p.mma_npad);
-            mma_products<scalar_t>(p.mma_tm, xs, Wc, Kt, K, g.m_tiles, g.n_tiles, p.mma_mpad,
+            mma_products<kT, scalar_t>(p.mma_tm, xs, Wc, Kt, K, g.m_tiles, g.n_tiles, p.mma_mpad,
                                    p.mma_npad, p.mma_ksplit, Ps, warp);
             __syncthreads();
             // One (unit, batch row) per thread, units fastest (coalesced writes).
-            for (int idx = tid; idx < nu * bc; idx += kThreads) {
+            for (int idx = tid; idx < nu * bc; idx += kT) {
               const int jl = idx % nu, bl = idx / nu;
               acc_t prod = acc_t(0);
               for (int ks = 0; ks < p.mma_ksplit; ++ks)
@@ -800,7 +801,7 @@ lstm_persistent_bwd_kernel(const __grid_constant__ BwdParams<scalar_t> p) {
         constexpr int N = QU * R;  // products per task
         const int groups = (bc + R - 1) / R;
         const int tasks = ((nu + QU - 1) / QU) * groups;
-        for (int task = warp; task < tasks; task += kWarps) {  // warp-uniform
+        for (int task = warp; task < tasks; task += kT / 32) {  // warp-uniform
           const int jq = (task / groups) * QU;
           const int bb = (task % groups) * R;
           const scalar_t* wr[QU];
@@ -867,7 +868,8 @@ int64_t acc_size(at::ScalarType t) { return t == at::kDouble ? 8 : 4; }
 // condition), with the kernel's real register and shared-memory use.  Sets
 // the kernel's dynamic shared memory limit as a side effect.
 template <typename Kernel>
-bool cooperative_fits(Kernel kernel, int64_t smem, int64_t ctas, std::string* why) {
+bool cooperative_fits(Kernel kernel, int64_t threads, int64_t smem, int64_t ctas,
+                      std::string* why) {
   int dev = 0, coop = 0;
   C10_CUDA_CHECK(cudaGetDevice(&dev));
   // The answer for (device, kernel, shared memory) does not change: the driver
@@ -896,7 +898,7 @@ bool cooperative_fits(Kernel kernel, int64_t smem, int64_t ctas, std::string* wh
       static_cast<int>(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin)));
   int per_sm = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &per_sm, kernel, static_cast<int>(kThreads), static_cast<size_t>(smem)));
+      &per_sm, kernel, static_cast<int>(threads), static_cast<size_t>(smem)));
   {
     const std::lock_guard<std::mutex> lock(mu);
     per_sm_cache[key] = per_sm;
@@ -930,24 +932,41 @@ int64_t backward_batch_split() {
 // persistent_cta_epilogue "on"; auto means off until a GPU has measured it).
 bool cta_epilogue_wanted() { return get_option(Option::kPersistentCtaEpilogue) == 2; }
 
+// Threads per CTA of the persistent kernels: option persistent_threads "512"
+// (EXPERIMENTAL: written without a GPU, 2026-12-04) or, auto and "256",
+// kThreads.
+int64_t threads_wanted() {
+  return get_option(Option::kPersistentThreads) == 2 ? persistent::kThreadsWide : kThreads;
+}
+
 bool mma_wanted() {
   if (get_option(Option::kPersistentMma) != 2) return false;
   return at::cuda::getCurrentDeviceProperties()->major >= 8;
 }
 
 // The kernel a plan runs: forward or backward, with the tensor-core path
-// (plan.mma.on()) or the FMA kernel.
+// (plan.mma.on(), kThreads only) or the FMA kernel, for the plan's threads
+// per CTA.
 template <bool kBackward, typename scalar_t>
 auto persistent_kernel(const Plan& plan) {
   using Params = std::conditional_t<kBackward, BwdParams<scalar_t>, FwdParams<scalar_t>>;
   using Kernel = void (*)(const Params);
   if constexpr (kHasWmma<scalar_t>) {
     if (plan.mma.on()) {
+      TORCH_CHECK(plan.threads == kThreads, "fusedrnn: tensor-core kernels run with ", kThreads,
+                  " threads per CTA only");
       if constexpr (kBackward) return static_cast<Kernel>(lstm_persistent_bwd_kernel<scalar_t, true>);
       else return static_cast<Kernel>(lstm_persistent_fwd_kernel<scalar_t, true>);
     }
   }
   TORCH_CHECK(!plan.mma.on(), "fusedrnn: no tensor-core kernel for this dtype");
+  constexpr int kWide = static_cast<int>(persistent::kThreadsWide);
+  TORCH_CHECK(plan.threads == kThreads || plan.threads == kWide,
+              "fusedrnn: no persistent kernel for ", plan.threads, " threads per CTA");
+  if (plan.threads == kWide) {
+    if constexpr (kBackward) return static_cast<Kernel>(lstm_persistent_bwd_kernel<scalar_t, false, kWide>);
+    else return static_cast<Kernel>(lstm_persistent_fwd_kernel<scalar_t, false, kWide>);
+  }
   if constexpr (kBackward) return static_cast<Kernel>(lstm_persistent_bwd_kernel<scalar_t, false>);
   else return static_cast<Kernel>(lstm_persistent_fwd_kernel<scalar_t, false>);
 }
@@ -986,7 +1005,7 @@ void launch_cooperative(Kernel kernel, const Plan& plan, const Params& p, cudaSt
   void* args[] = {const_cast<Params*>(&p)};
   C10_CUDA_CHECK(cudaLaunchCooperativeKernel(
       reinterpret_cast<void*>(kernel), dim3(static_cast<unsigned>(plan.num_ctas)),
-      dim3(static_cast<unsigned>(kThreads)), args, static_cast<size_t>(plan.smem.total),
+      dim3(static_cast<unsigned>(plan.threads)), args, static_cast<size_t>(plan.smem.total),
       stream));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -1026,7 +1045,8 @@ std::optional<Plan> select_persistent_plan(const LstmSizes& s, const Tensor& inp
                                           kBackward ? backward_batch_split() : 1,
                                           /*mma=*/mma_wanted(),
                                           /*tf32=*/at::globalContext().allowTF32CuBLAS(),
-                                          /*cta_epilogue=*/!kBackward && cta_epilogue_wanted());
+                                          /*cta_epilogue=*/!kBackward && cta_epilogue_wanted(),
+                                          /*threads=*/threads_wanted());
   const persistent::TierChoice choice =
       persistent::choose_tier(option, unsupported.empty(), unsupported, plan, s.T + s.L - 1, s.L,
                               get_option(Option::kCudaStepLaunch) != 0);
@@ -1040,7 +1060,8 @@ std::optional<Plan> select_persistent_plan(const LstmSizes& s, const Tensor& inp
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, dt,
       kBackward ? "fusedrnn_lstm_persistent_bwd_fits" : "fusedrnn_lstm_persistent_fits", [&] {
-        fits = cooperative_fits(persistent_kernel<kBackward, scalar_t>(plan), plan.smem.total,
+        fits = cooperative_fits(persistent_kernel<kBackward, scalar_t>(plan), plan.threads,
+                                plan.smem.total,
                                 plan.num_ctas, &why);
       });
   if (!fits) {
@@ -1217,7 +1238,7 @@ double wavefront_floor(int64_t T, int64_t L, int64_t B, int64_t H) {
   const Plan plan = persistent::plan_lstm(H, H, L, B, 4, 4, d);
   const int64_t ctas = plan.fits ? plan.num_ctas : d.num_sms;
   std::string why;
-  TORCH_CHECK(cooperative_fits(wavefront_floor_kernel, 0, ctas, &why),
+  TORCH_CHECK(cooperative_fits(wavefront_floor_kernel, kThreads, 0, ctas, &why),
               "fusedrnn.wavefront_floor: cannot launch ", ctas, " co-resident CTAs: ", why);
   Tensor barrier = at::zeros({2}, at::TensorOptions().device(at::kCUDA, dev).dtype(at::kLong));
   unsigned long long* ctr = reinterpret_cast<unsigned long long*>(barrier.data_ptr<int64_t>());

@@ -30,7 +30,11 @@
 //
 // TUNING KNOBS (provisional: only kAutoMinLayers comes from a measurement; a
 // GPU session should sweep the others with benchmarks/bench_layers.py):
-//   kThreads           threads per CTA (the kernel is compiled for it).
+//   kThreads           threads per CTA by default (the kernels are compiled
+//                      for it and for kThreadsWide; option persistent_threads
+//                      picks, auto = kThreads: 512 is EXPERIMENTAL, written
+//                      without a GPU on 2026-12-04 -- twice the warps to hide
+//                      latency with, at most 128 registers a thread).
 //   kFwdTaskRows       forward: batch rows of one warp task (a task is the
 //                      four gate rows of one unit x these batch rows, 32
 //                      products, one per lane after the warp reduction).
@@ -72,6 +76,7 @@ namespace fusedrnn {
 namespace persistent {
 
 constexpr int64_t kThreads = 256;
+constexpr int64_t kThreadsWide = 512;
 constexpr int64_t kFwdTaskRows = 8;
 constexpr int64_t kBwdTaskUnits = 4;
 constexpr int64_t kBwdTaskRows = 4;
@@ -83,9 +88,14 @@ constexpr int64_t kAutoMinLayers = 1;
 // bench_layers.py showed where they win (kAutoMinLayers above); auto follows
 // the eligibility rule below (auto_eligible).
 constexpr bool kAutoEnabled = true;
-// The kernel is compiled with __launch_bounds__(kThreads, 1): at most 255
-// registers a thread, which the planner takes as the worst case.
+// The kernels are compiled with __launch_bounds__(threads, 1): at most 255
+// registers a thread (128 for 512 threads), which the planner takes as the
+// worst case.
 constexpr int64_t kMaxRegsPerThread = 255;
+inline int64_t max_regs_per_thread(int64_t threads) {
+  const int64_t r = 65536 / threads / 8 * 8;  // the register file of sm_80 / sm_90
+  return r < kMaxRegsPerThread ? r : kMaxRegsPerThread;
+}
 // Shared memory the driver reserves per resident CTA (1 KiB on sm_80/sm_90).
 constexpr int64_t kReservedSmemPerCta = 1024;
 // Most layers the kernel's parameter block holds pointers for.
@@ -260,7 +270,7 @@ struct Plan {
   int64_t ctas_per_layer = 0;   // unit blocks per layer, ceil(H / U)
   int64_t num_ctas = 0;         // L * ctas_per_layer * S
   int64_t batch_chunk = 0;      // batch rows staged at once (<= rows_per_cta)
-  int64_t threads = kThreads;
+  int64_t threads = kThreads;   // per CTA: kThreads or kThreadsWide
   SmemLayout smem;              // smem.total = dynamic shared memory per CTA
   MmaTiles mma;                 // tensor-core tiles (mma.on()), when asked for
   int64_t mma_ksplit = 1;       // K slices per tile (tensor-core path)
@@ -293,9 +303,11 @@ struct Plan {
 // The plan for one batch split S (see plan_lstm).
 inline Plan plan_lstm_split(int64_t H, int64_t L, int64_t B, int64_t elem, int64_t acc,
                             const DeviceLimits& d, bool backward, int64_t S,
-                            bool mma = false, bool tf32 = false, bool cta_epilogue = false) {
+                            bool mma = false, bool tf32 = false, bool cta_epilogue = false,
+                            int64_t threads = kThreads) {
   Plan p;
   p.backward = backward;
+  p.threads = threads;
   p.H = H;
   p.L = L;
   p.B = B;
@@ -320,9 +332,14 @@ inline Plan plan_lstm_split(int64_t H, int64_t L, int64_t B, int64_t elem, int64
     p.why = "the device limits are unknown";
     return p;
   }
-  if (kThreads * kMaxRegsPerThread > d.regs_per_sm) {
-    p.why = "one CTA of " + std::to_string(kThreads) + " threads may need more registers (" +
-            std::to_string(kThreads * kMaxRegsPerThread) + ") than an SM has (" +
+  if (threads != kThreads && threads != kThreadsWide) {
+    p.why = "the kernels are compiled for " + std::to_string(kThreads) + " or " +
+            std::to_string(kThreadsWide) + " threads per CTA, not " + std::to_string(threads);
+    return p;
+  }
+  if (threads * max_regs_per_thread(threads) > d.regs_per_sm) {
+    p.why = "one CTA of " + std::to_string(threads) + " threads may need more registers (" +
+            std::to_string(threads * max_regs_per_thread(threads)) + ") than an SM has (" +
             std::to_string(d.regs_per_sm) + ")";
     return p;
   }
@@ -346,7 +363,12 @@ inline Plan plan_lstm_split(int64_t H, int64_t L, int64_t B, int64_t elem, int64
   p.units_per_cta = U;
   p.ctas_per_layer = ceil_div(H, U);
   p.num_ctas = L * p.ctas_per_layer * S;
-  if (mma) p.mma = mma_tiles(U, H, elem, backward, tf32);
+  if (mma && threads == kThreads) {
+    p.mma = mma_tiles(U, H, elem, backward, tf32);
+  } else if (mma) {
+    p.mma.why = "tensor-core products run with " + std::to_string(kThreads) +
+                " threads per CTA only";
+  }
   const MmaTiles& mt = p.mma;
   // The tensor-core path has its own CTA-wide epilogue.
   p.cta_epilogue = cta_epilogue && !backward && !mt.on();
@@ -402,16 +424,20 @@ inline Plan plan_lstm_split(int64_t H, int64_t L, int64_t B, int64_t elem, int64
 // (plan.mma.on()); otherwise the plan is the FMA one and plan.mma.why says why.
 // `tf32`: float32 may take TF32 tiles (the call's TF32 policy allows it).
 // `cta_epilogue` (forward, FMA path; EXPERIMENTAL): the epilogue CTA-wide,
-// with its product area (cta_epilogue_bytes) in the layout.
+// with its product area (cta_epilogue_bytes) in the layout.  `threads`:
+// kThreads or kThreadsWide (EXPERIMENTAL) per CTA; the layout does not
+// depend on it.
 inline Plan plan_lstm(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem, int64_t acc,
                       const DeviceLimits& d, bool backward = false,
                       int64_t max_batch_split = 1, bool mma = false, bool tf32 = false,
-                      bool cta_epilogue = false) {
+                      bool cta_epilogue = false, int64_t threads = kThreads) {
   (void)I;
-  Plan fma = plan_lstm_split(H, L, B, elem, acc, d, backward, 1, false, false, cta_epilogue);
+  Plan fma = plan_lstm_split(H, L, B, elem, acc, d, backward, 1, false, false, cta_epilogue,
+                             threads);
   if (backward && max_batch_split > 1 && fma.fits && fma.batch_chunk < B) {
     for (int64_t S = 2; S <= max_batch_split && S <= B; S *= 2) {
-      const Plan split = plan_lstm_split(H, L, B, elem, acc, d, backward, S);
+      const Plan split = plan_lstm_split(H, L, B, elem, acc, d, backward, S, false, false,
+                                         false, threads);
       if (split.fits && split.batch_chunk >= split.rows_per_cta) {
         fma = split;
         break;
@@ -419,6 +445,11 @@ inline Plan plan_lstm(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem, 
     }
   }
   if (!mma || !fma.fits) return fma;
+  if (threads != kThreads) {
+    fma.mma.why = "tensor-core products run with " + std::to_string(kThreads) +
+                  " threads per CTA only";
+    return fma;
+  }
   Plan with = plan_lstm_split(H, L, B, elem, acc, d, backward, fma.batch_split, true, tf32);
   if (with.mma.on() && with.fits && with.batch_chunk == fma.batch_chunk) return with;
   fma.mma.why = with.mma.on() ? "the tensor-core path's padded areas and partial sums do not "
