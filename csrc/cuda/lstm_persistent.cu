@@ -24,7 +24,12 @@
 // keeps the 4 x 8 partial sums, and a reduce-scatter of warp shuffles
 // completes them, one per lane (warp_reduce_scatter, the same fixed order in
 // every run).  Lane r then gathers the four gates of batch row r and applies
-// lstm_cell_forward (cell_math.h).
+// lstm_cell_forward (cell_math.h) -- or, with the EXPERIMENTAL option
+// persistent_cta_epilogue, the lanes store the products in shared memory and
+// after the chunk's tasks every thread applies the cell to (unit, row) pairs
+// (fwd_chunk_epilogue).  Both kernels are templates over their threads per
+// CTA: kThreads (256), or kThreadsWide (512, EXPERIMENTAL, option
+// persistent_threads).
 //
 // Saved for backward (train = true), in the general tier's layout, so the
 // general tier's backward consumes them unchanged: gates (L,T,B,4H)
