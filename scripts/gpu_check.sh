@@ -22,7 +22,8 @@
 #                    forward epilogue (fusedrnn-persistent-ctaepi), 512 threads
 #                    per CTA (-wide) and both (-wide-ctaepi), float32, the D2L
 #                    layer sweep, $OUT/results_variants
-#   $OUT/bench_split.log  the persistent backward with and without its batch
+#   $OUT/bench_split.log  (SPLIT=1 only: measured on an H200, 2026-12-04, now
+#                    the default) the persistent backward with and without its batch
 #                    split (fusedrnn-persistent-nosplit), results in $OUT/results_split
 #   $OUT/bench_mma.log  (MMA=1 only: measured mixed on an H200, 2026-12-04)
 #                    bfloat16 persistent tier with and without the
@@ -36,8 +37,8 @@
 # Knobs (environment): TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (16),
 # BENCH_ARGS (extra bench_layers.py arguments, e.g. --configs d2l), PROFILE=1
 # (Nsight Compute reports of one D2L forward per tier, scripts/profile_step.py),
-# BENCH=0 / VARIANTS=0 / SPLIT=0 / TRAIN=0 (skip those steps), MMA=1 (run the
-# tensor-core A/B), TESTS (test files;
+# BENCH=0 / VARIANTS=0 / TRAIN=0 (skip those steps), MMA=1 / SPLIT=1 (run the
+# tensor-core / batch-split A/B, measured on 2026-12-04), TESTS (test files;
 # "none": no tests), TRAIN_ARGS, BUILD_TIMEOUT /
 # SMOKE_TIMEOUT / TEST_TIMEOUT / BENCH_TIMEOUT / VARIANTS_TIMEOUT / SPLIT_TIMEOUT /
 # MMA_TIMEOUT / TRAIN_TIMEOUT in seconds (240 / 45 / 200 / 240 / 90 / 60 / 90 /
@@ -45,7 +46,8 @@
 # to what is left of DEADLINE (default 560 s for the whole script, so that one
 # call of the device tool with timeout_s=600 brings everything back; on an
 # H200, 2026-12-04, the steps took build 75, smoke 13, tests 123, bench 162,
-# mma 26, split 18, train 51 s: about 470 s),
+# mma 26, split 18, train 51 s: about 470 s; since then the tests grew by 36
+# and the variants step replaced mma and split by default, so expect ~520 s),
 # so that a hung step still leaves the logs of the others behind.
 set -u
 
@@ -285,8 +287,9 @@ fi
 # The persistent tier's backward with its batch split (the default since
 # 2026-12-04) against the backward without it (persistent_bwd_split "off"),
 # side by side in one process (forward+backward; the forward is the same
-# kernel).  SPLIT=0 skips it.
-if [ "${SPLIT:-1}" = 1 ] && [ "$SKIP_PERSISTENT" = 0 ]; then
+# kernel).  Measured on an H200 (2026-12-04) and the default since, so it
+# runs only with SPLIT=1.
+if [ "${SPLIT:-0}" = 1 ] && [ "$SKIP_PERSISTENT" = 0 ]; then
   run_logged split "$OUT/bench_split.log" "${SPLIT_TIMEOUT:-60}" \
     python benchmarks/bench_layers.py --device cuda --out "$OUT/results_split" \
     --configs d2l-L1,d2l,d2l-L4,d2l-L8 --cells lstm --modes fwdbwd \
