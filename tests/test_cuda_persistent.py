@@ -560,6 +560,15 @@ IDS_CTA = [f"{i}-{str(d).replace('torch.', '')}" for i, (_, d) in
            zip(_ids([s for s, _ in CASES_CTA]), CASES_CTA)]
 
 
+SAVED_NAMES = ["output", "hy", "cy", "gates", "cells", "hiddens"]
+
+
+def _case_inputs(shape, dtype):
+    """Weights and (x, h0, c0) of one (L, I, H, T, B, bias) case."""
+    L, I, H, T, B, bias = shape
+    return (_weights(I, H, L, bias, dtype),) + tuple(lstm_inputs(I, H, L, T, B, dtype))
+
+
 @pytest.mark.parametrize("shape,dtype", CASES_CTA, ids=IDS_CTA)
 def test_cta_epilogue_matches_lane_epilogue_and_reference(shape, dtype):
     L, I, H, T, B, bias = shape
@@ -568,10 +577,8 @@ def test_cta_epilogue_matches_lane_epilogue_and_reference(shape, dtype):
     if not p["cta_epilogue"]:
         pytest.skip(f"the CTA-wide epilogue's product area does not fit beside this plan: "
                     f"{p['why']}")
-    w = _weights(I, H, L, bias, dtype)
-    x, h0, c0 = lstm_inputs(I, H, L, T, B, dtype)
-    op = torch.ops.fusedrnn.lstm_forward
-    names = ["output", "hy", "cy", "gates", "cells", "hiddens"]
+    w, x, h0, c0 = _case_inputs(shape, dtype)
+    op, names = torch.ops.fusedrnn.lstm_forward, SAVED_NAMES
     with tier("persistent"):
         with option_set("persistent_cta_epilogue", "off"):
             lanes = op(x, h0, c0, w, bias, True)
@@ -603,10 +610,8 @@ def test_cta_epilogue_matches_lane_epilogue_and_reference(shape, dtype):
 def test_wide_ctas_match_256_threads_and_reference(shape, dtype):
     L, I, H, T, B, bias = shape
     _need_fit(H, L, B, dtype, T)
-    w = _weights(I, H, L, bias, dtype)
-    x, h0, c0 = lstm_inputs(I, H, L, T, B, dtype)
-    op = torch.ops.fusedrnn.lstm_forward
-    names = ["output", "hy", "cy", "gates", "cells", "hiddens"]
+    w, x, h0, c0 = _case_inputs(shape, dtype)
+    op, names = torch.ops.fusedrnn.lstm_forward, SAVED_NAMES
     with tier("persistent"):
         with option_set("persistent_threads", "512"):
             wide = _run_ops(w, x, h0, c0, bias)

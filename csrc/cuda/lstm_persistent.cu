@@ -603,12 +603,14 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
           const int64_t b = b0 + bb + (lane < R ? lane : 0);
           const int64_t j = j0 + jl;
           acc_t pre[4];
+          if (!cta_epi) {  // (fwd_chunk_epilogue reads bias and projection itself)
 #pragma unroll
-          for (int q = 0; q < 4; ++q) pre[q] = bs[q * U + jl];
-          if (layer == 0 && owner && !cta_epi) {
-            const scalar_t* g = p.gx0 + (t * B + b) * G4 + j;
+            for (int q = 0; q < 4; ++q) pre[q] = bs[q * U + jl];
+            if (layer == 0 && owner) {
+              const scalar_t* g = p.gx0 + (t * B + b) * G4 + j;
 #pragma unroll
-            for (int q = 0; q < 4; ++q) pre[q] += static_cast<acc_t>(g[q * H]);
+              for (int q = 0; q < 4; ++q) pre[q] += static_cast<acc_t>(g[q * H]);
+            }
           }
           acc_t acc[4 * R];
           if (vec) {

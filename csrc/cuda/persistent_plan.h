@@ -363,12 +363,7 @@ inline Plan plan_lstm_split(int64_t H, int64_t L, int64_t B, int64_t elem, int64
   p.units_per_cta = U;
   p.ctas_per_layer = ceil_div(H, U);
   p.num_ctas = L * p.ctas_per_layer * S;
-  if (mma && threads == kThreads) {
-    p.mma = mma_tiles(U, H, elem, backward, tf32);
-  } else if (mma) {
-    p.mma.why = "tensor-core products run with " + std::to_string(kThreads) +
-                " threads per CTA only";
-  }
+  if (mma) p.mma = mma_tiles(U, H, elem, backward, tf32);  // plan_lstm: kThreads only
   const MmaTiles& mt = p.mma;
   // The tensor-core path has its own CTA-wide epilogue.
   p.cta_epilogue = cta_epilogue && !backward && !mt.on();
