@@ -22,12 +22,14 @@ i.e. at::addmm + a pointwise pass per step, to show what the fused step buys),
 fusedrnn-general / fusedrnn-persistent (CUDA LSTM only: one kernel tier forced
 through fusedrnn.set_option("cuda_tier", ...); the fusedrnn row is the auto
 choice; sizes the persistent kernel does not fit are skipped with the reason),
-fusedrnn-persistent-nosplit, -mma, -ctaepi, -wide and -wide-ctaepi (only when
-named: the persistent tier with its backward batch split off,
+fusedrnn-persistent-nosplit, -mma, -base, -ctaepi, -wide and -wide-ctaepi (only
+when named: the persistent tier with its backward batch split off,
 persistent_bwd_split "off"; with the experimental tensor-core products for
-bfloat16/float16, persistent_mma "on"; with the experimental CTA-wide forward
-epilogue, persistent_cta_epilogue "on"; with the experimental 512 threads per
-CTA, persistent_threads "512"; with both of the last two),
+bfloat16/float16, persistent_mma "on"; and the four settings of
+persistent_threads x persistent_cta_epilogue, each pinned: 256 threads with the
+lanes' epilogue (-base, the defaults before 2026-12-04), 256 with the CTA-wide
+forward epilogue (-ctaepi), 512 with the lanes' (-wide), 512 with the CTA-wide
+(-wide-ctaepi); fusedrnn-persistent is their auto choice),
 fusedrnn-per-step and fusedrnn-graph (CUDA only: the general tier's step
 kernels launched one by one from the host, or replayed from a captured CUDA
 graph), fusedrnn-packed and torch-packed (the same batch as a PackedSequence with
@@ -496,10 +498,11 @@ class PersistentVariantImpl(CudaTierImpl):
     backward's batch split off; on by default since its first GPU run) and
     fusedrnn-persistent-mma (the tensor-core products, forward and backward:
     bfloat16/float16 where the tiles fit, else the FMA kernels; off by
-    default), fusedrnn-persistent-ctaepi (the forward's cell applied CTA-wide
-    after the chunk's products; off by default), fusedrnn-persistent-wide
-    (512 threads per CTA; 256 by default) and fusedrnn-persistent-wide-ctaepi
-    (both).  Only when named in --impls."""
+    default), and the four pinned settings of persistent_threads x
+    persistent_cta_epilogue: fusedrnn-persistent-base (256 threads per CTA,
+    the lanes' forward epilogue), -ctaepi (256, the forward's cell applied
+    CTA-wide after the chunk's products), -wide (512, lanes') and
+    -wide-ctaepi (512, CTA-wide).  Only when named in --impls."""
     in_default = False
 
     def __init__(self, name, label, *variant):
@@ -660,12 +663,18 @@ IMPLS: Dict[str, Impl] = {
     "fusedrnn-persistent-mma": PersistentVariantImpl(
         "fusedrnn-persistent-mma", "fusedrnn.{Cell} (persistent tier, tensor cores)",
         ("persistent_mma", "on")),
+    "fusedrnn-persistent-base": PersistentVariantImpl(
+        "fusedrnn-persistent-base",
+        "fusedrnn.{Cell} (persistent tier, 256 threads per CTA, lanes' forward epilogue)",
+        ("persistent_threads", "256"), ("persistent_cta_epilogue", "off")),
     "fusedrnn-persistent-ctaepi": PersistentVariantImpl(
-        "fusedrnn-persistent-ctaepi", "fusedrnn.{Cell} (persistent tier, CTA-wide forward epilogue)",
-        ("persistent_cta_epilogue", "on")),
+        "fusedrnn-persistent-ctaepi",
+        "fusedrnn.{Cell} (persistent tier, 256 threads per CTA, CTA-wide forward epilogue)",
+        ("persistent_threads", "256"), ("persistent_cta_epilogue", "on")),
     "fusedrnn-persistent-wide": PersistentVariantImpl(
-        "fusedrnn-persistent-wide", "fusedrnn.{Cell} (persistent tier, 512 threads per CTA)",
-        ("persistent_threads", "512")),
+        "fusedrnn-persistent-wide",
+        "fusedrnn.{Cell} (persistent tier, 512 threads per CTA, lanes' forward epilogue)",
+        ("persistent_threads", "512"), ("persistent_cta_epilogue", "off")),
     "fusedrnn-persistent-wide-ctaepi": PersistentVariantImpl(
         "fusedrnn-persistent-wide-ctaepi",
         "fusedrnn.{Cell} (persistent tier, 512 threads per CTA, CTA-wide forward epilogue)",

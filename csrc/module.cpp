@@ -82,7 +82,9 @@ static fusedrnn::persistent::DeviceLimits limits(long long smem_sm, long long sm
 // backward) kernel for these sizes on a device with these limits, and the tier
 // `option` (0 auto, 1 general, 2 persistent) would pick; `mma` asks for the
 // tensor-core tiles (1; 2: float32 as TF32 too) ("mma_product": the
-// partial-sum area's rows per K slice and row length).
+// partial-sum area's rows per K slice and row length); `cta_epilogue` 0 off,
+// 1 on, -1 auto; `threads` 256, 512 or -1 auto (persistent_plan.h,
+// plan_lstm_auto: what the options' auto values pick).
 // Plain host code, so the CPU tests can check the planner without a GPU.
 static PyObject* persistent_plan(PyObject*, PyObject* args) {
   long long H, I, L, B, elem, smem_sm, smem_block, regs_sm, sms, T = 1, option = 0, bwd = 0,
@@ -90,10 +92,11 @@ static PyObject* persistent_plan(PyObject*, PyObject* args) {
   if (!PyArg_ParseTuple(args, "LLLLLLLLL|LLLLLLL", &H, &I, &L, &B, &elem, &smem_sm, &smem_block,
                         &regs_sm, &sms, &T, &option, &bwd, &split, &mma, &cta, &threads))
     return nullptr;
-  const auto p = fusedrnn::persistent::plan_lstm(H, I, L, B, elem, elem == 8 ? 8 : 4,
-                                                   limits(smem_sm, smem_block, regs_sm, sms),
-                                                   bwd != 0, split, mma != 0, mma == 2,
-                                                   cta != 0, threads);
+  namespace ps = fusedrnn::persistent;
+  const auto p = ps::plan_lstm_auto(H, I, L, B, elem, elem == 8 ? 8 : 4,
+                                    limits(smem_sm, smem_block, regs_sm, sms), bwd != 0, split,
+                                    mma != 0, mma == 2, cta < 0 ? ps::kAutoOption : cta != 0,
+                                    threads < 0 ? ps::kAutoOption : threads);
   const auto c = fusedrnn::persistent::choose_tier(option, true, "", p, T + L - 1, L);
   // ctas: (layer, j0, j1) of each CTA; cta_rows: its batch rows (b0, b1).
   PyObject* ctas = PyList_New(0);

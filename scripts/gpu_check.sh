@@ -17,11 +17,12 @@
 #   $OUT/build.log   python setup.py build_ext --inplace
 #   $OUT/tests.log   python -m pytest tests/test_cuda*.py -v (TESTS=tests: all)
 #   $OUT/bench.log   python benchmarks/bench_layers.py --device cuda --out $OUT/results
-#   $OUT/bench_variants.log  the persistent tier as it is by default against
-#                    its experimental variants of 2026-12-04: the CTA-wide
-#                    forward epilogue (fusedrnn-persistent-ctaepi), 512 threads
-#                    per CTA (-wide) and both (-wide-ctaepi), float32, the D2L
-#                    layer sweep, $OUT/results_variants
+#   $OUT/bench_variants.log  the persistent tier's auto choice against the
+#                    four pinned settings of threads per CTA (256/512) x
+#                    forward epilogue (lanes'/CTA-wide): -base, -ctaepi, -wide,
+#                    -wide-ctaepi; float32, the D2L layer sweep, fastrnns and
+#                    one-step, $OUT/results_variants (bench_variants_bf16.log:
+#                    bfloat16, d2l and d2l-L8, $OUT/results_variants_bf16)
 #   $OUT/bench_split.log  (SPLIT=1 only: measured on an H200, 2026-12-04, now
 #                    the default) the persistent backward with and without its batch
 #                    split (fusedrnn-persistent-nosplit), results in $OUT/results_split
@@ -41,13 +42,15 @@
 # tensor-core / batch-split A/B, measured on 2026-12-04), TESTS (test files;
 # "none": no tests), TRAIN_ARGS, BUILD_TIMEOUT /
 # SMOKE_TIMEOUT / TEST_TIMEOUT / BENCH_TIMEOUT / VARIANTS_TIMEOUT / SPLIT_TIMEOUT /
-# MMA_TIMEOUT / TRAIN_TIMEOUT in seconds (240 / 45 / 200 / 240 / 90 / 60 / 90 /
-# 120), each cut
+# MMA_TIMEOUT / TRAIN_TIMEOUT in seconds (240 / 45 / 200 / 240 / 120 each of
+# two / 60 / 90 / 120), each cut
 # to what is left of DEADLINE (default 560 s for the whole script, so that one
 # call of the device tool with timeout_s=600 brings everything back; on an
 # H200, 2026-12-04, the steps took build 75, smoke 13, tests 123, bench 162,
-# mma 26, split 18, train 51 s: about 470 s; since then the tests grew by 36
-# and the variants step replaced mma and split by default, so expect ~520 s),
+# mma 26, split 18, train 51 s: about 470 s; at commit 17c4c19 (TRAIN=0)
+# build 86, smoke 14, tests 143, bench 168, variants 19 s: 431 s; the variants
+# step has grown since (float32 with fastrnns and one-step, and bfloat16), so
+# expect ~540 s with the training, ~490 without (TRAIN=0)),
 # so that a hung step still leaves the logs of the others behind.
 set -u
 
@@ -255,19 +258,28 @@ if [ "${BENCH:-1}" = 1 ] && ! run_logged bench "$OUT/bench.log" "$BENCH_TIMEOUT"
   echo "the benchmark (benchmarks/bench_layers.py) failed; see $OUT/bench.log"
 fi
 
-# ------------------------------------ experimental persistent variants A/B --
-# The persistent tier by default against the variants written without a GPU
-# on 2026-12-04 (EXPERIMENTAL, off by default): the forward's cell applied
-# CTA-wide after the chunk's products (persistent_cta_epilogue "on"), 512
-# threads per CTA (persistent_threads "512") and both; float32, forward and
-# forward+backward, the D2L layer sweep, side by side in one process.  Their
-# correctness tests are in tests/test_cuda_persistent.py (test_cta_epilogue_*,
-# test_wide_ctas_*).  VARIANTS=0 skips it.
+# ------------------------------------------------ persistent variants A/B --
+# The persistent tier's auto choice (fusedrnn-persistent) against the four
+# pinned settings of persistent_threads x persistent_cta_epilogue (-base: 256
+# threads, the lanes' forward epilogue, the defaults before 2026-12-04;
+# -ctaepi: 256, CTA-wide; -wide: 512, lanes'; -wide-ctaepi: 512, CTA-wide),
+# forward and forward+backward side by side in one process: float32 on the
+# D2L layer sweep, fastrnns and one-step ($OUT/results_variants), bfloat16 on
+# d2l and d2l-L8 ($OUT/results_variants_bf16).  The auto values come from
+# this step's float32 run on an H200, 2026-12-04 (persistent_plan.h,
+# auto_threads / auto_cta_epilogue).  Their correctness tests are in
+# tests/test_cuda_persistent.py (test_cta_epilogue_*, test_wide_ctas_*).
+# VARIANTS=0 skips it.
 if [ "${VARIANTS:-1}" = 1 ] && [ "$SKIP_PERSISTENT" = 0 ]; then
-  run_logged variants "$OUT/bench_variants.log" "${VARIANTS_TIMEOUT:-90}" \
+  VARIANT_IMPLS=fusedrnn-persistent,fusedrnn-persistent-base,fusedrnn-persistent-ctaepi,fusedrnn-persistent-wide,fusedrnn-persistent-wide-ctaepi
+  run_logged variants "$OUT/bench_variants.log" "${VARIANTS_TIMEOUT:-120}" \
     python benchmarks/bench_layers.py --device cuda --out "$OUT/results_variants" \
-    --configs d2l-L1,d2l,d2l-L4,d2l-L8 --cells lstm --no-reference --budget 1.5 \
-    --impls fusedrnn-persistent,fusedrnn-persistent-ctaepi,fusedrnn-persistent-wide,fusedrnn-persistent-wide-ctaepi
+    --configs d2l-L1,d2l,d2l-L4,d2l-L8,fastrnns,one-step --cells lstm --no-reference \
+    --budget 1.5 --impls "$VARIANT_IMPLS"
+  run_logged variants_bf16 "$OUT/bench_variants_bf16.log" "${VARIANTS_TIMEOUT:-120}" \
+    python benchmarks/bench_layers.py --device cuda --dtype bfloat16 \
+    --out "$OUT/results_variants_bf16" --configs d2l,d2l-L8 --cells lstm --no-reference \
+    --budget 1.5 --impls "$VARIANT_IMPLS"
 fi
 
 # ------------------------------------------------- tensor-core A/B (bf16) --

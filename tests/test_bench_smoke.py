@@ -94,18 +94,24 @@ def test_fast_step_switch_restores_on_exception():
         fusedrnn._C.set_cpu_fast_step_enabled(before)
 
 
-@pytest.mark.parametrize("name,option,value,others", [
-    ("fusedrnn-persistent-nosplit", "persistent_bwd_split", "off", ("auto", "on")),
-    ("fusedrnn-persistent-ctaepi", "persistent_cta_epilogue", "on", ("auto", "off")),
-    ("fusedrnn-persistent-wide", "persistent_threads", "512", ("auto", "256")),
-    ("fusedrnn-persistent-wide-ctaepi", "persistent_threads", "512", ("auto", "256")),
+VARIANT_OTHERS = {"persistent_bwd_split": ("auto", "on"),
+                  "persistent_cta_epilogue": ("auto", "off", "on"),
+                  "persistent_threads": ("auto", "256", "512")}
+
+
+@pytest.mark.parametrize("name,pinned", [
+    ("fusedrnn-persistent-nosplit", {"persistent_bwd_split": "off"}),
+    ("fusedrnn-persistent-base", {"persistent_threads": "256", "persistent_cta_epilogue": "off"}),
+    ("fusedrnn-persistent-ctaepi", {"persistent_threads": "256", "persistent_cta_epilogue": "on"}),
+    ("fusedrnn-persistent-wide", {"persistent_threads": "512", "persistent_cta_epilogue": "off"}),
+    ("fusedrnn-persistent-wide-ctaepi",
+     {"persistent_threads": "512", "persistent_cta_epilogue": "on"}),
 ])
-def test_persistent_variant_impl_scope_and_not_default(name, option, value, others):
+def test_persistent_variant_impl_scope_and_not_default(name, pinned):
     """The persistent-tier variants run only when named, and each one's scope
-    sets its option (fusedrnn-persistent-nosplit: persistent_bwd_split "off";
-    fusedrnn-persistent-ctaepi: persistent_cta_epilogue "on") and the
-    persistent tier for the call and restores both afterwards, also when the
-    call raises."""
+    pins every option it names (whatever the option was before: auto or
+    another value) and the persistent tier for the call, and restores them
+    all afterwards, also when the call raises."""
     spec = importlib.util.spec_from_file_location("bench_layers", SCRIPT)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -115,38 +121,24 @@ def test_persistent_variant_impl_scope_and_not_default(name, option, value, othe
     class Ctx:
         fusedrnn = globals()["fusedrnn"]
 
-    tier_before = fusedrnn.get_option("cuda_tier")
-    option_before = fusedrnn.get_option(option)
+    names = ["cuda_tier"] + list(pinned)
+    before = {n: fusedrnn.get_option(n) for n in names}
     try:
-        for prev in others:
-            fusedrnn.set_option(option, prev)
+        for k in range(3):  # every option at auto, then at its other values
+            prev = {o: VARIANT_OTHERS[o][min(k, len(VARIANT_OTHERS[o]) - 1)] for o in pinned}
+            for o, v in prev.items():
+                fusedrnn.set_option(o, v)
             scope = impl.scope(Ctx())
             with pytest.raises(RuntimeError):
                 with scope():
-                    assert fusedrnn.get_option(option) == value
+                    assert {o: fusedrnn.get_option(o) for o in pinned} == pinned
                     assert fusedrnn.get_option("cuda_tier") == "persistent"
                     raise RuntimeError("boom")
-            assert fusedrnn.get_option(option) == prev
-            assert fusedrnn.get_option("cuda_tier") == tier_before
+            assert {o: fusedrnn.get_option(o) for o in pinned} == prev
+            assert fusedrnn.get_option("cuda_tier") == before["cuda_tier"]
     finally:
-        fusedrnn.set_option(option, option_before)
-
-
-def test_combined_variant_holds_every_option():
-    """fusedrnn-persistent-wide-ctaepi holds both of its switches (and the
-    persistent tier) for the call and restores all three."""
-    spec = importlib.util.spec_from_file_location("bench_layers", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-
-    class Ctx:
-        fusedrnn = globals()["fusedrnn"]
-
-    names = ("cuda_tier", "persistent_threads", "persistent_cta_epilogue")
-    before = {n: fusedrnn.get_option(n) for n in names}
-    with bench.IMPLS["fusedrnn-persistent-wide-ctaepi"].scope(Ctx())():
-        assert [fusedrnn.get_option(n) for n in names] == ["persistent", "512", "on"]
-    assert {n: fusedrnn.get_option(n) for n in names} == before
+        for n, v in before.items():
+            fusedrnn.set_option(n, v)
 
 
 def test_layer_scaling_table():

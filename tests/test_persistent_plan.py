@@ -504,3 +504,82 @@ def test_wide_ctas_have_no_tensor_cores_and_other_counts_are_refused():
     small = (H100[0], H100[1], 32768, H100[3])
     r = fusedrnn._C.persistent_plan(256, 256, 2, 32, F32, *small, 16, 0, 0, 1, 0, 0, 512)
     assert not r["fits"] and "registers" in r["why"]
+
+
+# ------------------------------------------------ the options' auto values --
+# persistent_cta_epilogue / persistent_threads auto (persistent_plan.h,
+# plan_lstm_auto; measured on an H200, 2026-12-04, float32): the CTA-wide
+# forward epilogue for float32 where it costs no staged rows, 512 threads for
+# the float32 backward and the float32 forward from L = 2, else the earlier
+# defaults.  The binding takes -1 for auto.
+AUTO = -1
+
+
+def auto_plan(H, L, B, elem=F32, dev=H100, backward=False, mma=0, split=1, cta=AUTO,
+              threads=AUTO):
+    return fusedrnn._C.persistent_plan(H, H, L, B, elem, *dev, 16, 0, int(backward), split, mma,
+                                       cta, threads)
+
+
+@pytest.mark.parametrize("L", [1, 2, 4, 8])
+def test_auto_float32_d2l(L):
+    fwd, bwd = auto_plan(256, L, 32), auto_plan(256, L, 32, backward=True, split=4)
+    assert fwd["fits"] and bwd["fits"]
+    assert fwd["cta_epilogue"] and not bwd["cta_epilogue"]
+    assert fwd["threads"] == (512 if L >= 2 else 256)
+    assert bwd["threads"] == 512
+    # Otherwise the same plan as the pinned settings it resolves to.
+    pinned = auto_plan(256, L, 32, cta=1, threads=fwd["threads"])
+    for key in ("units_per_cta", "num_ctas", "batch_chunk", "smem_bytes", "smem_offsets",
+                "auto", "cta_epilogue", "threads"):
+        assert fwd[key] == pinned[key], key
+
+
+@pytest.mark.parametrize("elem", [BF16, F64])
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "bwd"])
+def test_auto_keeps_earlier_defaults_for_other_dtypes(elem, backward):
+    for L in (1, 2, 8):
+        p = auto_plan(64, L, 8, elem=elem, backward=backward)
+        assert p["fits"], p["why"]
+        assert p["threads"] == 256 and not p["cta_epilogue"]
+
+
+def test_auto_threads_leave_room_for_tensor_cores():
+    """Where the tensor-core products are asked for and can apply (bfloat16;
+    float32 as TF32), auto keeps 256 threads so they can run."""
+    b = auto_plan(256, 2, 32, elem=BF16, mma=1)
+    assert b["threads"] == 256 and b["mma"], b["mma_why"]
+    t = auto_plan(256, 2, 32, mma=2)              # float32, TF32 allowed
+    assert t["threads"] == 256
+    f = auto_plan(256, 2, 32, mma=1)              # float32, TF32 not allowed: no tiles
+    assert f["threads"] == 512 and not f["mma"]
+
+
+def test_auto_explicit_values_win():
+    assert not auto_plan(256, 2, 32, cta=0)["cta_epilogue"]
+    assert auto_plan(256, 2, 32, threads=256)["threads"] == 256
+    assert auto_plan(256, 1, 32, threads=512)["threads"] == 512
+    assert auto_plan(64, 2, 8, elem=BF16, cta=1)["cta_epilogue"]
+
+
+def test_auto_drops_cta_epilogue_where_it_costs_staged_rows():
+    """Where the product area would shrink the forward's batch chunk (or not
+    fit), auto takes the lanes' epilogue: the same plan as cta_epilogue off.
+    Explicit "on" keeps it.  The search must find such sizes (a test that
+    cannot fail otherwise)."""
+    found = 0
+    for H in (256, 384, 512, 640):
+        for L in (1, 2, 4):
+            for B in (32, 64, 128, 256):
+                on, off = auto_plan(H, L, B, cta=1), auto_plan(H, L, B, cta=0)
+                a = auto_plan(H, L, B)
+                if not off["fits"]:
+                    continue
+                if not on["fits"] or on["batch_chunk"] < off["batch_chunk"]:
+                    found += 1
+                    assert not a["cta_epilogue"], (H, L, B)
+                    for key in ("batch_chunk", "smem_bytes", "auto"):
+                        assert a[key] == off[key], (H, L, B, key)
+                else:
+                    assert a["cta_epilogue"] and a["batch_chunk"] == on["batch_chunk"], (H, L, B)
+    assert found > 0

@@ -929,23 +929,25 @@ int64_t backward_batch_split() {
   return get_option(Option::kPersistentBwdSplit) == 1 ? 1 : 4;
 }
 
+// The options persistent_cta_epilogue and persistent_threads as
+// persistent::plan_lstm_auto takes them (kAutoOption where auto: the planner
+// resolves it, persistent_plan.h auto_cta_epilogue / auto_threads, measured
+// on an H200, 2026-12-04).
+int64_t cta_epilogue_option() {
+  const int64_t v = get_option(Option::kPersistentCtaEpilogue);
+  return v == 0 ? persistent::kAutoOption : v == 2 ? 1 : 0;
+}
+int64_t threads_option() {
+  const int64_t v = get_option(Option::kPersistentThreads);
+  return v == 0 ? persistent::kAutoOption : v == 2 ? persistent::kThreadsWide : kThreads;
+}
+
 // Whether the kernels should take the tensor-core path where its tiles fit:
 // the option persistent_mma is "on" (auto means off while the path has not
 // run on a GPU) and the device has bfloat16/TF32 WMMA (compute capability
 // 8.0+).  float32 takes it only as TF32, when torch's matmul TF32 policy
 // (torch.backends.cuda.matmul.allow_tf32, which layer 0's projection GEMM
 // follows as well) allows it.
-// Whether the forward's FMA path should apply the cell CTA-wide (option
-// persistent_cta_epilogue "on"; auto means off until a GPU has measured it).
-bool cta_epilogue_wanted() { return get_option(Option::kPersistentCtaEpilogue) == 2; }
-
-// Threads per CTA of the persistent kernels: option persistent_threads "512"
-// (EXPERIMENTAL: written without a GPU, 2026-12-04) or, auto and "256",
-// kThreads.
-int64_t threads_wanted() {
-  return get_option(Option::kPersistentThreads) == 2 ? persistent::kThreadsWide : kThreads;
-}
-
 bool mma_wanted() {
   if (get_option(Option::kPersistentMma) != 2) return false;
   return at::cuda::getCurrentDeviceProperties()->major >= 8;
@@ -1047,13 +1049,10 @@ std::optional<Plan> select_persistent_plan(const LstmSizes& s, const Tensor& inp
   } else if (s.has_proj) {
     unsupported = "proj_size (a w_hr per layer) is not supported by the persistent tier";
   }
-  const Plan plan = persistent::plan_lstm(s.H, s.I, s.L, s.B, elem_size(dt), acc_size(dt),
-                                          device_limits(), /*backward=*/kBackward,
-                                          kBackward ? backward_batch_split() : 1,
-                                          /*mma=*/mma_wanted(),
-                                          /*tf32=*/at::globalContext().allowTF32CuBLAS(),
-                                          /*cta_epilogue=*/!kBackward && cta_epilogue_wanted(),
-                                          /*threads=*/threads_wanted());
+  const Plan plan = persistent::plan_lstm_auto(
+      s.H, s.I, s.L, s.B, elem_size(dt), acc_size(dt), device_limits(), /*backward=*/kBackward,
+      kBackward ? backward_batch_split() : 1, /*mma=*/mma_wanted(),
+      /*tf32=*/at::globalContext().allowTF32CuBLAS(), cta_epilogue_option(), threads_option());
   const persistent::TierChoice choice =
       persistent::choose_tier(option, unsupported.empty(), unsupported, plan, s.T + s.L - 1, s.L,
                               get_option(Option::kCudaStepLaunch) != 0);

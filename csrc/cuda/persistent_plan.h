@@ -453,6 +453,55 @@ inline Plan plan_lstm(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem, 
   return fma;
 }
 
+// ------------------------------------------------ the options' auto values --
+// What auto means for the options persistent_cta_epilogue and
+// persistent_threads (csrc/options.h), from their first GPU run: an H200,
+// 2026-12-04, float32, D2L sizes (B = 32, H = 256) at L = 1, 2, 4, 8,
+// benchmarks/results/cuda-nvidia-h200_2026-12-04_variants.md.  Forward ms:
+//              L=1    L=2    L=4    L=8
+//   256        0.270  0.488  0.666  1.085
+//   256 + CTA  0.263  0.451  0.594  0.975
+//   512        0.290  0.432  0.570  0.924
+//   512 + CTA  0.294  0.436  0.561  0.907
+// and forward+backward 512 + CTA 0.911 / 1.027 / 1.498 / 2.439 ms against
+// 0.984 / 1.167 / 1.693 / 2.815 at 256 (the backward gains at 512 at every L).
+// Only float32 was measured: other dtypes keep the earlier defaults (lanes'
+// epilogue, 256 threads; their 512-thread kernels spill registers).
+constexpr int64_t kAutoOption = -1;  // plan_lstm_auto: the option is auto
+
+// persistent_cta_epilogue auto: on for float32 (elem 4; the FMA forward only).
+inline bool auto_cta_epilogue(int64_t elem) { return elem == 4; }
+
+// persistent_threads auto: float32 backward at every L and float32 forward
+// from L = 2 on run 512 threads per CTA, unless the tensor-core products are
+// asked for (they run with kThreads only); everything else kThreads.
+inline int64_t auto_threads(int64_t elem, int64_t L, bool backward, bool mma) {
+  if (elem != 4 || mma) return kThreads;
+  return backward || L >= 2 ? kThreadsWide : kThreads;
+}
+
+// plan_lstm with the two options resolved: `cta_epilogue` is kAutoOption, 0
+// (off) or 1 (on); `threads` kAutoOption, kThreads or kThreadsWide.  Where
+// auto turns the CTA-wide epilogue on but its product area would cost the
+// plan its fit or batch rows of its chunk, the plan without it is taken.
+inline Plan plan_lstm_auto(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem,
+                           int64_t acc, const DeviceLimits& d, bool backward,
+                           int64_t max_batch_split, bool mma, bool tf32, int64_t cta_epilogue,
+                           int64_t threads) {
+  // Tensor cores apply to 2-byte scalars, and to float32 as TF32 only.
+  const bool mma_may = mma && (elem == 2 || (elem == 4 && tf32));
+  const int64_t t = threads == kAutoOption ? auto_threads(elem, L, backward, mma_may) : threads;
+  const bool auto_ce = cta_epilogue == kAutoOption;
+  const bool ce = !backward && (auto_ce ? auto_cta_epilogue(elem) : cta_epilogue != 0);
+  Plan p = plan_lstm(H, I, L, B, elem, acc, d, backward, max_batch_split, mma, tf32, ce, t);
+  if (auto_ce && ce && !p.mma.on()) {
+    Plan lanes = plan_lstm(H, I, L, B, elem, acc, d, backward, max_batch_split, mma, tf32,
+                           false, t);
+    if (lanes.fits && (!p.fits || p.batch_chunk < lanes.batch_chunk)) return lanes;
+  }
+  return p;
+}
+
 // The tier decision for one call.  `option` is get_option(Option::kCudaTier):
 // 0 auto, 1 general, 2 persistent.  `supported` is false (with `unsupported`
 // saying why) for what the persistent kernel does not implement at all
