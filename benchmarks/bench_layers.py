@@ -47,7 +47,12 @@ Protocol (see DESIGN.md, "Benchmark protocol"):
     h_n and c_n, with input, h_0 and c_0 requiring grad and every .grad reset
     to None (untimed) before each run;
   * warm-up first, then measurement rounds that interleave the implementations
-    (A,B,C, B,C,A, C,A,B, ...: the order rotates so no one always runs first),
+    in a new random order each round (seeded by the configuration and mode, so
+    a rerun repeats it): no one always runs first, and no one always runs
+    right after the same other one (a fixed rotation kept the neighbours: on
+    an H200, 2026-12-04, the row that always followed torch.nn.LSTM measured
+    0.02-0.06 ms slower than the same kernels in another row, see
+    benchmarks/NOTES_gpu.md),
     and the median is reported;
   * on CUDA each run is timed with a pair of CUDA events after a synchronize,
     and the peak memory of each implementation is measured separately; on the
@@ -80,6 +85,7 @@ import importlib
 import json
 import os
 import platform
+import random
 import re
 import statistics
 import subprocess
@@ -979,10 +985,11 @@ def measure(ctx, cases: Dict[str, Case], headline: Dict[str, bool], notes: List[
     # done and the measurement has run well past its budget (no cap with --reps).
     samples = {n: [] for n in names}
     deadline = time.perf_counter() + 2.5 * args.budget
+    order_rng = random.Random(tag)  # the same orders when the same case is rerun
     for r in range(reps):
         these = [n for n in names if r % stride[n] == 0]
-        k = r % len(these)
-        for name in these[k:] + these[:k]:
+        order_rng.shuffle(these)
+        for name in these:
             samples[name].append(cases[name].timed())
         if not args.reps and r + 1 >= args.min_reps and time.perf_counter() > deadline:
             notes.append(f"{tag}: stopped after {r + 1} of {reps} rounds: over the time budget")

@@ -508,9 +508,10 @@ def test_wide_ctas_have_no_tensor_cores_and_other_counts_are_refused():
 
 # ------------------------------------------------ the options' auto values --
 # persistent_cta_epilogue / persistent_threads auto (persistent_plan.h,
-# plan_lstm_auto; measured on an H200, 2026-12-04, float32): the CTA-wide
-# forward epilogue for float32 where it costs no staged rows, 512 threads for
-# the float32 backward and the float32 forward from L = 2, else the earlier
+# plan_lstm_auto; measured on an H200, 2026-12-04): the CTA-wide forward
+# epilogue for float32 and 2-byte scalars where it costs no staged rows; 512
+# threads for their backward and for the float32 forward with at least 16
+# warp tasks per CTA (units x row groups of 8); float64 keeps the earlier
 # defaults.  The binding takes -1 for auto.
 AUTO = -1
 
@@ -521,11 +522,17 @@ def auto_plan(H, L, B, elem=F32, dev=H100, backward=False, mma=0, split=1, cta=A
                                        cta, threads)
 
 
+def fwd_tasks(p):
+    return p["units_per_cta"] * -(-p["batch_chunk"] // 8)
+
+
 @pytest.mark.parametrize("L", [1, 2, 4, 8])
 def test_auto_float32_d2l(L):
     fwd, bwd = auto_plan(256, L, 32), auto_plan(256, L, 32, backward=True, split=4)
     assert fwd["fits"] and bwd["fits"]
     assert fwd["cta_epilogue"] and not bwd["cta_epilogue"]
+    # D2L on an H100: 2 units per CTA at L = 1 (8 tasks), 4 at L = 2 (16), ...
+    assert fwd_tasks(fwd) == {1: 8, 2: 16, 4: 32, 8: 64}[L]
     assert fwd["threads"] == (512 if L >= 2 else 256)
     assert bwd["threads"] == 512
     # Otherwise the same plan as the pinned settings it resolves to.
@@ -535,13 +542,30 @@ def test_auto_float32_d2l(L):
         assert fwd[key] == pinned[key], key
 
 
-@pytest.mark.parametrize("elem", [BF16, F64])
+@pytest.mark.parametrize("H,L,B,threads", [
+    (512, 1, 64, 512),    # fastrnns: 4 units x 8 row groups
+    (16, 2, 1, 256),      # one-step: 1 task
+    (256, 1, 64, 512),    # 2 units x 8 row groups
+    (256, 1, 40, 256),    # 2 units x 5 row groups
+])
+def test_auto_float32_forward_threads_follow_the_tasks(H, L, B, threads):
+    p = auto_plan(H, L, B)
+    assert p["fits"], p["why"]
+    assert (fwd_tasks(p) >= 16) == (threads == 512)
+    assert p["threads"] == threads
+
+
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "bwd"])
-def test_auto_keeps_earlier_defaults_for_other_dtypes(elem, backward):
+def test_auto_for_other_dtypes(backward):
     for L in (1, 2, 8):
-        p = auto_plan(64, L, 8, elem=elem, backward=backward)
-        assert p["fits"], p["why"]
-        assert p["threads"] == 256 and not p["cta_epilogue"]
+        b = auto_plan(256, L, 32, elem=BF16, backward=backward, split=4 if backward else 1)
+        assert b["fits"], b["why"]
+        # bfloat16 / float16: CTA-wide forward epilogue at 256 threads, backward at 512.
+        assert b["cta_epilogue"] == (not backward)
+        assert b["threads"] == (512 if backward else 256)
+        d = auto_plan(64, L, 8, elem=F64, backward=backward)
+        assert d["fits"], d["why"]
+        assert d["threads"] == 256 and not d["cta_epilogue"]
 
 
 def test_auto_threads_leave_room_for_tensor_cores():

@@ -455,49 +455,74 @@ inline Plan plan_lstm(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem, 
 
 // ------------------------------------------------ the options' auto values --
 // What auto means for the options persistent_cta_epilogue and
-// persistent_threads (csrc/options.h), from their first GPU run: an H200,
-// 2026-12-04, float32, D2L sizes (B = 32, H = 256) at L = 1, 2, 4, 8,
-// benchmarks/results/cuda-nvidia-h200_2026-12-04_variants.md.  Forward ms:
-//              L=1    L=2    L=4    L=8
-//   256        0.270  0.488  0.666  1.085
-//   256 + CTA  0.263  0.451  0.594  0.975
-//   512        0.290  0.432  0.570  0.924
-//   512 + CTA  0.294  0.436  0.561  0.907
-// and forward+backward 512 + CTA 0.911 / 1.027 / 1.498 / 2.439 ms against
-// 0.984 / 1.167 / 1.693 / 2.815 at 256 (the backward gains at 512 at every L).
-// Only float32 was measured: other dtypes keep the earlier defaults (lanes'
-// epilogue, 256 threads; their 512-thread kernels spill registers).
+// persistent_threads (csrc/options.h), from their GPU runs on an H200,
+// 2026-12-04 (benchmarks/results/cuda-nvidia-h200_2026-12-04_variants*.md),
+// each setting pinned and timed side by side.  float32, B = 32, H = 256
+// (D2L) unless named, forward ms:
+//                      L=1    L=2    L=4    L=8    fastrnns (H=512 B=64 L=1)
+//   256, lanes'        0.287  0.422  0.538  0.943  1.749
+//   256, CTA-wide      0.283  0.401  0.495  0.863  1.674
+//   512, lanes'        0.312  0.383  0.479  0.815  1.545
+//   512, CTA-wide      0.314  0.384  0.471  0.800  1.565
+// 512 threads win where a CTA has at least 16 forward warp tasks (U units x
+// ceil(batch_chunk / 8) row groups: 16 at D2L L=2, 32 for fastrnns) and lose
+// where it has fewer (8 at D2L L=1: half the 16 warps idle).  The backward
+// gains at 512 at every size measured (float32 and bfloat16).  bfloat16
+// (D2L L=2 / L=8 forward: 256 0.411 / 0.959, 256 CTA-wide 0.394 / 0.877, 512
+// 0.438 / 0.906): its 512-thread forward spills registers and loses; the
+// CTA-wide epilogue wins.  float16 takes bfloat16's choices (the same
+// kernels for 2-byte scalars, not measured separately); float64 (not
+// measured; its 512-thread kernels spill) keeps the lanes' epilogue and 256.
 constexpr int64_t kAutoOption = -1;  // plan_lstm_auto: the option is auto
 
-// persistent_cta_epilogue auto: on for float32 (elem 4; the FMA forward only).
-inline bool auto_cta_epilogue(int64_t elem) { return elem == 4; }
+// persistent_cta_epilogue auto: on for float32 and 2-byte scalars (the FMA
+// forward only; plan_lstm_auto drops it where it costs staged rows).
+inline bool auto_cta_epilogue(int64_t elem) { return elem == 4 || elem == 2; }
 
-// persistent_threads auto: float32 backward at every L and float32 forward
-// from L = 2 on run 512 threads per CTA, unless the tensor-core products are
-// asked for (they run with kThreads only); everything else kThreads.
-inline int64_t auto_threads(int64_t elem, int64_t L, bool backward, bool mma) {
-  if (elem != 4 || mma) return kThreads;
-  return backward || L >= 2 ? kThreadsWide : kThreads;
+// Forward warp tasks per CTA of a plan (the forward kernel's (unit, group of
+// kFwdTaskRows rows) tasks of one batch chunk).
+inline int64_t fwd_tasks_per_cta(const Plan& p) {
+  return p.units_per_cta * ceil_div(p.batch_chunk, kFwdTaskRows);
+}
+
+// persistent_threads auto for a plan made with kThreads: kThreadsWide for the
+// backward of float32 and 2-byte scalars, and for the float32 forward with at
+// least one task per warp of the wide CTA; kThreads otherwise, and where the
+// tensor-core products may apply (`mma`: they run with kThreads only).
+inline int64_t auto_threads(const Plan& p, int64_t elem, bool mma) {
+  if (mma || !p.fits) return kThreads;
+  if (p.backward) return elem == 4 || elem == 2 ? kThreadsWide : kThreads;
+  return elem == 4 && fwd_tasks_per_cta(p) >= kThreadsWide / 32 ? kThreadsWide : kThreads;
 }
 
 // plan_lstm with the two options resolved: `cta_epilogue` is kAutoOption, 0
 // (off) or 1 (on); `threads` kAutoOption, kThreads or kThreadsWide.  Where
 // auto turns the CTA-wide epilogue on but its product area would cost the
 // plan its fit or batch rows of its chunk, the plan without it is taken.
+// The layout does not depend on the threads, so auto threads re-plans the
+// kThreads plan with kThreadsWide where auto_threads picks it.
 inline Plan plan_lstm_auto(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem,
                            int64_t acc, const DeviceLimits& d, bool backward,
                            int64_t max_batch_split, bool mma, bool tf32, int64_t cta_epilogue,
                            int64_t threads) {
-  // Tensor cores apply to 2-byte scalars, and to float32 as TF32 only.
-  const bool mma_may = mma && (elem == 2 || (elem == 4 && tf32));
-  const int64_t t = threads == kAutoOption ? auto_threads(elem, L, backward, mma_may) : threads;
   const bool auto_ce = cta_epilogue == kAutoOption;
   const bool ce = !backward && (auto_ce ? auto_cta_epilogue(elem) : cta_epilogue != 0);
-  Plan p = plan_lstm(H, I, L, B, elem, acc, d, backward, max_batch_split, mma, tf32, ce, t);
+  const int64_t t0 = threads == kAutoOption ? kThreads : threads;
+  auto make = [&](bool c, int64_t t) {
+    return plan_lstm(H, I, L, B, elem, acc, d, backward, max_batch_split, mma, tf32, c, t);
+  };
+  Plan p = make(ce, t0);
   if (auto_ce && ce && !p.mma.on()) {
-    Plan lanes = plan_lstm(H, I, L, B, elem, acc, d, backward, max_batch_split, mma, tf32,
-                           false, t);
-    if (lanes.fits && (!p.fits || p.batch_chunk < lanes.batch_chunk)) return lanes;
+    Plan lanes = make(false, t0);
+    if (lanes.fits && (!p.fits || p.batch_chunk < lanes.batch_chunk)) p = lanes;
+  }
+  if (threads == kAutoOption) {
+    // Tensor cores apply to 2-byte scalars, and to float32 as TF32 only.
+    const bool mma_may = mma && (elem == 2 || (elem == 4 && tf32));
+    if (auto_threads(p, elem, mma_may) == kThreadsWide) {
+      Plan wide = make(p.cta_epilogue, kThreadsWide);
+      if (wide.fits) p = wide;
+    }
   }
   return p;
 }
