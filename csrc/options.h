@@ -24,8 +24,8 @@ enum class Option : int {
   // backward), for bfloat16/float16 (float32 as TF32 when torch's matmul TF32
   // flag allows it) where the tiles fit
   // (csrc/cuda/persistent_plan.h): 0 auto
-  // (= off: EXPERIMENTAL, written without a GPU and not yet run on one), 1 off,
-  // 2 on.
+  // (= off: EXPERIMENTAL; it passes its tests on an H200 but measured faster
+  // only at 8 layers, 2026-12-04), 1 off, 2 on.
   kPersistentMma = 2,
   // Bidirectional layers on CUDA (ops with directions=2): 0 auto (one_launch
   // for GRU/RNN, and for the LSTM unless the persistent tier would run its
@@ -45,13 +45,16 @@ enum class Option : int {
   // The persistent forward's FMA path applies the LSTM cell CTA-wide, one
   // (unit, batch row) pair per thread after all of a chunk's warp tasks
   // (csrc/cuda/persistent_plan.h, cta_epilogue_bytes), instead of lane r of
-  // each task for its row: 0 auto (= off: EXPERIMENTAL, written without a
-  // GPU on 2026-12-04 and not yet run on one), 1 off, 2 on.
+  // each task for its row: 0 auto (on for float32 and 2-byte scalars where
+  // its product area costs no staged rows, off for float64: measured on an
+  // H200, 2026-12-04, persistent_plan.h plan_lstm_auto), 1 off, 2 on.
   kPersistentCtaEpilogue = 5,
-  // Threads per CTA of the persistent kernels: 0 auto (= 256), 1 256, 2 512
-  // (EXPERIMENTAL, written without a GPU on 2026-12-04: twice the warps per
-  // SM to hide latency with, at most 128 registers a thread; not with the
-  // tensor-core products).
+  // Threads per CTA of the persistent kernels: 0 auto, 1 256, 2 512 (twice
+  // the warps per SM to hide latency with, at most 128 registers a thread;
+  // not with the tensor-core products).  auto: 512 for the float32 and
+  // 2-byte backward and the float32 forward with >= 16 warp tasks per CTA,
+  // else 256 (measured on an H200, 2026-12-04; persistent_plan.h,
+  // auto_threads).
   kPersistentThreads = 6,
   kCount = 7,
 };

@@ -41,7 +41,8 @@ _OPTIONS = {
     # Tensor-core (WMMA) products in the persistent tier's kernels (forward
     # and backward) for bfloat16/float16, and for float32 as TF32 when
     # torch.backends.cuda.matmul.allow_tf32 is on, where their tiles fit: EXPERIMENTAL,
-    # so auto means off (written without a GPU and not yet run on one).
+    # so auto means off (they pass their tests on an H200 but measured faster
+    # only at 8 layers, 2026-12-04).
     "persistent_mma": ("auto", "off", "on"),
     # Bidirectional layers on CUDA (LSTM, GRU, RNN): each direction its own
     # call ("separate"), or both directions of a layer with one kernel launch
@@ -57,12 +58,15 @@ _OPTIONS = {
     "persistent_bwd_split": ("auto", "off", "on"),
     # The persistent forward applying the LSTM cell CTA-wide, one (unit, batch
     # row) pair per thread after the chunk's products, instead of 8 lanes of
-    # each warp task: EXPERIMENTAL, so auto means off (written without a GPU,
-    # 2026-12-04, and not yet run on one).
+    # each warp task: auto = on for float32, bfloat16 and float16 where its
+    # product area costs no staged rows, off for float64 (measured on an
+    # H200, 2026-12-04; csrc/cuda/persistent_plan.h, plan_lstm_auto).
     "persistent_cta_epilogue": ("auto", "off", "on"),
-    # Threads per CTA of the persistent kernels: 512 (EXPERIMENTAL, written
-    # without a GPU, 2026-12-04) gives each SM twice the warps to hide
-    # latency with, at 128 registers a thread; auto means 256.
+    # Threads per CTA of the persistent kernels: 512 gives each SM twice the
+    # warps to hide latency with, at 128 registers a thread.  auto = 512 for
+    # the float32 / bfloat16 / float16 backward and for the float32 forward
+    # with at least 16 warp tasks per CTA, else 256 (and 256 where the
+    # tensor-core products are asked for); measured on an H200, 2026-12-04.
     "persistent_threads": ("auto", "256", "512"),
 }
 
@@ -78,9 +82,10 @@ def set_option(name: str, value: str) -> None:
     directions of a bidirectional layer in one launch per step) and
     ``persistent_bwd_split`` in ("auto", "off", "on") (the persistent
     backward's batch split; auto = on) and ``persistent_cta_epilogue`` in
-    ("auto", "off", "on") (experimental: the persistent forward's cell
-    CTA-wide; auto = off), ``persistent_threads`` in ("auto", "256", "512")
-    (experimental: threads per CTA of the persistent kernels; auto = 256).
+    ("auto", "off", "on") (the persistent forward's cell CTA-wide; auto = on
+    except for float64), ``persistent_threads`` in ("auto", "256", "512")
+    (threads per CTA of the persistent kernels; auto picks per dtype,
+    direction and size).
     Meant for tests and
     benchmarks that compare implementations; "auto" is the default."""
     if name not in _OPTIONS:

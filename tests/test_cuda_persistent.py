@@ -20,11 +20,13 @@ What is checked:
 * forcing the persistent tier on sizes that do not fit, or on proj_size,
   raises a clear error; float64 gradcheck through the persistent tier;
 * the bench-only op fusedrnn::wavefront_floor runs;
-* the EXPERIMENTAL CTA-wide forward epilogue (persistent_cta_epilogue "on"):
+* the CTA-wide forward epilogue (persistent_cta_epilogue "on"; auto's choice
+  except for float64 since 2026-12-04):
   the forward (training and inference, every saved tensor) against the lanes'
   epilogue and the float64 reference, also where the batch is staged in
   chunks; determinism;
-* the EXPERIMENTAL 512-thread CTAs (persistent_threads "512", alone and with
+* the 512-thread CTAs (persistent_threads "512", auto's choice for most
+  float32 and 2-byte backward / float32 forward sizes; alone and with
   the CTA-wide epilogue): outputs, states, saved activations and gradients
   against 256 threads and the float64 reference; determinism;
 * the EXPERIMENTAL tensor-core products (persistent_mma "on", bfloat16 and
@@ -543,7 +545,8 @@ def test_mma_tf32_float32_matches_reference():
 
 
 # ------------------------------------------------ the CTA-wide epilogue --
-# persistent_cta_epilogue "on" (EXPERIMENTAL, written without a GPU): the
+# persistent_cta_epilogue "on" (written without a GPU; auto's choice since its
+# first GPU run, H200 2026-12-04, except for float64): the
 # forward's warp tasks store their products in shared memory and every thread
 # then applies the cell to (unit, batch row) pairs.  The products and the
 # order of each gate's sum (bias, layer 0's projection, product) are the
@@ -602,7 +605,8 @@ def test_cta_epilogue_matches_lane_epilogue_and_reference(shape, dtype):
 
 
 # --------------------------------------------------- 512 threads per CTA --
-# persistent_threads "512" (EXPERIMENTAL, written without a GPU): the same
+# persistent_threads "512" (written without a GPU; auto's choice for most
+# float32 / 2-byte sizes since its first GPU run, H200 2026-12-04): the same
 # partition, layout and warp tasks, spread over 16 warps instead of 8.
 
 

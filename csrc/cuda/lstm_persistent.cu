@@ -24,12 +24,12 @@
 // keeps the 4 x 8 partial sums, and a reduce-scatter of warp shuffles
 // completes them, one per lane (warp_reduce_scatter, the same fixed order in
 // every run).  Lane r then gathers the four gates of batch row r and applies
-// lstm_cell_forward (cell_math.h) -- or, with the EXPERIMENTAL option
-// persistent_cta_epilogue, the lanes store the products in shared memory and
+// lstm_cell_forward (cell_math.h) -- or, with the option
+// persistent_cta_epilogue (auto: on except for float64), the lanes store the products in shared memory and
 // after the chunk's tasks every thread applies the cell to (unit, row) pairs
 // (fwd_chunk_epilogue).  Both kernels are templates over their threads per
-// CTA: kThreads (256), or kThreadsWide (512, EXPERIMENTAL, option
-// persistent_threads).
+// CTA: kThreads (256), or kThreadsWide (512; option persistent_threads, whose
+// auto picks per dtype, direction and size: persistent_plan.h auto_threads).
 //
 // Saved for backward (train = true), in the general tier's layout, so the
 // general tier's backward consumes them unchanged: gates (L,T,B,4H)
@@ -306,7 +306,7 @@ struct FwdParams {
   // to mma_tn), and its offset.
   int mma_tm, mma_tn, mma_ksplit, mma_mpad, mma_npad;
   int64_t off_product;
-  // The FMA path's CTA-wide epilogue (EXPERIMENTAL; persistent_plan.h,
+  // The FMA path's CTA-wide epilogue (persistent_plan.h,
   // cta_epilogue_bytes): the tasks store their products to [4][batch_chunk][U]
   // at off_product and fwd_chunk_epilogue applies the cell.  0: lane r of
   // each task applies it to its row.
@@ -405,8 +405,8 @@ struct WmmaElem<float> {
 template <typename scalar_t>
 constexpr bool kHasWmma = !std::is_void<typename WmmaElem<scalar_t>::type>::value;
 
-// The tensor-core product of one staged chunk (EXPERIMENTAL, not yet run on
-// a GPU; persistent_plan.h, "tensor-core products"):
+// The tensor-core product of one staged chunk (EXPERIMENTAL, off by default;
+// persistent_plan.h, "tensor-core products"):
 //   Ps[ks][m][n] = sum over k in slice ks of A[m][k] * Bop[n][k]
 // over m_tiles x n_tiles output tiles of TM x TN, K / KK steps of KK (16; 8
 // for float32 as TF32, whose operands are rounded to TF32 after each load)

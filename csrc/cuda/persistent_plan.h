@@ -30,11 +30,11 @@
 //
 // TUNING KNOBS (provisional: only kAutoMinLayers comes from a measurement; a
 // GPU session should sweep the others with benchmarks/bench_layers.py):
-//   kThreads           threads per CTA by default (the kernels are compiled
-//                      for it and for kThreadsWide; option persistent_threads
-//                      picks, auto = kThreads: 512 is EXPERIMENTAL, written
-//                      without a GPU on 2026-12-04 -- twice the warps to hide
-//                      latency with, at most 128 registers a thread).
+//   kThreads           threads per CTA (the kernels are compiled for it and
+//                      for kThreadsWide, twice the warps to hide latency
+//                      with, at most 128 registers a thread; option
+//                      persistent_threads picks, auto: auto_threads below,
+//                      measured on an H200, 2026-12-04).
 //   kFwdTaskRows       forward: batch rows of one warp task (a task is the
 //                      four gate rows of one unit x these batch rows, 32
 //                      products, one per lane after the warp reduction).
@@ -218,7 +218,8 @@ struct DeviceLimits {
 };
 
 // The forward's FMA path with its epilogue CTA-wide (option
-// persistent_cta_epilogue; EXPERIMENTAL, written without a GPU, 2026-12-04):
+// persistent_cta_epilogue; written without a GPU, first run on an H200 on
+// 2026-12-04 and on by auto since, except for float64: plan_lstm_auto):
 // the warp tasks store their gate pre-activation products in shared memory,
 // [4][batch_chunk][U] accumulators, and after a __syncthreads every thread
 // applies the cell to (unit, batch row) pairs, units fastest.  The default
@@ -418,9 +419,9 @@ inline Plan plan_lstm_split(int64_t H, int64_t L, int64_t B, int64_t elem, int64
 // tensor-core path where its tiles allow and it costs no staging rows
 // (plan.mma.on()); otherwise the plan is the FMA one and plan.mma.why says why.
 // `tf32`: float32 may take TF32 tiles (the call's TF32 policy allows it).
-// `cta_epilogue` (forward, FMA path; EXPERIMENTAL): the epilogue CTA-wide,
+// `cta_epilogue` (forward, FMA path): the epilogue CTA-wide,
 // with its product area (cta_epilogue_bytes) in the layout.  `threads`:
-// kThreads or kThreadsWide (EXPERIMENTAL) per CTA; the layout does not
+// kThreads or kThreadsWide per CTA; the layout does not
 // depend on it.
 inline Plan plan_lstm(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem, int64_t acc,
                       const DeviceLimits& d, bool backward = false,
