@@ -29,6 +29,8 @@
 #   $OUT/bench_mma.log  (MMA=1 only: measured mixed on an H200, 2026-12-04)
 #                    bfloat16 persistent tier with and without the
 #                    tensor-core products (fusedrnn-persistent-mma), $OUT/results_mma
+#   $OUT/host_profile.log  scripts/profile_step.py --torch-profile, D2L L=2
+#                    forward and forward+backward: kernel time vs call time
 #   $OUT/train.log   benchmarks/train_time_machine.py --device cuda --compare
 #                    (results/train_time_machine_cuda.json)
 #   $OUT/summary.txt one line per step with its exit status
@@ -38,7 +40,7 @@
 # Knobs (environment): TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (16),
 # BENCH_ARGS (extra bench_layers.py arguments, e.g. --configs d2l), PROFILE=1
 # (Nsight Compute reports of one D2L forward per tier, scripts/profile_step.py),
-# BENCH=0 / VARIANTS=0 / TRAIN=0 (skip those steps), MMA=1 / SPLIT=1 (run the
+# BENCH=0 / VARIANTS=0 / HOSTPROF=0 / TRAIN=0 (skip those steps), MMA=1 / SPLIT=1 (run the
 # tensor-core / batch-split A/B, measured on 2026-12-04), TESTS (test files;
 # "none": no tests), TRAIN_ARGS, BUILD_TIMEOUT /
 # SMOKE_TIMEOUT / TEST_TIMEOUT / BENCH_TIMEOUT / VARIANTS_TIMEOUT / SPLIT_TIMEOUT /
@@ -280,6 +282,18 @@ if [ "${VARIANTS:-1}" = 1 ] && [ "$SKIP_PERSISTENT" = 0 ]; then
     python benchmarks/bench_layers.py --device cuda --dtype bfloat16 \
     --out "$OUT/results_variants_bf16" --configs d2l,d2l-L8 --cells lstm --no-reference \
     --budget 1.5 --impls "$VARIANT_IMPLS"
+fi
+
+# ------------------------------------------- kernel time against call time --
+# scripts/profile_step.py --torch-profile (auto tier, D2L L = 2, forward and
+# forward+backward, 20 calls each): the kernels' GPU time beside the whole
+# call's, i.e. how much of a call is host work (on an H200, 2026-12-04: 60-70
+# us of a 0.31 ms forward).  HOSTPROF=0 skips it.
+if [ "${HOSTPROF:-1}" = 1 ]; then
+  run_logged hostprof "$OUT/host_profile.log" "${HOSTPROF_TIMEOUT:-60}" \
+    bash -c 'for a in "" --backward; do echo "== profile_step.py --L 2 $a";
+      python scripts/profile_step.py --tier auto --L 2 --iters 20 --torch-profile $a || exit $?;
+    done'
 fi
 
 # ------------------------------------------------- tensor-core A/B (bf16) --
