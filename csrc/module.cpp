@@ -77,26 +77,27 @@ static fusedrnn::persistent::DeviceLimits limits(long long smem_sm, long long sm
 
 // persistent_plan(H, I, L, B, dtype_bytes, smem_per_sm, smem_per_block,
 // regs_per_sm, num_sms[, T=1, option=0, backward=0, max_batch_split=1, mma=0,
-// cta_epilogue=0, threads=256]) -> dict: the
+// cta_epilogue=0, threads=256, fwd_task_units=1]) -> dict: the
 // persistent LSTM tier's plan (csrc/cuda/persistent_plan.h) of its forward (or
 // backward) kernel for these sizes on a device with these limits, and the tier
 // `option` (0 auto, 1 general, 2 persistent) would pick; `mma` asks for the
 // tensor-core tiles (1; 2: float32 as TF32 too) ("mma_product": the
 // partial-sum area's rows per K slice and row length); `cta_epilogue` 0 off,
-// 1 on, -1 auto; `threads` 256, 512 or -1 auto (persistent_plan.h,
-// plan_lstm_auto: what the options' auto values pick).
+// 1 on, -1 auto; `threads` 256, 512 or -1 auto; `fwd_task_units` 1 or 2
+// (persistent_plan.h, plan_lstm_auto: what the options' auto values pick).
 // Plain host code, so the CPU tests can check the planner without a GPU.
 static PyObject* persistent_plan(PyObject*, PyObject* args) {
   long long H, I, L, B, elem, smem_sm, smem_block, regs_sm, sms, T = 1, option = 0, bwd = 0,
-      split = 1, mma = 0, cta = 0, threads = fusedrnn::persistent::kThreads;
-  if (!PyArg_ParseTuple(args, "LLLLLLLLL|LLLLLLL", &H, &I, &L, &B, &elem, &smem_sm, &smem_block,
-                        &regs_sm, &sms, &T, &option, &bwd, &split, &mma, &cta, &threads))
+      split = 1, mma = 0, cta = 0, threads = fusedrnn::persistent::kThreads, units = 1;
+  if (!PyArg_ParseTuple(args, "LLLLLLLLL|LLLLLLLL", &H, &I, &L, &B, &elem, &smem_sm, &smem_block,
+                        &regs_sm, &sms, &T, &option, &bwd, &split, &mma, &cta, &threads,
+                        &units))
     return nullptr;
   namespace ps = fusedrnn::persistent;
   const auto p = ps::plan_lstm_auto(H, I, L, B, elem, elem == 8 ? 8 : 4,
                                     limits(smem_sm, smem_block, regs_sm, sms), bwd != 0, split,
                                     mma != 0, mma == 2, cta < 0 ? ps::kAutoOption : cta != 0,
-                                    threads < 0 ? ps::kAutoOption : threads);
+                                    threads < 0 ? ps::kAutoOption : threads, units);
   const auto c = fusedrnn::persistent::choose_tier(option, true, "", p, T + L - 1, L);
   // ctas: (layer, j0, j1) of each CTA; cta_rows: its batch rows (b0, b1).
   PyObject* ctas = PyList_New(0);
@@ -136,12 +137,12 @@ static PyObject* persistent_plan(PyObject*, PyObject* args) {
   // The shared-memory areas' offsets and the tensor-core path's tiles.
   const auto& m = p.smem;
   PyObject* extra = Py_BuildValue(
-      "{s:(LLLLL),s:O,s:(LL),s:L,s:L,s:(LL),s:s,s:O}", "smem_offsets", (long long)m.weights,
+      "{s:(LLLLL),s:O,s:(LL),s:L,s:L,s:(LL),s:s,s:O,s:L}", "smem_offsets", (long long)m.weights,
       (long long)m.bias, (long long)m.cstate, (long long)m.stage, (long long)m.product, "mma",
       p.mma.on() ? Py_True : Py_False, "mma_tile", (long long)p.mma.tm, (long long)p.mma.tn,
       "mma_depth", (long long)p.mma.tk, "mma_ksplit", (long long)p.mma_ksplit, "mma_product", (long long)p.mma_mpad,
       (long long)p.mma_npad, "mma_why", p.mma.why.c_str(), "cta_epilogue",
-      p.cta_epilogue ? Py_True : Py_False);
+      p.cta_epilogue ? Py_True : Py_False, "fwd_task_units", (long long)p.fwd_task_units);
   if (extra == nullptr || PyDict_Update(dict, extra) != 0) {
     Py_XDECREF(extra);
     Py_DECREF(dict);

@@ -18,8 +18,9 @@ constexpr OptionInfo kInfo[] = {
     {"persistent_mma", 3},    // auto (= off), off, on
     {"cuda_bidirectional", 3},  // auto, separate, one_launch (options.h)
     {"persistent_bwd_split", 3},  // auto (= on), off, on
-    {"persistent_cta_epilogue", 3},  // auto (= off), off, on
-    {"persistent_threads", 3},  // auto (= 256), 256, 512
+    {"persistent_cta_epilogue", 3},  // auto, off, on (options.h)
+    {"persistent_threads", 3},  // auto, 256, 512 (options.h)
+    {"persistent_fwd_task_units", 3},  // auto (= 1), 1, 2
 };
 static_assert(sizeof(kInfo) / sizeof(kInfo[0]) == static_cast<int>(Option::kCount),
               "one OptionInfo per Option");

@@ -56,7 +56,14 @@ enum class Option : int {
   // else 256 (measured on an H200, 2026-12-04; persistent_plan.h,
   // auto_threads).
   kPersistentThreads = 6,
-  kCount = 7,
+  // Hidden units per forward warp task in the persistent tier's FMA path: 0
+  // auto (= 1), 1, 2 (EXPERIMENTAL, written without a GPU on 2026-12-04: a
+  // task of two units x 8 batch rows loads each staged chunk once for 64
+  // products instead of 32, a third less shared-memory traffic per product;
+  // only with the CTA-wide epilogue at 256 threads per CTA, persistent_plan.h
+  // "two-unit forward tasks").
+  kPersistentFwdTaskUnits = 7,
+  kCount = 8,
 };
 
 // Current value (thread-safe; relaxed atomics).

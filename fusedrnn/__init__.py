@@ -68,6 +68,11 @@ _OPTIONS = {
     # with at least 16 warp tasks per CTA, else 256 (and 256 where the
     # tensor-core products are asked for); measured on an H200, 2026-12-04.
     "persistent_threads": ("auto", "256", "512"),
+    # Hidden units per forward warp task (FMA path): 2 (EXPERIMENTAL, written
+    # without a GPU, 2026-12-04) loads each staged chunk once for twice the
+    # products; only with the CTA-wide epilogue at 256 threads per CTA (auto
+    # threads then stay at 256 for the forward).  auto means 1.
+    "persistent_fwd_task_units": ("auto", "1", "2"),
 }
 
 
@@ -85,7 +90,8 @@ def set_option(name: str, value: str) -> None:
     ("auto", "off", "on") (the persistent forward's cell CTA-wide; auto = on
     except for float64), ``persistent_threads`` in ("auto", "256", "512")
     (threads per CTA of the persistent kernels; auto picks per dtype,
-    direction and size).
+    direction and size) and ``persistent_fwd_task_units`` in ("auto", "1",
+    "2") (experimental: hidden units per forward warp task; auto = 1).
     Meant for tests and
     benchmarks that compare implementations; "auto" is the default."""
     if name not in _OPTIONS:

@@ -96,7 +96,8 @@ def test_fast_step_switch_restores_on_exception():
 
 VARIANT_OTHERS = {"persistent_bwd_split": ("auto", "on"),
                   "persistent_cta_epilogue": ("auto", "off", "on"),
-                  "persistent_threads": ("auto", "256", "512")}
+                  "persistent_threads": ("auto", "256", "512"),
+                  "persistent_fwd_task_units": ("auto", "1", "2")}
 
 
 @pytest.mark.parametrize("name,pinned", [
@@ -106,6 +107,8 @@ VARIANT_OTHERS = {"persistent_bwd_split": ("auto", "on"),
     ("fusedrnn-persistent-wide", {"persistent_threads": "512", "persistent_cta_epilogue": "off"}),
     ("fusedrnn-persistent-wide-ctaepi",
      {"persistent_threads": "512", "persistent_cta_epilogue": "on"}),
+    ("fusedrnn-persistent-pairs", {"persistent_threads": "256", "persistent_cta_epilogue": "on",
+                                   "persistent_fwd_task_units": "2"}),
 ])
 def test_persistent_variant_impl_scope_and_not_default(name, pinned):
     """The persistent-tier variants run only when named, and each one's scope

@@ -25,6 +25,8 @@ What is checked:
   the forward (training and inference, every saved tensor) against the lanes'
   epilogue and the float64 reference, also where the batch is staged in
   chunks; determinism;
+* the EXPERIMENTAL two-unit forward tasks (persistent_fwd_task_units "2"):
+  the forward against one-unit tasks and the float64 reference; determinism;
 * the 512-thread CTAs (persistent_threads "512", auto's choice for most
   float32 and 2-byte backward / float32 forward sizes; alone and with
   the CTA-wide epilogue): outputs, states, saved activations and gradients
@@ -639,6 +641,59 @@ def test_wide_ctas_match_256_threads_and_reference(shape, dtype):
     tol = {F64: TOL[F64], F32: 1e-4, BF16: TOL[BF16]}[dtype]
     _assert_same(wide, _run_reference(w, x, h0, c0, L, bias), tol,
                  "512 threads per CTA vs reference")
+
+
+# ------------------------------------------------ two-unit forward tasks --
+# persistent_fwd_task_units "2" (EXPERIMENTAL, written without a GPU): each
+# forward warp task covers two hidden units (8 weight rows x 8 staged rows),
+# with the CTA-wide epilogue at 256 threads per CTA.  Odd unit counts per CTA
+# (H = 5, 17, 33, 300 on these shapes) leave a task with one real unit.
+
+
+@pytest.mark.parametrize("shape,dtype", CASES_CTA, ids=IDS_CTA)
+def test_two_unit_tasks_match_one_unit_and_reference(shape, dtype):
+    L, I, H, T, B, bias = shape
+    _need_fit(H, L, B, dtype, T)
+    p = device_plan(H, L, B, dtype, T, cta_epilogue=True)
+    if not p["cta_epilogue"]:
+        pytest.skip(f"the CTA-wide epilogue's product area does not fit beside this plan: "
+                    f"{p['why']}")
+    w, x, h0, c0 = _case_inputs(shape, dtype)
+    op, names = torch.ops.fusedrnn.lstm_forward, SAVED_NAMES
+    with tier("persistent"), option_set("persistent_threads", "256"), \
+            option_set("persistent_cta_epilogue", "on"):
+        with option_set("persistent_fwd_task_units", "1"):
+            one = op(x, h0, c0, w, bias, True)
+        with option_set("persistent_fwd_task_units", "2"):
+            two = op(x, h0, c0, w, bias, True)
+            again = op(x, h0, c0, w, bias, True)
+            two_inf = op(x, h0, c0, w, bias, False)
+            got = _run_ops(w, x, h0, c0, bias)
+    for a, b, c, n in zip(two, one, again, names):
+        assert a.shape == b.shape, n
+        assert_close_scaled(a, b, TOL[dtype], f"two-unit vs one-unit tasks: {n}")
+        assert torch.equal(a, c), f"two-unit tasks not deterministic: {n}"
+    for a, b, n in zip(two_inf[:3], two[:3], names):
+        assert torch.equal(a, b), f"two-unit tasks: inference differs from training: {n}"
+    tol = {F64: TOL[F64], F32: 1e-4, BF16: TOL[BF16]}[dtype]
+    _assert_same(got, _run_reference(w, x, h0, c0, L, bias), tol,
+                 "two-unit forward tasks + persistent backward vs reference")
+
+
+def test_two_unit_tasks_keep_auto_threads_at_256():
+    """persistent_fwd_task_units "2" with threads and epilogue on auto (D2L
+    L = 2 float32, where auto alone runs 512 threads): the same results as
+    pinning 256 threads and the CTA-wide epilogue."""
+    L, I, H, T, B = 2, 28, 256, 6, 32
+    _need_fit(H, L, B, F32, T)
+    w, x, h0, c0 = _case_inputs((L, I, H, T, B, True), F32)
+    op = torch.ops.fusedrnn.lstm_forward
+    with tier("persistent"), option_set("persistent_fwd_task_units", "2"):
+        auto = op(x, h0, c0, w, True, True)
+        with option_set("persistent_threads", "256"), option_set("persistent_cta_epilogue", "on"):
+            pinned = op(x, h0, c0, w, True, True)
+    for a, b in zip(auto, pinned):
+        assert torch.equal(a, b)
 
 
 def test_wide_ctas_backward_split():

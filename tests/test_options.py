@@ -14,7 +14,8 @@ OPTIONS = {"cuda_tier": ("auto", "general", "persistent"),
            "cuda_bidirectional": ("auto", "separate", "one_launch"),
            "persistent_bwd_split": ("auto", "off", "on"),
            "persistent_cta_epilogue": ("auto", "off", "on"),
-           "persistent_threads": ("auto", "256", "512")}
+           "persistent_threads": ("auto", "256", "512"),
+           "persistent_fwd_task_units": ("auto", "1", "2")}
 
 
 @pytest.fixture(autouse=True)

@@ -607,3 +607,39 @@ def test_auto_drops_cta_epilogue_where_it_costs_staged_rows():
                 else:
                     assert a["cta_epilogue"] and a["batch_chunk"] == on["batch_chunk"], (H, L, B)
     assert found > 0
+
+
+# ------------------------------------------------ two-unit forward tasks --
+# persistent_fwd_task_units "2" (EXPERIMENTAL): the forward's FMA warp tasks
+# cover two hidden units, only with the CTA-wide epilogue at 256 threads.
+
+def units_plan(H, L, B, units, elem=F32, backward=False, mma=0, cta=1, threads=256):
+    return fusedrnn._C.persistent_plan(H, H, L, B, elem, *H100, 16, 0, int(backward), 1, mma,
+                                       cta, threads, units)
+
+
+@pytest.mark.parametrize("H,L,B,elem", [(256, 2, 32, F32), (256, 8, 32, F32), (33, 2, 40, F32),
+                                        (300, 3, 3, F32), (256, 4, 32, BF16), (64, 2, 5, F64)])
+def test_two_unit_tasks_same_plan_otherwise(H, L, B, elem):
+    one, two = units_plan(H, L, B, 1, elem=elem), units_plan(H, L, B, 2, elem=elem)
+    assert one["fits"] and two["fits"]
+    assert one["fwd_task_units"] == 1 and two["fwd_task_units"] == 2
+    for key in ("units_per_cta", "num_ctas", "batch_chunk", "smem_bytes", "smem_offsets",
+                "threads", "cta_epilogue", "auto"):
+        assert one[key] == two[key], key
+
+
+def test_two_unit_tasks_only_where_they_can_run():
+    assert units_plan(256, 2, 32, 2, cta=0)["fwd_task_units"] == 1       # lanes' epilogue
+    assert units_plan(256, 2, 32, 2, threads=512)["fwd_task_units"] == 1  # 64 accumulators
+    assert units_plan(256, 2, 32, 2, backward=True)["fwd_task_units"] == 1
+    m = units_plan(256, 2, 32, 2, elem=BF16, mma=1)                      # tensor cores
+    assert m["mma"] and m["fwd_task_units"] == 1
+    # Asked for with threads and epilogue on auto: auto keeps 256 threads for
+    # them (float32 D2L L = 2 would otherwise run 512).
+    a = units_plan(256, 2, 32, 2, cta=AUTO, threads=AUTO)
+    assert a["threads"] == 256 and a["cta_epilogue"] and a["fwd_task_units"] == 2
+    assert units_plan(256, 2, 32, 2, cta=AUTO, threads=AUTO, backward=True)["threads"] == 512
+    # auto (and 1) means one unit a task.
+    for units in (AUTO, 1):
+        assert units_plan(256, 2, 32, units, cta=AUTO, threads=AUTO)["fwd_task_units"] == 1

@@ -485,9 +485,60 @@ __device__ __forceinline__ int cta_product_index(int q, int bl, int jl, int bc_m
   return (q * bc_max + bl) * U + jl;
 }
 
+// The two-unit forward tasks of one staged chunk (option
+// persistent_fwd_task_units "2"; EXPERIMENTAL, persistent_plan.h "two-unit
+// forward tasks"): task = (units jl, jl + 1; batch group of kFwdTaskRows
+// rows), one warp each, 8 weight rows x 8 staged rows; every product goes to
+// the CTA-wide epilogue's area Pe.  A missing second unit (odd nu) and rows
+// past the chunk's end repeat the last one (results not stored).
+template <int kT, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void fwd_pair_tasks(const scalar_t* Ws, const scalar_t* xs, acc_t* Pe,
+                                               int U, int K, int nu, int bc, int bc_max,
+                                               bool vec, int warp, int lane) {
+  constexpr int R = static_cast<int>(kFwdTaskRows);
+  static_assert(4 * R == 32, "one product per lane after each unit's reduction");
+  const int groups = (bc + R - 1) / R;
+  const int tasks = ((nu + 1) / 2) * groups;
+  for (int task = warp; task < tasks; task += kT / 32) {  // warp-uniform
+    const int jl = (task / groups) * 2;
+    const int bb = (task % groups) * R;
+    const scalar_t* wr[8];  // row u * 4 + q: gate q of unit jl + u
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      const int ju = jl + u < nu ? jl + u : nu - 1;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) wr[u * 4 + q] = Ws + (static_cast<int64_t>(q) * U + ju) * K;
+    }
+    const scalar_t* xr[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int row = bb + r < bc ? bb + r : bc - 1;
+      xr[r] = xs + static_cast<int64_t>(row) * K;
+    }
+    acc_t acc[8 * R];  // acc[(u * 4 + q) * R + r]
+    if (vec) {
+      lane_products<8, R, 16 / sizeof(scalar_t)>(acc, wr, xr, K, lane);
+    } else {
+      lane_products<8, R, 1>(acc, wr, xr, K, lane);
+    }
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      acc_t v[4 * R];
+#pragma unroll
+      for (int i = 0; i < 4 * R; ++i) v[i] = acc[u * 4 * R + i];
+      // Lane l: the product of gate l / R, row l % R of unit jl + u.
+      const acc_t mine = warp_reduce_scatter<4 * R>(v, lane);
+      const int r = lane % R;
+      if (jl + u < nu && bb + r < bc) Pe[cta_product_index(lane / R, bb + r, jl + u, bc_max, U)] = mine;
+    }
+  }
+}
+
 // kMma: the instantiation with the tensor-core path (launched when the plan
-// has tiles); the default one is the FMA kernel alone, as measured.
-template <typename scalar_t, bool kMma = false, int kT = kThreads>
+// has tiles); the default one is the FMA kernel alone, as measured.  kPairs:
+// the instantiation with the two-unit forward tasks (EXPERIMENTAL; kThreads
+// only), launched when the plan has them.
+template <typename scalar_t, bool kMma = false, int kT = kThreads, bool kPairs = false>
 __global__ void __launch_bounds__(kT, 1)
 lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
   using acc_t = typename acc_type<scalar_t>::type;
@@ -542,7 +593,7 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
   const int64_t steps = T + p.L - 1;
   const int64_t BC = p.batch_chunk;
   const int BCi = static_cast<int>(BC);
-  const bool cta_epi = p.cta_epilogue != 0;
+  const bool cta_epi = kPairs || p.cta_epilogue != 0;  // kPairs: always (the plan says so)
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t t = s - layer;
     if (t >= 0 && t < T) {
@@ -577,11 +628,15 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
           }
         }
 
-        // Tasks: (unit jl, batch group of kFwdTaskRows rows), one warp each.
+        // Tasks: (unit jl, batch group of kFwdTaskRows rows), one warp each;
+        // or, in the kPairs kernel, two units a task (fwd_pair_tasks).
         constexpr int R = static_cast<int>(kFwdTaskRows);
         static_assert(4 * R == 32, "one product per lane after the reduction");
         const int groups = (bc + R - 1) / R;
-        const int tasks = nu * groups;
+        const int tasks = kPairs ? 0 : nu * groups;
+        if constexpr (kPairs) {
+          fwd_pair_tasks<kT, scalar_t, acc_t>(Ws, xs, Pe, U, K, nu, bc, BCi, vec, warp, lane);
+        }
         for (int task = warp; task < tasks; task += kT / 32) {  // warp-uniform
           const int jl = task / groups;
           const int bb = (task % groups) * R;
@@ -941,6 +996,11 @@ int64_t threads_option() {
   const int64_t v = get_option(Option::kPersistentThreads);
   return v == 0 ? persistent::kAutoOption : v == 2 ? persistent::kThreadsWide : kThreads;
 }
+// persistent_fwd_task_units: 2 only when set to "2" (auto means 1 while the
+// two-unit tasks have not run on a GPU).
+int64_t fwd_task_units_option() {
+  return get_option(Option::kPersistentFwdTaskUnits) == 2 ? 2 : 1;
+}
 
 // Whether the kernels should take the tensor-core path where its tiles fit:
 // the option persistent_mma is "on" (auto means off while the path has not
@@ -969,6 +1029,13 @@ auto persistent_kernel(const Plan& plan) {
     }
   }
   TORCH_CHECK(!plan.mma.on(), "fusedrnn: no tensor-core kernel for this dtype");
+  if constexpr (!kBackward) {
+    if (plan.fwd_task_units == 2) {
+      TORCH_CHECK(plan.threads == kThreads && plan.cta_epilogue, "fusedrnn: two-unit forward "
+                  "tasks run with ", kThreads, " threads per CTA and the CTA-wide epilogue only");
+      return static_cast<Kernel>(lstm_persistent_fwd_kernel<scalar_t, false, kThreads, true>);
+    }
+  }
   constexpr int kWide = static_cast<int>(persistent::kThreadsWide);
   TORCH_CHECK(plan.threads == kThreads || plan.threads == kWide,
               "fusedrnn: no persistent kernel for ", plan.threads, " threads per CTA");
@@ -1052,7 +1119,8 @@ std::optional<Plan> select_persistent_plan(const LstmSizes& s, const Tensor& inp
   const Plan plan = persistent::plan_lstm_auto(
       s.H, s.I, s.L, s.B, elem_size(dt), acc_size(dt), device_limits(), /*backward=*/kBackward,
       kBackward ? backward_batch_split() : 1, /*mma=*/mma_wanted(),
-      /*tf32=*/at::globalContext().allowTF32CuBLAS(), cta_epilogue_option(), threads_option());
+      /*tf32=*/at::globalContext().allowTF32CuBLAS(), cta_epilogue_option(), threads_option(),
+      fwd_task_units_option());
   const persistent::TierChoice choice =
       persistent::choose_tier(option, unsupported.empty(), unsupported, plan, s.T + s.L - 1, s.L,
                               get_option(Option::kCudaStepLaunch) != 0);

@@ -227,6 +227,23 @@ struct DeviceLimits {
 // task, so 8 of 32 lanes run each epilogue and a warp runs one per task.
 inline int64_t cta_epilogue_bytes(int64_t U, int64_t bc, int64_t acc) { return 4 * U * bc * acc; }
 
+// Two-unit forward tasks (option persistent_fwd_task_units "2"; EXPERIMENTAL,
+// written without a GPU, 2026-12-04).  A forward warp task is one unit's 4
+// gate rows x kFwdTaskRows staged rows: per 16-byte chunk position a lane
+// loads 4 + 8 chunks for 4 x 8 x E products, so in float32 12 LDS.128 (48
+// cycles of an SM's 128-byte-a-cycle shared-memory pipe per warp) feed 128
+// FFMA (128 issue cycles on one of its 4 schedulers).  With every scheduler
+// busy that is 192 shared-memory cycles per 128 FFMA cycles: the k loop is
+// bound by shared-memory bandwidth (the H200 measured D2L L8 forward at about
+// a quarter of FP32 peak; sass_report.py: 167 instructions, 128 FFMA, 12 LDS
+// per iteration).  A two-unit task (8 weight rows x 8 staged rows, 64
+// products a lane) loads 8 + 8 chunks for 256 FFMA: 64 shared-memory cycles
+// per 64 FFMA cycles, balanced.  It needs 64 accumulators a lane, so it runs
+// with kThreads only (255 registers a thread), stores its products for the
+// CTA-wide epilogue (the only epilogue it has), and halves the task count:
+// it pays where a CTA has at least 2 tasks per warp (D2L L = 4, 8).
+constexpr int64_t kMaxFwdTaskUnits = 2;
+
 // Byte offsets of the parts of one CTA's dynamic shared memory (each 16-byte
 // aligned; 128-byte with the tensor-core path).  `elem` = sizeof(scalar_t),
 // `acc` = sizeof(accumulator type).  `product` is the tensor-core path's
@@ -272,6 +289,7 @@ struct Plan {
   int64_t num_ctas = 0;         // L * ctas_per_layer * S
   int64_t batch_chunk = 0;      // batch rows staged at once (<= rows_per_cta)
   int64_t threads = kThreads;   // per CTA: kThreads or kThreadsWide
+  int64_t fwd_task_units = 1;   // hidden units per forward FMA warp task (1 or 2)
   SmemLayout smem;              // smem.total = dynamic shared memory per CTA
   MmaTiles mma;                 // tensor-core tiles (mma.on()), when asked for
   int64_t mma_ksplit = 1;       // K slices per tile (tensor-core path)
@@ -496,8 +514,10 @@ inline int64_t auto_threads(const Plan& p, int64_t elem, bool mma) {
   return elem == 4 && fwd_tasks_per_cta(p) >= kThreadsWide / 32 ? kThreadsWide : kThreads;
 }
 
-// plan_lstm with the two options resolved: `cta_epilogue` is kAutoOption, 0
-// (off) or 1 (on); `threads` kAutoOption, kThreads or kThreadsWide.  Where
+// plan_lstm with the options resolved: `cta_epilogue` is kAutoOption, 0
+// (off) or 1 (on); `threads` kAutoOption, kThreads or kThreadsWide;
+// `fwd_task_units` 1 (also for auto) or 2 (forward only, where the plan has
+// the CTA-wide epilogue, no tensor cores and kThreads; else 1).  Where
 // auto turns the CTA-wide epilogue on but its product area would cost the
 // plan its fit or batch rows of its chunk, the plan without it is taken.
 // The layout does not depend on the threads, so auto threads re-plans the
@@ -505,7 +525,7 @@ inline int64_t auto_threads(const Plan& p, int64_t elem, bool mma) {
 inline Plan plan_lstm_auto(int64_t H, int64_t I, int64_t L, int64_t B, int64_t elem,
                            int64_t acc, const DeviceLimits& d, bool backward,
                            int64_t max_batch_split, bool mma, bool tf32, int64_t cta_epilogue,
-                           int64_t threads) {
+                           int64_t threads, int64_t fwd_task_units = 1) {
   const bool auto_ce = cta_epilogue == kAutoOption;
   const bool ce = !backward && (auto_ce ? auto_cta_epilogue(elem) : cta_epilogue != 0);
   const int64_t t0 = threads == kAutoOption ? kThreads : threads;
@@ -517,7 +537,10 @@ inline Plan plan_lstm_auto(int64_t H, int64_t I, int64_t L, int64_t B, int64_t e
     Plan lanes = make(false, t0);
     if (lanes.fits && (!p.fits || p.batch_chunk < lanes.batch_chunk)) p = lanes;
   }
-  if (threads == kAutoOption) {
+  // Two-unit forward tasks (auto: 1) run with the CTA-wide epilogue at
+  // kThreads only; asked for, they keep auto threads at kThreads.
+  const bool pairs = !backward && fwd_task_units == 2;
+  if (threads == kAutoOption && !pairs) {
     // Tensor cores apply to 2-byte scalars, and to float32 as TF32 only.
     const bool mma_may = mma && (elem == 2 || (elem == 4 && tf32));
     if (auto_threads(p, elem, mma_may) == kThreadsWide) {
@@ -525,6 +548,8 @@ inline Plan plan_lstm_auto(int64_t H, int64_t I, int64_t L, int64_t B, int64_t e
       if (wide.fits) p = wide;
     }
   }
+  if (pairs && p.fits && p.cta_epilogue && !p.mma.on() && p.threads == kThreads)
+    p.fwd_task_units = 2;
   return p;
 }
 
