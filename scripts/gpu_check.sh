@@ -32,6 +32,7 @@
 #                    tensor-core products (fusedrnn-persistent-mma), $OUT/results_mma
 #   $OUT/host_profile.log  scripts/profile_step.py --torch-profile, D2L L=2
 #                    forward and forward+backward: kernel time vs call time
+#                    (timelines: $OUT/trace_d2l_L2.json, trace_d2l_L2_bwd.json)
 #   $OUT/train.log   benchmarks/train_time_machine.py --device cuda --compare
 #                    (results/train_time_machine_cuda.json)
 #   $OUT/summary.txt one line per step with its exit status
@@ -296,8 +297,9 @@ fi
 if [ "${HOSTPROF:-1}" = 1 ]; then
   run_logged hostprof "$OUT/host_profile.log" "${HOSTPROF_TIMEOUT:-60}" \
     bash -c 'for a in "" --backward; do echo "== profile_step.py --L 2 $a";
-      python scripts/profile_step.py --tier auto --L 2 --iters 20 --torch-profile $a || exit $?;
-    done'
+      python scripts/profile_step.py --tier auto --L 2 --iters 20 --torch-profile $a \
+        --trace "$0/trace_d2l_L2${a:+_bwd}.json" || exit $?;
+    done' "$OUT"
 fi
 
 # ------------------------------------------------- tensor-core A/B (bf16) --

@@ -35,6 +35,10 @@ def main():
     p.add_argument("--torch-profile", action="store_true",
                    help="also print torch.profiler's table of the GPU kernels of --iters calls "
                         "(how much of a call's time the kernels take)")
+    p.add_argument("--trace", metavar="PATH",
+                   help="with --torch-profile: also write the profiled calls' timeline as a "
+                        "Chrome trace (chrome://tracing, ui.perfetto.dev): where the GPU waits "
+                        "for the host between kernels")
     a = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("profile_step.py: needs a CUDA device")
@@ -70,6 +74,9 @@ def main():
                 call()
             torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
+        if a.trace:
+            prof.export_chrome_trace(a.trace)
+            print(f"wrote {a.trace}")
     print(f"tier={a.tier} B{a.B} T{a.T} I{a.I} H{a.H} L{a.L} "
           f"{'fwd+bwd' if a.backward else 'fwd'}: median {times[len(times) // 2]:.3f} ms")
 
