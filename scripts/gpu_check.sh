@@ -341,8 +341,9 @@ fi
 # ----------------------------------------------------------------- profile --
 # PROFILE=1: Nsight Compute reports of a D2L-size forward ($OUT/ncu_<name>.ncu-rep;
 # open with ncu-ui) and their details pages as text ($OUT/ncu_<name>.txt):
-# the persistent kernel at L = 1 and L = 2 (one launch after the warm-up) and
-# six step kernels of the general tier at L = 2.  PROFILE_ARGS adds
+# the persistent forward at L = 2, its backward at L = 2, the forward at L = 8
+# and L = 1 (one launch each after the warm-up) and six step kernels of the
+# general tier at L = 2.  PROFILE_ARGS adds
 # profile_step.py arguments (e.g. "--B 8 --T 64").
 if [ "${PROFILE:-0}" = 1 ] && command -v ncu > /dev/null; then
   prof() {  # prof NAME KERNEL_REGEX SKIP COUNT profile_step.py-args...
@@ -356,8 +357,10 @@ if [ "${PROFILE:-0}" = 1 ] && command -v ncu > /dev/null; then
     ncu --import "$OUT/ncu_$name.ncu-rep" --page source --csv --print-source cuda \
       > "$OUT/ncu_${name}_source.csv" 2>&1 || true
   }
-  prof persistent_L1 lstm_persistent_fwd 3 1 --tier persistent --L 1
   prof persistent_L2 lstm_persistent_fwd 3 1 --tier persistent --L 2
+  prof persistent_bwd_L2 lstm_persistent_bwd 3 1 --tier persistent --L 2 --backward
+  prof persistent_L8 lstm_persistent_fwd 3 1 --tier persistent --L 8
+  prof persistent_L1 lstm_persistent_fwd 3 1 --tier persistent --L 1
   prof general_L2 lstm 40 6 --tier general --L 2
 fi
 
