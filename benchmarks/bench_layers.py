@@ -29,9 +29,9 @@ bfloat16/float16, persistent_mma "on"; and the four settings of
 persistent_threads x persistent_cta_epilogue, each pinned: 256 threads with the
 lanes' epilogue (-base, the defaults before 2026-12-04), 256 with the CTA-wide
 forward epilogue (-ctaepi), 512 with the lanes' (-wide), 512 with the CTA-wide
-(-wide-ctaepi); fusedrnn-persistent is their auto choice; -pairs: 256 threads,
-CTA-wide, with the experimental two-unit forward tasks,
-persistent_fwd_task_units "2"),
+(-wide-ctaepi); fusedrnn-persistent is their auto choice; -pairs and
+-wide-pairs: 256 / 512 threads, CTA-wide, with the experimental two-unit
+forward tasks, persistent_fwd_task_units "2"),
 fusedrnn-per-step and fusedrnn-graph (CUDA only: the general tier's step
 kernels launched one by one from the host, or replayed from a captured CUDA
 graph), fusedrnn-packed and torch-packed (the same batch as a PackedSequence with
@@ -511,8 +511,8 @@ class PersistentVariantImpl(CudaTierImpl):
     the lanes' forward epilogue), -ctaepi (256, the forward's cell applied
     CTA-wide after the chunk's products), -wide (512, lanes') and
     -wide-ctaepi (512, CTA-wide); and fusedrnn-persistent-pairs (256,
-    CTA-wide, the experimental two-unit forward tasks).  Only when named in
-    --impls."""
+    CTA-wide, the experimental two-unit forward tasks) and -wide-pairs (the
+    same at 512, float32 only).  Only when named in --impls."""
     in_default = False
 
     def __init__(self, name, label, *variant):
@@ -690,6 +690,12 @@ IMPLS: Dict[str, Impl] = {
         "fusedrnn.{Cell} (persistent tier, 256 threads per CTA, CTA-wide forward epilogue, "
         "two-unit forward tasks)",
         ("persistent_threads", "256"), ("persistent_cta_epilogue", "on"),
+        ("persistent_fwd_task_units", "2")),
+    "fusedrnn-persistent-wide-pairs": PersistentVariantImpl(
+        "fusedrnn-persistent-wide-pairs",
+        "fusedrnn.{Cell} (persistent tier, 512 threads per CTA, CTA-wide forward epilogue, "
+        "two-unit forward tasks)",
+        ("persistent_threads", "512"), ("persistent_cta_epilogue", "on"),
         ("persistent_fwd_task_units", "2")),
     "fusedrnn-persistent-wide-ctaepi": PersistentVariantImpl(
         "fusedrnn-persistent-wide-ctaepi",

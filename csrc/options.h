@@ -60,8 +60,8 @@ enum class Option : int {
   // auto (= 1), 1, 2 (EXPERIMENTAL, written without a GPU on 2026-12-04: a
   // task of two units x 8 batch rows loads each staged chunk once for 64
   // products instead of 32, a third less shared-memory traffic per product;
-  // only with the CTA-wide epilogue at 256 threads per CTA, persistent_plan.h
-  // "two-unit forward tasks").
+  // only with the CTA-wide epilogue, at 256 threads per CTA or (float32) 512,
+  // persistent_plan.h "two-unit forward tasks").
   kPersistentFwdTaskUnits = 7,
   kCount = 8,
 };

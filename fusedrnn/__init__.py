@@ -70,8 +70,8 @@ _OPTIONS = {
     "persistent_threads": ("auto", "256", "512"),
     # Hidden units per forward warp task (FMA path): 2 (EXPERIMENTAL, written
     # without a GPU, 2026-12-04) loads each staged chunk once for twice the
-    # products; only with the CTA-wide epilogue at 256 threads per CTA (auto
-    # threads then stay at 256 for the forward).  auto means 1.
+    # products; only with the CTA-wide epilogue, at 256 threads per CTA or
+    # (float32) 512 (auto threads then count the two-unit tasks).  auto means 1.
     "persistent_fwd_task_units": ("auto", "1", "2"),
 }
 

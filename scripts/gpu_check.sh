@@ -20,8 +20,8 @@
 #   $OUT/bench_variants.log  the persistent tier's auto choice against the
 #                    four pinned settings of threads per CTA (256/512) x
 #                    forward epilogue (lanes'/CTA-wide): -base, -ctaepi, -wide,
-#                    -wide-ctaepi, and -pairs (two-unit forward tasks,
-#                    EXPERIMENTAL); float32, the D2L layer sweep, fastrnns and
+#                    -wide-ctaepi, and -pairs / -wide-pairs (two-unit forward
+#                    tasks, EXPERIMENTAL); float32, the D2L layer sweep, fastrnns and
 #                    one-step, $OUT/results_variants (bench_variants_bf16.log:
 #                    bfloat16, d2l and d2l-L8, $OUT/results_variants_bf16)
 #   $OUT/bench_split.log  (SPLIT=1 only: measured on an H200, 2026-12-04, now
@@ -269,8 +269,9 @@ fi
 # -ctaepi: 256, CTA-wide; -wide: 512, lanes'; -wide-ctaepi: 512, CTA-wide),
 # forward and forward+backward side by side in one process: float32 on the
 # D2L layer sweep, fastrnns and one-step ($OUT/results_variants), bfloat16 on
-# d2l and d2l-L8 ($OUT/results_variants_bf16); and -pairs (256 threads,
-# CTA-wide, the EXPERIMENTAL two-unit forward tasks of 2026-12-04,
+# d2l and d2l-L8 ($OUT/results_variants_bf16); and -pairs / -wide-pairs
+# (256 / 512 threads, CTA-wide, the EXPERIMENTAL two-unit forward tasks of
+# 2026-12-04; -wide-pairs is float32 only: not in the bfloat16 run;
 # persistent_fwd_task_units "2", not yet run on a GPU when added; its tests:
 # test_two_unit_tasks_*).  The auto values come from
 # this step's float32 run on an H200, 2026-12-04 (persistent_plan.h,
@@ -278,7 +279,7 @@ fi
 # tests/test_cuda_persistent.py (test_cta_epilogue_*, test_wide_ctas_*).
 # VARIANTS=0 skips it.
 if [ "${VARIANTS:-1}" = 1 ] && [ "$SKIP_PERSISTENT" = 0 ]; then
-  VARIANT_IMPLS=fusedrnn-persistent,fusedrnn-persistent-base,fusedrnn-persistent-ctaepi,fusedrnn-persistent-wide,fusedrnn-persistent-wide-ctaepi,fusedrnn-persistent-pairs
+  VARIANT_IMPLS=fusedrnn-persistent,fusedrnn-persistent-base,fusedrnn-persistent-ctaepi,fusedrnn-persistent-wide,fusedrnn-persistent-wide-ctaepi,fusedrnn-persistent-pairs,fusedrnn-persistent-wide-pairs
   run_logged variants "$OUT/bench_variants.log" "${VARIANTS_TIMEOUT:-120}" \
     python benchmarks/bench_layers.py --device cuda --out "$OUT/results_variants" \
     --configs d2l-L1,d2l,d2l-L4,d2l-L8,fastrnns,one-step --cells lstm --no-reference \
@@ -286,7 +287,7 @@ if [ "${VARIANTS:-1}" = 1 ] && [ "$SKIP_PERSISTENT" = 0 ]; then
   run_logged variants_bf16 "$OUT/bench_variants_bf16.log" "${VARIANTS_TIMEOUT:-120}" \
     python benchmarks/bench_layers.py --device cuda --dtype bfloat16 \
     --out "$OUT/results_variants_bf16" --configs d2l,d2l-L8 --cells lstm --no-reference \
-    --budget 1.5 --impls "$VARIANT_IMPLS"
+    --budget 1.5 --impls "${VARIANT_IMPLS%,fusedrnn-persistent-wide-pairs}"
 fi
 
 # ------------------------------------------- kernel time against call time --

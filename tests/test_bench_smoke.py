@@ -109,6 +109,9 @@ VARIANT_OTHERS = {"persistent_bwd_split": ("auto", "on"),
      {"persistent_threads": "512", "persistent_cta_epilogue": "on"}),
     ("fusedrnn-persistent-pairs", {"persistent_threads": "256", "persistent_cta_epilogue": "on",
                                    "persistent_fwd_task_units": "2"}),
+    ("fusedrnn-persistent-wide-pairs", {"persistent_threads": "512",
+                                        "persistent_cta_epilogue": "on",
+                                        "persistent_fwd_task_units": "2"}),
 ])
 def test_persistent_variant_impl_scope_and_not_default(name, pinned):
     """The persistent-tier variants run only when named, and each one's scope

@@ -25,8 +25,9 @@ What is checked:
   the forward (training and inference, every saved tensor) against the lanes'
   epilogue and the float64 reference, also where the batch is staged in
   chunks; determinism;
-* the EXPERIMENTAL two-unit forward tasks (persistent_fwd_task_units "2"):
-  the forward against one-unit tasks and the float64 reference; determinism;
+* the EXPERIMENTAL two-unit forward tasks (persistent_fwd_task_units "2", 256
+  threads, and 512 in float32): the forward against one-unit tasks and the
+  float64 reference; determinism;
 * the 512-thread CTAs (persistent_threads "512", auto's choice for most
   float32 and 2-byte backward / float32 forward sizes; alone and with
   the CTA-wide epilogue): outputs, states, saved activations and gradients
@@ -650,9 +651,12 @@ def test_wide_ctas_match_256_threads_and_reference(shape, dtype):
 # (H = 5, 17, 33, 300 on these shapes) leave a task with one real unit.
 
 
+@pytest.mark.parametrize("threads", ["256", "512"])
 @pytest.mark.parametrize("shape,dtype", CASES_CTA, ids=IDS_CTA)
-def test_two_unit_tasks_match_one_unit_and_reference(shape, dtype):
+def test_two_unit_tasks_match_one_unit_and_reference(shape, dtype, threads):
     L, I, H, T, B, bias = shape
+    if threads == "512" and dtype != F32:
+        pytest.skip("two-unit tasks run with 512 threads per CTA in float32 only")
     _need_fit(H, L, B, dtype, T)
     p = device_plan(H, L, B, dtype, T, cta_epilogue=True)
     if not p["cta_epilogue"]:
@@ -660,7 +664,7 @@ def test_two_unit_tasks_match_one_unit_and_reference(shape, dtype):
                     f"{p['why']}")
     w, x, h0, c0 = _case_inputs(shape, dtype)
     op, names = torch.ops.fusedrnn.lstm_forward, SAVED_NAMES
-    with tier("persistent"), option_set("persistent_threads", "256"), \
+    with tier("persistent"), option_set("persistent_threads", threads), \
             option_set("persistent_cta_epilogue", "on"):
         with option_set("persistent_fwd_task_units", "1"):
             one = op(x, h0, c0, w, bias, True)
@@ -680,10 +684,11 @@ def test_two_unit_tasks_match_one_unit_and_reference(shape, dtype):
                  "two-unit forward tasks + persistent backward vs reference")
 
 
-def test_two_unit_tasks_keep_auto_threads_at_256():
+def test_two_unit_tasks_auto_threads():
     """persistent_fwd_task_units "2" with threads and epilogue on auto (D2L
-    L = 2 float32, where auto alone runs 512 threads): the same results as
-    pinning 256 threads and the CTA-wide epilogue."""
+    L = 2 float32: 8 two-unit tasks a CTA, so 256 threads, where one-unit
+    tasks run 512): the same results as pinning 256 threads and the CTA-wide
+    epilogue."""
     L, I, H, T, B = 2, 28, 256, 6, 32
     _need_fit(H, L, B, F32, T)
     w, x, h0, c0 = _case_inputs((L, I, H, T, B, True), F32)

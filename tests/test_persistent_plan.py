@@ -611,7 +611,8 @@ def test_auto_drops_cta_epilogue_where_it_costs_staged_rows():
 
 # ------------------------------------------------ two-unit forward tasks --
 # persistent_fwd_task_units "2" (EXPERIMENTAL): the forward's FMA warp tasks
-# cover two hidden units, only with the CTA-wide epilogue at 256 threads.
+# cover two hidden units, only with the CTA-wide epilogue, at 256 threads or
+# (float32 only) 512.
 
 def units_plan(H, L, B, units, elem=F32, backward=False, mma=0, cta=1, threads=256):
     return fusedrnn._C.persistent_plan(H, H, L, B, elem, *H100, 16, 0, int(backward), 1, mma,
@@ -631,14 +632,20 @@ def test_two_unit_tasks_same_plan_otherwise(H, L, B, elem):
 
 def test_two_unit_tasks_only_where_they_can_run():
     assert units_plan(256, 2, 32, 2, cta=0)["fwd_task_units"] == 1       # lanes' epilogue
-    assert units_plan(256, 2, 32, 2, threads=512)["fwd_task_units"] == 1  # 64 accumulators
+    assert units_plan(256, 2, 32, 2, threads=512)["fwd_task_units"] == 2  # float32: 512 too
+    for elem in (BF16, F64):                     # their 512-thread kernels would spill
+        assert units_plan(256, 2, 32, 2, elem=elem, threads=512)["fwd_task_units"] == 1
+        assert units_plan(256, 2, 32, 2, elem=elem)["fwd_task_units"] == 2
     assert units_plan(256, 2, 32, 2, backward=True)["fwd_task_units"] == 1
     m = units_plan(256, 2, 32, 2, elem=BF16, mma=1)                      # tensor cores
     assert m["mma"] and m["fwd_task_units"] == 1
-    # Asked for with threads and epilogue on auto: auto keeps 256 threads for
-    # them (float32 D2L L = 2 would otherwise run 512).
+    # Asked for with threads and epilogue on auto: auto threads count the
+    # two-unit tasks, 512 from 16 a CTA (float32 D2L L = 2 has 8 of them, where
+    # one-unit tasks would make 16 and run 512; L = 8 has 32).
     a = units_plan(256, 2, 32, 2, cta=AUTO, threads=AUTO)
     assert a["threads"] == 256 and a["cta_epilogue"] and a["fwd_task_units"] == 2
+    a8 = units_plan(256, 8, 32, 2, cta=AUTO, threads=AUTO)
+    assert a8["threads"] == 512 and a8["cta_epilogue"] and a8["fwd_task_units"] == 2
     assert units_plan(256, 2, 32, 2, cta=AUTO, threads=AUTO, backward=True)["threads"] == 512
     # auto (and 1) means one unit a task.
     for units in (AUTO, 1):

@@ -231,6 +231,38 @@ __device__ __forceinline__ void lane_products(acc_t (&acc)[Q * R], const scalar_
   }
 }
 
+// lane_products for the two-unit forward tasks, lean on registers: the 8
+// weight rows are w0 + q * qstride and w1 + q * qstride (q = 0..3: the gates
+// of the two units), the R staged rows x0 + min(r, rows - 1) * K; per chunk
+// position a lane holds the 8 weight chunks and one staged chunk at a time,
+// so that 64 accumulators fit beside them in 128 registers (512 threads).
+// acc[(u * 4 + q) * R + r], u = 0 for w0, 1 for w1.
+template <int R, int E, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void lane_products_pair(acc_t (&acc)[8 * R], const scalar_t* w0,
+                                                   const scalar_t* w1, int qstride,
+                                                   const scalar_t* x0, int rows, int K,
+                                                   int lane) {
+#pragma unroll
+  for (int i = 0; i < 8 * R; ++i) acc[i] = acc_t(0);
+  for (int k = lane * E; k < K; k += 32 * E) {
+    acc_t wv[8][E];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      load_chunk<E>(wv[q], w0 + q * qstride + k);
+      load_chunk<E>(wv[4 + q], w1 + q * qstride + k);
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      acc_t xv[E];
+      load_chunk<E>(xv, x0 + (r < rows ? r : rows - 1) * K + k);
+#pragma unroll
+      for (int e = 0; e < E; ++e)
+#pragma unroll
+        for (int g = 0; g < 8; ++g) acc[g * R + r] += wv[g][e] * xv[e];
+    }
+  }
+}
+
 // Completes N (a power of two, <= 32) per-lane partial sums v[0..N-1] across
 // the warp: returns, in lane l, the warp-wide sum of v[l / (32 / N)].  Each
 // halving step sends the half of its values a lane does not keep to its
@@ -502,24 +534,16 @@ __device__ __forceinline__ void fwd_pair_tasks(const scalar_t* Ws, const scalar_
   for (int task = warp; task < tasks; task += kT / 32) {  // warp-uniform
     const int jl = (task / groups) * 2;
     const int bb = (task % groups) * R;
-    const scalar_t* wr[8];  // row u * 4 + q: gate q of unit jl + u
-#pragma unroll
-    for (int u = 0; u < 2; ++u) {
-      const int ju = jl + u < nu ? jl + u : nu - 1;
-#pragma unroll
-      for (int q = 0; q < 4; ++q) wr[u * 4 + q] = Ws + (static_cast<int64_t>(q) * U + ju) * K;
-    }
-    const scalar_t* xr[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const int row = bb + r < bc ? bb + r : bc - 1;
-      xr[r] = xs + static_cast<int64_t>(row) * K;
-    }
+    // Weight row (q, unit): Ws + (q * U + unit) * K; the second unit
+    // repeats the first where nu is odd.
+    const scalar_t* w0 = Ws + static_cast<int64_t>(jl) * K;
+    const scalar_t* w1 = Ws + static_cast<int64_t>(jl + 1 < nu ? jl + 1 : jl) * K;
+    const scalar_t* x0 = xs + static_cast<int64_t>(bb) * K;
     acc_t acc[8 * R];  // acc[(u * 4 + q) * R + r]
     if (vec) {
-      lane_products<8, R, 16 / sizeof(scalar_t)>(acc, wr, xr, K, lane);
+      lane_products_pair<R, 16 / sizeof(scalar_t)>(acc, w0, w1, U * K, x0, bc - bb, K, lane);
     } else {
-      lane_products<8, R, 1>(acc, wr, xr, K, lane);
+      lane_products_pair<R, 1>(acc, w0, w1, U * K, x0, bc - bb, K, lane);
     }
 #pragma unroll
     for (int u = 0; u < 2; ++u) {
@@ -536,8 +560,8 @@ __device__ __forceinline__ void fwd_pair_tasks(const scalar_t* Ws, const scalar_
 
 // kMma: the instantiation with the tensor-core path (launched when the plan
 // has tiles); the default one is the FMA kernel alone, as measured.  kPairs:
-// the instantiation with the two-unit forward tasks (EXPERIMENTAL; kThreads
-// only), launched when the plan has them.
+// the instantiation with the two-unit forward tasks (EXPERIMENTAL; kThreads,
+// or kThreadsWide in float32), launched when the plan has them.
 template <typename scalar_t, bool kMma = false, int kT = kThreads, bool kPairs = false>
 __global__ void __launch_bounds__(kT, 1)
 lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
@@ -593,7 +617,8 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
   const int64_t steps = T + p.L - 1;
   const int64_t BC = p.batch_chunk;
   const int BCi = static_cast<int>(BC);
-  const bool cta_epi = kPairs || p.cta_epilogue != 0;  // kPairs: always (the plan says so)
+  // (The kPairs kernel runs only with it: persistent_kernel checks the plan.)
+  const bool cta_epi = p.cta_epilogue != 0;
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t t = s - layer;
     if (t >= 0 && t < T) {
@@ -1031,8 +1056,16 @@ auto persistent_kernel(const Plan& plan) {
   TORCH_CHECK(!plan.mma.on(), "fusedrnn: no tensor-core kernel for this dtype");
   if constexpr (!kBackward) {
     if (plan.fwd_task_units == 2) {
-      TORCH_CHECK(plan.threads == kThreads && plan.cta_epilogue, "fusedrnn: two-unit forward "
-                  "tasks run with ", kThreads, " threads per CTA and the CTA-wide epilogue only");
+      TORCH_CHECK(plan.cta_epilogue, "fusedrnn: two-unit forward tasks need the CTA-wide "
+                  "epilogue");
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (plan.threads == persistent::kThreadsWide) {
+          return static_cast<Kernel>(lstm_persistent_fwd_kernel<float, false,
+                                     static_cast<int>(persistent::kThreadsWide), true>);
+        }
+      }
+      TORCH_CHECK(plan.threads == kThreads, "fusedrnn: two-unit forward tasks run with ",
+                  kThreads, " threads per CTA (", persistent::kThreadsWide, " in float32)");
       return static_cast<Kernel>(lstm_persistent_fwd_kernel<scalar_t, false, kThreads, true>);
     }
   }

@@ -238,10 +238,13 @@ inline int64_t cta_epilogue_bytes(int64_t U, int64_t bc, int64_t acc) { return 4
 // a quarter of FP32 peak; sass_report.py: 167 instructions, 128 FFMA, 12 LDS
 // per iteration).  A two-unit task (8 weight rows x 8 staged rows, 64
 // products a lane) loads 8 + 8 chunks for 256 FFMA: 64 shared-memory cycles
-// per 64 FFMA cycles, balanced.  It needs 64 accumulators a lane, so it runs
-// with kThreads only (255 registers a thread), stores its products for the
-// CTA-wide epilogue (the only epilogue it has), and halves the task count:
-// it pays where a CTA has at least 2 tasks per warp (D2L L = 4, 8).
+// per 64 FFMA cycles, balanced.  It needs 64 accumulators a lane: with
+// kThreads (255 registers a thread) in every dtype, with kThreadsWide (128)
+// in float32 only, where the k loop holds one staged chunk at a time and
+// stays free of spills (lane_products_pair; the 2-byte and float64 kernels
+// would spill in it).  It stores its products for the CTA-wide epilogue (the
+// only epilogue it has) and halves the task count, so it can pay only where
+// a CTA has at least 2 tasks per warp (D2L L = 4, 8).
 constexpr int64_t kMaxFwdTaskUnits = 2;
 
 // Byte offsets of the parts of one CTA's dynamic shared memory (each 16-byte
@@ -500,24 +503,36 @@ inline bool auto_cta_epilogue(int64_t elem) { return elem == 4 || elem == 2; }
 
 // Forward warp tasks per CTA of a plan (the forward kernel's (unit, group of
 // kFwdTaskRows rows) tasks of one batch chunk).
-inline int64_t fwd_tasks_per_cta(const Plan& p) {
-  return p.units_per_cta * ceil_div(p.batch_chunk, kFwdTaskRows);
+// `units`: hidden units per task (1, or 2 for the two-unit tasks).
+inline int64_t fwd_tasks_per_cta(const Plan& p, int64_t units = 1) {
+  return ceil_div(p.units_per_cta, units) * ceil_div(p.batch_chunk, kFwdTaskRows);
 }
 
 // persistent_threads auto for a plan made with kThreads: kThreadsWide for the
 // backward of float32 and 2-byte scalars, and for the float32 forward with at
 // least one task per warp of the wide CTA; kThreads otherwise, and where the
 // tensor-core products may apply (`mma`: they run with kThreads only).
-inline int64_t auto_threads(const Plan& p, int64_t elem, bool mma) {
+// `units`: hidden units per forward task (2: the two-unit tasks, which count
+// half as many tasks).
+inline int64_t auto_threads(const Plan& p, int64_t elem, bool mma, int64_t units = 1) {
   if (mma || !p.fits) return kThreads;
   if (p.backward) return elem == 4 || elem == 2 ? kThreadsWide : kThreads;
-  return elem == 4 && fwd_tasks_per_cta(p) >= kThreadsWide / 32 ? kThreadsWide : kThreads;
+  return elem == 4 && fwd_tasks_per_cta(p, units) >= kThreadsWide / 32 ? kThreadsWide
+                                                                        : kThreads;
+}
+
+// Whether a forward plan can run the two-unit tasks: the CTA-wide epilogue,
+// no tensor cores, and kThreads, or kThreadsWide in float32 (its 512-thread
+// kernel keeps the k loop free of spills; the 2-byte and float64 ones do not).
+inline bool fwd_pairs_fit(const Plan& p, int64_t elem) {
+  return !p.backward && p.fits && p.cta_epilogue && !p.mma.on() &&
+         (p.threads == kThreads || (p.threads == kThreadsWide && elem == 4));
 }
 
 // plan_lstm with the options resolved: `cta_epilogue` is kAutoOption, 0
 // (off) or 1 (on); `threads` kAutoOption, kThreads or kThreadsWide;
-// `fwd_task_units` 1 (also for auto) or 2 (forward only, where the plan has
-// the CTA-wide epilogue, no tensor cores and kThreads; else 1).  Where
+// `fwd_task_units` 1 (also for auto) or 2 (forward only, where
+// fwd_pairs_fit; else 1).  Where
 // auto turns the CTA-wide epilogue on but its product area would cost the
 // plan its fit or batch rows of its chunk, the plan without it is taken.
 // The layout does not depend on the threads, so auto threads re-plans the
@@ -537,19 +552,18 @@ inline Plan plan_lstm_auto(int64_t H, int64_t I, int64_t L, int64_t B, int64_t e
     Plan lanes = make(false, t0);
     if (lanes.fits && (!p.fits || p.batch_chunk < lanes.batch_chunk)) p = lanes;
   }
-  // Two-unit forward tasks (auto: 1) run with the CTA-wide epilogue at
-  // kThreads only; asked for, they keep auto threads at kThreads.
+  // Two-unit forward tasks (auto: 1), where fwd_pairs_fit; asked for, auto
+  // threads count their (half as many) tasks.
   const bool pairs = !backward && fwd_task_units == 2;
-  if (threads == kAutoOption && !pairs) {
+  if (threads == kAutoOption) {
     // Tensor cores apply to 2-byte scalars, and to float32 as TF32 only.
     const bool mma_may = mma && (elem == 2 || (elem == 4 && tf32));
-    if (auto_threads(p, elem, mma_may) == kThreadsWide) {
+    if (auto_threads(p, elem, mma_may, pairs ? 2 : 1) == kThreadsWide) {
       Plan wide = make(p.cta_epilogue, kThreadsWide);
       if (wide.fits) p = wide;
     }
   }
-  if (pairs && p.fits && p.cta_epilogue && !p.mma.on() && p.threads == kThreads)
-    p.fwd_task_units = 2;
+  if (pairs && fwd_pairs_fit(p, elem)) p.fwd_task_units = 2;
   return p;
 }
 
