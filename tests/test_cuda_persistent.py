@@ -575,14 +575,35 @@ def _case_inputs(shape, dtype):
     return (_weights(I, H, L, bias, dtype),) + tuple(lstm_inputs(I, H, L, T, B, dtype))
 
 
-@pytest.mark.parametrize("shape,dtype", CASES_CTA, ids=IDS_CTA)
-def test_cta_epilogue_matches_lane_epilogue_and_reference(shape, dtype):
-    L, I, H, T, B, bias = shape
-    _need_fit(H, L, B, dtype, T)
+def _need_cta_epilogue(H, L, B, dtype, T):
+    """Skip unless the CTA-wide epilogue's product area fits beside the plan."""
     p = device_plan(H, L, B, dtype, T, cta_epilogue=True)
     if not p["cta_epilogue"]:
         pytest.skip(f"the CTA-wide epilogue's product area does not fit beside this plan: "
                     f"{p['why']}")
+
+
+def _check_forward_variant(new, old, again, new_inf, dtype, what):
+    """A forward variant's saved results (training op calls) against the
+    default kernel's, run to run (`again`) and against its own inference call."""
+    for a, b, c, n in zip(new, old, again, SAVED_NAMES):
+        assert a.shape == b.shape, n
+        assert_close_scaled(a, b, TOL[dtype], f"{what}: {n}")
+        assert torch.equal(a, c), f"{what}: not deterministic: {n}"
+    for a, b, n in zip(new_inf[:3], new[:3], SAVED_NAMES):
+        assert torch.equal(a, b), f"{what}: inference differs from training: {n}"
+
+
+def _check_with_reference(got, w, x, h0, c0, L, bias, dtype, what):
+    tol = {F64: TOL[F64], F32: 1e-4, BF16: TOL[BF16]}[dtype]
+    _assert_same(got, _run_reference(w, x, h0, c0, L, bias), tol, what)
+
+
+@pytest.mark.parametrize("shape,dtype", CASES_CTA, ids=IDS_CTA)
+def test_cta_epilogue_matches_lane_epilogue_and_reference(shape, dtype):
+    L, I, H, T, B, bias = shape
+    _need_fit(H, L, B, dtype, T)
+    _need_cta_epilogue(H, L, B, dtype, T)
     w, x, h0, c0 = _case_inputs(shape, dtype)
     op, names = torch.ops.fusedrnn.lstm_forward, SAVED_NAMES
     with tier("persistent"):
@@ -594,17 +615,11 @@ def test_cta_epilogue_matches_lane_epilogue_and_reference(shape, dtype):
             again = op(x, h0, c0, w, bias, True)
             cta_inf = op(x, h0, c0, w, bias, False)
             got = _run_ops(w, x, h0, c0, bias)
-    for a, b, c, n in zip(cta, lanes, again, names):
-        assert a.shape == b.shape, n
-        assert_close_scaled(a, b, TOL[dtype], f"CTA-wide vs lanes' epilogue: {n}")
-        assert torch.equal(a, c), f"CTA-wide epilogue not deterministic: {n}"
+    _check_forward_variant(cta, lanes, again, cta_inf, dtype, "CTA-wide vs lanes' epilogue")
     for a, b, n in zip(cta_inf[:3], lanes_inf[:3], names):
         assert_close_scaled(a, b, TOL[dtype], f"inference, CTA-wide vs lanes' epilogue: {n}")
-    for a, b, n in zip(cta_inf[:3], cta[:3], names):
-        assert torch.equal(a, b), f"CTA-wide epilogue: inference differs from training: {n}"
-    tol = {F64: TOL[F64], F32: 1e-4, BF16: TOL[BF16]}[dtype]
-    _assert_same(got, _run_reference(w, x, h0, c0, L, bias), tol,
-                 "CTA-wide epilogue (forward) + persistent backward vs reference")
+    _check_with_reference(got, w, x, h0, c0, L, bias, dtype,
+                          "CTA-wide epilogue (forward) + persistent backward vs reference")
 
 
 # --------------------------------------------------- 512 threads per CTA --
@@ -639,9 +654,7 @@ def test_wide_ctas_match_256_threads_and_reference(shape, dtype):
         assert_close_scaled(a, b, TOL[dtype], f"512 vs 256 threads: saved {n}")
     for a, b, n in zip(inf_wide[:3], saved_wide[:3], names):
         assert torch.equal(a, b), f"512 threads: inference differs from training: {n}"
-    tol = {F64: TOL[F64], F32: 1e-4, BF16: TOL[BF16]}[dtype]
-    _assert_same(wide, _run_reference(w, x, h0, c0, L, bias), tol,
-                 "512 threads per CTA vs reference")
+    _check_with_reference(wide, w, x, h0, c0, L, bias, dtype, "512 threads per CTA vs reference")
 
 
 # ------------------------------------------------ two-unit forward tasks --
@@ -658,12 +671,9 @@ def test_two_unit_tasks_match_one_unit_and_reference(shape, dtype, threads):
     if threads == "512" and dtype != F32:
         pytest.skip("two-unit tasks run with 512 threads per CTA in float32 only")
     _need_fit(H, L, B, dtype, T)
-    p = device_plan(H, L, B, dtype, T, cta_epilogue=True)
-    if not p["cta_epilogue"]:
-        pytest.skip(f"the CTA-wide epilogue's product area does not fit beside this plan: "
-                    f"{p['why']}")
+    _need_cta_epilogue(H, L, B, dtype, T)
     w, x, h0, c0 = _case_inputs(shape, dtype)
-    op, names = torch.ops.fusedrnn.lstm_forward, SAVED_NAMES
+    op = torch.ops.fusedrnn.lstm_forward
     with tier("persistent"), option_set("persistent_threads", threads), \
             option_set("persistent_cta_epilogue", "on"):
         with option_set("persistent_fwd_task_units", "1"):
@@ -673,15 +683,9 @@ def test_two_unit_tasks_match_one_unit_and_reference(shape, dtype, threads):
             again = op(x, h0, c0, w, bias, True)
             two_inf = op(x, h0, c0, w, bias, False)
             got = _run_ops(w, x, h0, c0, bias)
-    for a, b, c, n in zip(two, one, again, names):
-        assert a.shape == b.shape, n
-        assert_close_scaled(a, b, TOL[dtype], f"two-unit vs one-unit tasks: {n}")
-        assert torch.equal(a, c), f"two-unit tasks not deterministic: {n}"
-    for a, b, n in zip(two_inf[:3], two[:3], names):
-        assert torch.equal(a, b), f"two-unit tasks: inference differs from training: {n}"
-    tol = {F64: TOL[F64], F32: 1e-4, BF16: TOL[BF16]}[dtype]
-    _assert_same(got, _run_reference(w, x, h0, c0, L, bias), tol,
-                 "two-unit forward tasks + persistent backward vs reference")
+    _check_forward_variant(two, one, again, two_inf, dtype, "two-unit vs one-unit tasks")
+    _check_with_reference(got, w, x, h0, c0, L, bias, dtype,
+                          "two-unit forward tasks + persistent backward vs reference")
 
 
 def test_two_unit_tasks_auto_threads():
