@@ -31,8 +31,10 @@
 #                    bfloat16 persistent tier with and without the
 #                    tensor-core products (fusedrnn-persistent-mma), $OUT/results_mma
 #   $OUT/host_profile.log  scripts/profile_step.py --torch-profile, D2L L=2
-#                    forward and forward+backward: kernel time vs call time
-#                    (timelines: $OUT/trace_d2l_L2.json, trace_d2l_L2_bwd.json)
+#                    forward and forward+backward, L=8 forward+backward: kernel
+#                    time vs call time, and where the GPU waited for the host
+#                    (scripts/trace_gaps.py; timelines: $OUT/trace_d2l_L2.json,
+#                    trace_d2l_L2_bwd.json, trace_d2l_L8_bwd.json)
 #   $OUT/train.log   (TRAIN=1 only) benchmarks/train_time_machine.py --device cuda --compare
 #                    (results/train_time_machine_cuda.json)
 #   $OUT/summary.txt one line per step with its exit status
@@ -292,16 +294,23 @@ if [ "${VARIANTS:-1}" = 1 ] && [ "$SKIP_PERSISTENT" = 0 ]; then
 fi
 
 # ------------------------------------------- kernel time against call time --
-# scripts/profile_step.py --torch-profile (auto tier, D2L L = 2, forward and
-# forward+backward, 20 calls each): the kernels' GPU time beside the whole
-# call's, i.e. how much of a call is host work (on an H200, 2026-12-04: 60-70
-# us of a 0.31 ms forward).  HOSTPROF=0 skips it.
+# scripts/profile_step.py --torch-profile (auto tier, D2L L = 2 forward and
+# forward+backward, L = 8 forward+backward, 20 calls each): the kernels' GPU
+# time beside the whole call's, i.e. how much of a call is host work (on an
+# H200, 2026-12-04: 60-70 us of a 0.31 ms forward), and from each call's
+# timeline (trace_d2l_L*.json) scripts/trace_gaps.py's account of where the
+# GPU waited and for which host op; those accounts also go into the summary.
+# HOSTPROF=0 skips it.
 if [ "${HOSTPROF:-1}" = 1 ]; then
-  run_logged hostprof "$OUT/host_profile.log" "${HOSTPROF_TIMEOUT:-60}" \
-    bash -c 'for a in "" --backward; do echo "== profile_step.py --L 2 $a";
-      python scripts/profile_step.py --tier auto --L 2 --iters 20 --torch-profile $a \
-        --trace "$0/trace_d2l_L2${a:+_bwd}.json" || exit $?;
+  run_logged hostprof "$OUT/host_profile.log" "${HOSTPROF_TIMEOUT:-75}" \
+    bash -c 'for la in "2" "2 --backward" "8 --backward"; do
+      set -- $la; l=$1; b=${2:-};
+      echo "== profile_step.py --L $l $b";
+      python scripts/profile_step.py --tier auto --L "$l" --iters 20 --torch-profile $b \
+        --trace "$0/trace_d2l_L$l${b:+_bwd}.json" || exit $?;
     done' "$OUT"
+  awk '/^== profile_step/ {print; next} /^trace_gaps:/ {on = 1; print; next}
+       on && /^  [^ ]/ {print; next} {on = 0}' "$OUT/host_profile.log" >> "$SUMMARY"
 fi
 
 # ------------------------------------------------- tensor-core A/B (bf16) --

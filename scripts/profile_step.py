@@ -20,6 +20,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fusedrnn  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import trace_gaps  # noqa: E402  (scripts/trace_gaps.py)
+
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -37,8 +40,8 @@ def main():
                         "(how much of a call's time the kernels take)")
     p.add_argument("--trace", metavar="PATH",
                    help="with --torch-profile: also write the profiled calls' timeline as a "
-                        "Chrome trace (chrome://tracing, ui.perfetto.dev): where the GPU waits "
-                        "for the host between kernels")
+                        "Chrome trace (chrome://tracing, ui.perfetto.dev) and print where the "
+                        "GPU waits within each call (scripts/trace_gaps.py)")
     a = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("profile_step.py: needs a CUDA device")
@@ -68,15 +71,19 @@ def main():
         times.append(start.elapsed_time(end))
     times.sort()
     if a.torch_profile:
-        from torch.profiler import ProfilerActivity, profile
+        from torch.profiler import ProfilerActivity, profile, record_function
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(a.iters):
-                call()
-            torch.cuda.synchronize()
+                # One range per call, for trace_gaps.py; synchronized, as the
+                # timed calls above, so that no call's GPU work overlaps the next.
+                with record_function(trace_gaps.CALL_NAME):
+                    call()
+                torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
         if a.trace:
             prof.export_chrome_trace(a.trace)
             print(f"wrote {a.trace}")
+            print(trace_gaps.summarize(trace_gaps.analyze(trace_gaps.load_events(a.trace))))
     print(f"tier={a.tier} B{a.B} T{a.T} I{a.I} H{a.H} L{a.L} "
           f"{'fwd+bwd' if a.backward else 'fwd'}: median {times[len(times) // 2]:.3f} ms")
 
