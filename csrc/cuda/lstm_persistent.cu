@@ -1119,6 +1119,16 @@ void launch_cooperative(Kernel kernel, const Plan& plan, const Params& p, cudaSt
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// The grid barrier's counter of one launch, zeroed on `stream`: a fresh
+// allocation (two kernels queued on different streams must not share one) and
+// a memset node rather than at::zeros' fill kernel (less host work before the
+// launch; captured like any other work when the stream is being recorded).
+Tensor barrier_counter(const at::TensorOptions& opts, cudaStream_t stream) {
+  Tensor barrier = at::empty({1}, opts.dtype(at::kLong));
+  C10_CUDA_CHECK(cudaMemsetAsync(barrier.data_ptr(), 0, sizeof(int64_t), stream));
+  return barrier;
+}
+
 std::vector<Tensor> contiguous_weights(at::TensorList weights) {
   std::vector<Tensor> w;
   w.reserve(weights.size());
@@ -1231,8 +1241,8 @@ std::optional<LstmForwardResult> persistent_lstm_forward_if_selected(
   // the kernel adds the biases of every layer itself, so that a call costs
   // few launches (at the D2L size the host, not the GPU, set the pace).
   const Tensor gx0 = at::mm(input.reshape({T * B, s.I}), w[0].t());
-  Tensor barrier = at::zeros({1}, opts.dtype(at::kLong));
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  Tensor barrier = barrier_counter(opts, stream);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "fusedrnn_lstm_persistent_forward", [&] {
     using acc_t = typename acc_type<scalar_t>::type;
@@ -1282,8 +1292,8 @@ std::optional<LstmBackwardResult> persistent_lstm_backward_if_selected(
 
   Tensor dG = at::empty({L, T, B, G4}, opts);
   Tensor grad_cx = at::empty({L, B, H}, opts);
-  Tensor barrier = at::zeros({1}, opts.dtype(at::kLong));
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  Tensor barrier = barrier_counter(opts, stream);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "fusedrnn_lstm_persistent_backward", [&] {
     BwdParams<scalar_t> p{};
