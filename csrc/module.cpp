@@ -210,8 +210,7 @@ static PyMethodDef fusedrnn_methods[] = {
     {"persistent_plan", persistent_plan, METH_VARARGS,
      "persistent_plan(H, I, L, B, dtype_bytes, smem_per_sm, smem_per_block, regs_per_sm, "
      "num_sms, T=1, option=0, backward=0, max_batch_split=1, mma=0, cta_epilogue=0, "
-     "threads=256) -> dict: "
-     "the persistent "
+     "threads=256, fwd_task_units=1) -> dict (positional arguments only): the persistent "
      "CUDA LSTM tier's plan (for tests)."},
     {"persistent_mma_check", persistent_mma_check, METH_VARARGS,
      "persistent_mma_check(H, L, B, dtype_bytes, smem_per_sm, smem_per_block, regs_per_sm, "
