@@ -18,7 +18,9 @@
 //    materialised zeros); the backward op gets zeros only for output, hy, cy
 //    (as the Python registration did);
 //  * backward after a forward with train=False is a clear error (as before);
-//  * gradients are computed for every tensor argument (as before);
+//  * the backward op is told, through its output_mask, which of [input,
+//    initial states, weights] need a gradient (needs_input_grad), and skips
+//    the work of the others (new; torch's cuDNN RNN backward does the same);
 //  * the saved activations (gates/cells/hiddens, saved/hiddens) are outputs
 //    of the op that autograd marks non-differentiable (new);
 //  * the backward ops are not differentiable, so with create_graph=True the
@@ -30,6 +32,7 @@
 #include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/library.h>
 
+#include <array>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -91,6 +94,26 @@ Saved unpack(AutogradContext* ctx, size_t n) {
   return s;
 }
 
+// The backward op's output_mask from which inputs need a gradient: the
+// input (argument 0), the initial states (arguments 1 .. n_states), the
+// weights (the num_weights arguments after them).
+std::array<bool, 3> output_mask(AutogradContext* ctx, size_t n_states) {
+  const size_t nw = static_cast<size_t>(ctx->saved_data.at("num_weights").toInt());
+  std::array<bool, 3> m{ctx->needs_input_grad(0), false, false};
+  for (size_t i = 1; i <= n_states; ++i) m[1] = m[1] || ctx->needs_input_grad(i);
+  for (size_t i = 0; i < nw; ++i) m[2] = m[2] || ctx->needs_input_grad(1 + n_states + i);
+  return m;
+}
+
+// A gradient the mask left out comes back as an empty (0,) tensor (or, for
+// the weights, an empty list): autograd wants undefined tensors instead.
+Tensor unless_masked(bool wanted, const Tensor& g) { return wanted ? g : Tensor(); }
+
+std::vector<Tensor> weight_grads(AutogradContext* ctx, std::vector<Tensor> gw) {
+  gw.resize(static_cast<size_t>(ctx->saved_data.at("num_weights").toInt()));
+  return gw;
+}
+
 // The gradient list autograd expects: one entry per tensor argument in order
 // (the weights one each), undefined for the trailing non-tensor arguments.
 // When autograd is recording the backward (create_graph=True) the gradients
@@ -128,7 +151,7 @@ using LstmFwdSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
 using LstmBwdSig = std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>>(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
     TensorList, bool, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-    const OptTensor&, int64_t);
+    const OptTensor&, int64_t, std::array<bool, 3>);
 
 struct FusedLstmBackward : torch::autograd::Function<FusedLstmBackward> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& hx,
@@ -151,11 +174,14 @@ struct FusedLstmBackward : torch::autograd::Function<FusedLstmBackward> {
     at::AutoGradMode no_grad(false);
     Saved s = unpack(ctx, 7);
     const Tensor &input = s.head[0], &hx = s.head[1], &cx = s.head[2], &out = s.head[3];
+    const std::array<bool, 3> m = output_mask(ctx, 2);
     auto [gi, ghx, gcx, gw] =
         op.call(or_zeros(grads[0], out), or_zeros(grads[1], hx), or_zeros(grads[2], cx), input,
                 hx, cx, s.weights, ctx->saved_data.at("has_biases").toBool(), out, s.head[4],
-                s.head[5], s.head[6], s.batch_sizes, directions(ctx));
-    return grads_out("lstm", {gi, ghx, gcx}, gw, 4, recording);
+                s.head[5], s.head[6], s.batch_sizes, directions(ctx), m);
+    return grads_out("lstm",
+                     {unless_masked(m[0], gi), unless_masked(m[1], ghx), unless_masked(m[1], gcx)},
+                     weight_grads(ctx, std::move(gw)), 4, recording);
   }
 };
 
@@ -174,7 +200,7 @@ using GruFwdSig = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, cons
                                                              const OptTensor&, int64_t);
 using GruBwdSig = std::tuple<Tensor, Tensor, std::vector<Tensor>>(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, TensorList, bool, const Tensor&,
-    const Tensor&, const Tensor&, const OptTensor&, int64_t);
+    const Tensor&, const Tensor&, const OptTensor&, int64_t, std::array<bool, 3>);
 
 struct FusedGruBackward : torch::autograd::Function<FusedGruBackward> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& hx,
@@ -197,10 +223,12 @@ struct FusedGruBackward : torch::autograd::Function<FusedGruBackward> {
     at::AutoGradMode no_grad(false);
     Saved s = unpack(ctx, 5);
     const Tensor &input = s.head[0], &hx = s.head[1], &out = s.head[2];
+    const std::array<bool, 3> m = output_mask(ctx, 1);
     auto [gi, ghx, gw] = op.call(or_zeros(grads[0], out), or_zeros(grads[1], hx), input, hx,
                                  s.weights, ctx->saved_data.at("has_biases").toBool(), out,
-                                 s.head[3], s.head[4], s.batch_sizes, directions(ctx));
-    return grads_out("gru", {gi, ghx}, gw, 4, recording);
+                                 s.head[3], s.head[4], s.batch_sizes, directions(ctx), m);
+    return grads_out("gru", {unless_masked(m[0], gi), unless_masked(m[1], ghx)},
+                     weight_grads(ctx, std::move(gw)), 4, recording);
   }
 };
 
@@ -217,7 +245,7 @@ using RnnFwdSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor
                                                      bool, bool, bool, const OptTensor&, int64_t);
 using RnnBwdSig = std::tuple<Tensor, Tensor, std::vector<Tensor>>(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, TensorList, bool, bool,
-    const Tensor&, const Tensor&, const OptTensor&, int64_t);
+    const Tensor&, const Tensor&, const OptTensor&, int64_t, std::array<bool, 3>);
 
 struct FusedRnnBackward : torch::autograd::Function<FusedRnnBackward> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& hx,
@@ -240,11 +268,13 @@ struct FusedRnnBackward : torch::autograd::Function<FusedRnnBackward> {
     at::AutoGradMode no_grad(false);
     Saved s = unpack(ctx, 4);
     const Tensor &input = s.head[0], &hx = s.head[1], &out = s.head[2];
+    const std::array<bool, 3> m = output_mask(ctx, 1);
     auto [gi, ghx, gw] = op.call(or_zeros(grads[0], out), or_zeros(grads[1], hx), input, hx,
                                  s.weights, ctx->saved_data.at("has_biases").toBool(),
                                  ctx->saved_data.at("relu").toBool(), out, s.head[3],
-                                 s.batch_sizes, directions(ctx));
-    return grads_out("rnn", {gi, ghx}, gw, 5, recording);
+                                 s.batch_sizes, directions(ctx), m);
+    return grads_out("rnn", {unless_masked(m[0], gi), unless_masked(m[1], ghx)},
+                     weight_grads(ctx, std::move(gw)), 5, recording);
   }
 };
 

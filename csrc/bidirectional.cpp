@@ -171,13 +171,16 @@ struct StackBackward {
   std::vector<Tensor> grad_w;
 };
 
-// run(dy, x, out, k): the one-direction backward op for (layer, direction)
+// run(dy, x, out, k, m): the one-direction backward op for (layer, direction)
 // index k, given the gradient of its output dy, its input x and its output
-// `out`, all in its processing order.
+// `out`, all in its processing order, and its output_mask m (the op's, but
+// the input gradient of every layer above the first, which is the next
+// layer's dy).  Returns the op's gradients, finish_masked'd by the caller.
 StackBackward backward_stack(
     const RnnSizes& s, const Tensor& grad_output, const Tensor& input, const Tensor& output,
-    const Tensor& hiddens, size_t n_states,
-    const std::function<DirBackward(const Tensor&, const Tensor&, const Tensor&, int64_t)>& run) {
+    const Tensor& hiddens, size_t n_states, const GradMask& mask,
+    const std::function<DirBackward(const Tensor&, const Tensor&, const Tensor&, int64_t,
+                                    std::array<bool, 3>)>& run) {
   const RowReverser rev(s.seq, input.device());
   const int64_t P = output.size(-1) / 2;
   std::vector<std::vector<Tensor>> states(n_states, std::vector<Tensor>(2 * s.L));
@@ -187,19 +190,28 @@ StackBackward backward_stack(
   for (int64_t l = s.L - 1; l >= 0; --l) {
     const Tensor x = l == 0 ? input : hiddens[l - 1];
     const Tensor y = l == s.L - 1 ? output : hiddens[l];
-    DirBackward f = run(dy.narrow(-1, 0, P), x, y.narrow(-1, 0, P), 2 * l);
-    DirBackward r = run(rev(dy.narrow(-1, P, P)), rev(x), rev(y.narrow(-1, P, P)), 2 * l + 1);
+    GradMask m = mask;
+    m.input = l > 0 || mask.input;
+    DirBackward f = run(dy.narrow(-1, 0, P), x, y.narrow(-1, 0, P), 2 * l, m.array());
+    DirBackward r =
+        run(rev(dy.narrow(-1, P, P)), rev(x), rev(y.narrow(-1, P, P)), 2 * l + 1, m.array());
     for (int d = 0; d < 2; ++d) {
       DirBackward& g = d == 0 ? f : r;
       const int64_t k = 2 * l + d;
       for (size_t i = 0; i < n_states; ++i) states[i][k] = g.grad_states[i];
-      for (int64_t j = 0; j < s.per_layer; ++j) res.grad_w[k * s.per_layer + j] = g.grad_w[j];
+      for (int64_t j = 0; mask.weights && j < s.per_layer; ++j)
+        res.grad_w[k * s.per_layer + j] = g.grad_w[j];
     }
     // The op's grad_input is a fresh tensor, ours to add into.
-    dy = f.grad_input.add_(rev(r.grad_input));
+    dy = m.input ? f.grad_input.add_(rev(r.grad_input)) : Tensor();
   }
   res.grad_input = dy;
-  for (auto& v : states) res.grad_states.push_back(at::cat(v, 0));
+  for (auto& v : states) res.grad_states.push_back(mask.states ? at::cat(v, 0) : Tensor());
+  finish_masked(mask, input.options(), res.grad_input,
+                n_states == 2 ? std::initializer_list<Tensor*>{&res.grad_states[0],
+                                                               &res.grad_states[1]}
+                              : std::initializer_list<Tensor*>{&res.grad_states[0]},
+                res.grad_w);
   return res;
 }
 
@@ -237,20 +249,21 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_bidirectio
     const RnnSizes& s, const Tensor& grad_output, const Tensor& grad_hy, const Tensor& grad_cy,
     const Tensor& input, const Tensor& hx, const Tensor& cx, TensorList weights,
     bool has_biases, const Tensor& output, const Tensor& gates, const Tensor& cells,
-    const Tensor& hiddens, const OptTensor& batch_sizes) {
+    const Tensor& hiddens, const OptTensor& batch_sizes, const GradMask& mask) {
   using Sig = std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>>(
       const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
       TensorList, bool, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-      const OptTensor&, int64_t);
+      const OptTensor&, int64_t, std::array<bool, 3>);
   static const auto op = find_op<Sig>("fusedrnn::lstm_backward");
   const Tensor none = no_hiddens(s, s.P, input);
   StackBackward r = backward_stack(
-      s, grad_output, input, output, hiddens, 2,
-      [&](const Tensor& dy, const Tensor& x, const Tensor& out, int64_t k) {
+      s, grad_output, input, output, hiddens, 2, mask,
+      [&](const Tensor& dy, const Tensor& x, const Tensor& out, int64_t k,
+          std::array<bool, 3> m) {
         auto [gi, ghx, gcx, gw] =
             op.call(dy, one(grad_hy, k), one(grad_cy, k), x, one(hx, k), one(cx, k),
                     group(weights, s, k), has_biases, out, one(gates, k), one(cells, k), none,
-                    batch_sizes, 1);
+                    batch_sizes, 1, m);
         return DirBackward{gi, {ghx, gcx}, gw};
       });
   return {r.grad_input, r.grad_states[0], r.grad_states[1], r.grad_w};
@@ -275,17 +288,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_bidirectional(
 std::tuple<Tensor, Tensor, std::vector<Tensor>> gru_backward_bidirectional(
     const RnnSizes& s, const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input,
     const Tensor& hx, TensorList weights, bool has_biases, const Tensor& output,
-    const Tensor& saved, const Tensor& hiddens, const OptTensor& batch_sizes) {
+    const Tensor& saved, const Tensor& hiddens, const OptTensor& batch_sizes,
+    const GradMask& mask) {
   using Sig = std::tuple<Tensor, Tensor, std::vector<Tensor>>(
       const Tensor&, const Tensor&, const Tensor&, const Tensor&, TensorList, bool,
-      const Tensor&, const Tensor&, const Tensor&, const OptTensor&, int64_t);
+      const Tensor&, const Tensor&, const Tensor&, const OptTensor&, int64_t,
+      std::array<bool, 3>);
   static const auto op = find_op<Sig>("fusedrnn::gru_backward");
   const Tensor none = no_hiddens(s, s.H, input);
   StackBackward r = backward_stack(
-      s, grad_output, input, output, hiddens, 1,
-      [&](const Tensor& dy, const Tensor& x, const Tensor& out, int64_t k) {
+      s, grad_output, input, output, hiddens, 1, mask,
+      [&](const Tensor& dy, const Tensor& x, const Tensor& out, int64_t k,
+          std::array<bool, 3> m) {
         auto [gi, ghx, gw] = op.call(dy, one(grad_hy, k), x, one(hx, k), group(weights, s, k),
-                                     has_biases, out, one(saved, k), none, batch_sizes, 1);
+                                     has_biases, out, one(saved, k), none, batch_sizes, 1, m);
         return DirBackward{gi, {ghx}, gw};
       });
   return {r.grad_input, r.grad_states[0], r.grad_w};
@@ -310,17 +326,18 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward_bidirectional(
 std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_bidirectional(
     const RnnSizes& s, const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input,
     const Tensor& hx, TensorList weights, bool has_biases, bool relu, const Tensor& output,
-    const Tensor& hiddens, const OptTensor& batch_sizes) {
+    const Tensor& hiddens, const OptTensor& batch_sizes, const GradMask& mask) {
   using Sig = std::tuple<Tensor, Tensor, std::vector<Tensor>>(
       const Tensor&, const Tensor&, const Tensor&, const Tensor&, TensorList, bool, bool,
-      const Tensor&, const Tensor&, const OptTensor&, int64_t);
+      const Tensor&, const Tensor&, const OptTensor&, int64_t, std::array<bool, 3>);
   static const auto op = find_op<Sig>("fusedrnn::rnn_backward");
   const Tensor none = no_hiddens(s, s.H, input);
   StackBackward r = backward_stack(
-      s, grad_output, input, output, hiddens, 1,
-      [&](const Tensor& dy, const Tensor& x, const Tensor& out, int64_t k) {
+      s, grad_output, input, output, hiddens, 1, mask,
+      [&](const Tensor& dy, const Tensor& x, const Tensor& out, int64_t k,
+          std::array<bool, 3> m) {
         auto [gi, ghx, gw] = op.call(dy, one(grad_hy, k), x, one(hx, k), group(weights, s, k),
-                                     has_biases, relu, out, none, batch_sizes, 1);
+                                     has_biases, relu, out, none, batch_sizes, 1, m);
         return DirBackward{gi, {ghx}, gw};
       });
   return {r.grad_input, r.grad_states[0], r.grad_w};

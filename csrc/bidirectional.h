@@ -25,7 +25,7 @@ lstm_backward_bidirectional(const RnnSizes& s, const at::Tensor& grad_output,
                             at::TensorList weights, bool has_biases, const at::Tensor& output,
                             const at::Tensor& gates, const at::Tensor& cells,
                             const at::Tensor& hiddens,
-                            const std::optional<at::Tensor>& batch_sizes);
+                            const std::optional<at::Tensor>& batch_sizes, const GradMask& mask);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward_bidirectional(
     const RnnSizes& s, const at::Tensor& input, const at::Tensor& hx, at::TensorList weights,
@@ -35,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> gru_backward_bidirec
     const RnnSizes& s, const at::Tensor& grad_output, const at::Tensor& grad_hy,
     const at::Tensor& input, const at::Tensor& hx, at::TensorList weights, bool has_biases,
     const at::Tensor& output, const at::Tensor& saved, const at::Tensor& hiddens,
-    const std::optional<at::Tensor>& batch_sizes);
+    const std::optional<at::Tensor>& batch_sizes, const GradMask& mask);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_bidirectional(
     const RnnSizes& s, const at::Tensor& input, const at::Tensor& hx, at::TensorList weights,
@@ -45,7 +45,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_bidirec
     const RnnSizes& s, const at::Tensor& grad_output, const at::Tensor& grad_hy,
     const at::Tensor& input, const at::Tensor& hx, at::TensorList weights, bool has_biases,
     bool relu, const at::Tensor& output, const at::Tensor& hiddens,
-    const std::optional<at::Tensor>& batch_sizes);
+    const std::optional<at::Tensor>& batch_sizes, const GradMask& mask);
 
 // The row permutation that reverses every sequence of layout q in time
 // (row off[t] + b <-> row off[len_b - 1 - t] + b); an involution.

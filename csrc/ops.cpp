@@ -27,6 +27,14 @@
 //   output and its saved gates/cells/hiddens, and returns
 //   grad_input (T,B,I), grad_hx, grad_cx (L,B,H), and one gradient per weight.
 //
+// output_mask (every backward op): which gradients to compute, [input,
+//   initial states (grad_hx, and grad_cx for the LSTM), weights]; default all.
+//   A gradient left out is returned as an empty (0,) tensor (grad_weights as
+//   an empty list), and its work is skipped where that saves any: the layer-0
+//   input GEMM, the GEMMs into grad_hx, every weight and bias GEMM and
+//   reduction.  (The autograd functions pass which inputs need a gradient,
+//   as torch's cuDNN RNN backward does.)
+//
 // gru_forward
 //   input   (T, B, I)
 //   hx      (L, B, H)
@@ -93,7 +101,8 @@ TORCH_LIBRARY(fusedrnn, m) {
   m.def(
       "lstm_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, "
       "Tensor input, Tensor hx, Tensor cx, Tensor[] weights, bool has_biases, "
-      "Tensor output, Tensor gates, Tensor cells, Tensor hiddens, Tensor? batch_sizes=None, int directions=1) -> "
+      "Tensor output, Tensor gates, Tensor cells, Tensor hiddens, Tensor? batch_sizes=None, int directions=1, "
+      "bool[3] output_mask=[True, True, True]) -> "
       "(Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor[] grad_weights)");
   m.def(
       "gru_forward(Tensor input, Tensor hx, Tensor[] weights, bool has_biases, bool train, "
@@ -102,7 +111,7 @@ TORCH_LIBRARY(fusedrnn, m) {
   m.def(
       "gru_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, "
       "Tensor[] weights, bool has_biases, Tensor output, Tensor saved, Tensor hiddens, "
-      "Tensor? batch_sizes=None, int directions=1) -> "
+      "Tensor? batch_sizes=None, int directions=1, bool[3] output_mask=[True, True, True]) -> "
       "(Tensor grad_input, Tensor grad_hx, Tensor[] grad_weights)");
   m.def(
       "rnn_forward(Tensor input, Tensor hx, Tensor[] weights, bool has_biases, bool relu, "
@@ -110,6 +119,6 @@ TORCH_LIBRARY(fusedrnn, m) {
   m.def(
       "rnn_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, "
       "Tensor[] weights, bool has_biases, bool relu, Tensor output, Tensor hiddens, "
-      "Tensor? batch_sizes=None, int directions=1) -> "
+      "Tensor? batch_sizes=None, int directions=1, bool[3] output_mask=[True, True, True]) -> "
       "(Tensor grad_input, Tensor grad_hx, Tensor[] grad_weights)");
 }

@@ -8,8 +8,10 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
+#include <array>
 #include <optional>
 #include <initializer_list>
 #include <string>
@@ -266,6 +268,31 @@ inline void check_rnn_backward_args(const RnnSizes& s, const at::Tensor& input,
       {&hiddens, "hiddens (from rnn_forward with train=True)",
        s.rows_shape(s.D * s.H, s.L - 1)},
   });
+}
+
+// The backward ops' output_mask (ops.cpp): which gradients the caller wants,
+// [input, initial states (hx, and cx for the LSTM), weights].  A backend may
+// skip the work of a gradient left out (the layer-0 input GEMM, the h0
+// GEMMs, every weight/bias GEMM and reduction); whatever it computed,
+// finish_masked then returns each left-out gradient as an empty (0,) tensor
+// (grad_weights: an empty list), so every backend keeps the same contract.
+struct GradMask {
+  bool input = true, states = true, weights = true;
+  GradMask() = default;
+  explicit GradMask(std::array<bool, 3> m) : input(m[0]), states(m[1]), weights(m[2]) {}
+  std::array<bool, 3> array() const { return {input, states, weights}; }
+  bool all() const { return input && states && weights; }
+};
+
+inline void finish_masked(const GradMask& m, const at::TensorOptions& opts,
+                          at::Tensor& grad_input,
+                          std::initializer_list<at::Tensor*> grad_states,
+                          std::vector<at::Tensor>& grad_w) {
+  if (m.all()) return;
+  if (!m.input) grad_input = at::empty({0}, opts);
+  if (!m.states)
+    for (at::Tensor* t : grad_states) *t = at::empty({0}, opts);
+  if (!m.weights) grad_w.clear();
 }
 
 }  // namespace fusedrnn

@@ -66,10 +66,23 @@ def _like_all(*tensors):
     return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
 
 
+def _masked_grads(output_mask, input, states, weights):
+    """The backward ops' results under output_mask ([input, states, weights]):
+    a gradient left out is an empty (0,) tensor, the weights' an empty list."""
+    want_input, want_states, want_weights = output_mask
+
+    def like(want, t):
+        return (torch.empty_like(t, memory_format=torch.contiguous_format) if want
+                else input.new_empty((0,)))
+    return (like(want_input, input), *(like(want_states, t) for t in states),
+            _like_all(*weights) if want_weights else [])
+
+
 @torch.library.register_fake("fusedrnn::lstm_backward")
 def _lstm_backward_fake(grad_output, grad_hy, grad_cy, input, hx, cx, weights, has_biases,
-                        output, gates, cells, hiddens, batch_sizes=None, directions=1):
-    return (*_like_all(input, hx, cx), _like_all(*weights))
+                        output, gates, cells, hiddens, batch_sizes=None, directions=1,
+                        output_mask=(True, True, True)):
+    return _masked_grads(output_mask, input, (hx, cx), weights)
 
 
 # ----------------------------------------------------------------- autograd --
@@ -157,8 +170,8 @@ def _gru_forward_fake(input, hx, weights, has_biases, train, batch_sizes=None, d
 
 @torch.library.register_fake("fusedrnn::gru_backward")
 def _gru_backward_fake(grad_output, grad_hy, input, hx, weights, has_biases, output, saved,
-                       hiddens, batch_sizes=None, directions=1):
-    return (*_like_all(input, hx), _like_all(*weights))
+                       hiddens, batch_sizes=None, directions=1, output_mask=(True, True, True)):
+    return _masked_grads(output_mask, input, (hx,), weights)
 
 
 # ====================================================================== RNN ==
@@ -177,8 +190,8 @@ def _rnn_forward_fake(input, hx, weights, has_biases, relu, train, batch_sizes=N
 
 @torch.library.register_fake("fusedrnn::rnn_backward")
 def _rnn_backward_fake(grad_output, grad_hy, input, hx, weights, has_biases, relu, output,
-                       hiddens, batch_sizes=None, directions=1):
-    return (*_like_all(input, hx), _like_all(*weights))
+                       hiddens, batch_sizes=None, directions=1, output_mask=(True, True, True)):
+    return _masked_grads(output_mask, input, (hx,), weights)
 
 
 # --------------------------------------------------------------- functionals --

@@ -267,20 +267,21 @@ void layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& w_hh,
     });
   }
   // Every sequence is active at step 0 (bs[0] = B).
-  at::addmm_out(grad_h0, carry, dgh.narrow(0, 0, q.B), w_hh);
+  if (grad_h0.defined()) at::addmm_out(grad_h0, carry, dgh.narrow(0, 0, q.B), w_hh);
 }
 
 std::tuple<Tensor, Tensor, std::vector<Tensor>> gru_backward_cpu(
     const Tensor& grad_output_, const Tensor& grad_hy_, const Tensor& input_, const Tensor& hx_,
     at::TensorList weights_, bool has_biases, const Tensor& output_, const Tensor& saved_,
-    const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes,
-    int64_t directions) {
+    const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes, int64_t directions,
+    std::array<bool, 3> output_mask) {
+  const GradMask mask(output_mask);
   const RnnSizes s = check_stack_args(kOp, 3, input_, hx_, {}, weights_, has_biases,
                                       batch_sizes, false, directions);
   check_gru_backward_args(s, input_, grad_output_, grad_hy_, output_, saved_, hiddens_);
   if (s.D == 2)
     return gru_backward_bidirectional(s, grad_output_, grad_hy_, input_, hx_, weights_,
-                                      has_biases, output_, saved_, hiddens_, batch_sizes);
+                                      has_biases, output_, saved_, hiddens_, batch_sizes, mask);
   const SeqLayout& q = s.seq;
   const int64_t N = q.N, H = s.H, L = s.L, G3 = 3 * H;
   const Tensor input = input_.contiguous().view({N, s.I}), hx = hx_.contiguous();
@@ -298,13 +299,15 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> gru_backward_cpu(
   Tensor dy = grad_output_.contiguous().view({N, H}).clone();
   Tensor dgx = at::empty({N, G3}, opts), dgh = at::empty({N, G3}, opts);
   dy = cpu::stack_backward(s, dy, input, output, hiddens, hx, grad_hy, w, has_biases, grad_hx,
-                           grad_w, [&](int64_t l, const Tensor& dy_l, Tensor& gh0) {
+                           grad_w, mask, [&](int64_t l, const Tensor& dy_l, Tensor& gh0) {
                              const Tensor out = l == L - 1 ? output : hiddens[l];
                              layer_backward(q, dy_l, w[l * s.per_layer + 1], saved[l], hx[l],
                                             out, dgx, dgh, gh0);
                              return std::make_pair(dgx, dgh);
                            });
-  return {dy.view(input_.sizes()), grad_hx, grad_w};
+  Tensor grad_input = mask.input ? dy.view(input_.sizes()) : Tensor();
+  finish_masked(mask, input_.options(), grad_input, {&grad_hx}, grad_w);
+  return {grad_input, grad_hx, grad_w};
 }
 
 }  // namespace

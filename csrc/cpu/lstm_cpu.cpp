@@ -300,7 +300,7 @@ Tensor layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& dcy,
     });
   }
   // Every sequence is active at step 0 (bs[0] = B): the gradient flowing to t = -1.
-  at::mm_out(grad_h0, dG.narrow(0, 0, q.B), w_hh);
+  if (grad_h0.defined()) at::mm_out(grad_h0, dG.narrow(0, 0, q.B), w_hh);
   return dG;
 }
 
@@ -308,8 +308,9 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cpu(
     const Tensor& grad_output_, const Tensor& grad_hy_, const Tensor& grad_cy_,
     const Tensor& input_, const Tensor& hx_, const Tensor& cx_, at::TensorList weights_,
     bool has_biases, const Tensor& output_, const Tensor& gates_, const Tensor& cells_,
-    const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes,
-    int64_t directions) {
+    const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes, int64_t directions,
+    std::array<bool, 3> output_mask) {
+  const GradMask mask(output_mask);
   const LstmSizes s =
       check_lstm_args(input_, hx_, cx_, weights_, has_biases, batch_sizes, directions);
   check_backward_args(s, input_, grad_output_, grad_hy_, grad_cy_, output_, gates_, cells_,
@@ -317,7 +318,7 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cpu(
   if (s.D == 2)
     return lstm_backward_bidirectional(s, grad_output_, grad_hy_, grad_cy_, input_, hx_, cx_,
                                        weights_, has_biases, output_, gates_, cells_, hiddens_,
-                                       batch_sizes);
+                                       batch_sizes, mask);
   const SeqLayout& q = s.seq;
   const int64_t N = q.N, H = s.H, P = s.P, L = s.L;
   const Tensor input = input_.contiguous().view({N, s.I});
@@ -337,21 +338,22 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cpu(
   Tensor dy = grad_output_.contiguous().view({N, P}).clone();
   Tensor dh_proj = s.has_proj ? at::empty({N, P}, dy.options()) : Tensor();
   dy = cpu::stack_backward(
-      s, dy, input, output, hiddens, hx, grad_hy, w, has_biases, grad_hx, grad_w,
+      s, dy, input, output, hiddens, hx, grad_hy, w, has_biases, grad_hx, grad_w, mask,
       [&](int64_t l, const Tensor& dy_l, Tensor& gh) {
         const Tensor* wl = &w[l * s.per_layer];
         const Tensor* w_hr = s.has_proj ? &wl[s.per_layer - 1] : nullptr;
         Tensor gc = grad_cx[l];
         Tensor dG = layer_backward(q, dy_l, grad_cy[l], wl[1], w_hr, gates[l], cells[l], cx[l],
                                    gh, gc, s.has_proj ? &dh_proj : nullptr);
-        if (w_hr) {
+        if (w_hr && mask.weights) {
           // h_t = h_raw_t W_hrᵀ with h_raw = o ⊙ tanh(c): dW_hr = Σ dh_tᵀ h_raw_t.
           const Tensor h_raw = gates[l].narrow(1, 3 * H, H) * at::tanh(cells[l]);
           grad_w[l * s.per_layer + s.per_layer - 1] = at::mm(dh_proj.t(), h_raw);
         }
         return std::make_pair(dG, dG);
       });
-  const Tensor grad_input = dy.view(input_.sizes());
+  Tensor grad_input = mask.input ? dy.view(input_.sizes()) : Tensor();
+  finish_masked(mask, input_.options(), grad_input, {&grad_hx, &grad_cx}, grad_w);
   return {grad_input, grad_hx, grad_cx, grad_w};
 }
 

@@ -193,20 +193,21 @@ void layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& w_hh, co
     });
   }
   // Every sequence is active at step 0 (bs[0] = B).
-  at::mm_out(grad_h0, dG.narrow(0, 0, q.B), w_hh);
+  if (grad_h0.defined()) at::mm_out(grad_h0, dG.narrow(0, 0, q.B), w_hh);
 }
 
 std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_cpu(
     const Tensor& grad_output_, const Tensor& grad_hy_, const Tensor& input_, const Tensor& hx_,
     at::TensorList weights_, bool has_biases, bool relu, const Tensor& output_,
-    const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes,
-    int64_t directions) {
+    const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes, int64_t directions,
+    std::array<bool, 3> output_mask) {
+  const GradMask mask(output_mask);
   const RnnSizes s = check_stack_args(kOp, 1, input_, hx_, {}, weights_, has_biases,
                                       batch_sizes, false, directions);
   check_rnn_backward_args(s, input_, grad_output_, grad_hy_, output_, hiddens_);
   if (s.D == 2)
     return rnn_backward_bidirectional(s, grad_output_, grad_hy_, input_, hx_, weights_,
-                                      has_biases, relu, output_, hiddens_, batch_sizes);
+                                      has_biases, relu, output_, hiddens_, batch_sizes, mask);
   const SeqLayout& q = s.seq;
   const int64_t N = q.N, H = s.H, L = s.L;
   const Tensor input = input_.contiguous().view({N, s.I}), hx = hx_.contiguous();
@@ -222,12 +223,14 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_cpu(
   Tensor dy = grad_output_.contiguous().view({N, H}).clone();
   Tensor dG = at::empty({N, H}, input.options());
   dy = cpu::stack_backward(s, dy, input, output, hiddens, hx, grad_hy, w, has_biases, grad_hx,
-                           grad_w, [&](int64_t l, const Tensor& dy_l, Tensor& gh0) {
+                           grad_w, mask, [&](int64_t l, const Tensor& dy_l, Tensor& gh0) {
                              const Tensor out = l == L - 1 ? output : hiddens[l];
                              layer_backward(q, dy_l, w[l * s.per_layer + 1], out, relu, dG, gh0);
                              return std::make_pair(dG, dG);
                            });
-  return {dy.view(input_.sizes()), grad_hx, grad_w};
+  Tensor grad_input = mask.input ? dy.view(input_.sizes()) : Tensor();
+  finish_masked(mask, input_.options(), grad_input, {&grad_hx}, grad_w);
+  return {grad_input, grad_hx, grad_w};
 }
 
 }  // namespace

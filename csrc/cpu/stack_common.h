@@ -88,13 +88,16 @@ inline at::Tensor prev_rows(const SeqLayout& q, const at::Tensor& h0, const at::
 // first rows of step t-1).
 // Writes grad_w[base] = dW_ih, grad_w[base+1] = dW_hh and, with biases,
 // grad_w[base+2] = db_ih, grad_w[base+3] = db_hh; returns dX (N, I_l), the
-// gradient for the layer below (or the op's input).
+// gradient for the layer below (or the op's input).  weights = false skips
+// the weight and bias gradients, want_dx = false dX (then undefined).
 inline at::Tensor layer_param_grads(const SeqLayout& q, const at::Tensor& dgx,
                                     const at::Tensor& dgh, const at::Tensor& x,
                                     const at::Tensor& h0, const at::Tensor& out,
                                     const at::Tensor& w_ih, bool has_biases,
-                                    std::vector<at::Tensor>& grad_w, int64_t base) {
+                                    std::vector<at::Tensor>& grad_w, int64_t base,
+                                    bool weights = true, bool want_dx = true) {
   const int64_t G = dgx.size(1), P = out.size(1);
+  if (!weights) return want_dx ? at::mm(dgx, w_ih) : at::Tensor();
   // dW_ih = dGᵀ·X.  With a narrow input (the D2L model's I = 28 characters)
   // the product has a skinny output that MKL handles badly in this
   // orientation; (Xᵀ·dG)ᵀ plus a transposing copy was 0.57 vs 0.88 ms at
@@ -118,7 +121,7 @@ inline at::Tensor layer_param_grads(const SeqLayout& q, const at::Tensor& dgx,
     grad_w[base + 2] = dgx.sum(0);
     grad_w[base + 3] = dgh.is_same(dgx) ? grad_w[base + 2].clone() : dgh.sum(0);
   }
-  return at::mm(dgx, w_ih);
+  return want_dx ? at::mm(dgx, w_ih) : at::Tensor();
 }
 
 // The layer loop of a stack's backward, shared by the LSTM, GRU and RNN ops:
@@ -129,25 +132,31 @@ inline at::Tensor layer_param_grads(const SeqLayout& q, const at::Tensor& dgx,
 //             at each sequence's last step)
 //   input     (N, I) the op's input; output (N, P); hiddens (L-1, N, P)
 //   hx (L, B, P); grad_hy (L, B, P); grad_hx (L, B, P) receives grad_h0
+//             (left undefined, and grad_h0 too, when mask.states is false)
 //   recur(l, dy, grad_h0) -> {dgx, dgh}: layer l's reverse recurrence on dy
-//             (writing grad_h0 when T > 0); dgx, dgh as in layer_param_grads
-// Returns the gradient of the op's input, (N, I).
+//             (writing grad_h0 when T > 0 and it is defined); dgx, dgh as in
+//             layer_param_grads
+//   mask      the op's output_mask (weight gradients, the input's)
+// Returns the gradient of the op's input, (N, I), undefined when mask.input
+// is false.
 template <typename Recur>
 at::Tensor stack_backward(const RnnSizes& s, at::Tensor dy, const at::Tensor& input,
                           const at::Tensor& output, const at::Tensor& hiddens,
                           const at::Tensor& hx, const at::Tensor& grad_hy,
                           const std::vector<at::Tensor>& w, bool has_biases,
-                          at::Tensor& grad_hx, std::vector<at::Tensor>& grad_w, Recur recur) {
+                          at::Tensor& grad_hx, std::vector<at::Tensor>& grad_w,
+                          const GradMask& mask, Recur recur) {
   const SeqLayout& q = s.seq;
   for (int64_t l = s.L - 1; l >= 0; --l) {
     const at::Tensor x = l == 0 ? input : hiddens[l - 1];       // layer input (N, I_l)
     const at::Tensor out = l == s.L - 1 ? output : hiddens[l];  // layer output h_t (N, P)
     add_final_grad(q, dy, grad_hy[l]);
-    at::Tensor gh0 = grad_hx[l];
+    at::Tensor gh0 = mask.states ? grad_hx[l] : at::Tensor();
     const auto dg = recur(l, dy, gh0);
-    if (q.T == 0) gh0.copy_(grad_hy[l]);  // hy = hx
+    if (q.T == 0 && gh0.defined()) gh0.copy_(grad_hy[l]);  // hy = hx
     dy = layer_param_grads(q, dg.first, dg.second, x, hx[l], out, w[l * s.per_layer],
-                           has_biases, grad_w, l * s.per_layer);
+                           has_biases, grad_w, l * s.per_layer, mask.weights,
+                           l > 0 || mask.input);
   }
   return dy;
 }

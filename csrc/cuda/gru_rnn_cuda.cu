@@ -367,11 +367,13 @@ Tensor prev_row_index(const SeqLayout& seq, const at::Device& device) {
 //               (the same tensor for the RNN);  x2 (N, I_l) the layer input;
 //   h0 (B, H);  out2 (N, H) the layer's h_t rows;  prev_idx: see prev_row_index
 //   (undefined for padded input).
-// Writes grad_w[base .. base+3]; returns dX (N, I_l).
+// Writes grad_w[base .. base+3] (unless weights is false); returns dX (N, I_l)
+// (undefined when want_dx is false).
 Tensor layer_param_grads(const Tensor& dgx, const Tensor& dgh, const Tensor& x2,
                          const Tensor& h0, const Tensor& out2, const Tensor& w_ih,
                          const Tensor& prev_idx, bool has_biases, std::vector<Tensor>& grad_w,
-                         int64_t base) {
+                         int64_t base, bool weights, bool want_dx) {
+  if (!weights) return want_dx ? at::mm(dgx, w_ih) : Tensor();
   const int64_t N = dgx.size(0), B = h0.size(0);
   grad_w[base] = at::mm(dgx.t(), x2);
   Tensor dw_hh = at::mm(dgh.narrow(0, 0, B).t(), h0);
@@ -385,18 +387,22 @@ Tensor layer_param_grads(const Tensor& dgx, const Tensor& dgh, const Tensor& x2,
     grad_w[base + 2] = dgx.sum(0);
     grad_w[base + 3] = dgh.is_same(dgx) ? grad_w[base + 2].clone() : dgh.sum(0);
   }
-  return at::mm(dgx, w_ih);
+  return want_dx ? at::mm(dgx, w_ih) : Tensor();
 }
 
 // The backward of an empty recurrence (no rows or H = 0): hy = hx, so grad_hy
 // passes straight to grad_hx; nothing else receives a gradient.
 std::tuple<Tensor, Tensor, std::vector<Tensor>> empty_backward(const Tensor& input,
                                                                const Tensor& grad_hy,
-                                                               at::TensorList weights) {
+                                                               at::TensorList weights,
+                                                               const GradMask& mask) {
   const auto opts = input.options();
   std::vector<Tensor> grad_w(weights.size());
   for (size_t k = 0; k < weights.size(); ++k) grad_w[k] = at::zeros(weights[k].sizes(), opts);
-  return {at::zeros(input.sizes(), opts), grad_hy.clone(at::MemoryFormat::Contiguous), grad_w};
+  Tensor grad_input = at::zeros(input.sizes(), opts);
+  Tensor grad_hx = grad_hy.clone(at::MemoryFormat::Contiguous);
+  finish_masked(mask, opts, grad_input, {&grad_hx}, grad_w);
+  return {grad_input, grad_hx, grad_w};
 }
 
 // ------------------------------------------------------- step launches --
@@ -521,7 +527,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_one_launch(
 std::tuple<Tensor, Tensor, std::vector<Tensor>> gru_backward_one_launch(
     const RnnSizes& s, const Tensor& grad_output_, const Tensor& grad_hy_, const Tensor& input_,
     const Tensor& hx_, at::TensorList weights_, bool has_biases, const Tensor& output_,
-    const Tensor& saved_, const Tensor& hiddens_) {
+    const Tensor& saved_, const Tensor& hiddens_, const GradMask& mask) {
   const c10::cuda::CUDAGuard guard(input_.device());
   check_packed_not_capturing(s.seq, "gru_backward");
   check_grid(s.B, s.H, kGru);
@@ -598,14 +604,16 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> gru_backward_one_launch(
     for (int64_t d = 0; d < 2; ++d) {
       const int64_t k = 2 * l + d;
       const Tensor* wl = &w[k * s.per_layer];
-      grad_hx[k].copy_(carry[d] + at::mm(dgh[d].narrow(0, 0, B), wl[1]));
+      if (mask.states) grad_hx[k].copy_(carry[d] + at::mm(dgh[d].narrow(0, 0, B), wl[1]));
       Tensor dx_d = layer_param_grads(dgx[d], dgh[d], d == 0 ? x : pl.reversed(x), hx[k], outs[d],
-                                      wl[0], prev_idx, has_biases, grad_w, k * s.per_layer);
-      dx = d == 0 ? dx_d : pl.input_grad(dx, dx_d);
+                                      wl[0], prev_idx, has_biases, grad_w, k * s.per_layer,
+                                      mask.weights, l > 0 || mask.input);
+      if (dx_d.defined()) dx = d == 0 ? dx_d : pl.input_grad(dx, dx_d);
     }
     dy = dx;
-    if (l == 0) grad_input = dx.view(input_.sizes());
+    if (l == 0 && mask.input) grad_input = dx.view(input_.sizes());
   }
+  finish_masked(mask, opts, grad_input, {&grad_hx}, grad_w);
   return {grad_input, grad_hx, grad_w};
 }
 
@@ -677,7 +685,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward_one_launch(
 std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_one_launch(
     const RnnSizes& s, const Tensor& grad_output_, const Tensor& grad_hy_, const Tensor& input_,
     const Tensor& hx_, at::TensorList weights_, bool has_biases, bool relu,
-    const Tensor& output_, const Tensor& hiddens_) {
+    const Tensor& output_, const Tensor& hiddens_, const GradMask& mask) {
   const c10::cuda::CUDAGuard guard(input_.device());
   check_packed_not_capturing(s.seq, "rnn_backward");
   check_grid(s.B, s.H, kRnn);
@@ -745,15 +753,19 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_one_launch(
     for (int64_t d = 0; d < 2; ++d) {
       const int64_t k = 2 * l + d;
       const Tensor* wl = &w[k * s.per_layer];
-      Tensor grad_hx_k = grad_hx[k];
-      at::mm_out(grad_hx_k, dG[d].narrow(0, 0, B), wl[1]);
+      if (mask.states) {
+        Tensor grad_hx_k = grad_hx[k];
+        at::mm_out(grad_hx_k, dG[d].narrow(0, 0, B), wl[1]);
+      }
       Tensor dx_d = layer_param_grads(dG[d], dG[d], d == 0 ? x : pl.reversed(x), hx[k], outs[d],
-                                      wl[0], prev_idx, has_biases, grad_w, k * s.per_layer);
-      dx = d == 0 ? dx_d : pl.input_grad(dx, dx_d);
+                                      wl[0], prev_idx, has_biases, grad_w, k * s.per_layer,
+                                      mask.weights, l > 0 || mask.input);
+      if (dx_d.defined()) dx = d == 0 ? dx_d : pl.input_grad(dx, dx_d);
     }
     dy = dx;
-    if (l == 0) grad_input = dx.view(input_.sizes());
+    if (l == 0 && mask.input) grad_input = dx.view(input_.sizes());
   }
+  finish_masked(mask, input_.options(), grad_input, {&grad_hx}, grad_w);
   return {grad_input, grad_hx, grad_w};
 }
 
@@ -843,23 +855,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_cuda(
 std::tuple<Tensor, Tensor, std::vector<Tensor>> gru_backward_cuda(
     const Tensor& grad_output_, const Tensor& grad_hy_, const Tensor& input_, const Tensor& hx_,
     at::TensorList weights_, bool has_biases, const Tensor& output_, const Tensor& saved_,
-    const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes,
-    int64_t directions) {
+    const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes, int64_t directions,
+    std::array<bool, 3> output_mask) {
+  const GradMask mask(output_mask);
   check_cuda_args(input_, "gru_backward");
   const RnnSizes s = check_stack_args(kGru, 3, input_, hx_, {}, weights_, has_biases,
                                       batch_sizes, false, directions);
   check_gru_backward_args(s, input_, grad_output_, grad_hy_, output_, saved_, hiddens_);
   if (s.D == 2 && one_launch_applies(s))
     return gru_backward_one_launch(s, grad_output_, grad_hy_, input_, hx_, weights_, has_biases,
-                                   output_, saved_, hiddens_);
+                                   output_, saved_, hiddens_, mask);
   if (s.D == 2)
     return gru_backward_bidirectional(s, grad_output_, grad_hy_, input_, hx_, weights_,
-                                      has_biases, output_, saved_, hiddens_, batch_sizes);
+                                      has_biases, output_, saved_, hiddens_, batch_sizes, mask);
   const c10::cuda::CUDAGuard guard(input_.device());
   check_packed_not_capturing(s.seq, "gru_backward");
   const SeqLayout& seq = s.seq;
   const int64_t T = s.T, B = s.B, H = s.H, L = s.L, N = seq.N, G3 = 3 * H, G4 = 4 * H;
-  if (N == 0 || H == 0) return empty_backward(input_, grad_hy_, weights_);
+  if (N == 0 || H == 0) return empty_backward(input_, grad_hy_, weights_, mask);
   check_grid(B, H, kGru);
 
   const Tensor input = input_.contiguous(), hx = hx_.contiguous();
@@ -917,13 +930,15 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> gru_backward_cuda(
 
     // The gradient reaching h_{-1} = hx[l]: the carry z_0·dh_0 plus the
     // recurrent part dGh_0 · W_hh (step 0 holds all B sequences).
-    grad_hx[l].copy_(carry + at::mm(dgh.narrow(0, 0, B), wl[1]));
+    if (mask.states) grad_hx[l].copy_(carry + at::mm(dgh.narrow(0, 0, B), wl[1]));
     // Weight, bias and input gradients: large GEMMs over all rows.  A new dy
     // (mm's result) for the layer below: it does not alias dgx/dgh.
     dy = layer_param_grads(dgx, dgh, x.reshape({N, x.size(-1)}), hx[l], out.reshape({N, H}),
-                           wl[0], prev_idx, has_biases, grad_w, l * s.per_layer);
-    if (l == 0) grad_input = dy.view(input_.sizes());
+                           wl[0], prev_idx, has_biases, grad_w, l * s.per_layer, mask.weights,
+                           l > 0 || mask.input);
+    if (l == 0 && mask.input) grad_input = dy.view(input_.sizes());
   }
+  finish_masked(mask, input_.options(), grad_input, {&grad_hx}, grad_w);
   return {grad_input, grad_hx, grad_w};
 }
 
@@ -1008,23 +1023,24 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward_cuda(const Tensor& input_, const 
 std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_cuda(
     const Tensor& grad_output_, const Tensor& grad_hy_, const Tensor& input_, const Tensor& hx_,
     at::TensorList weights_, bool has_biases, bool relu, const Tensor& output_,
-    const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes,
-    int64_t directions) {
+    const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes, int64_t directions,
+    std::array<bool, 3> output_mask) {
+  const GradMask mask(output_mask);
   check_cuda_args(input_, "rnn_backward");
   const RnnSizes s = check_stack_args(kRnn, 1, input_, hx_, {}, weights_, has_biases,
                                       batch_sizes, false, directions);
   check_rnn_backward_args(s, input_, grad_output_, grad_hy_, output_, hiddens_);
   if (s.D == 2 && one_launch_applies(s))
     return rnn_backward_one_launch(s, grad_output_, grad_hy_, input_, hx_, weights_, has_biases,
-                                   relu, output_, hiddens_);
+                                   relu, output_, hiddens_, mask);
   if (s.D == 2)
     return rnn_backward_bidirectional(s, grad_output_, grad_hy_, input_, hx_, weights_,
-                                      has_biases, relu, output_, hiddens_, batch_sizes);
+                                      has_biases, relu, output_, hiddens_, batch_sizes, mask);
   const c10::cuda::CUDAGuard guard(input_.device());
   check_packed_not_capturing(s.seq, "rnn_backward");
   const SeqLayout& seq = s.seq;
   const int64_t T = s.T, B = s.B, H = s.H, L = s.L, N = seq.N;
-  if (N == 0 || H == 0) return empty_backward(input_, grad_hy_, weights_);
+  if (N == 0 || H == 0) return empty_backward(input_, grad_hy_, weights_, mask);
   check_grid(B, H, kRnn);
 
   const Tensor input = input_.contiguous(), hx = hx_.contiguous();
@@ -1072,12 +1088,16 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_cuda(
                             {w_hh, dy_p, dhy, out_p, dG_p}, stream, steps);
     });
 
-    Tensor grad_hx_l = grad_hx[l];
-    at::mm_out(grad_hx_l, dG.narrow(0, 0, B), wl[1]);
+    if (mask.states) {
+      Tensor grad_hx_l = grad_hx[l];
+      at::mm_out(grad_hx_l, dG.narrow(0, 0, B), wl[1]);
+    }
     dy = layer_param_grads(dG, dG, x.reshape({N, x.size(-1)}), hx[l], out.reshape({N, H}), wl[0],
-                           prev_idx, has_biases, grad_w, l * s.per_layer);
-    if (l == 0) grad_input = dy.view(input_.sizes());
+                           prev_idx, has_biases, grad_w, l * s.per_layer, mask.weights,
+                           l > 0 || mask.input);
+    if (l == 0 && mask.input) grad_input = dy.view(input_.sizes());
   }
+  finish_masked(mask, input_.options(), grad_input, {&grad_hx}, grad_w);
   return {grad_input, grad_hx, grad_w};
 }
 

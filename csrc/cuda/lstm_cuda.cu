@@ -676,7 +676,7 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_one_launch
     const LstmSizes& s, const Tensor& grad_output_, const Tensor& grad_hy_,
     const Tensor& grad_cy_, const Tensor& input_, const Tensor& hx_, const Tensor& cx_,
     at::TensorList weights_, bool has_biases, const Tensor& output_, const Tensor& gates_,
-    const Tensor& cells_, const Tensor& hiddens_) {
+    const Tensor& cells_, const Tensor& hiddens_, const GradMask& mask) {
   check_cuda_supported(s, "lstm_backward");
   const c10::cuda::CUDAGuard guard(input_.device());
   check_packed_not_capturing(s.seq, "lstm_backward");
@@ -774,19 +774,27 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_one_launch
       const int64_t k = 2 * l + d;
       const Tensor* wl = &w[k * s.per_layer];
       const Tensor dG_d = dG[d];
-      grad_hx[k].copy_(at::mm(dG_d.narrow(0, 0, B), wl[1]));
-      grad_cx[k].copy_(dc_state[d]);
-      // This direction's input and output rows in its processing order.
-      const Tensor x_d = d == 0 ? x : pl.reversed(x);
-      const Tensor out_d = d == 0 ? y.narrow(1, 0, H) : pl.reversed(y.narrow(1, H, H));
-      layer_weight_grads(q, dG_d, x_d, out_d, hx[k], prev_idx, has_biases, grad_w,
-                         k * s.per_layer);
-      const Tensor dx_d = at::mm(dG_d, wl[0]);
-      dx = d == 0 ? dx_d : pl.input_grad(dx, dx_d);
+      if (mask.states) {
+        Tensor ghx = grad_hx[k];
+        at::mm_out(ghx, dG_d.narrow(0, 0, B), wl[1]);
+        grad_cx[k].copy_(dc_state[d]);
+      }
+      if (mask.weights) {
+        // This direction's input and output rows in its processing order.
+        const Tensor x_d = d == 0 ? x : pl.reversed(x);
+        const Tensor out_d = d == 0 ? y.narrow(1, 0, H) : pl.reversed(y.narrow(1, H, H));
+        layer_weight_grads(q, dG_d, x_d, out_d, hx[k], prev_idx, has_biases, grad_w,
+                           k * s.per_layer);
+      }
+      if (l > 0 || mask.input) {
+        const Tensor dx_d = at::mm(dG_d, wl[0]);
+        dx = d == 0 ? dx_d : pl.input_grad(dx, dx_d);
+      }
     }
     dy = dx;
-    if (l == 0) grad_input = dx.view(input_.sizes());
+    if (l == 0 && mask.input) grad_input = dx.view(input_.sizes());
   }
+  finish_masked(mask, opts, grad_input, {&grad_hx, &grad_cx}, grad_w);
   return {grad_input, grad_hx, grad_cx, grad_w};
 }
 
@@ -805,8 +813,9 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cuda(
     const Tensor& grad_output_, const Tensor& grad_hy_, const Tensor& grad_cy_,
     const Tensor& input_, const Tensor& hx_, const Tensor& cx_, at::TensorList weights_,
     bool has_biases, const Tensor& output_, const Tensor& gates_, const Tensor& cells_,
-    const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes,
-    int64_t directions) {
+    const Tensor& hiddens_, const std::optional<Tensor>& batch_sizes, int64_t directions,
+    std::array<bool, 3> output_mask) {
+  const GradMask mask(output_mask);
   check_cuda_args(input_, "lstm_backward");
   const LstmSizes s =
       check_lstm_args(input_, hx_, cx_, weights_, has_biases, batch_sizes, directions);
@@ -815,14 +824,15 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cuda(
                       hiddens_);
   if (s.D == 2 && one_launch_applies(s, input_, /*backward=*/true))
     return lstm_backward_one_launch(s, grad_output_, grad_hy_, grad_cy_, input_, hx_, cx_,
-                                    weights_, has_biases, output_, gates_, cells_, hiddens_);
+                                    weights_, has_biases, output_, gates_, cells_, hiddens_,
+                                    mask);
   if (s.D == 2)
     return lstm_backward_bidirectional(s, grad_output_, grad_hy_, grad_cy_, input_, hx_, cx_,
                                        weights_, has_biases, output_, gates_, cells_, hiddens_,
-                                       batch_sizes);
+                                       batch_sizes, mask);
   if (auto r = persistent_lstm_backward_if_selected(s, grad_output_, grad_hy_, grad_cy_, input_,
                                                     hx_, cx_, weights_, has_biases, output_,
-                                                    gates_, cells_, hiddens_))
+                                                    gates_, cells_, hiddens_, mask))
     return *r;
   const c10::cuda::CUDAGuard guard(input_.device());
   check_packed_not_capturing(s.seq, "lstm_backward");
@@ -840,6 +850,7 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cuda(
     Tensor grad_hx = grad_hy_.clone(at::MemoryFormat::Contiguous);
     Tensor grad_cx = grad_cy_.clone(at::MemoryFormat::Contiguous);
     for (size_t k = 0; k < weights_.size(); ++k) grad_w[k] = at::zeros(weights_[k].sizes(), opts);
+    finish_masked(mask, opts, grad_input, {&grad_hx, &grad_cx}, grad_w);
     return {grad_input, grad_hx, grad_cx, grad_w};
   }
 
@@ -950,11 +961,15 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cuda(
 
     // The gradient flowing to t = -1 (every sequence is active at step 0,
     // whose dG rows are the first B).
-    grad_hx[l].copy_(at::mm(dG.narrow(0, 0, B), wl[1]));
-    grad_cx[l].copy_(dc_state);
+    if (mask.states) {
+      Tensor ghx = grad_hx[l];
+      at::mm_out(ghx, dG.narrow(0, 0, B), wl[1]);
+      grad_cx[l].copy_(dc_state);
+    }
 
-    layer_weight_grads(q, dG, x2, out2, hx[l], prev_idx, has_biases, grad_w, l * s.per_layer);
-    if (proj) {
+    if (mask.weights)
+      layer_weight_grads(q, dG, x2, out2, hx[l], prev_idx, has_biases, grad_w, l * s.per_layer);
+    if (proj && mask.weights) {
       // dW_hr = Σ dh_tᵀ h_raw_t; dy now holds dh_t of every row.
       const at::ScalarType acc = acc_scalar_type(input.scalar_type());
       const Tensor o_gate = gates[l].reshape({N, G4}).narrow(1, 3 * H, H).to(acc);
@@ -964,9 +979,11 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cuda(
     // Gradient for the layer below (or the op's input).  A new tensor, so it
     // does not alias dG, which the next layer overwrites, and it may be
     // written to (grad_hy of the layer below).
+    if (l == 0 && !mask.input) break;
     dy = at::mm(dG, wl[0]);
     if (l == 0) grad_input = dy.view(input.sizes());
   }
+  finish_masked(mask, opts, grad_input, {&grad_hx, &grad_cx}, grad_w);
   return {grad_input, grad_hx, grad_cx, grad_w};
 }
 

@@ -1273,7 +1273,7 @@ std::optional<LstmBackwardResult> persistent_lstm_backward_if_selected(
     const LstmSizes& s, const Tensor& grad_output_, const Tensor& grad_hy_,
     const Tensor& grad_cy_, const Tensor& input_, const Tensor& hx_, const Tensor& cx_,
     at::TensorList weights_, bool has_biases, const Tensor& output_, const Tensor& gates_,
-    const Tensor& cells_, const Tensor& hiddens_) {
+    const Tensor& cells_, const Tensor& hiddens_, const GradMask& mask) {
   c10::cuda::OptionalCUDAGuard guard;
   const std::optional<Plan> selected =
       select_persistent_plan</*kBackward=*/true>(s, input_, guard);
@@ -1313,10 +1313,15 @@ std::optional<LstmBackwardResult> persistent_lstm_backward_if_selected(
 
   // After the recurrence: gradients of the weights, biases, input and h0 as
   // large GEMMs / reductions over all timesteps (they follow allow_tf32), in
-  // the general tier's formulas.
+  // the general tier's formulas; only those output_mask asks for.
   std::vector<Tensor> grad_w(weights_.size());
-  Tensor grad_hx = at::empty({L, B, H}, opts);
+  Tensor grad_hx = mask.states ? at::empty({L, B, H}, opts) : Tensor();
   for (int64_t l = 0; l < L; ++l) {
+    if (mask.states) {
+      Tensor ghx = grad_hx[l];
+      at::mm_out(ghx, dG[l][0], w[l * pl + 1]);
+    }
+    if (!mask.weights) continue;
     const Tensor x = l == 0 ? input : hiddens[l - 1];     // layer input (T, B, I_l)
     const Tensor out = l == L - 1 ? output : hiddens[l];  // layer output (T, B, H)
     const int64_t I_l = x.size(2);
@@ -1330,10 +1335,10 @@ std::optional<LstmBackwardResult> persistent_lstm_backward_if_selected(
       grad_w[l * pl + 2] = db;
       grad_w[l * pl + 3] = db.clone();
     }
-    Tensor ghx = grad_hx[l];
-    at::mm_out(ghx, dG[l][0], w[l * pl + 1]);
   }
-  Tensor grad_input = at::mm(dG[0].view({T * B, G4}), w[0]).view({T, B, s.I});
+  Tensor grad_input =
+      mask.input ? at::mm(dG[0].view({T * B, G4}), w[0]).view({T, B, s.I}) : Tensor();
+  finish_masked(mask, opts, grad_input, {&grad_hx, &grad_cx}, grad_w);
   return LstmBackwardResult{grad_input, grad_hx, grad_cx, grad_w};
 }
 

@@ -36,7 +36,8 @@ std::optional<LstmBackwardResult> persistent_lstm_backward_if_selected(
     const LstmSizes& s, const at::Tensor& grad_output, const at::Tensor& grad_hy,
     const at::Tensor& grad_cy, const at::Tensor& input, const at::Tensor& hx,
     const at::Tensor& cx, at::TensorList weights, bool has_biases, const at::Tensor& output,
-    const at::Tensor& gates, const at::Tensor& cells, const at::Tensor& hiddens);
+    const at::Tensor& gates, const at::Tensor& cells, const at::Tensor& hiddens,
+    const GradMask& mask);
 
 // Whether the persistent tier would run one direction of one layer of the
 // bidirectional stack `s` (the one-layer, one-direction op call that the
