@@ -218,7 +218,8 @@ fi
 
 # ------------------------------------------------------------------- tests --
 # The files with CUDA tests (tests/test_cuda*.py, test_bidirectional.py,
-# test_autocast.py and test_autograd.py, which have one each) by default: the CPU suite runs in CI and
+# test_autocast.py and test_autograd.py, which have one each, and
+# test_output_mask.py) by default: the CPU suite runs in CI and
 # would spend this call's limited time on what CI already covers.  TESTS=tests
 # runs everything, TESTS=none nothing.
 # Each file runs in its own pytest process, so a crash in one (a segfault
@@ -227,7 +228,7 @@ fi
 : > "$OUT/tests.log"
 TEST_FILES=()
 # shellcheck disable=SC2086
-for f in ${TESTS:-tests/test_cuda*.py tests/test_bidirectional.py tests/test_autocast.py tests/test_autograd.py}; do
+for f in ${TESTS:-tests/test_cuda*.py tests/test_bidirectional.py tests/test_autocast.py tests/test_autograd.py tests/test_output_mask.py}; do
   if [ "$f" = none ]; then
     continue
   elif [ -d "$f" ]; then
