@@ -356,7 +356,7 @@ fi
 # PROFILE=1: Nsight Compute reports of a D2L-size forward ($OUT/ncu_<name>.ncu-rep;
 # open with ncu-ui) and their details pages as text ($OUT/ncu_<name>.txt):
 # the persistent forward at L = 2, its backward at L = 2, the forward at L = 8
-# and L = 1 (one launch each after the warm-up) and six step kernels of the
+# (also with the two-unit tasks) and L = 1 (one launch each after the warm-up) and six step kernels of the
 # general tier at L = 2.  PROFILE_ARGS adds
 # profile_step.py arguments (e.g. "--B 8 --T 64").
 if [ "${PROFILE:-0}" = 1 ] && command -v ncu > /dev/null; then
@@ -374,6 +374,10 @@ if [ "${PROFILE:-0}" = 1 ] && command -v ncu > /dev/null; then
   prof persistent_L2 lstm_persistent_fwd 3 1 --tier persistent --L 2
   prof persistent_bwd_L2 lstm_persistent_bwd 3 1 --tier persistent --L 2 --backward
   prof persistent_L8 lstm_persistent_fwd 3 1 --tier persistent --L 8
+  # The two-unit forward tasks (EXPERIMENTAL) at L = 8, where they should pay
+  # if the k loop is shared-memory bound (benchmarks/NOTES_gpu.md).
+  prof persistent_L8_pairs lstm_persistent_fwd 3 1 --tier persistent --L 8 \
+    --option persistent_fwd_task_units=2
   prof persistent_L1 lstm_persistent_fwd 3 1 --tier persistent --L 1
   prof general_L2 lstm 40 6 --tier general --L 2
 fi

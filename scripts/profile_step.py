@@ -33,6 +33,9 @@ def main():
     p.add_argument("--H", type=int, default=256)
     p.add_argument("--L", type=int, default=2)
     p.add_argument("--backward", action="store_true", help="forward+backward")
+    p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                   help="a fusedrnn.set_option for the run (repeatable), e.g. "
+                        "persistent_fwd_task_units=2")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--torch-profile", action="store_true",
@@ -46,6 +49,11 @@ def main():
     if not torch.cuda.is_available():
         raise SystemExit("profile_step.py: needs a CUDA device")
     fusedrnn.set_option("cuda_tier", a.tier)
+    for opt in a.option:
+        name, sep, value = opt.partition("=")
+        if not sep:
+            raise SystemExit(f"profile_step.py: --option expects NAME=VALUE, got {opt!r}")
+        fusedrnn.set_option(name, value)
     torch.manual_seed(0)
     lstm = fusedrnn.LSTM(a.I, a.H, a.L).cuda()
     x = torch.randn(a.T, a.B, a.I, device="cuda", requires_grad=a.backward)
