@@ -174,8 +174,8 @@ struct StackBackward {
 // run(dy, x, out, k, m): the one-direction backward op for (layer, direction)
 // index k, given the gradient of its output dy, its input x and its output
 // `out`, all in its processing order, and its output_mask m (the op's, but
-// the input gradient of every layer above the first, which is the next
-// layer's dy).  Returns the op's gradients, finish_masked'd by the caller.
+// with the input gradient of every layer above the first, which is the next
+// layer's dy).  The gradients it returns follow `mask` (finish_masked).
 StackBackward backward_stack(
     const RnnSizes& s, const Tensor& grad_output, const Tensor& input, const Tensor& output,
     const Tensor& hiddens, size_t n_states, const GradMask& mask,
@@ -206,12 +206,10 @@ StackBackward backward_stack(
     dy = m.input ? f.grad_input.add_(rev(r.grad_input)) : Tensor();
   }
   res.grad_input = dy;
+  std::vector<Tensor*> state_ptrs;
   for (auto& v : states) res.grad_states.push_back(mask.states ? at::cat(v, 0) : Tensor());
-  finish_masked(mask, input.options(), res.grad_input,
-                n_states == 2 ? std::initializer_list<Tensor*>{&res.grad_states[0],
-                                                               &res.grad_states[1]}
-                              : std::initializer_list<Tensor*>{&res.grad_states[0]},
-                res.grad_w);
+  for (Tensor& t : res.grad_states) state_ptrs.push_back(&t);
+  finish_masked(mask, input.options(), res.grad_input, state_ptrs, res.grad_w);
   return res;
 }
 

@@ -285,8 +285,7 @@ struct GradMask {
 };
 
 inline void finish_masked(const GradMask& m, const at::TensorOptions& opts,
-                          at::Tensor& grad_input,
-                          std::initializer_list<at::Tensor*> grad_states,
+                          at::Tensor& grad_input, c10::ArrayRef<at::Tensor*> grad_states,
                           std::vector<at::Tensor>& grad_w) {
   if (m.all()) return;
   if (!m.input) grad_input = at::empty({0}, opts);

@@ -45,10 +45,10 @@ def _placed(where):
         yield torch.device("cuda", 0)
 
 
-def _op_args(kind, L, D, packed, proj, device, seed=0):
+def _op_args(kind, L, D, packed, proj, device, T=4, B=3, seed=0):
     """(backward op, its positional arguments) after one training forward."""
     g = torch.Generator().manual_seed(seed)
-    I, H, B = 3, 5, 3
+    I, H = 3, 5
     kw = {"proj_size": proj} if proj else {}
     mod = NN[kind](I, H, L, bidirectional=D == 2, **kw)
     w = [p.detach().to(F64).to(device) for p in mod._flat_weights]
@@ -61,7 +61,7 @@ def _op_args(kind, L, D, packed, proj, device, seed=0):
         x = randn(int(batch_sizes.sum()), I)
     else:
         batch_sizes = None
-        x = randn(4, B, I)
+        x = randn(T, B, I)
     h0 = randn(D * L, B, P)
     ops = torch.ops.fusedrnn
     if kind == "lstm":
@@ -108,27 +108,31 @@ def _check_masked(kind, full, got, mask):
         assert mw == [], "the weights' gradients were left out but the list is not empty"
 
 
-CASES = [  # kind, L, D, packed, proj
-    ("lstm", 1, 1, False, 0),
-    ("lstm", 2, 1, False, 0),
-    ("lstm", 2, 1, True, 0),
-    ("lstm", 2, 2, False, 0),
-    ("lstm", 2, 2, True, 0),
-    ("lstm", 2, 1, False, 2),
-    ("gru", 2, 1, False, 0),
-    ("gru", 2, 2, True, 0),
-    ("rnn", 2, 1, True, 0),
-    ("rnn", 2, 2, False, 0),
+CASES = [  # kind, L, D, packed, proj, T, B
+    ("lstm", 1, 1, False, 0, 4, 3),
+    ("lstm", 2, 1, False, 0, 4, 3),
+    ("lstm", 2, 1, True, 0, 4, 3),
+    ("lstm", 2, 2, False, 0, 4, 3),
+    ("lstm", 2, 2, True, 0, 4, 3),
+    ("lstm", 2, 1, False, 2, 4, 3),
+    ("lstm", 2, 1, False, 0, 0, 3),   # no timesteps: grad_hx = grad_hy
+    ("lstm", 2, 1, False, 0, 4, 0),   # an empty batch
+    ("gru", 2, 1, False, 0, 4, 3),
+    ("gru", 2, 2, True, 0, 4, 3),
+    ("gru", 2, 1, False, 0, 0, 3),
+    ("rnn", 2, 1, True, 0, 4, 3),
+    ("rnn", 2, 2, False, 0, 4, 3),
+    ("rnn", 2, 1, False, 0, 4, 0),
 ]
 
 
 @pytest.mark.parametrize("where", WHERE)
-@pytest.mark.parametrize("kind,L,D,packed,proj", CASES)
-def test_masks_match_full_call(where, kind, L, D, packed, proj):
+@pytest.mark.parametrize("kind,L,D,packed,proj,T,B", CASES)
+def test_masks_match_full_call(where, kind, L, D, packed, proj, T, B):
     if where == "cuda-persistent" and (kind != "lstm" or packed or proj or D != 1):
         pytest.skip("the persistent tier runs one-direction padded LSTMs without proj_size")
     with _placed(where) as device:
-        op, args = _op_args(kind, L, D, packed, proj, device)
+        op, args = _op_args(kind, L, D, packed, proj, device, T, B)
         full = op(*args)
         for mask in MASKS:
             got = op(*args, output_mask=list(mask))
