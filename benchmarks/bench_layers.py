@@ -31,7 +31,9 @@ lanes' epilogue (-base, the defaults before 2026-12-04), 256 with the CTA-wide
 forward epilogue (-ctaepi), 512 with the lanes' (-wide), 512 with the CTA-wide
 (-wide-ctaepi); fusedrnn-persistent is their auto choice; -pairs and
 -wide-pairs: 256 / 512 threads, CTA-wide, with the experimental two-unit
-forward tasks, persistent_fwd_task_units "2"),
+forward tasks, persistent_fwd_task_units "2"; -regs: 256, CTA-wide, the
+experimental float32 forward with its weights in registers,
+persistent_fwd_task_units "regs", where it fits, else the one-unit tasks),
 fusedrnn-per-step and fusedrnn-graph (CUDA only: the general tier's step
 kernels launched one by one from the host, or replayed from a captured CUDA
 graph), fusedrnn-packed and torch-packed (the same batch as a PackedSequence with
@@ -512,7 +514,9 @@ class PersistentVariantImpl(CudaTierImpl):
     CTA-wide after the chunk's products), -wide (512, lanes') and
     -wide-ctaepi (512, CTA-wide); and fusedrnn-persistent-pairs (256,
     CTA-wide, the experimental two-unit forward tasks) and -wide-pairs (the
-    same at 512, float32 only).  Only when named in --impls."""
+    same at 512, float32 only), and fusedrnn-persistent-regs (256, CTA-wide,
+    the experimental float32 forward weights in registers).  Only when named
+    in --impls."""
     in_default = False
 
     def __init__(self, name, label, *variant):
@@ -697,6 +701,12 @@ IMPLS: Dict[str, Impl] = {
         "two-unit forward tasks)",
         ("persistent_threads", "512"), ("persistent_cta_epilogue", "on"),
         ("persistent_fwd_task_units", "2")),
+    "fusedrnn-persistent-regs": PersistentVariantImpl(
+        "fusedrnn-persistent-regs",
+        "fusedrnn.{Cell} (persistent tier, 256 threads per CTA, CTA-wide forward epilogue, "
+        "float32 forward weights in registers)",
+        ("persistent_threads", "256"), ("persistent_cta_epilogue", "on"),
+        ("persistent_fwd_task_units", "regs")),
     "fusedrnn-persistent-wide-ctaepi": PersistentVariantImpl(
         "fusedrnn-persistent-wide-ctaepi",
         "fusedrnn.{Cell} (persistent tier, 512 threads per CTA, CTA-wide forward epilogue)",

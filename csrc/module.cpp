@@ -83,7 +83,8 @@ static fusedrnn::persistent::DeviceLimits limits(long long smem_sm, long long sm
 // `option` (0 auto, 1 general, 2 persistent) would pick; `mma` asks for the
 // tensor-core tiles (1; 2: float32 as TF32 too) ("mma_product": the
 // partial-sum area's rows per K slice and row length); `cta_epilogue` 0 off,
-// 1 on, -1 auto; `threads` 256, 512 or -1 auto; `fwd_task_units` 1 or 2
+// 1 on, -1 auto; `threads` 256, 512 or -1 auto; `fwd_task_units` 1, 2 or 3
+// (the forward weights in registers, persistent_plan.h kFwdRegs)
 // (persistent_plan.h, plan_lstm_auto: what the options' auto values pick).
 // Plain host code, so the CPU tests can check the planner without a GPU.
 static PyObject* persistent_plan(PyObject*, PyObject* args) {

@@ -20,7 +20,7 @@ constexpr OptionInfo kInfo[] = {
     {"persistent_bwd_split", 3},  // auto (= on), off, on
     {"persistent_cta_epilogue", 3},  // auto, off, on (options.h)
     {"persistent_threads", 3},  // auto, 256, 512 (options.h)
-    {"persistent_fwd_task_units", 3},  // auto (= 1), 1, 2
+    {"persistent_fwd_task_units", 4},  // auto (= 1), 1, 2, regs (options.h)
 };
 static_assert(sizeof(kInfo) / sizeof(kInfo[0]) == static_cast<int>(Option::kCount),
               "one OptionInfo per Option");

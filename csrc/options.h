@@ -61,7 +61,11 @@ enum class Option : int {
   // task of two units x 8 batch rows loads each staged chunk once for 64
   // products instead of 32, a third less shared-memory traffic per product;
   // only with the CTA-wide epilogue, at 256 threads per CTA or (float32) 512,
-  // persistent_plan.h "two-unit forward tasks").
+  // persistent_plan.h "two-unit forward tasks"), 3 "regs" (EXPERIMENTAL,
+  // written without a GPU on 2026-12-05: float32 forward weights resident in
+  // registers, each warp owning up to 8 gate rows for every step, so the k
+  // loop reads only the staged rows from shared memory; 256 threads, the
+  // CTA-wide epilogue, H % 4 == 0 and 2H <= 512; persistent_plan.h kFwdRegs).
   kPersistentFwdTaskUnits = 7,
   kCount = 8,
 };

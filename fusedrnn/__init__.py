@@ -71,8 +71,11 @@ _OPTIONS = {
     # Hidden units per forward warp task (FMA path): 2 (EXPERIMENTAL, written
     # without a GPU, 2026-12-04) loads each staged chunk once for twice the
     # products; only with the CTA-wide epilogue, at 256 threads per CTA or
-    # (float32) 512 (auto threads then count the two-unit tasks).  auto means 1.
-    "persistent_fwd_task_units": ("auto", "1", "2"),
+    # (float32) 512 (auto threads then count the two-unit tasks).  "regs"
+    # (EXPERIMENTAL, written without a GPU, 2026-12-05): float32 weights kept
+    # in registers, each warp owning up to 8 gate rows for every step (256
+    # threads, CTA-wide epilogue, H % 4 == 0, 2H <= 512).  auto means 1.
+    "persistent_fwd_task_units": ("auto", "1", "2", "regs"),
 }
 
 
@@ -91,7 +94,8 @@ def set_option(name: str, value: str) -> None:
     except for float64), ``persistent_threads`` in ("auto", "256", "512")
     (threads per CTA of the persistent kernels; auto picks per dtype,
     direction and size) and ``persistent_fwd_task_units`` in ("auto", "1",
-    "2") (experimental: hidden units per forward warp task; auto = 1).
+    "2", "regs") (experimental: hidden units per forward warp task, or the
+    float32 forward's weights in registers; auto = 1).
     Meant for tests and
     benchmarks that compare implementations; "auto" is the default."""
     if name not in _OPTIONS:

@@ -20,10 +20,13 @@
 #   $OUT/bench_variants.log  the persistent tier's auto choice against the
 #                    four pinned settings of threads per CTA (256/512) x
 #                    forward epilogue (lanes'/CTA-wide): -base, -ctaepi, -wide,
-#                    -wide-ctaepi, and -pairs / -wide-pairs (two-unit forward
+#                    -wide-ctaepi, -pairs / -wide-pairs (two-unit forward
 #                    tasks, EXPERIMENTAL); float32, the D2L layer sweep, fastrnns and
 #                    one-step, $OUT/results_variants (bench_variants_bf16.log:
-#                    bfloat16, d2l and d2l-L8, $OUT/results_variants_bf16)
+#                    bfloat16, d2l and d2l-L8, $OUT/results_variants_bf16;
+#                    bench_variants_regs.log: -regs, the float32 forward
+#                    weights in registers, EXPERIMENTAL, D2L L1-L8,
+#                    $OUT/results_variants_regs)
 #   $OUT/bench_split.log  (SPLIT=1 only: measured on an H200, 2026-12-04, now
 #                    the default) the persistent backward with and without its batch
 #                    split (fusedrnn-persistent-nosplit), results in $OUT/results_split
@@ -292,6 +295,14 @@ if [ "${VARIANTS:-1}" = 1 ] && [ "$SKIP_PERSISTENT" = 0 ]; then
     python benchmarks/bench_layers.py --device cuda --dtype bfloat16 \
     --out "$OUT/results_variants_bf16" --configs d2l,d2l-L8 --cells lstm --no-reference \
     --budget 1.5 --impls "${VARIANT_IMPLS%,fusedrnn-persistent-wide-pairs}"
+  # The EXPERIMENTAL register-resident float32 forward weights (2026-12-05,
+  # not yet run on a GPU when added; tests: test_register_weights_*) in a
+  # process of their own, so that a fault in that kernel cannot cost the rows
+  # above; beside auto and the two-unit tasks, on the D2L layer sweep.
+  run_logged variants_regs "$OUT/bench_variants_regs.log" "${VARIANTS_TIMEOUT:-120}" \
+    python benchmarks/bench_layers.py --device cuda --out "$OUT/results_variants_regs" \
+    --configs d2l-L1,d2l,d2l-L4,d2l-L8 --cells lstm --no-reference --budget 1.5 \
+    --impls fusedrnn-persistent,fusedrnn-persistent-ctaepi,fusedrnn-persistent-wide-pairs,fusedrnn-persistent-regs
 fi
 
 # ------------------------------------------- kernel time against call time --

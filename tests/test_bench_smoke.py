@@ -97,7 +97,7 @@ def test_fast_step_switch_restores_on_exception():
 VARIANT_OTHERS = {"persistent_bwd_split": ("auto", "on"),
                   "persistent_cta_epilogue": ("auto", "off", "on"),
                   "persistent_threads": ("auto", "256", "512"),
-                  "persistent_fwd_task_units": ("auto", "1", "2")}
+                  "persistent_fwd_task_units": ("auto", "1", "2", "regs")}
 
 
 @pytest.mark.parametrize("name,pinned", [
@@ -112,6 +112,8 @@ VARIANT_OTHERS = {"persistent_bwd_split": ("auto", "on"),
     ("fusedrnn-persistent-wide-pairs", {"persistent_threads": "512",
                                         "persistent_cta_epilogue": "on",
                                         "persistent_fwd_task_units": "2"}),
+    ("fusedrnn-persistent-regs", {"persistent_threads": "256", "persistent_cta_epilogue": "on",
+                                  "persistent_fwd_task_units": "regs"}),
 ])
 def test_persistent_variant_impl_scope_and_not_default(name, pinned):
     """The persistent-tier variants run only when named, and each one's scope

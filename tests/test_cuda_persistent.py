@@ -28,6 +28,8 @@ What is checked:
 * the EXPERIMENTAL two-unit forward tasks (persistent_fwd_task_units "2", 256
   threads, and 512 in float32): the forward against one-unit tasks and the
   float64 reference; determinism;
+* the EXPERIMENTAL float32 forward weights in registers
+  (persistent_fwd_task_units "regs"): the same checks;
 * the 512-thread CTAs (persistent_threads "512", auto's choice for most
   float32 and 2-byte backward / float32 forward sizes; alone and with
   the CTA-wide epilogue): outputs, states, saved activations and gradients
@@ -77,10 +79,11 @@ def _persistent_and_general(fn, *args):
 
 
 def device_plan(H, L, B, dtype, T=8, backward=False, max_batch_split=1, mma=False,
-                cta_epilogue=False):
+                cta_epilogue=False, threads=256, fwd_task_units=1):
     """The planner's answer for this device; mma: the tensor-core tiles asked
     for (float32 as TF32 when torch.backends.cuda.matmul.allow_tf32 is on, as
-    the op does); cta_epilogue: the forward's CTA-wide epilogue asked for."""
+    the op does); cta_epilogue: the forward's CTA-wide epilogue asked for;
+    threads and fwd_task_units as persistent_plan takes them."""
     p = torch.cuda.get_device_properties(CUDA)
     smem_sm = getattr(p, "shared_memory_per_multiprocessor", 0)
     smem_block = getattr(p, "shared_memory_per_block_optin", 0)
@@ -92,7 +95,7 @@ def device_plan(H, L, B, dtype, T=8, backward=False, max_batch_split=1, mma=Fals
                                        p.multi_processor_count, T, 0, int(backward),
                                        max_batch_split,
                                        (2 if torch.backends.cuda.matmul.allow_tf32 else 1)
-                                       if mma else 0, int(cta_epilogue))
+                                       if mma else 0, int(cta_epilogue), threads, fwd_task_units)
 
 
 def _run_ops(weights, x, h0, c0, bias):
@@ -698,6 +701,55 @@ def test_two_unit_tasks_auto_threads():
     w, x, h0, c0 = _case_inputs((L, I, H, T, B, True), F32)
     op = torch.ops.fusedrnn.lstm_forward
     with tier("persistent"), option_set("persistent_fwd_task_units", "2"):
+        auto = op(x, h0, c0, w, True, True)
+        with option_set("persistent_threads", "256"), option_set("persistent_cta_epilogue", "on"):
+            pinned = op(x, h0, c0, w, True, True)
+    for a, b in zip(auto, pinned):
+        assert torch.equal(a, b)
+
+
+# ------------------------------------- forward weights in registers --
+# persistent_fwd_task_units "regs" (EXPERIMENTAL, written without a GPU on
+# 2026-12-05): float32, 256 threads, the CTA-wide epilogue; each warp keeps up
+# to 8 gate rows in registers.  H = 20 at L = 3 leaves one unit (4 rows) a CTA,
+# so 7 of the 8 warps own no row; B = 200 stages the batch in chunks.
+SHAPES_REGS = [s for s in SHAPES_CTA if s[2] % 4 == 0 and 2 * s[2] <= 512] + \
+    [(3, 7, 20, 3, 3, True), (2, 9, 12, 4, 7, False)]
+
+
+@pytest.mark.parametrize("shape", SHAPES_REGS, ids=_ids(SHAPES_REGS))
+def test_register_weights_match_one_unit_and_reference(shape):
+    L, I, H, T, B, bias = shape
+    _need_fit(H, L, B, F32, T)
+    plan = device_plan(H, L, B, F32, T, cta_epilogue=True, fwd_task_units=3)
+    if plan["fwd_task_units"] != 3:
+        pytest.skip(f"the register-resident weights do not fit this plan on this device "
+                    f"(units_per_cta {plan['units_per_cta']}, K {plan['K']})")
+    w, x, h0, c0 = _case_inputs(shape, F32)
+    op = torch.ops.fusedrnn.lstm_forward
+    with tier("persistent"), option_set("persistent_threads", "256"), \
+            option_set("persistent_cta_epilogue", "on"):
+        with option_set("persistent_fwd_task_units", "1"):
+            one = op(x, h0, c0, w, bias, True)
+        with option_set("persistent_fwd_task_units", "regs"):
+            regs = op(x, h0, c0, w, bias, True)
+            again = op(x, h0, c0, w, bias, True)
+            regs_inf = op(x, h0, c0, w, bias, False)
+            got = _run_ops(w, x, h0, c0, bias)
+    _check_forward_variant(regs, one, again, regs_inf, F32, "register weights vs one-unit tasks")
+    _check_with_reference(got, w, x, h0, c0, L, bias, F32,
+                          "register-resident forward weights + persistent backward vs reference")
+
+
+def test_register_weights_auto_threads():
+    """persistent_fwd_task_units "regs" with threads and epilogue on auto (D2L
+    L = 8, where one-unit tasks run 512 threads): 256 threads, the same
+    results as pinning them."""
+    L, I, H, T, B = 8, 28, 256, 5, 32
+    _need_fit(H, L, B, F32, T)
+    w, x, h0, c0 = _case_inputs((L, I, H, T, B, True), F32)
+    op = torch.ops.fusedrnn.lstm_forward
+    with tier("persistent"), option_set("persistent_fwd_task_units", "regs"):
         auto = op(x, h0, c0, w, True, True)
         with option_set("persistent_threads", "256"), option_set("persistent_cta_epilogue", "on"):
             pinned = op(x, h0, c0, w, True, True)

@@ -15,7 +15,7 @@ OPTIONS = {"cuda_tier": ("auto", "general", "persistent"),
            "persistent_bwd_split": ("auto", "off", "on"),
            "persistent_cta_epilogue": ("auto", "off", "on"),
            "persistent_threads": ("auto", "256", "512"),
-           "persistent_fwd_task_units": ("auto", "1", "2")}
+           "persistent_fwd_task_units": ("auto", "1", "2", "regs")}
 
 
 @pytest.fixture(autouse=True)

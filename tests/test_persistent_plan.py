@@ -650,3 +650,40 @@ def test_two_unit_tasks_only_where_they_can_run():
     # auto (and 1) means one unit a task.
     for units in (AUTO, 1):
         assert units_plan(256, 2, 32, units, cta=AUTO, threads=AUTO)["fwd_task_units"] == 1
+
+
+# ------------------------------------- forward weights in registers --
+# persistent_fwd_task_units "regs" (EXPERIMENTAL; fwd_task_units 3 in a plan):
+# float32 only, 256 threads, the CTA-wide epilogue, H % 4 == 0, a staged row
+# of at most 512 and at most 8 gate rows per warp (4U <= 64).
+
+REGS = 3
+
+
+@pytest.mark.parametrize("L", [1, 2, 4, 8])
+def test_register_weights_d2l_plans(L):
+    """At the D2L size (H 256, B 32) every depth can keep its weights in
+    registers, in the same layout as the one-unit plan."""
+    one, regs = units_plan(256, L, 32, 1), units_plan(256, L, 32, REGS)
+    assert one["fits"] and regs["fits"]
+    assert regs["fwd_task_units"] == REGS and one["fwd_task_units"] == 1
+    assert 4 * regs["units_per_cta"] <= 8 * 8 and regs["K"] <= 512
+    for key in ("units_per_cta", "num_ctas", "batch_chunk", "smem_bytes", "smem_offsets",
+                "threads", "cta_epilogue"):
+        assert one[key] == regs[key], key
+
+
+def test_register_weights_only_where_they_can_run():
+    assert units_plan(256, 2, 32, REGS, cta=0)["fwd_task_units"] == 1         # lanes' epilogue
+    assert units_plan(256, 2, 32, REGS, threads=512)["fwd_task_units"] == 1   # 256 threads only
+    for elem in (BF16, F64):                                                   # float32 only
+        assert units_plan(256, 2, 32, REGS, elem=elem)["fwd_task_units"] == 1
+    assert units_plan(256, 2, 32, REGS, backward=True)["fwd_task_units"] == 1
+    assert units_plan(512, 2, 64, REGS)["fwd_task_units"] == 1   # a staged row of 1024
+    assert units_plan(512, 1, 64, REGS)["fwd_task_units"] == REGS  # L = 1: K = H = 512
+    assert units_plan(258, 2, 32, REGS)["fwd_task_units"] == 1   # H % 4 != 0
+    assert units_plan(255, 1, 8, REGS)["fwd_task_units"] == 1
+    # Asked for with threads on auto: 256 (where one-unit tasks would run 512).
+    a = units_plan(256, 8, 32, REGS, cta=AUTO, threads=AUTO)
+    assert a["threads"] == 256 and a["cta_epilogue"] and a["fwd_task_units"] == REGS
+    assert units_plan(256, 8, 32, 1, cta=AUTO, threads=AUTO)["threads"] == 512

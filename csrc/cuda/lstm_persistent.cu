@@ -558,13 +558,129 @@ __device__ __forceinline__ void fwd_pair_tasks(const scalar_t* Ws, const scalar_
   }
 }
 
-// kMma: the instantiation with the tensor-core path (launched when the plan
-// has tiles); the default one is the FMA kernel alone, as measured.  kPairs:
-// the instantiation with the two-unit forward tasks (EXPERIMENTAL; kThreads,
-// or kThreadsWide in float32), launched when the plan has them.
-template <typename scalar_t, bool kMma = false, int kT = kThreads, bool kPairs = false>
+// The forward weights resident in registers (option persistent_fwd_task_units
+// "regs"; EXPERIMENTAL, persistent_plan.h kFwdRegs; float32, kThreads).
+// Warp w owns the CTA's gate rows rho = w * RW + i (i < RW, rho < 4 nu; row
+// rho is gate rho / nu of unit rho % nu), lane l the 16-byte chunks
+// k = 4 (l + 32 c) (c < RC) of each; chunks past K hold zeros.
+constexpr int kRegRows = static_cast<int>(persistent::kRegRows);
+constexpr int kRegChunks = static_cast<int>(persistent::kRegChunks);
+static_assert((kRegRows & (kRegRows - 1)) == 0 && kRegRows <= 32, "a power of two <= 32");
+
+// Loads this lane's weights: [W_ih | W_hh] row q * H + j0 + jl of `layer`
+// (K = Kx + H; Kx = 0 for layer 0) for each owned row.
+template <int RW, int RC>
+__device__ __forceinline__ void load_reg_weights(float (&w)[RW][RC][4], const float* w_ih,
+                                                 const float* w_hh, int64_t H, int64_t j0,
+                                                 int nu, int Kx, int K, int warp, int lane) {
+#pragma unroll
+  for (int i = 0; i < RW; ++i) {
+    const int rho = warp * RW + i;
+    const bool owned = rho < 4 * nu;
+    const int64_t g = owned ? (rho / nu) * H + j0 + rho % nu : 0;
+#pragma unroll
+    for (int c = 0; c < RC; ++c) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int k = 4 * (lane + 32 * c) + e;
+        w[i][c][e] = !owned || k >= K ? 0.f
+                     : k < Kx         ? w_ih[g * H + k]
+                                      : w_hh[g * H + (k - Kx)];
+      }
+    }
+  }
+}
+
+// One staged batch row's RW partial sums of this lane: up to RC chunk loads
+// and RW x 4 RC FMAs.  NC > 0: the row has exactly NC chunks a lane (K = 128
+// NC), loaded up front without a test; NC = 0: chunk c is skipped where no
+// lane's k is inside the row (warp-uniform) and a lane past K reads zeros.
+template <int NC, int RW, int RC>
+__device__ __forceinline__ void reg_row_sums(float (&acc)[RW], const float (&w)[RW][RC][4],
+                                             const float* x, int K, int lane) {
+  static_assert(NC >= 0 && NC <= RC, "at most RC chunks");
+#pragma unroll
+  for (int i = 0; i < RW; ++i) acc[i] = 0.f;
+  if constexpr (NC > 0) {
+    float4 xv[NC];
+#pragma unroll
+    for (int c = 0; c < NC; ++c) xv[c] = *reinterpret_cast<const float4*>(x + 4 * (lane + 32 * c));
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+#pragma unroll
+      for (int i = 0; i < RW; ++i) {
+        acc[i] += w[i][c][0] * xv[c].x;
+        acc[i] += w[i][c][1] * xv[c].y;
+        acc[i] += w[i][c][2] * xv[c].z;
+        acc[i] += w[i][c][3] * xv[c].w;
+      }
+    }
+  } else {
+#pragma unroll
+    for (int c = 0; c < RC; ++c) {
+      if (128 * c < K) {
+        const int k = 4 * (lane + 32 * c);
+        const float4 v = k < K ? *reinterpret_cast<const float4*>(x + k)
+                               : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+        for (int i = 0; i < RW; ++i) {
+          acc[i] += w[i][c][0] * v.x;
+          acc[i] += w[i][c][1] * v.y;
+          acc[i] += w[i][c][2] * v.z;
+          acc[i] += w[i][c][3] * v.w;
+        }
+      }
+    }
+  }
+}
+
+// The products of one staged chunk (bc rows of length K, 16-byte aligned
+// with K % 4 == 0) with the warp's resident rows, stored for the CTA-wide
+// epilogue: per batch row, reg_row_sums, then one warp_reduce_scatter of the
+// RW partial sums (lane l: row w * RW + l / (32 / RW)).  The same fixed
+// order in every run.  NC: as reg_row_sums takes it.
+template <int NC, int RW, int RC>
+__device__ __forceinline__ void reg_products_rows(const float (&w)[RW][RC][4], const float* xs,
+                                                  float* Pe, int K, int nu, int bc, int bc_max,
+                                                  int U, int warp, int lane) {
+  constexpr int kLanesPerRow = 32 / RW;
+  const int rows = 4 * nu;
+  if (warp * RW >= rows) return;  // warp-uniform: this warp owns no row
+  const int rho = warp * RW + lane / kLanesPerRow;  // the row this lane's sum belongs to
+  const bool writer = lane % kLanesPerRow == 0 && rho < rows;
+  // Pe's element of (row rho, batch row b) is pe + b * U.
+  float* pe = Pe + (writer ? cta_product_index(rho / nu, 0, rho % nu, bc_max, U) : 0);
+  for (int b = 0; b < bc; ++b) {
+    float acc[RW];
+    reg_row_sums<NC>(acc, w, xs + static_cast<int64_t>(b) * K, K, lane);
+    const float mine = warp_reduce_scatter<RW>(acc, lane);
+    if (writer) pe[b * U] = mine;
+  }
+}
+
+template <int RW, int RC>
+__device__ __forceinline__ void fwd_reg_products(const float (&w)[RW][RC][4], const float* xs,
+                                                 float* Pe, int K, int nu, int bc, int bc_max,
+                                                 int U, int warp, int lane) {
+  static_assert(RC == 4, "the dispatch below covers K = 128, 256, 384, 512");
+  // Uniform: the row lengths of whole chunks (D2L: 256 for layer 0, else 512)
+  // get their chunk loads up front.
+  switch (K) {
+    case 512: reg_products_rows<4>(w, xs, Pe, K, nu, bc, bc_max, U, warp, lane); break;
+    case 384: reg_products_rows<3>(w, xs, Pe, K, nu, bc, bc_max, U, warp, lane); break;
+    case 256: reg_products_rows<2>(w, xs, Pe, K, nu, bc, bc_max, U, warp, lane); break;
+    case 128: reg_products_rows<1>(w, xs, Pe, K, nu, bc, bc_max, U, warp, lane); break;
+    default: reg_products_rows<0>(w, xs, Pe, K, nu, bc, bc_max, U, warp, lane);
+  }
+}
+
+template <typename scalar_t, bool kMma = false, int kT = kThreads, bool kPairs = false,
+          bool kRegs = false>
 __global__ void __launch_bounds__(kT, 1)
 lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
+  static_assert(!kRegs || (std::is_same<scalar_t, float>::value && kT == kThreads && !kMma &&
+                           !kPairs),
+                "the register-resident weights: float32, kThreads, FMA path");
   using acc_t = typename acc_type<scalar_t>::type;
   extern __shared__ __align__(128) unsigned char smem[];
   scalar_t* Ws = reinterpret_cast<scalar_t*>(smem);                 // [4][U][K]
@@ -587,11 +703,16 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
   const int K = Kx + static_cast<int>(H);               // staged row length
   const bool vec = chunks_aligned<scalar_t>(K, Kx, Ws, xs);  // 16-byte task loads
 
-  // Resident weights: row (q, jl) = [W_ih | W_hh] row q*H + j0 + jl.
+  // Resident weights: row (q, jl) = [W_ih | W_hh] row q*H + j0 + jl (in
+  // shared memory, or with kRegs in registers: wreg).
+  float wreg[kRegs ? kRegRows : 1][kRegs ? kRegChunks : 1][4];
+  if constexpr (kRegs) {
+    load_reg_weights(wreg, p.w_ih[layer], p.w_hh[layer], H, j0, nu, Kx, K, warp, lane);
+  }
   {
     const scalar_t* w_ih = p.w_ih[layer];
     const scalar_t* w_hh = p.w_hh[layer];
-    const int64_t n = static_cast<int64_t>(4) * nu * K;
+    const int64_t n = kRegs ? 0 : static_cast<int64_t>(4) * nu * K;
     for (int64_t idx = tid; idx < n; idx += kT) {
       const int row = static_cast<int>(idx / K), k = static_cast<int>(idx % K);
       const int q = row / nu, jl = row % nu;
@@ -617,7 +738,8 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
   const int64_t steps = T + p.L - 1;
   const int64_t BC = p.batch_chunk;
   const int BCi = static_cast<int>(BC);
-  // (The kPairs kernel runs only with it: persistent_kernel checks the plan.)
+  // (The kPairs and kRegs kernels run only with it: persistent_kernel checks
+  // the plan.)
   const bool cta_epi = p.cta_epilogue != 0;
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t t = s - layer;
@@ -658,9 +780,12 @@ lstm_persistent_fwd_kernel(const __grid_constant__ FwdParams<scalar_t> p) {
         constexpr int R = static_cast<int>(kFwdTaskRows);
         static_assert(4 * R == 32, "one product per lane after the reduction");
         const int groups = (bc + R - 1) / R;
-        const int tasks = kPairs ? 0 : nu * groups;
+        const int tasks = kPairs || kRegs ? 0 : nu * groups;
         if constexpr (kPairs) {
           fwd_pair_tasks<kT, scalar_t, acc_t>(Ws, xs, Pe, U, K, nu, bc, BCi, vec, warp, lane);
+        }
+        if constexpr (kRegs) {
+          fwd_reg_products(wreg, xs, Pe, K, nu, bc, BCi, U, warp, lane);
         }
         for (int task = warp; task < tasks; task += kT / 32) {  // warp-uniform
           const int jl = task / groups;
@@ -1021,10 +1146,12 @@ int64_t threads_option() {
   const int64_t v = get_option(Option::kPersistentThreads);
   return v == 0 ? persistent::kAutoOption : v == 2 ? persistent::kThreadsWide : kThreads;
 }
-// persistent_fwd_task_units: 2 only when set to "2" (auto means 1 while the
-// two-unit tasks have not run on a GPU).
+// persistent_fwd_task_units: 2 only when set to "2", the register-resident
+// weights only when set to "regs" (auto means 1 while neither has run on a
+// GPU).
 int64_t fwd_task_units_option() {
-  return get_option(Option::kPersistentFwdTaskUnits) == 2 ? 2 : 1;
+  const int64_t v = get_option(Option::kPersistentFwdTaskUnits);
+  return v == 2 ? 2 : v == 3 ? persistent::kFwdRegs : 1;
 }
 
 // Whether the kernels should take the tensor-core path where its tiles fit:
@@ -1055,6 +1182,16 @@ auto persistent_kernel(const Plan& plan) {
   }
   TORCH_CHECK(!plan.mma.on(), "fusedrnn: no tensor-core kernel for this dtype");
   if constexpr (!kBackward) {
+    if (plan.fwd_task_units == persistent::kFwdRegs) {
+      TORCH_CHECK(plan.cta_epilogue && plan.threads == kThreads,
+                  "fusedrnn: the register-resident forward weights need the CTA-wide epilogue "
+                  "and ", kThreads, " threads per CTA");
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        return static_cast<Kernel>(lstm_persistent_fwd_kernel<float, false, kThreads, false,
+                                                              true>);
+      }
+      TORCH_CHECK(false, "fusedrnn: the register-resident forward weights are float32 only");
+    }
     if (plan.fwd_task_units == 2) {
       TORCH_CHECK(plan.cta_epilogue, "fusedrnn: two-unit forward tasks need the CTA-wide "
                   "epilogue");

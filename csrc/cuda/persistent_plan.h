@@ -247,6 +247,24 @@ inline int64_t cta_epilogue_bytes(int64_t U, int64_t bc, int64_t acc) { return 4
 // a CTA has at least 2 tasks per warp (D2L L = 4, 8).
 constexpr int64_t kMaxFwdTaskUnits = 2;
 
+// Forward weights resident in registers (option persistent_fwd_task_units
+// "regs", fwd_task_units = kFwdRegs in a plan; EXPERIMENTAL, written without a
+// GPU on 2026-12-05).  Each warp of a kThreads CTA owns up to kRegRows of the
+// CTA's 4U gate rows for the whole kernel, its lanes splitting K in 16-byte
+// chunks (lane l: k = 4 (l + 32 c), c < kRegChunks), the weights held in
+// kRegRows x kRegChunks x 4 float registers; per staged batch row a lane
+// loads kRegChunks chunks of it and forms kRegRows partial sums, which one
+// warp_reduce_scatter completes.  Shared-memory traffic per step is the
+// stage read once per warp (8 rows of reuse), no weight reads: at D2L L = 8
+// 0.5 MB a CTA against 1.5 MB for the one-unit tasks and 1.0 for the
+// two-unit ones (benchmarks/NOTES_gpu.md, 2026-12-05).  float32 only, the
+// CTA-wide epilogue, K <= 4 * 32 * kRegChunks with H % 4 == 0, and 4U <=
+// kRegRows warps' rows: D2L (H = 256) at every L.  The weights still get
+// their shared-memory area (the layout is the other kernels'), unused.
+constexpr int64_t kFwdRegs = 3;
+constexpr int64_t kRegRows = 8;
+constexpr int64_t kRegChunks = 4;
+
 // Byte offsets of the parts of one CTA's dynamic shared memory (each 16-byte
 // aligned; 128-byte with the tensor-core path).  `elem` = sizeof(scalar_t),
 // `acc` = sizeof(accumulator type).  `product` is the tensor-core path's
@@ -292,7 +310,8 @@ struct Plan {
   int64_t num_ctas = 0;         // L * ctas_per_layer * S
   int64_t batch_chunk = 0;      // batch rows staged at once (<= rows_per_cta)
   int64_t threads = kThreads;   // per CTA: kThreads or kThreadsWide
-  int64_t fwd_task_units = 1;   // hidden units per forward FMA warp task (1 or 2)
+  int64_t fwd_task_units = 1;   // hidden units per forward FMA warp task (1 or 2), or
+                                //   kFwdRegs (the weights in registers)
   SmemLayout smem;              // smem.total = dynamic shared memory per CTA
   MmaTiles mma;                 // tensor-core tiles (mma.on()), when asked for
   int64_t mma_ksplit = 1;       // K slices per tile (tensor-core path)
@@ -529,10 +548,20 @@ inline bool fwd_pairs_fit(const Plan& p, int64_t elem) {
          (p.threads == kThreads || (p.threads == kThreadsWide && elem == 4));
 }
 
+// Whether a forward plan can keep its weights in registers (kFwdRegs): see
+// there.  `elem`, `acc`: the scalar's and the accumulator's sizes (float32:
+// 4 and 4).
+inline bool fwd_regs_fit(const Plan& p, int64_t elem, int64_t acc) {
+  return !p.backward && p.fits && p.cta_epilogue && !p.mma.on() && elem == 4 && acc == 4 &&
+         p.threads == kThreads && p.H % 4 == 0 && p.K <= 4 * 32 * kRegChunks &&
+         4 * p.units_per_cta <= (kThreads / 32) * kRegRows;
+}
+
 // plan_lstm with the options resolved: `cta_epilogue` is kAutoOption, 0
 // (off) or 1 (on); `threads` kAutoOption, kThreads or kThreadsWide;
-// `fwd_task_units` 1 (also for auto) or 2 (forward only, where
-// fwd_pairs_fit; else 1).  Where
+// `fwd_task_units` 1 (also for auto), 2 (forward only, where
+// fwd_pairs_fit; else 1) or kFwdRegs (forward only, where fwd_regs_fit,
+// auto threads then kThreads; else 1).  Where
 // auto turns the CTA-wide epilogue on but its product area would cost the
 // plan its fit or batch rows of its chunk, the plan without it is taken.
 // The layout does not depend on the threads, so auto threads re-plans the
@@ -555,7 +584,8 @@ inline Plan plan_lstm_auto(int64_t H, int64_t I, int64_t L, int64_t B, int64_t e
   // Two-unit forward tasks (auto: 1), where fwd_pairs_fit; asked for, auto
   // threads count their (half as many) tasks.
   const bool pairs = !backward && fwd_task_units == 2;
-  if (threads == kAutoOption) {
+  const bool regs = !backward && fwd_task_units == kFwdRegs;
+  if (threads == kAutoOption && !regs) {
     // Tensor cores apply to 2-byte scalars, and to float32 as TF32 only.
     const bool mma_may = mma && (elem == 2 || (elem == 4 && tf32));
     if (auto_threads(p, elem, mma_may, pairs ? 2 : 1) == kThreadsWide) {
@@ -564,6 +594,7 @@ inline Plan plan_lstm_auto(int64_t H, int64_t I, int64_t L, int64_t B, int64_t e
     }
   }
   if (pairs && fwd_pairs_fit(p, elem)) p.fwd_task_units = 2;
+  if (regs && fwd_regs_fit(p, elem, acc)) p.fwd_task_units = kFwdRegs;
   return p;
 }
 
