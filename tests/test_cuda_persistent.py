@@ -675,20 +675,29 @@ def test_two_unit_tasks_match_one_unit_and_reference(shape, dtype, threads):
         pytest.skip("two-unit tasks run with 512 threads per CTA in float32 only")
     _need_fit(H, L, B, dtype, T)
     _need_cta_epilogue(H, L, B, dtype, T)
+    _check_task_units_variant(shape, dtype, threads, "2", "two-unit forward tasks")
+
+
+def _check_task_units_variant(shape, dtype, threads, units, what):
+    """persistent_fwd_task_units `units` against "1" (threads pinned, the
+    CTA-wide epilogue): the forward's saved results, run to run, inference
+    against training, and forward + persistent backward against the
+    reference."""
+    L, I, H, T, B, bias = shape
     w, x, h0, c0 = _case_inputs(shape, dtype)
     op = torch.ops.fusedrnn.lstm_forward
     with tier("persistent"), option_set("persistent_threads", threads), \
             option_set("persistent_cta_epilogue", "on"):
         with option_set("persistent_fwd_task_units", "1"):
             one = op(x, h0, c0, w, bias, True)
-        with option_set("persistent_fwd_task_units", "2"):
-            two = op(x, h0, c0, w, bias, True)
+        with option_set("persistent_fwd_task_units", units):
+            new = op(x, h0, c0, w, bias, True)
             again = op(x, h0, c0, w, bias, True)
-            two_inf = op(x, h0, c0, w, bias, False)
+            new_inf = op(x, h0, c0, w, bias, False)
             got = _run_ops(w, x, h0, c0, bias)
-    _check_forward_variant(two, one, again, two_inf, dtype, "two-unit vs one-unit tasks")
+    _check_forward_variant(new, one, again, new_inf, dtype, f"{what} vs one-unit tasks")
     _check_with_reference(got, w, x, h0, c0, L, bias, dtype,
-                          "two-unit forward tasks + persistent backward vs reference")
+                          f"{what} + persistent backward vs reference")
 
 
 def test_two_unit_tasks_auto_threads():
@@ -725,20 +734,7 @@ def test_register_weights_match_one_unit_and_reference(shape):
     if plan["fwd_task_units"] != 3:
         pytest.skip(f"the register-resident weights do not fit this plan on this device "
                     f"(units_per_cta {plan['units_per_cta']}, K {plan['K']})")
-    w, x, h0, c0 = _case_inputs(shape, F32)
-    op = torch.ops.fusedrnn.lstm_forward
-    with tier("persistent"), option_set("persistent_threads", "256"), \
-            option_set("persistent_cta_epilogue", "on"):
-        with option_set("persistent_fwd_task_units", "1"):
-            one = op(x, h0, c0, w, bias, True)
-        with option_set("persistent_fwd_task_units", "regs"):
-            regs = op(x, h0, c0, w, bias, True)
-            again = op(x, h0, c0, w, bias, True)
-            regs_inf = op(x, h0, c0, w, bias, False)
-            got = _run_ops(w, x, h0, c0, bias)
-    _check_forward_variant(regs, one, again, regs_inf, F32, "register weights vs one-unit tasks")
-    _check_with_reference(got, w, x, h0, c0, L, bias, F32,
-                          "register-resident forward weights + persistent backward vs reference")
+    _check_task_units_variant(shape, F32, "256", "regs", "register-resident forward weights")
 
 
 def test_register_weights_auto_threads():
