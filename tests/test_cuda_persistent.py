@@ -705,11 +705,18 @@ def test_two_unit_tasks_auto_threads():
     L = 2 float32: 8 two-unit tasks a CTA, so 256 threads, where one-unit
     tasks run 512): the same results as pinning 256 threads and the CTA-wide
     epilogue."""
-    L, I, H, T, B = 2, 28, 256, 6, 32
+    _check_units_auto_threads(2, 6, "2")
+
+
+def _check_units_auto_threads(L, T, units):
+    """persistent_fwd_task_units `units` with threads and epilogue on auto, at
+    the D2L sizes with L layers and T steps: the same results as pinning 256
+    threads and the CTA-wide epilogue."""
+    I, H, B = 28, 256, 32
     _need_fit(H, L, B, F32, T)
     w, x, h0, c0 = _case_inputs((L, I, H, T, B, True), F32)
     op = torch.ops.fusedrnn.lstm_forward
-    with tier("persistent"), option_set("persistent_fwd_task_units", "2"):
+    with tier("persistent"), option_set("persistent_fwd_task_units", units):
         auto = op(x, h0, c0, w, True, True)
         with option_set("persistent_threads", "256"), option_set("persistent_cta_epilogue", "on"):
             pinned = op(x, h0, c0, w, True, True)
@@ -741,16 +748,7 @@ def test_register_weights_auto_threads():
     """persistent_fwd_task_units "regs" with threads and epilogue on auto (D2L
     L = 8, where one-unit tasks run 512 threads): 256 threads, the same
     results as pinning them."""
-    L, I, H, T, B = 8, 28, 256, 5, 32
-    _need_fit(H, L, B, F32, T)
-    w, x, h0, c0 = _case_inputs((L, I, H, T, B, True), F32)
-    op = torch.ops.fusedrnn.lstm_forward
-    with tier("persistent"), option_set("persistent_fwd_task_units", "regs"):
-        auto = op(x, h0, c0, w, True, True)
-        with option_set("persistent_threads", "256"), option_set("persistent_cta_epilogue", "on"):
-            pinned = op(x, h0, c0, w, True, True)
-    for a, b in zip(auto, pinned):
-        assert torch.equal(a, b)
+    _check_units_auto_threads(8, 5, "regs")
 
 
 def test_wide_ctas_backward_split():

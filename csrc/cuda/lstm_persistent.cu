@@ -595,6 +595,18 @@ __device__ __forceinline__ void load_reg_weights(float (&w)[RW][RC][4], const fl
 // and RW x 4 RC FMAs.  NC > 0: the row has exactly NC chunks a lane (K = 128
 // NC), loaded up front without a test; NC = 0: chunk c is skipped where no
 // lane's k is inside the row (warp-uniform) and a lane past K reads zeros.
+template <int RW, int RC>
+__device__ __forceinline__ void reg_chunk_fmas(float (&acc)[RW], const float (&w)[RW][RC][4],
+                                               int c, const float4& v) {
+#pragma unroll
+  for (int i = 0; i < RW; ++i) {
+    acc[i] += w[i][c][0] * v.x;
+    acc[i] += w[i][c][1] * v.y;
+    acc[i] += w[i][c][2] * v.z;
+    acc[i] += w[i][c][3] * v.w;
+  }
+}
+
 template <int NC, int RW, int RC>
 __device__ __forceinline__ void reg_row_sums(float (&acc)[RW], const float (&w)[RW][RC][4],
                                              const float* x, int K, int lane) {
@@ -606,29 +618,14 @@ __device__ __forceinline__ void reg_row_sums(float (&acc)[RW], const float (&w)[
 #pragma unroll
     for (int c = 0; c < NC; ++c) xv[c] = *reinterpret_cast<const float4*>(x + 4 * (lane + 32 * c));
 #pragma unroll
-    for (int c = 0; c < NC; ++c) {
-#pragma unroll
-      for (int i = 0; i < RW; ++i) {
-        acc[i] += w[i][c][0] * xv[c].x;
-        acc[i] += w[i][c][1] * xv[c].y;
-        acc[i] += w[i][c][2] * xv[c].z;
-        acc[i] += w[i][c][3] * xv[c].w;
-      }
-    }
+    for (int c = 0; c < NC; ++c) reg_chunk_fmas(acc, w, c, xv[c]);
   } else {
 #pragma unroll
     for (int c = 0; c < RC; ++c) {
       if (128 * c < K) {
         const int k = 4 * (lane + 32 * c);
-        const float4 v = k < K ? *reinterpret_cast<const float4*>(x + k)
-                               : make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-        for (int i = 0; i < RW; ++i) {
-          acc[i] += w[i][c][0] * v.x;
-          acc[i] += w[i][c][1] * v.y;
-          acc[i] += w[i][c][2] * v.z;
-          acc[i] += w[i][c][3] * v.w;
-        }
+        reg_chunk_fmas(acc, w, c, k < K ? *reinterpret_cast<const float4*>(x + k)
+                                        : make_float4(0.f, 0.f, 0.f, 0.f));
       }
     }
   }
