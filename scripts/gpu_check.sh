@@ -15,7 +15,8 @@
 # OUT/gpu_check.tgz and copying summary.txt, tests.log and bench.log beside it:
 #   $OUT/env.log     nvidia-smi, python/torch/cuDNN versions
 #   $OUT/build.log   python setup.py build_ext --inplace
-#   $OUT/tests.log   python -m pytest tests/test_cuda*.py -v (TESTS=tests: all)
+#   $OUT/tests.log   python -m pytest FILE -v for each file with CUDA tests,
+#                    TEST_JOBS files at a time (TESTS=tests: all files)
 #   $OUT/bench.log   python benchmarks/bench_layers.py --device cuda --out $OUT/results
 #   $OUT/bench_variants.log  the persistent tier's auto choice against the
 #                    four pinned settings of threads per CTA (256/512) x
@@ -47,7 +48,8 @@
 # Knobs (environment): TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (16),
 # BENCH_ARGS (extra bench_layers.py arguments, e.g. --configs d2l), PROFILE=1
 # (Nsight Compute reports of one D2L forward per tier, scripts/profile_step.py),
-# BENCH=0 / VARIANTS=0 / HOSTPROF=0 (skip those steps), TRAIN=1 (run the D2L
+# BENCH=0 / VARIANTS=0 / HOSTPROF=0 (skip those steps), TEST_JOBS (test files
+# run at once, default 4), TRAIN=1 (run the D2L
 # training on CUDA, measured 2026-12-04), MMA=1 / SPLIT=1 (run the
 # tensor-core / batch-split A/B, measured on 2026-12-04), TESTS (test files;
 # "none": no tests), TRAIN_ARGS, BUILD_TIMEOUT /
@@ -60,7 +62,9 @@
 # mma 26, split 18, train 51 s: about 470 s; at commit 17c4c19 (TRAIN=0)
 # build 86, smoke 14, tests 143, bench 168, variants 19 s: 431 s; the variants
 # step has grown since (float32 with fastrnns and one-step, and bfloat16), so
-# expect ~500 s by default (without the training; ~550 with TRAIN=1)),
+# expect ~500 s by default (without the training; ~550 with TRAIN=1)); since
+# 2026-12-05 the test files run 4 at a time (not yet timed on a GPU: an
+# estimate of ~60 s for the 143 s above, the longest file alone was 46 s),
 # so that a hung step still leaves the logs of the others behind.
 set -u
 
@@ -226,38 +230,81 @@ fi
 # would spend this call's limited time on what CI already covers.  TESTS=tests
 # runs everything, TESTS=none nothing.
 # Each file runs in its own pytest process, so a crash in one (a segfault
-# takes the whole interpreter) still leaves the others' results; the files
-# share TEST_TIMEOUT between them.  Every file's output goes to tests.log.
+# takes the whole interpreter) still leaves the others' results.  TEST_JOBS
+# (default 4) files run at once, longest first (on an H200, 2026-12-04, one
+# after the other they took 143 s, test_cuda_gru_rnn.py alone 46 s, and most
+# of it is CPU work: the float64 references, imports, CUDA start-up), each
+# with 16 / TEST_JOBS intra-op threads; they share the GPU, which is fine for
+# tests (nothing in them is timed).  A file that fails or times out among the
+# others is run once more on its own when time is left, and the summary
+# names both results ("failed concurrently, ok alone" says the failure needs
+# another process on the GPU to show).  All files share TEST_TIMEOUT; every
+# file's output goes to tests.log, in the order of TESTS.
 : > "$OUT/tests.log"
 TEST_FILES=()
 # shellcheck disable=SC2086
-for f in ${TESTS:-tests/test_cuda*.py tests/test_bidirectional.py tests/test_autocast.py tests/test_autograd.py tests/test_output_mask.py}; do
-  if [ "$f" = none ]; then
-    continue
+for f in ${TESTS:-tests/test_cuda_gru_rnn.py tests/test_bidirectional.py tests/test_cuda*.py tests/test_output_mask.py tests/test_autograd.py tests/test_autocast.py}; do
+  if [ "$f" = none ] || [[ " ${TEST_FILES[*]} " == *" $f "* ]]; then
+    continue  # (none, or named twice: the default list names the longest first)
   elif [ -d "$f" ]; then
     for g in "$f"/test_*.py; do TEST_FILES+=("$g"); done
+  elif [ "$SKIP_PERSISTENT" = 1 ] && [ "$f" = tests/test_cuda_persistent.py ]; then
+    echo "(skipping $f: the persistent smoke test failed)" >> "$OUT/tests.log"
   else
     TEST_FILES+=("$f")
   fi
 done
+TEST_JOBS="${TEST_JOBS:-4}"
+[ "$TEST_JOBS" -ge 1 ] 2>/dev/null || TEST_JOBS=1
+TEST_THREADS=$(( $(nproc) / TEST_JOBS )); [ "$TEST_THREADS" -ge 1 ] || TEST_THREADS=1
 TEST_DEADLINE=$((SECONDS + $(limit_left "$TEST_TIMEOUT")))
-for f in "${TEST_FILES[@]}"; do
-  if [ "$SKIP_PERSISTENT" = 1 ] && [ "$f" = tests/test_cuda_persistent.py ]; then
-    echo "(skipping $f: the persistent smoke test failed)" >> "$OUT/tests.log"
-    continue
-  fi
-  left=$((TEST_DEADLINE - SECONDS))
+mkdir -p "$OUT/tests"
+# test_one FILE LOG: one pytest process for FILE, its exit status in LOG.rc.
+test_one() {
+  local left=$((TEST_DEADLINE - SECONDS))
   if [ "$left" -lt 5 ]; then
-    echo "(no time left for $f)" | tee -a "$OUT/tests.log"
-    record "tests:$(basename "$f" .py)" 124
-    continue
+    echo "(no time left for $1)" > "$2"
+    echo 124 > "$2.rc"
+    return
   fi
-  phase "tests: $f (limit ${left}s)"
-  echo "==== $f" >> "$OUT/tests.log"
-  timeout --signal=TERM --kill-after=10 "$left" python -m pytest "$f" -v -rs >> "$OUT/tests.log" 2>&1
-  rc=$?
-  grep -E "^(FAILED|ERROR) |passed|failed|Fatal Python error" "$OUT/tests.log" | tail -n 1
-  record "tests:$(basename "$f" .py)" "$rc"
+  echo "==== $1 (limit ${left}s)" > "$2"
+  OMP_NUM_THREADS=$TEST_THREADS timeout --signal=TERM --kill-after=10 "$left" \
+    python -m pytest "$1" -v -rs >> "$2" 2>&1
+  echo $? > "$2.rc"
+}
+phase "tests: ${#TEST_FILES[@]} files, $TEST_JOBS at a time (limit $((TEST_DEADLINE - SECONDS))s)"
+running=0
+for f in "${TEST_FILES[@]}"; do
+  if [ "$running" -ge "$TEST_JOBS" ]; then
+    wait -n
+    running=$((running - 1))
+  fi
+  test_one "$f" "$OUT/tests/$(basename "$f" .py).log" &
+  running=$((running + 1))
+done
+wait
+for f in "${TEST_FILES[@]}"; do
+  name=$(basename "$f" .py)
+  log="$OUT/tests/$name.log"
+  rc=$(cat "$log.rc" 2>/dev/null || echo 1)
+  cat "$log" >> "$OUT/tests.log"
+  echo "$name: $(grep -E "passed|failed|no time left|Fatal Python error" "$log" | tail -n 1)"
+  if [ "$rc" -ne 0 ] && [ $((TEST_DEADLINE - SECONDS)) -ge 5 ]; then
+    # Once more, alone on the GPU.
+    phase "tests: $f again, on its own (it exited with $rc among the others)"
+    test_one "$f" "$log.alone"
+    rc2=$(cat "$log.alone.rc" 2>/dev/null || echo 1)
+    { echo "==== $f again, on its own"; cat "$log.alone"; } >> "$OUT/tests.log"
+    grep -E "passed|failed|Fatal Python error" "$log.alone" | tail -n 1
+    if [ "$rc2" -eq 0 ]; then
+      printf '%-6s %s\n' "tests:$name" "FAILED concurrently (exit status $rc), ok alone" \
+        | tee -a "$SUMMARY"
+      FAILED=1
+      continue
+    fi
+    rc=$rc2
+  fi
+  record "tests:$name" "$rc"
 done
 grep -E "^(FAILED|ERROR) " "$OUT/tests.log" | head -n 60
 
@@ -286,6 +333,15 @@ fi
 # tests/test_cuda_persistent.py (test_cta_epilogue_*, test_wide_ctas_*).
 # VARIANTS=0 skips it.
 if [ "${VARIANTS:-1}" = 1 ] && [ "$SKIP_PERSISTENT" = 0 ]; then
+  # The EXPERIMENTAL register-resident float32 forward weights (2026-12-05,
+  # not yet run on a GPU when added; tests: test_register_weights_*) in a
+  # process of their own, so that a fault in that kernel cannot cost the rows
+  # below; beside auto and the two-unit tasks, on the D2L layer sweep.  First,
+  # because these rows decide the layer-scaling target (D2L L8 / L1, issue 4).
+  run_logged variants_regs "$OUT/bench_variants_regs.log" "${VARIANTS_TIMEOUT:-120}" \
+    python benchmarks/bench_layers.py --device cuda --out "$OUT/results_variants_regs" \
+    --configs d2l-L1,d2l,d2l-L4,d2l-L8 --cells lstm --no-reference --budget 1.5 \
+    --impls fusedrnn-persistent,fusedrnn-persistent-ctaepi,fusedrnn-persistent-wide-pairs,fusedrnn-persistent-regs
   VARIANT_IMPLS=fusedrnn-persistent,fusedrnn-persistent-base,fusedrnn-persistent-ctaepi,fusedrnn-persistent-wide,fusedrnn-persistent-wide-ctaepi,fusedrnn-persistent-pairs,fusedrnn-persistent-wide-pairs
   run_logged variants "$OUT/bench_variants.log" "${VARIANTS_TIMEOUT:-120}" \
     python benchmarks/bench_layers.py --device cuda --out "$OUT/results_variants" \
@@ -295,14 +351,6 @@ if [ "${VARIANTS:-1}" = 1 ] && [ "$SKIP_PERSISTENT" = 0 ]; then
     python benchmarks/bench_layers.py --device cuda --dtype bfloat16 \
     --out "$OUT/results_variants_bf16" --configs d2l,d2l-L8 --cells lstm --no-reference \
     --budget 1.5 --impls "${VARIANT_IMPLS%,fusedrnn-persistent-wide-pairs}"
-  # The EXPERIMENTAL register-resident float32 forward weights (2026-12-05,
-  # not yet run on a GPU when added; tests: test_register_weights_*) in a
-  # process of their own, so that a fault in that kernel cannot cost the rows
-  # above; beside auto and the two-unit tasks, on the D2L layer sweep.
-  run_logged variants_regs "$OUT/bench_variants_regs.log" "${VARIANTS_TIMEOUT:-120}" \
-    python benchmarks/bench_layers.py --device cuda --out "$OUT/results_variants_regs" \
-    --configs d2l-L1,d2l,d2l-L4,d2l-L8 --cells lstm --no-reference --budget 1.5 \
-    --impls fusedrnn-persistent,fusedrnn-persistent-ctaepi,fusedrnn-persistent-wide-pairs,fusedrnn-persistent-regs
 fi
 
 # ------------------------------------------- kernel time against call time --
