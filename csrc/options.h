@@ -17,8 +17,8 @@ enum class Option : int {
   // step from the host loop, 2 the step loop captured once in a CUDA graph and
   // replayed (csrc/cuda/step_graph.h).  auto = the graph for the LSTM, as fast
   // or faster at every LSTM size benchmarked on an H100 (lstm_cuda.cu,
-  // graph_mode); per-step for GRU/RNN, whose graph mode has not run on a GPU
-  // yet (gru_rnn_cuda.cu).
+  // graph_mode), and for GRU/RNN too (gru_rnn_cuda.cu, gru_rnn_graph_mode:
+  // every value but 1 takes the graph).
   kCudaStepLaunch = 1,
   // Tensor-core (WMMA) products in the persistent tier's kernels (forward and
   // backward), for bfloat16/float16 (float32 as TF32 when torch's matmul TF32
@@ -65,7 +65,8 @@ enum class Option : int {
   // written without a GPU on 2026-12-05: float32 forward weights resident in
   // registers, each warp owning up to 8 gate rows for every step, so the k
   // loop reads only the staged rows from shared memory; 256 threads, the
-  // CTA-wide epilogue, H % 4 == 0 and 2H <= 512; persistent_plan.h kFwdRegs).
+  // CTA-wide epilogue, H % 4 == 0, a staged row K <= 512 (K = H at L = 1, else 2H);
+  // persistent_plan.h kFwdRegs).
   kPersistentFwdTaskUnits = 7,
   kCount = 8,
 };

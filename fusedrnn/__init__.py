@@ -74,7 +74,8 @@ _OPTIONS = {
     # (float32) 512 (auto threads then count the two-unit tasks).  "regs"
     # (EXPERIMENTAL, written without a GPU, 2026-12-05): float32 weights kept
     # in registers, each warp owning up to 8 gate rows for every step (256
-    # threads, CTA-wide epilogue, H % 4 == 0, 2H <= 512).  auto means 1.
+    # threads, CTA-wide epilogue, H % 4 == 0, a staged row of at most 512:
+    # H <= 512 at one layer, H <= 256 above).  auto means 1.
     "persistent_fwd_task_units": ("auto", "1", "2", "regs"),
 }
 

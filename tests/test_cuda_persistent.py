@@ -675,6 +675,11 @@ def test_two_unit_tasks_match_one_unit_and_reference(shape, dtype, threads):
         pytest.skip("two-unit tasks run with 512 threads per CTA in float32 only")
     _need_fit(H, L, B, dtype, T)
     _need_cta_epilogue(H, L, B, dtype, T)
+    plan = device_plan(H, L, B, dtype, T, cta_epilogue=True, threads=int(threads),
+                       fwd_task_units=2)
+    if plan["fwd_task_units"] != 2:
+        pytest.skip(f"the two-unit tasks do not fit this plan on this device ({threads} threads, "
+                    f"batch_chunk {plan['batch_chunk']})")
     _check_task_units_variant(shape, dtype, threads, "2", "two-unit forward tasks")
 
 
@@ -714,6 +719,11 @@ def _check_units_auto_threads(L, T, units):
     threads and the CTA-wide epilogue."""
     I, H, B = 28, 256, 32
     _need_fit(H, L, B, F32, T)
+    code = {"2": 2, "regs": 3}[units]
+    plan = device_plan(H, L, B, F32, T, cta_epilogue=-1, threads=-1, fwd_task_units=code)
+    if plan["fwd_task_units"] != code:
+        pytest.skip(f"persistent_fwd_task_units {units!r} does not fit this device's auto plan "
+                    f"(units_per_cta {plan['units_per_cta']}, threads {plan['threads']})")
     w, x, h0, c0 = _case_inputs((L, I, H, T, B, True), F32)
     op = torch.ops.fusedrnn.lstm_forward
     with tier("persistent"), option_set("persistent_fwd_task_units", units):
@@ -728,9 +738,19 @@ def _check_units_auto_threads(L, T, units):
 # persistent_fwd_task_units "regs" (EXPERIMENTAL, written without a GPU on
 # 2026-12-05): float32, 256 threads, the CTA-wide epilogue; each warp keeps up
 # to 8 gate rows in registers.  H = 20 at L = 3 leaves one unit (4 rows) a CTA,
-# so 7 of the 8 warps own no row; B = 200 stages the batch in chunks.
-SHAPES_REGS = [s for s in SHAPES_CTA if s[2] % 4 == 0 and 2 * s[2] <= 512] + \
-    [(3, 7, 20, 3, 3, True), (2, 9, 12, 4, 7, False)]
+# so 7 of the 8 warps own no row; B = 200 stages the batch in chunks.  The
+# staged row is K = H at L = 1, 2H above, at most 512.  Added after a review
+# (2026-12-05; units per CTA as a 132-SM device plans them): H = 136 at L = 4
+# (5 units a CTA, the last CTA of a layer 1; K = 136 / 272: the guarded chunk
+# loop with a partial chunk), also with B = 600 (chunks of the batch besides);
+# H = 124 at L = 8 (8 units, the last CTA 4); H = 200 at L = 4 (K = 400, a
+# partial fourth chunk); H = 192 at L = 2 (K = 384 above layer 0: three whole
+# chunks); L = 1 with H = 384 and 512 (three and four whole chunks at layer 0).
+SHAPES_REGS = [s for s in SHAPES_CTA
+               if s[2] % 4 == 0 and (s[2] if s[0] == 1 else 2 * s[2]) <= 512] + \
+    [(3, 7, 20, 3, 3, True), (2, 9, 12, 4, 7, False), (4, 8, 136, 3, 5, True),
+     (8, 6, 124, 3, 3, True), (4, 5, 200, 3, 3, False), (2, 7, 192, 3, 8, True),
+     (1, 8, 384, 3, 8, True), (1, 8, 512, 2, 8, True), (4, 8, 136, 2, 600, True)]
 
 
 @pytest.mark.parametrize("shape", SHAPES_REGS, ids=_ids(SHAPES_REGS))

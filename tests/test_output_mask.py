@@ -24,8 +24,12 @@ fusedrnn = fusedrnn_or_skip()
 F64 = torch.float64
 MASKS = list(itertools.product([True, False], repeat=3))
 NN = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
-# Where the op runs: (device, the LSTM's cuda_tier or None).
-WHERE = ["cpu", "cuda-general", "cuda-persistent"]
+# Where the op runs: the CPU; CUDA with the LSTM's cuda_tier forced to the
+# general or the persistent tier (bidirectional LSTMs then run the composite
+# of csrc/bidirectional.cpp, a persistent call per direction); CUDA with
+# cuda_bidirectional "separate" (two directions: the composite for every
+# cell, which auto leaves to one launch per step).
+WHERE = ["cpu", "cuda-general", "cuda-persistent", "cuda-separate"]
 
 
 def _cuda_ready():
@@ -41,6 +45,10 @@ def _placed(where):
         return
     if not _cuda_ready():
         pytest.skip("needs a CUDA device and fusedrnn._C built with its CUDA kernels")
+    if where == "cuda-separate":
+        with option_set("cuda_bidirectional", "separate"):
+            yield torch.device("cuda", 0)
+        return
     with option_set("cuda_tier", where.split("-")[1]):
         yield torch.device("cuda", 0)
 
@@ -115,6 +123,7 @@ CASES = [  # kind, L, D, packed, proj, T, B
     ("lstm", 2, 2, False, 0, 4, 3),
     ("lstm", 2, 2, True, 0, 4, 3),
     ("lstm", 2, 1, False, 2, 4, 3),
+    ("lstm", 2, 2, False, 2, 4, 3),   # both directions with proj_size
     ("lstm", 2, 1, False, 0, 0, 3),   # no timesteps: grad_hx = grad_hy
     ("lstm", 2, 1, False, 0, 4, 0),   # an empty batch
     ("gru", 2, 1, False, 0, 4, 3),
@@ -129,8 +138,11 @@ CASES = [  # kind, L, D, packed, proj, T, B
 @pytest.mark.parametrize("where", WHERE)
 @pytest.mark.parametrize("kind,L,D,packed,proj,T,B", CASES)
 def test_masks_match_full_call(where, kind, L, D, packed, proj, T, B):
-    if where == "cuda-persistent" and (kind != "lstm" or packed or proj or D != 1):
-        pytest.skip("the persistent tier runs one-direction padded LSTMs without proj_size")
+    if where == "cuda-persistent" and (kind != "lstm" or packed or proj or T == 0 or B == 0):
+        pytest.skip("the persistent tier runs padded LSTMs without proj_size, with T and B > 0 "
+                    "(empty sizes never reach it)")
+    if where == "cuda-separate" and D != 2:
+        pytest.skip("cuda_bidirectional matters for two directions only")
     with _placed(where) as device:
         op, args = _op_args(kind, L, D, packed, proj, device, T, B)
         full = op(*args)

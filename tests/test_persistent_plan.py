@@ -687,3 +687,21 @@ def test_register_weights_only_where_they_can_run():
     a = units_plan(256, 8, 32, REGS, cta=AUTO, threads=AUTO)
     assert a["threads"] == 256 and a["cta_epilogue"] and a["fwd_task_units"] == REGS
     assert units_plan(256, 8, 32, 1, cta=AUTO, threads=AUTO)["threads"] == 512
+    # Asked for where they do not fit: the one-unit plan, auto threads included
+    # (a staged row of 1024 at H 512, L 2; 4U = 80 > 64 rows at H 256, L 10,
+    # whose rows are 512 long, and 20 one-unit tasks a CTA: 512 threads).
+    for H, L, B in ((512, 2, 8), (256, 10, 8)):
+        got = units_plan(H, L, B, REGS, cta=AUTO, threads=AUTO)
+        want = units_plan(H, L, B, 1, cta=AUTO, threads=AUTO)
+        assert got["fwd_task_units"] == 1 and got["fits"], (H, L)
+        for key in ("threads", "cta_epilogue", "units_per_cta", "batch_chunk", "smem_bytes"):
+            assert got[key] == want[key], (H, L, key)
+    assert units_plan(256, 10, 8, REGS, cta=AUTO, threads=AUTO)["threads"] == 512
+
+
+def test_register_weights_with_a_partial_last_cta():
+    """H 136 at L 4 on 132 SMs: 5 units a CTA, 28 CTAs a layer, the last with
+    one unit; K = 272 (not whole 128-element chunks): still register-resident."""
+    p = units_plan(136, 4, 5, REGS)
+    assert p["fits"] and p["fwd_task_units"] == REGS
+    assert p["units_per_cta"] == 5 and 136 % p["units_per_cta"] == 1 and p["K"] == 272

@@ -1184,6 +1184,12 @@ auto persistent_kernel(const Plan& plan) {
                   "fusedrnn: the register-resident forward weights need the CTA-wide epilogue "
                   "and ", kThreads, " threads per CTA");
       if constexpr (std::is_same_v<scalar_t, float>) {
+        // What the kernel assumes and only the planner ensures (H % 4 == 0 for
+        // its 16-byte stage loads, K <= 512, 4U <= 64 rows): a plan that
+        // breaks it is an error here, not wrong or missing products.
+        TORCH_CHECK(persistent::fwd_regs_fit(plan, 4, 4), "fusedrnn: the register-resident "
+                    "forward weights do not fit this plan (H=", plan.H, ", K=", plan.K,
+                    ", units per CTA ", plan.units_per_cta, ")");
         return static_cast<Kernel>(lstm_persistent_fwd_kernel<float, false, kThreads, false,
                                                               true>);
       }

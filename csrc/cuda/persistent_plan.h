@@ -242,7 +242,9 @@ inline int64_t cta_epilogue_bytes(int64_t U, int64_t bc, int64_t acc) { return 4
 // kThreads (255 registers a thread) in every dtype, with kThreadsWide (128)
 // in float32 only, where the k loop holds one staged chunk at a time and
 // stays free of spills (lane_products_pair; the 2-byte and float64 kernels
-// would spill in it).  It stores its products for the CTA-wide epilogue (the
+// would spill in it; outside the k loop the float32 512-thread kernel does
+// spill: ptxas sm_90, 2026-12-05, 180 bytes stored and 464 loaded, per task
+// and per step).  It stores its products for the CTA-wide epilogue (the
 // only epilogue it has) and halves the task count, so it can pay only where
 // a CTA has at least 2 tasks per warp (D2L L = 4, 8).
 constexpr int64_t kMaxFwdTaskUnits = 2;
@@ -560,8 +562,9 @@ inline bool fwd_regs_fit(const Plan& p, int64_t elem, int64_t acc) {
 // plan_lstm with the options resolved: `cta_epilogue` is kAutoOption, 0
 // (off) or 1 (on); `threads` kAutoOption, kThreads or kThreadsWide;
 // `fwd_task_units` 1 (also for auto), 2 (forward only, where
-// fwd_pairs_fit; else 1) or kFwdRegs (forward only, where fwd_regs_fit,
-// auto threads then kThreads; else 1).  Where
+// fwd_pairs_fit; else 1) or kFwdRegs (forward only, where fwd_regs_fit
+// on the kThreads plan, auto threads then kThreads; else as 1, auto threads
+// included).  Where
 // auto turns the CTA-wide epilogue on but its product area would cost the
 // plan its fit or batch rows of its chunk, the plan without it is taken.
 // The layout does not depend on the threads, so auto threads re-plans the
@@ -584,8 +587,14 @@ inline Plan plan_lstm_auto(int64_t H, int64_t I, int64_t L, int64_t B, int64_t e
   // Two-unit forward tasks (auto: 1), where fwd_pairs_fit; asked for, auto
   // threads count their (half as many) tasks.
   const bool pairs = !backward && fwd_task_units == 2;
-  const bool regs = !backward && fwd_task_units == kFwdRegs;
-  if (threads == kAutoOption && !regs) {
+  // Register-resident weights, where they fit the kThreads plan (auto
+  // threads then stay at kThreads, their only size); where they do not, the
+  // plan goes on as for one-unit tasks, auto threads included.
+  if (!backward && fwd_task_units == kFwdRegs && fwd_regs_fit(p, elem, acc)) {
+    p.fwd_task_units = kFwdRegs;
+    return p;
+  }
+  if (threads == kAutoOption) {
     // Tensor cores apply to 2-byte scalars, and to float32 as TF32 only.
     const bool mma_may = mma && (elem == 2 || (elem == 4 && tf32));
     if (auto_threads(p, elem, mma_may, pairs ? 2 : 1) == kThreadsWide) {
@@ -594,7 +603,6 @@ inline Plan plan_lstm_auto(int64_t H, int64_t I, int64_t L, int64_t B, int64_t e
     }
   }
   if (pairs && fwd_pairs_fit(p, elem)) p.fwd_task_units = 2;
-  if (regs && fwd_regs_fit(p, elem, acc)) p.fwd_task_units = kFwdRegs;
   return p;
 }
 
