@@ -216,7 +216,8 @@ fi
 # benchmark its rows (--no-persistent), so the rest still gets measured.
 NO_PERSISTENT=()
 SKIP_PERSISTENT=0
-if ! run_logged smoke "$OUT/persistent_smoke.log" "${SMOKE_TIMEOUT:-45}" \
+if ! FUSEDRNN_TEST_TIMEOUT=30 FUSEDRNN_TEST_TIMEOUT_LOG="$OUT/persistent_smoke.hang" \
+    run_logged smoke "$OUT/persistent_smoke.log" "${SMOKE_TIMEOUT:-45}" \
     python -m pytest tests/test_cuda_persistent.py -x -q -rs \
     -k "wavefront_floor or float64_both_tiers"; then
   echo "persistent tier smoke test failed: its tests and benchmark rows are skipped below"
@@ -236,7 +237,9 @@ fi
 # after the other they took 143 s, test_cuda_gru_rnn.py alone 46 s, and most
 # of it is CPU work: the float64 references, imports, CUDA start-up), each
 # with 16 / TEST_JOBS intra-op threads; they share the GPU, which is fine for
-# tests (nothing in them is timed).  A file that fails or times out among the
+# tests (nothing in them is timed).  A test that runs over TEST_HANG_TIMEOUT
+# (default 60) seconds ends its file's process (tests/conftest.py,
+# hang_watchdog) and the summary says HUNG.  A file that fails or times out among the
 # others is run once more on its own when time is left, and the summary
 # names both results ("failed concurrently, ok alone" says the failure needs
 # another process on the GPU to show).  All files share TEST_TIMEOUT; every
@@ -256,6 +259,9 @@ for f in ${TESTS:-tests/test_cuda_gru_rnn.py tests/test_bidirectional.py tests/t
   fi
 done
 TEST_JOBS="${TEST_JOBS:-4}"
+# tests/conftest.py's hang watchdog: a single test over this many seconds ends
+# its file's process with the tracebacks in the log (no rerun then).
+TEST_HANG_TIMEOUT="${TEST_HANG_TIMEOUT:-60}"
 [ "$TEST_JOBS" -ge 1 ] 2>/dev/null || TEST_JOBS=1
 TEST_THREADS=$(( $(nproc) / TEST_JOBS )); [ "$TEST_THREADS" -ge 1 ] || TEST_THREADS=1
 TEST_DEADLINE=$((SECONDS + $(limit_left "$TEST_TIMEOUT")))
@@ -269,9 +275,15 @@ test_one() {
     return
   fi
   echo "==== $1 (limit ${left}s)" > "$2"
-  OMP_NUM_THREADS=$TEST_THREADS timeout --signal=TERM --kill-after=10 "$left" \
+  : > "$2.hang"
+  OMP_NUM_THREADS=$TEST_THREADS FUSEDRNN_TEST_TIMEOUT="$TEST_HANG_TIMEOUT" \
+    FUSEDRNN_TEST_TIMEOUT_LOG="$2.hang" timeout --signal=TERM --kill-after=10 "$left" \
     python -m pytest "$1" -v -rs >> "$2" 2>&1
   echo $? > "$2.rc"
+  if [ -s "$2.hang" ]; then
+    echo "==== HUNG: a test ran over ${TEST_HANG_TIMEOUT}s; the watchdog's tracebacks:" >> "$2"
+    cat "$2.hang" >> "$2"
+  fi
 }
 phase "tests: ${#TEST_FILES[@]} files, $TEST_JOBS at a time (limit $((TEST_DEADLINE - SECONDS))s)"
 running=0
@@ -290,6 +302,12 @@ for f in "${TEST_FILES[@]}"; do
   rc=$(cat "$log.rc" 2>/dev/null || echo 1)
   cat "$log" >> "$OUT/tests.log"
   echo "$name: $(grep -E "passed|failed|no time left|Fatal Python error" "$log" | tail -n 1)"
+  if [ -s "$log.hang" ]; then
+    printf '%-6s %s\n' "tests:$name" "FAILED: HUNG (a test ran over ${TEST_HANG_TIMEOUT}s; tracebacks in tests.log)" \
+      | tee -a "$SUMMARY"
+    FAILED=1
+    continue
+  fi
   if [ "$rc" -ne 0 ] && [ $((TEST_DEADLINE - SECONDS)) -ge 5 ]; then
     # Once more, alone on the GPU.
     phase "tests: $f again, on its own (it exited with $rc among the others)"

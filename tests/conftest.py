@@ -16,6 +16,8 @@
 * ``make_pair(...)`` — a ``fusedrnn.LSTM`` and a ``torch.nn.LSTM`` with
   identical weights.
 * ``seed`` fixture (autouse) — every test starts from ``torch.manual_seed(0)``.
+* ``hang_watchdog`` fixture (autouse) — with ``FUSEDRNN_TEST_TIMEOUT=S`` a test
+  running over S seconds ends the process with every thread's traceback.
 """
 import contextlib
 import glob
@@ -176,6 +178,44 @@ def seed():
     """Make every test deterministic."""
     torch.manual_seed(0)
     yield 0
+
+
+def _test_timeout():
+    """FUSEDRNN_TEST_TIMEOUT in seconds (unset, empty or 0: no watchdog)."""
+    raw = os.environ.get("FUSEDRNN_TEST_TIMEOUT", "").strip()
+    try:
+        return float(raw) if raw else 0.0
+    except ValueError:
+        raise pytest.UsageError(f"FUSEDRNN_TEST_TIMEOUT must be a number of seconds, got {raw!r}")
+
+
+_WATCHDOG_FILE = []  # the open FUSEDRNN_TEST_TIMEOUT_LOG, once opened
+
+
+@pytest.fixture(autouse=True)
+def hang_watchdog():
+    """With FUSEDRNN_TEST_TIMEOUT=S set (scripts/gpu_check.sh sets it), a test
+    that runs longer than S seconds makes the process write every thread's
+    traceback ("Timeout (0:01:30)!", then the stacks, the test's among them)
+    and exit with status 1: a kernel that never finishes (a grid barrier some
+    CTA never reaches, say) then costs its file S seconds of the GPU
+    machine's time instead of the whole test step; the driver stops the
+    kernel when the process exits.  The tracebacks go to the file
+    FUSEDRNN_TEST_TIMEOUT_LOG names (appended to), else to stderr, where
+    pytest's output capture may swallow them."""
+    seconds = _test_timeout()
+    if seconds > 0:
+        import faulthandler
+        path = os.environ.get("FUSEDRNN_TEST_TIMEOUT_LOG", "").strip()
+        if path and not _WATCHDOG_FILE:
+            _WATCHDOG_FILE.append(open(path, "a"))
+        faulthandler.dump_traceback_later(seconds, exit=True,
+                                          file=_WATCHDOG_FILE[0] if path else sys.stderr)
+    try:
+        yield
+    finally:
+        if seconds > 0:
+            faulthandler.cancel_dump_traceback_later()
 
 
 def make_pair(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
