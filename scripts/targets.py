@@ -48,7 +48,7 @@ def result_files(paths):
     return out
 
 
-def _median(rows, config, impl, mode):
+def _row(rows, config, impl, mode):
     for r in rows:
         if (r.get("config") == config and r.get("impl") == impl and r.get("mode") == mode
                 and r.get("cell", "lstm") == "lstm" and r.get("median_ms")):
@@ -59,14 +59,14 @@ def _median(rows, config, impl, mode):
 def figures(results, impl):
     """The target figures of one implementation in one file's result rows (None: absent)."""
     def speedup(config, mode):
-        mine, base = _median(results, config, impl, mode), _median(results, config, BASELINE, mode)
+        mine, base = _row(results, config, impl, mode), _row(results, config, BASELINE, mode)
         return base["median_ms"] / mine["median_ms"] if mine and base else None
 
     def layer_ratio(name):
-        l8, l1 = _median(results, "d2l-L8", name, "fwd"), _median(results, "d2l-L1", name, "fwd")
+        l8, l1 = _row(results, "d2l-L8", name, "fwd"), _row(results, "d2l-L1", name, "fwd")
         return l8["median_ms"] / l1["median_ms"] if l8 and l1 else None
 
-    d2l = _median(results, "d2l", impl, "fwd")
+    d2l = _row(results, "d2l", impl, "fwd")
     floor = None
     if d2l:
         f = d2l.get("wavefront_floor_ms") or next(
