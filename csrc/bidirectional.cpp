@@ -23,6 +23,8 @@
 // where it does not apply.
 #include "bidirectional.h"
 
+#include "cpu/products.h"
+
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
@@ -70,11 +72,8 @@ void PairLayer::input_projections(const Tensor& x, const std::vector<Tensor>& w,
   for (int64_t d = 0; d < 2; ++d) {
     const Tensor* wl = &w[(2 * l + d) * s.per_layer];
     Tensor g = gx[d];
-    if (has_biases) {
-      at::addmm_out(g, fold_b_hh ? wl[2] + wl[3] : wl[2], d == 0 ? x : xr, wl[0].t());
-    } else {
-      at::mm_out(g, d == 0 ? x : xr, wl[0].t());
-    }
+    const Tensor bias = has_biases ? (fold_b_hh ? wl[2] + wl[3] : wl[2]) : Tensor();
+    cpu::product_into(g, d == 0 ? x : xr, wl[0].t(), false, has_biases ? &bias : nullptr);
   }
 }
 

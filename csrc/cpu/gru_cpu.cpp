@@ -91,11 +91,7 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
   const int64_t T = q.T, H = w_hh.size(1);
   const int64_t G3 = 3 * H, G4 = 4 * H;
   Tensor gx = at::empty({q.N, G3}, x.options());
-  if (b_ih) {
-    at::addmm_out(gx, *b_ih, x, w_ih.t());
-  } else {
-    at::mm_out(gx, x, w_ih.t());
-  }
+  cpu::product_into(gx, x, w_ih.t(), false, b_ih);
   if (T == 0) {
     hy.copy_(h0);
     return;

@@ -99,11 +99,8 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
   // That saves a fresh (N, 4H) buffer per layer, whose first touch (page
   // faults) cost about 1 ms per layer at the D2L size.
   Tensor gx = gates ? *gates : at::empty({q.N, G4}, x.options());
-  if (b_ih) {
-    at::addmm_out(gx, *b_ih + *b_hh, x, w_ih.t());
-  } else {
-    at::mm_out(gx, x, w_ih.t());
-  }
+  const Tensor bias = b_ih ? *b_ih + *b_hh : Tensor();
+  cpu::product_into(gx, x, w_ih.t(), false, b_ih ? &bias : nullptr);
   cy.copy_(c0);
   if (T == 0) {
     hy.copy_(h0);

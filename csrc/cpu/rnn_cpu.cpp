@@ -70,11 +70,8 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
   // The generic path projects straight into `out` and finishes each step in
   // place; the kernel's output must not alias its gx, so it gets a buffer.
   Tensor gx = fast ? at::empty({q.N, H}, x.options()) : out;
-  if (b_ih) {
-    at::addmm_out(gx, *b_ih + *b_hh, x, w_ih.t());
-  } else {
-    at::mm_out(gx, x, w_ih.t());
-  }
+  const Tensor bias = b_ih ? *b_ih + *b_hh : Tensor();
+  cpu::product_into(gx, x, w_ih.t(), false, b_ih ? &bias : nullptr);
   if (T == 0) {
     hy.copy_(h0);
     return;

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/products.h"
 #include "rnn_checks.h"
 
 namespace fusedrnn {
@@ -97,31 +98,25 @@ inline at::Tensor layer_param_grads(const SeqLayout& q, const at::Tensor& dgx,
                                     std::vector<at::Tensor>& grad_w, int64_t base,
                                     bool weights = true, bool want_dx = true) {
   const int64_t G = dgx.size(1), P = out.size(1);
-  if (!weights) return want_dx ? at::mm(dgx, w_ih) : at::Tensor();
-  // dW_ih = dGᵀ·X.  With a narrow input (the D2L model's I = 28 characters)
-  // the product has a skinny output that MKL handles badly in this
-  // orientation; (Xᵀ·dG)ᵀ plus a transposing copy was 0.57 vs 0.88 ms at
-  // N=1120, 4H=1024, I=28 on the 2-core CI machine (equal from I = 64 on).
-  grad_w[base] = x.size(1) < 64 ? at::mm(x.t(), dgx).t().contiguous() : at::mm(dgx.t(), x);
+  if (!weights) return want_dx ? product(dgx, w_ih) : at::Tensor();
+  grad_w[base] = product(dgx.t(), x);  // dW_ih = dGᵀ·X
   at::Tensor dw_hh;
   if (q.T == 0) {
     dw_hh = at::zeros({G, P}, dgx.options());
   } else if (!q.packed) {
     // Padded: h_{t-1} rows are h0 then out's rows shifted by one step; two
-    // GEMMs instead of a copy.
-    dw_hh = at::mm(dgh.narrow(0, 0, q.B).t(), h0);
-    if (q.T > 1) {
-      dw_hh.addmm_(dgh.narrow(0, q.B, q.N - q.B).t(), out.narrow(0, 0, q.N - q.B));
-    }
+    // products instead of a copy.
+    dw_hh = product(dgh.narrow(0, 0, q.B).t(), h0);
+    if (q.T > 1) product_into(dw_hh, dgh.narrow(0, q.B, q.N - q.B).t(), out.narrow(0, 0, q.N - q.B), true);
   } else {
-    dw_hh = at::mm(dgh.t(), prev_rows(q, h0, out));
+    dw_hh = product(dgh.t(), prev_rows(q, h0, out));
   }
   grad_w[base + 1] = dw_hh;
   if (has_biases) {
     grad_w[base + 2] = dgx.sum(0);
     grad_w[base + 3] = dgh.is_same(dgx) ? grad_w[base + 2].clone() : dgh.sum(0);
   }
-  return want_dx ? at::mm(dgx, w_ih) : at::Tensor();
+  return want_dx ? product(dgx, w_ih) : at::Tensor();
 }
 
 // The layer loop of a stack's backward, shared by the LSTM, GRU and RNN ops:
