@@ -242,6 +242,67 @@ FS_TARGET void gemm_range(const Problem& pb, int64_t m0, int64_t m1, int64_t n0,
   }
 }
 
+// Few rows of A (a single decoding step, a small batch), with A's rows and
+// B's columns contiguous (A.cs == 1, B.rs == 1: B is a weight matrix used
+// transposed): each element is a dot product along k, computed straight from
+// the operands without packing (packing would cost more than the product).
+// Columns [j0, j1), every row; the sum of each dot product runs in a fixed
+// order (16 lanes along k, then the lanes' reduction).
+constexpr int64_t kDotCols = 16;  // columns per task
+constexpr int kDotRows = 4;       // rows of A per pass
+constexpr int64_t kDotMaxRows = 8;  // the dot-product form up to this many rows
+
+template <int MB>
+FS_TARGET void dot_block(const Problem& pb, int64_t i0, int64_t j0, int64_t j1) {
+  const int64_t K = pb.K;
+  const __mmask16 mk = tail_mask(K % 16 == 0 ? 16 : K % 16);
+  const float* arow[MB];
+#pragma GCC unroll 4
+  for (int r = 0; r < MB; ++r) arow[r] = pb.A.p + (i0 + r) * pb.A.rs;
+  for (int64_t j = j0; j < j1; j += 4) {
+    const int nj = static_cast<int>(std::min<int64_t>(4, j1 - j));
+    const float* bcol[4];
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) bcol[q] = pb.B.p + (j + std::min(q, nj - 1)) * pb.B.cs;
+    __m512 acc[MB][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < MB; ++r)
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) acc[r][q] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 16) {
+      const __mmask16 m = k + 16 <= K ? kAll : mk;
+      __m512 b[4];
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) b[q] = _mm512_maskz_loadu_ps(m, bcol[q] + k);
+#pragma GCC unroll 4
+      for (int r = 0; r < MB; ++r) {
+        const __m512 a = _mm512_maskz_loadu_ps(m, arow[r] + k);
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; ++q) acc[r][q] = _mm512_fmadd_ps(a, b[q], acc[r][q]);
+      }
+    }
+    for (int r = 0; r < MB; ++r)
+      for (int q = 0; q < nj; ++q) {
+        float& c = pb.C.p[(i0 + r) * pb.C.rs + (j + q) * pb.C.cs];
+        const float init = pb.accumulate ? c : pb.bias ? pb.bias[j + q] : 0.0f;
+        c = init + _mm512_reduce_add_ps(acc[r][q]);
+      }
+  }
+}
+
+FS_TARGET void dot_task(void* ctx, int64_t begin, int64_t end) {
+  const Problem& pb = *static_cast<const Problem*>(ctx);
+  const int64_t j0 = begin * kDotCols, j1 = std::min(pb.N, end * kDotCols);
+  for (int64_t i = 0; i < pb.M; i += kDotRows) {
+    switch (std::min<int64_t>(kDotRows, pb.M - i)) {
+      case 1: dot_block<1>(pb, i, j0, j1); break;
+      case 2: dot_block<2>(pb, i, j0, j1); break;
+      case 3: dot_block<3>(pb, i, j0, j1); break;
+      default: dot_block<4>(pb, i, j0, j1); break;
+    }
+  }
+}
+
 void gemm_task(void* ctx, int64_t begin, int64_t end) {
   const Problem& pb = *static_cast<const Problem*>(ctx);
   if (pb.split_n) {
@@ -277,6 +338,10 @@ void sgemm(int64_t M, int64_t N, int64_t K, ConstMat A, ConstMat B, MutMat C, bo
     std::swap(C.rs, C.cs);
   }
   Problem pb{M, N, K, A, B, C, accumulate, bias, false};
+  if (M <= kDotMaxRows && A.cs == 1 && B.rs == 1) {
+    run_parallel(ceil_div(N, kDotCols), &pb, dot_task);
+    return;
+  }
   const int64_t n_panels = ceil_div(N, kNr), m_panels = ceil_div(M, kMr);
   // 64-column panels when there are enough of them to share out evenly.
   pb.split_n = n_panels >= 8 || n_panels >= m_panels;

@@ -96,7 +96,7 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
     hy.copy_(h0);
     return;
   }
-  if (use_fast_step(x)) {
+  if (use_fast_step(x) && cpu::packing_pays(q)) {
     // W_hh and b_hh packed once per call, reused by all T steps.
     Tensor packed_t =
         at::empty({static_cast<int64_t>(cpu::gru_packed_forward_size(H))}, x.options());
@@ -119,11 +119,7 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
         const int64_t o = q.off[t], n = q.bs[t];
         const Tensor h_prev = t == 0 ? h0.narrow(0, 0, n) : out.narrow(0, q.off[t - 1], n);
         Tensor gh_t = gh.narrow(0, 0, n);
-        if (b_hh) {
-          at::addmm_out(gh_t, *b_hh, h_prev, w_hh_t);
-        } else {
-          at::mm_out(gh_t, h_prev, w_hh_t);
-        }
+        cpu::product_into(gh_t, h_prev, w_hh_t, false, b_hh);
         gru_forward_pass<scalar_t>(n, H, gx.data_ptr<scalar_t>() + o * G3,
                                    gh_t.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(),
                                    out.data_ptr<scalar_t>() + o * H,

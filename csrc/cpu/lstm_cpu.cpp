@@ -107,7 +107,7 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
     return;
   }
 
-  if (!w_hr && use_fast_step(x)) {
+  if (!w_hr && use_fast_step(x) && cpu::packing_pays(q)) {
     // Packed once per call, reused by all T steps (uninitialised: packing fills it).
     Tensor packed_t = at::empty({static_cast<int64_t>(cpu::packed_forward_size(H))}, x.options());
     float* packed = packed_t.data_ptr<float>();
@@ -135,7 +135,7 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
         const int64_t o = q.off[t], n = q.bs[t];
         Tensor g_t = gx.narrow(0, o, n);
         Tensor h_prev = t == 0 ? h0.narrow(0, 0, n) : out.narrow(0, q.off[t - 1], n);
-        g_t.addmm_(h_prev, w_hh_t);
+        cpu::product_into(g_t, h_prev, w_hh_t, true);
         scalar_t* c_out = cells_p ? cells_p + o * H : c_state;
         const scalar_t* c_prev = (cells_p && t > 0) ? cells_p + q.off[t - 1] * H : c_state;
         scalar_t* h_dst = w_hr ? h_raw.data_ptr<scalar_t>() : out.data_ptr<scalar_t>() + o * H;
@@ -143,7 +143,7 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
                                     gates ? gates->data_ptr<scalar_t>() + o * G4 : nullptr);
         if (w_hr) {
           Tensor out_t = out.narrow(0, o, n);
-          at::mm_out(out_t, h_raw.narrow(0, 0, n), w_hr_t);
+          cpu::product_into(out_t, h_raw.narrow(0, 0, n), w_hr_t);
         }
       }
     });

@@ -66,7 +66,7 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
                    const Tensor* b_ih, const Tensor* b_hh, const Tensor& h0, bool relu,
                    Tensor& out, Tensor& hy) {
   const int64_t T = q.T, H = w_hh.size(1);
-  const bool fast = use_fast_step(x);
+  const bool fast = use_fast_step(x) && cpu::packing_pays(q);
   // The generic path projects straight into `out` and finishes each step in
   // place; the kernel's output must not alias its gx, so it gets a buffer.
   Tensor gx = fast ? at::empty({q.N, H}, x.options()) : out;
@@ -94,7 +94,8 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
       for (int64_t t = 0; t < T; ++t) {
         const int64_t o = q.off[t], n = q.bs[t];
         Tensor o_t = out.narrow(0, o, n);
-        o_t.addmm_(t == 0 ? h0.narrow(0, 0, n) : out.narrow(0, q.off[t - 1], n), w_hh_t);
+        cpu::product_into(o_t, t == 0 ? h0.narrow(0, 0, n) : out.narrow(0, q.off[t - 1], n),
+                          w_hh_t, true);
         rnn_forward_pass<scalar_t>(n * H, o_t.data_ptr<scalar_t>(), relu);
       }
     });

@@ -43,6 +43,12 @@ class LayerOutputs {
   at::Tensor scratch_[2];
 };
 
+// Whether a layer's fused step kernels should pack W_hh for this call: the
+// pack is one pass over W_hh in a transposing order, which a single step
+// (a decoding loop's call) does not earn back; there the step runs as a
+// product straight from W_hh (products.h) plus the pointwise cell.
+inline bool packing_pays(const SeqLayout& q) { return q.T > 1; }
+
 // ------------------------------------------------------------------------
 // Row-space helpers.  Inside the CPU ops every per-row tensor is handled as a
 // 2-D (N, X) view (see SeqLayout in rnn_checks.h): step t owns rows
