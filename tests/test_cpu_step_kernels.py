@@ -4,7 +4,9 @@ csrc/cpu/fast_step_bench.cc and fast_step_gru_bench.cc compare the fused
 LSTM / GRU / RNN step kernels (AVX-512 and the portable scalar path) with a
 double-precision reference over awkward sizes, strided layouts, in-place
 updates, NaN, infinities and saturating inputs, and exit non-zero on any
-mismatch.  This test builds and runs them in their quick (check-only) mode.
+mismatch.  tests/native/gemm_check.cc checks the packed matrix product (csrc/cpu/gemm.cpp)
+the same way, and that its result does not depend on the thread count.
+This test builds and runs them in their quick (check-only) mode.
 """
 import os
 import shutil
@@ -18,6 +20,7 @@ CPU = os.path.join(ROOT, "csrc", "cpu")
 PROGRAMS = {
     "lstm": ["fast_step.cpp", "fast_step_bench.cc"],
     "gru_rnn": ["fast_step.cpp", "fast_step_gru.cpp", "fast_step_gru_bench.cc"],
+    "gemm": ["fast_step.cpp", "gemm.cpp", os.path.join(ROOT, "tests", "native", "gemm_check.cc")],
 }
 
 

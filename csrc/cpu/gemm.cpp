@@ -328,33 +328,36 @@ void sgemm(int64_t M, int64_t N, int64_t K, ConstMat A, ConstMat B, MutMat C, bo
     return;
   }
 #if FUSEDRNN_X86
-  // The vector dimension (N) should be the wide one: a narrow C (fewer than
-  // 64 columns) is computed as Cᵀ = Bᵀ · Aᵀ instead.  (The bias runs along N.)
-  if (N < kNr && M > N && bias == nullptr) {
-    std::swap(M, N);
-    std::swap(A, B);
-    std::swap(A.rs, A.cs);
-    std::swap(B.rs, B.cs);
-    std::swap(C.rs, C.cs);
-  }
-  Problem pb{M, N, K, A, B, C, accumulate, bias, false};
-  if (M <= kDotMaxRows && A.cs == 1 && B.rs == 1) {
-    run_parallel(ceil_div(N, kDotCols), &pb, dot_task);
+  if (use_fast_path()) {
+    // The vector dimension (N) should be the wide one: a narrow C (fewer than
+    // 64 columns) is computed as Cᵀ = Bᵀ · Aᵀ instead.  (The bias runs along N.)
+    if (N < kNr && M > N && bias == nullptr) {
+      std::swap(M, N);
+      std::swap(A, B);
+      std::swap(A.rs, A.cs);
+      std::swap(B.rs, B.cs);
+      std::swap(C.rs, C.cs);
+    }
+    Problem pb{M, N, K, A, B, C, accumulate, bias, false};
+    if (M <= kDotMaxRows && A.cs == 1 && B.rs == 1) {
+      run_parallel(ceil_div(N, kDotCols), &pb, dot_task);
+      return;
+    }
+    const int64_t n_panels = ceil_div(N, kNr), m_panels = ceil_div(M, kMr);
+    // 64-column panels when there are enough of them to share out evenly.
+    pb.split_n = n_panels >= 8 || n_panels >= m_panels;
+    run_parallel(pb.split_n ? n_panels : m_panels, &pb, gemm_task);
     return;
   }
-  const int64_t n_panels = ceil_div(N, kNr), m_panels = ceil_div(M, kMr);
-  // 64-column panels when there are enough of them to share out evenly.
-  pb.split_n = n_panels >= 8 || n_panels >= m_panels;
-  run_parallel(pb.split_n ? n_panels : m_panels, &pb, gemm_task);
-#else
-  // Portable path (the torch-facing wrapper normally uses ATen instead).
+#endif
+  // Portable path (CPUs without AVX-512, set_force_scalar; the torch-facing
+  // wrapper uses ATen there instead).
   for (int64_t i = 0; i < M; ++i)
     for (int64_t j = 0; j < N; ++j) {
       float s = accumulate ? C.p[i * C.rs + j * C.cs] : (bias ? bias[j] : 0.0f);
       for (int64_t k = 0; k < K; ++k) s += A.p[i * A.rs + k * A.cs] * B.p[k * B.rs + j * B.cs];
       C.p[i * C.rs + j * C.cs] = s;
     }
-#endif
 }
 
 }  // namespace cpu

@@ -13,9 +13,14 @@
 // Results do not depend on the thread count: each element of C is summed in
 // the same order (k ascending, in blocks of kKc) whichever thread owns it.
 //
-// Only call it when fast_step_supported() (and not forced scalar); the
-// torch-facing wrapper (cpu/products.h) falls back to ATen otherwise.
-// Threading goes through fast_step.h's set_parallel_for hook.
+// With few rows of A (at most 8, A's rows and B's columns contiguous: a
+// decoding step against a weight used transposed) each element is instead a
+// dot product along k, straight from the operands, since packing would cost
+// more than the product.
+//
+// On CPUs without AVX-512 (or under set_force_scalar) a plain loop computes
+// the same product slowly; the torch-facing wrapper (cpu/products.h) uses
+// ATen there.  Threading goes through fast_step.h's set_parallel_for hook.
 #pragma once
 
 #include <cstdint>

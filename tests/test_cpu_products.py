@@ -1,0 +1,134 @@
+"""The CPU path's own matrix products (csrc/cpu/gemm.cpp) and its single-step
+path, seen through the modules.
+
+* Sizes that take every form of the product: a decoding step (T = 1, a few
+  rows: the dot-product form, no W_hh pack), a batch of 16 at T = 1, and sizes
+  with several K blocks, partial tiles and narrow inputs (computed transposed);
+  outputs and every gradient against torch.nn, LSTM, GRU and RNN, with the
+  fused float32 kernels on and off.
+* A decoding loop of one-step calls, state carried, equals one call over the
+  whole sequence.
+* Bitwise determinism: the same outputs and gradients run to run and with one
+  or two threads.
+"""
+import pytest
+import torch
+
+from conftest import fusedrnn_or_skip, tolerances
+
+fusedrnn = fusedrnn_or_skip()
+
+CELLS = ["LSTM", "GRU", "RNN"]
+
+
+@pytest.fixture(params=["fast", "generic"])
+def step_path(request):
+    C = fusedrnn._C
+    if request.param == "fast" and not C.cpu_fast_step_available():
+        pytest.skip("this CPU has no AVX-512: the fused float32 kernels cannot run")
+    before = C.cpu_fast_step_enabled()
+    C.set_cpu_fast_step_enabled(request.param == "fast")
+    yield request.param
+    C.set_cpu_fast_step_enabled(before)
+
+
+def _pair(cell, I, H, L):
+    torch.manual_seed(0)
+    fused = getattr(fusedrnn, cell)(I, H, L)
+    ref = getattr(torch.nn, cell)(I, H, L)
+    ref.load_state_dict(fused.state_dict())
+    return fused, ref
+
+
+def _states(cell, L, B, H, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(L, B, H, generator=g)
+    return (h, torch.randn(L, B, H, generator=g)) if cell == "LSTM" else h
+
+
+def _flat(out):
+    y, s = out
+    return [y, *s] if isinstance(s, tuple) else [y, s]
+
+
+def _run(mod, x, hx):
+    """Outputs, then the gradients of x, the states and every parameter."""
+    x = x.clone().requires_grad_()
+    hx = tuple(s.clone().requires_grad_() for s in hx) if isinstance(hx, tuple) \
+        else hx.clone().requires_grad_()
+    for p in mod.parameters():
+        p.grad = None
+    outs = _flat(mod(x, hx))
+    g = torch.Generator().manual_seed(7)
+    torch.autograd.backward(outs, [torch.randn(o.shape, generator=g) for o in outs])
+    states = list(hx) if isinstance(hx, tuple) else [hx]
+    return ([o.detach() for o in outs]
+            + [x.grad] + [s.grad for s in states] + [p.grad.clone() for p in mod.parameters()])
+
+
+# (T, B, I, H, L): one decoding step with a few rows, a batch of 16 at T = 1,
+# several K blocks and partial tiles, a narrow input (I < 64: the input
+# products run transposed), more rows than one block of the product.
+SIZES = [(1, 1, 37, 70, 2), (1, 3, 64, 33, 1), (1, 16, 40, 48, 2), (9, 33, 70, 67, 2),
+         (35, 8, 28, 96, 1), (3, 130, 300, 20, 1)]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("T,B,I,H,L", SIZES)
+def test_products_match_torch(step_path, cell, T, B, I, H, L):
+    fused, ref = _pair(cell, I, H, L)
+    x = torch.randn(T, B, I, generator=torch.Generator().manual_seed(1))
+    hx = _states(cell, L, B, H)
+    got, want = _run(fused, x, hx), _run(ref, x, hx)
+    names = [n for n, _ in fused.named_parameters()]
+    names = ["output", "h_n", "c_n"][:len(got) - len(names) - (len(got) - len(names)) // 2] + \
+        ["grad input"] + ["grad h_0", "grad c_0"][:(len(got) - len(names)) // 2 - 1] + \
+        [f"grad {n}" for n in names]
+    assert len(names) == len(got)
+    # Gradients here are sums over up to 390 rows in float32, in another
+    # order than torch's: absolute differences of 1-2e-5 occur on values of
+    # about 0.05.  A wrong product is off by about the values themselves.
+    tol = dict(rtol=1e-4, atol=5e-5)
+    for a, b, n in zip(got, want, names):
+        torch.testing.assert_close(a, b, **tol,
+                                   msg=lambda m, n=n: f"{cell}: {n}: {m}")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("B", [1, 5, 16])
+def test_decoding_loop_equals_one_call(cell, B):
+    """One-step calls with the state carried give the outputs of one call over
+    the whole sequence (the first takes the single-step path, the second the
+    fused step kernels)."""
+    fused, _ = _pair(cell, 24, 40, 2)
+    x = torch.randn(6, B, 24, generator=torch.Generator().manual_seed(1))
+    hx = _states(cell, 2, B, 40)
+    with torch.no_grad():
+        whole, last = fused(x, hx)
+        state, ys = hx, []
+        for t in range(x.shape[0]):
+            y, state = fused(x[t:t + 1], state)
+            ys.append(y)
+    tol = tolerances(torch.float32)
+    torch.testing.assert_close(torch.cat(ys), whole, **tol)
+    for a, b in zip(_flat((None, state))[1:], _flat((None, last))[1:]):
+        torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("T,B", [(1, 2), (1, 16), (12, 32)])
+def test_bitwise_same_run_to_run_and_across_thread_counts(cell, T, B):
+    fused, _ = _pair(cell, 72, 80, 2)
+    x = torch.randn(T, B, 72, generator=torch.Generator().manual_seed(1))
+    hx = _states(cell, 2, B, 80)
+    before = torch.get_num_threads()
+    try:
+        runs = []
+        for threads in (2, 2, 1):
+            torch.set_num_threads(threads)
+            runs.append(_run(fused, x, hx))
+    finally:
+        torch.set_num_threads(before)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a, b)
