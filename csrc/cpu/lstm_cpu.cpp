@@ -107,17 +107,27 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
     return;
   }
 
-  if (!w_hr && use_fast_step(x) && cpu::packing_pays(q)) {
-    // Packed once per call, reused by all T steps (uninitialised: packing fills it).
-    Tensor packed_t = at::empty({static_cast<int64_t>(cpu::packed_forward_size(H))}, x.options());
-    float* packed = packed_t.data_ptr<float>();
-    cpu::pack_forward(w_hh.data_ptr<float>(), H, packed);
+  if (!w_hr && use_fast_step(x)) {
+    // Packed once per call, reused by all T steps (uninitialised: packing
+    // fills it).  A single step instead adds h0 W_hhᵀ to gx with a product
+    // straight from W_hh, and the kernel runs only the cell (no h_prev).
+    const bool pack = cpu::packing_pays(q);
+    Tensor packed_t;
+    float* packed = nullptr;
+    if (pack) {
+      packed_t = at::empty({static_cast<int64_t>(cpu::packed_forward_size(H))}, x.options());
+      packed = packed_t.data_ptr<float>();
+      cpu::pack_forward(w_hh.data_ptr<float>(), H, packed);
+    } else {
+      Tensor g0 = gx.narrow(0, 0, q.bs[0]);
+      cpu::product_into(g0, h0.narrow(0, 0, q.bs[0]), w_hh.t(), true);
+    }
     float* out_p = out.data_ptr<float>();
     float* c_state = cy.data_ptr<float>();
     float* cells_p = cells ? cells->data_ptr<float>() : nullptr;
     for (int64_t t = 0; t < T; ++t) {
       const int64_t o = q.off[t];
-      const float* h_prev = t == 0 ? h0.data_ptr<float>() : out_p + q.off[t - 1] * H;
+      const float* h_prev = !pack ? nullptr : t == 0 ? h0.data_ptr<float>() : out_p + q.off[t - 1] * H;
       float* c_out = cells_p ? cells_p + o * H : c_state;
       const float* c_prev = (cells_p && t > 0) ? cells_p + q.off[t - 1] * H : c_state;
       cpu::lstm_step_forward(q.bs[t], H, packed, gx.data_ptr<float>() + o * G4, G4, h_prev, H,
