@@ -97,6 +97,9 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cpu_peak  # noqa: E402  (benchmarks/cpu_peak.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results")
 
@@ -140,7 +143,7 @@ CONFIGS: Dict[str, Config] = {
     "d2l-L4": Config(32, 35, 28, 256, 4, sweep="d2l", about="layer sweep"),
     "d2l-L8": Config(32, 35, 28, 256, 8, sweep="d2l", quick=("cuda",), about="layer sweep"),
     # GPU sizes (too slow for a 2-core CPU sweep; name them with --configs to run there).
-    "fastrnns": Config(64, 100, 512, 512, 1, devices=("cuda",), quick=("cuda",),
+    "fastrnns": Config(64, 100, 512, 512, 1, quick=("cuda",),
                        cells=("lstm", "gru", "rnn"), packed=True,
                        about="PyTorch fastrnns default"),
     "appleyard": Config(64, 100, 512, 512, 4, devices=("cuda",),
@@ -152,6 +155,14 @@ CONFIGS: Dict[str, Config] = {
     # The fixed cost of a call (Python, dispatch, allocations, launches) against
     # cuDNN's: one step of a tiny 2-layer stack, where almost nothing is computed.
     "one-step": Config(1, 1, 16, 16, 2, devices=("cuda",), about="fixed per-call cost"),
+    # One step of a stateful decoding loop on the CPU (T = 1, the state passed
+    # in): a speech model's prediction network, a small decoder, an RL policy
+    # stepping 16 environments.
+    "step-b1-h640": Config(1, 1, 640, 640, 2, devices=("cpu",),
+                           about="one decoding step, speech prediction network"),
+    "step-b1-h256": Config(1, 1, 256, 256, 1, devices=("cpu",), about="one decoding step"),
+    "step-b16-h256": Config(16, 1, 256, 256, 2, devices=("cpu",),
+                            about="one step of an RL policy over 16 environments"),
     # The D2L shape with bidirectional layers: fusedrnn (auto) against
     # fusedrnn-separate (each direction its own call inside the op) and
     # fusedrnn-one-launch (both directions per kernel launch).
@@ -213,6 +224,23 @@ CELLS: Dict[str, Cell] = {
 }
 # The -bidir cells run only where a configuration lists them (d2l-bidir).
 DEFAULT_CELLS = ("lstm", "gru", "rnn", "lstm-bidir", "gru-bidir", "rnn-bidir")
+
+
+# Gate blocks of each cell's products (LSTM i f g o, GRU r z n, RNN one).
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def model_gflop(cfg: Config, mode: str) -> float:
+    """The matrix products' GFLOP of one call (the elementwise work is left
+    out): forward Σ_l 2·T·B·G·H·(I_l + H) per direction; the backward twice
+    that (the recurrent products, the weight gradients and the input
+    gradients)."""
+    cell = CELLS[cfg.cell]
+    D = 2 if cell.kwargs.get("bidirectional") else 1
+    G = GATES[cell.title]
+    fwd = sum(2 * cfg.T * cfg.B * G * cfg.H * ((cfg.I if l == 0 else D * cfg.H) + cfg.H) * D
+              for l in range(cfg.L))
+    return fwd * (3 if mode == "fwdbwd" else 1) / 1e9
 
 
 def cell_label(cell: str) -> str:
@@ -817,6 +845,7 @@ class Context:
         self.torch, self.fusedrnn = torch, fusedrnn
         self.device, self.dtype, self.args = device, dtype, args
         self.cuda = device.type == "cuda"
+        self.peak = None  # the CPU's measured FMA peak (cpu_peak.measure), CPU runs only
 
     def sync(self):
         if self.cuda:
@@ -1099,9 +1128,14 @@ def bench_config(ctx, cname, cfg, impls, notes):
                 r["x_floor"] = r["median_ms"] / floor
             log(f"    empty wavefront (T+L-1 grid barriers): {floor:.3f} ms")
         base_ms = res.get(BASELINE, {}).get("median_ms")
+        gflop = model_gflop(cfg, mode)
+        peak = (ctx.peak or {}).get("gflops")
         parts = []
         for name, r in res.items():
             r["speedup_vs_torch"] = (base_ms / r["median_ms"]) if base_ms else None
+            r["gflop"] = gflop
+            r["gflops"] = gflop / (r["median_ms"] / 1e3)
+            r["peak_share"] = r["gflops"] / peak if peak else None
             row = {"config": cname, **cfg.shape(), "cell": cfg.cell,
                    "cell_label": cell_label(cfg.cell), "mode": mode,
                    "impl": name, "label": impls[name].label_for(cfg.cell),
@@ -1131,6 +1165,12 @@ def table_rows(rows, mode, impl_names, cuda):
         header.append(f"{n} ms")
         if n != BASELINE:
             header.append("x torch")
+    rate = [n for n in ("fusedrnn", BASELINE) if n in impl_names] if not cuda else []
+    with_peak = any(r.get("peak_share") for r in rows if r["mode"] == mode)
+    for n in rate:
+        header.append(f"{n} GFLOP/s")
+        if with_peak:
+            header.append(f"{n} % peak")
     if cuda:
         header += [f"{n} MiB" for n in impl_names]
     floors = [n for n in impl_names if n in FLOOR_IMPLS]
@@ -1149,6 +1189,11 @@ def table_rows(rows, mode, impl_names, cuda):
             line.append(f"{r['median_ms']:.3f}" if r else "-")
             if n != BASELINE:
                 line.append(f"{r['speedup_vs_torch']:.2f}" if r and r["speedup_vs_torch"] else "-")
+        for n in rate:
+            r = by.get(n)
+            line.append(f"{r['gflops']:.0f}" if r and r.get("gflops") else "-")
+            if with_peak:
+                line.append(f"{100 * r['peak_share']:.0f}" if r and r.get("peak_share") else "-")
         if cuda:
             for n in impl_names:
                 r = by.get(n)
@@ -1216,7 +1261,10 @@ def describe(meta):
                                           f"{meta['device_capability'][1]})"
                                           if meta["device_capability"] else "")),
         ("host CPU", f"{meta['host_cpu']}, {meta['cpu_count']} logical cores, "
-                     f"torch threads {meta['num_threads']}"),
+                     f"torch threads {meta['num_threads']}"
+                     + (f"; measured float32 FMA peak {meta['cpu_peak']['gflops']:.0f} GFLOP/s "
+                        f"({meta['cpu_peak']['isa']}, benchmarks/cpu_peak.py)"
+                        if meta.get("cpu_peak") else "")),
         ("dtype", meta["dtype"]),
         ("torch", f"{meta['torch']} (CUDA {meta['torch_cuda']}, cuDNN {meta['cudnn']})"),
         ("TF32 allowed", tf32),
@@ -1239,7 +1287,10 @@ def write_markdown(path, meta, rows, impl_names, notes):
     out += ["", "Median time per call in milliseconds; `x torch` = t(torch.nn.LSTM / GRU / RNN, "
             "the row's cell) / t(impl), "
             "above 1 is faster than torch" + (" (cuDNN)" if cuda else "") + ". "
-            + ("MiB = peak memory allocated by one call. " if cuda else "")
+            + ("MiB = peak memory allocated by one call. " if cuda else
+               "GFLOP/s = the call's matrix-product FLOPs (forward 2·T·B·G·H·(I_l + H) a "
+               "layer, G gate blocks; forward + backward three times that) over its median "
+               "time; % peak = that over the measured FMA peak. ")
             + "Implementations were timed in interleaved rounds in one process on the same "
             "inputs and weights.", ""]
     out += ["Implementations:", ""]
@@ -1504,7 +1555,14 @@ def main(argv=None):
         notes.append(f"cell(s) {', '.join(skipped_cells)}: not listed by these "
                      f"configurations; name them with --configs and --cells")
 
+    ctx.peak = None
+    if device.type == "cpu":
+        ctx.peak = cpu_peak.measure(torch.get_num_threads())
+        if ctx.peak is None:
+            notes.append("the CPU's FMA peak could not be measured (benchmarks/cpu_peak.py "
+                         "needs a C compiler with OpenMP): no % peak")
     meta = metadata(ctx)
+    meta["cpu_peak"] = ctx.peak
     meta["cells"] = cells
     meta["peers"] = peers
     if not args.configs and "d2l" in cnames:

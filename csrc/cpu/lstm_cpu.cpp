@@ -259,9 +259,14 @@ Tensor layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& dcy,
   if (T == 0) return dG;  // (the caller passes grad_hy through to grad_h0)
 
   if (!w_hr && use_fast_step(dy)) {
-    Tensor packed_t = at::empty({static_cast<int64_t>(cpu::packed_backward_size(H))}, dy.options());
-    float* packed = packed_t.data_ptr<float>();
-    cpu::pack_backward(w_hh.data_ptr<float>(), H, packed);
+    // A single step has no step t+1: no product, nothing to pack.
+    Tensor packed_t;
+    float* packed = nullptr;
+    if (cpu::packing_pays(q)) {
+      packed_t = at::empty({static_cast<int64_t>(cpu::packed_backward_size(H))}, dy.options());
+      packed = packed_t.data_ptr<float>();
+      cpu::pack_backward(w_hh.data_ptr<float>(), H, packed);
+    }
     float* dc = grad_c0.data_ptr<float>();
     const float* dy_p = dy.data_ptr<float>();
     const float* gates_p = gates.data_ptr<float>();
