@@ -17,8 +17,9 @@ few minutes; configurations named with --configs run their own cells too,
 and every chosen cell when --cells is given as well.
 
 Implementations (--impls): torch (the baseline), fusedrnn, fusedrnn-generic
-(CPU float32 only: fusedrnn with its fused AVX-512 step kernels switched off,
-i.e. at::addmm + a pointwise pass per step, to show what the fused step buys),
+(CPU float32 only: fusedrnn with its AVX-512 kernels, the fused steps and the
+packed products, switched off, i.e. ATen's products + a pointwise pass per
+step, to show what they buy),
 fusedrnn-general / fusedrnn-persistent (CUDA LSTM only: one kernel tier forced
 through fusedrnn.set_option("cuda_tier", ...); the fusedrnn row is the auto
 choice; sizes the persistent kernel does not fit are skipped with the reason),
