@@ -523,13 +523,14 @@ void lstm_step_forward(int64_t B, int64_t H, const float* packed_fwd,
   a.rows = split_rows(B);
   a.n_panels = ceil_div(H, 16);
   const int64_t n_tasks = a.n_panels * a.rows.n_blocks;
+  const int64_t fmas = B * H * ((h_prev ? 4 * H : 0) + 32);  // about; for run_parallel
 #if FUSEDRNN_X86
   if (fast_step_supported() && !g_force_scalar.load(std::memory_order_relaxed)) {
-    run_parallel(n_tasks, &a, fwd_task_avx512);
+    run_parallel(n_tasks, fmas, &a, fwd_task_avx512);
     return;
   }
 #endif
-  run_parallel(n_tasks, &a, fwd_task_scalar);
+  run_parallel(n_tasks, fmas, &a, fwd_task_scalar);
 }
 
 void lstm_step_backward(int64_t B, int64_t H, const float* packed_bwd,
@@ -552,13 +553,14 @@ void lstm_step_backward(int64_t B, int64_t H, const float* packed_bwd,
   a.rows = split_rows(B);
   a.n_panels = ceil_div(H, 64);
   const int64_t n_tasks = a.n_panels * a.rows.n_blocks;
+  const int64_t fmas = B * H * ((dG_next ? 4 * H : 0) + 32);  // about; for run_parallel
 #if FUSEDRNN_X86
   if (fast_step_supported() && !g_force_scalar.load(std::memory_order_relaxed)) {
-    run_parallel(n_tasks, &a, bwd_task_avx512);
+    run_parallel(n_tasks, fmas, &a, bwd_task_avx512);
     return;
   }
 #endif
-  run_parallel(n_tasks, &a, bwd_task_scalar);
+  run_parallel(n_tasks, fmas, &a, bwd_task_scalar);
 }
 
 }  // namespace cpu

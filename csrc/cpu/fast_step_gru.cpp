@@ -635,13 +635,14 @@ void gru_step_forward(int64_t B, int64_t H, const float* packed_fwd,
   GruFwdArgs a{B, H, packed_fwd, gx, ld_gx, h_prev, ld_h, h_out, ld_h_out, saved,
                split_rows(B, kGruFwdRows, kTilesPerBlock)};
   const int64_t n_tasks = ceil_div(H, 16) * a.rows.n_blocks;
+  const int64_t fmas = B * H * ((h_prev ? 3 * H : 0) + 32);  // about; for run_parallel
 #if FUSEDRNN_X86
   if (use_fast_path()) {
-    run_parallel(n_tasks, &a, gru_fwd_task_avx512);
+    run_parallel(n_tasks, fmas, &a, gru_fwd_task_avx512);
     return;
   }
 #endif
-  run_parallel(n_tasks, &a, task_scalar<GruFwdArgs, gru_fwd_scalar>);
+  run_parallel(n_tasks, fmas, &a, task_scalar<GruFwdArgs, gru_fwd_scalar>);
 }
 
 void gru_step_backward(int64_t B, int64_t H, const float* packed_bwd,
@@ -652,13 +653,14 @@ void gru_step_backward(int64_t B, int64_t H, const float* packed_bwd,
   GruBwdArgs a{B, H, packed_bwd, dy, ld_dy, dgh_next, saved, h_prev, ld_h,
                dh_carry, dgx, dgh, split_rows(B, kWideRows, kTilesPerBlock)};
   const int64_t n_tasks = ceil_div(H, 64) * a.rows.n_blocks;
+  const int64_t fmas = B * H * ((dgh_next ? 3 * H : 0) + 32);  // about; for run_parallel
 #if FUSEDRNN_X86
   if (use_fast_path()) {
-    run_parallel(n_tasks, &a, gru_bwd_task_avx512);
+    run_parallel(n_tasks, fmas, &a, gru_bwd_task_avx512);
     return;
   }
 #endif
-  run_parallel(n_tasks, &a, task_scalar<GruBwdArgs, gru_bwd_scalar>);
+  run_parallel(n_tasks, fmas, &a, task_scalar<GruBwdArgs, gru_bwd_scalar>);
 }
 
 void rnn_step_forward(int64_t B, int64_t H, bool relu, const float* packed_fwd,
@@ -668,13 +670,14 @@ void rnn_step_forward(int64_t B, int64_t H, bool relu, const float* packed_fwd,
   RnnFwdArgs a{B, H, relu, packed_fwd, gx, ld_gx, h_prev, ld_h, h_out, ld_h_out,
                split_rows(B, kWideRows, kTilesPerBlock)};
   const int64_t n_tasks = ceil_div(H, 64) * a.rows.n_blocks;
+  const int64_t fmas = B * H * ((h_prev ? H : 0) + 16);  // about; for run_parallel
 #if FUSEDRNN_X86
   if (use_fast_path()) {
-    run_parallel(n_tasks, &a, task_avx512<RnnFwdArgs, rnn_fwd_tile_any>);
+    run_parallel(n_tasks, fmas, &a, task_avx512<RnnFwdArgs, rnn_fwd_tile_any>);
     return;
   }
 #endif
-  run_parallel(n_tasks, &a, task_scalar<RnnFwdArgs, rnn_fwd_scalar>);
+  run_parallel(n_tasks, fmas, &a, task_scalar<RnnFwdArgs, rnn_fwd_scalar>);
 }
 
 void rnn_step_backward(int64_t B, int64_t H, bool relu, const float* packed_bwd,
@@ -684,13 +687,14 @@ void rnn_step_backward(int64_t B, int64_t H, bool relu, const float* packed_bwd,
   RnnBwdArgs a{B, H, relu, packed_bwd, dy, ld_dy, dpre_next, h, ld_h, dpre,
                split_rows(B, kWideRows, kTilesPerBlock)};
   const int64_t n_tasks = ceil_div(H, 64) * a.rows.n_blocks;
+  const int64_t fmas = B * H * ((dpre_next ? H : 0) + 16);  // about; for run_parallel
 #if FUSEDRNN_X86
   if (use_fast_path()) {
-    run_parallel(n_tasks, &a, task_avx512<RnnBwdArgs, rnn_bwd_tile_any>);
+    run_parallel(n_tasks, fmas, &a, task_avx512<RnnBwdArgs, rnn_bwd_tile_any>);
     return;
   }
 #endif
-  run_parallel(n_tasks, &a, task_scalar<RnnBwdArgs, rnn_bwd_scalar>);
+  run_parallel(n_tasks, fmas, &a, task_scalar<RnnBwdArgs, rnn_bwd_scalar>);
 }
 
 }  // namespace cpu

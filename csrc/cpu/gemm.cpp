@@ -169,26 +169,35 @@ FS_TARGET void pack_b(const ConstMat& B, int64_t k0, int64_t kc, int64_t j0, int
 
 // Packs A rows [i0, i1), columns [k0, k0+kc) into 6-row panels: panel r at
 // dst + r·kc·6, element (i, k) at [k·6 + i]; rows past i1 are zero.
-void pack_a(const ConstMat& A, int64_t i0, int64_t i1, int64_t k0, int64_t kc, float* dst) {
+FS_TARGET void pack_a(const ConstMat& A, int64_t i0, int64_t i1, int64_t k0, int64_t kc,
+                      float* dst) {
+  constexpr __mmask16 kRows = (1u << kMr) - 1u;
   for (int64_t ip = i0; ip < i1; ip += kMr) {
     const int64_t h = std::min<int64_t>(kMr, i1 - ip);
     float* d = dst + ((ip - i0) / kMr) * kc * kMr;
     if (A.rs == 1) {
-      for (int64_t k = 0; k < kc; ++k) {
-        const float* s = A.p + (k0 + k) * A.cs + ip;
-        float* dk = d + k * kMr;
-        for (int64_t i = 0; i < h; ++i) dk[i] = s[i];
-        for (int64_t i = h; i < kMr; ++i) dk[i] = 0.0f;
+      // A column k holds the panel's rows side by side: one masked copy each.
+      const __mmask16 m = tail_mask(h);
+      for (int64_t k = 0; k < kc; ++k)
+        _mm512_mask_storeu_ps(d + k * kMr, kRows,
+                              _mm512_maskz_loadu_ps(m, A.p + (k0 + k) * A.cs + ip));
+    } else if (A.cs == 1) {
+      // Rows contiguous along k: 16 columns of the 6 rows at a time, transposed
+      // in registers.
+      for (int64_t k = 0; k < kc; k += 16) {
+        const int64_t nk = std::min<int64_t>(16, kc - k);
+        const __mmask16 m = tail_mask(nk);
+        __m512 r[16];
+        for (int i = 0; i < 16; ++i)
+          r[i] = i < h ? _mm512_maskz_loadu_ps(m, A.p + (ip + i) * A.rs + k0 + k)
+                       : _mm512_setzero_ps();
+        transpose16(r);
+        for (int64_t u = 0; u < nk; ++u) _mm512_mask_storeu_ps(d + (k + u) * kMr, kRows, r[u]);
       }
     } else {
-      for (int64_t i = 0; i < kMr; ++i) {
-        if (i >= h) {
-          for (int64_t k = 0; k < kc; ++k) d[k * kMr + i] = 0.0f;
-          continue;
-        }
-        const float* s = A.p + (ip + i) * A.rs + k0 * A.cs;
-        for (int64_t k = 0; k < kc; ++k) d[k * kMr + i] = s[k * A.cs];
-      }
+      for (int64_t k = 0; k < kc; ++k)
+        for (int64_t i = 0; i < kMr; ++i)
+          d[k * kMr + i] = i < h ? A.p[(ip + i) * A.rs + (k0 + k) * A.cs] : 0.0f;
     }
   }
 }
@@ -405,13 +414,13 @@ void sgemm(int64_t M, int64_t N, int64_t K, ConstMat A, ConstMat B, MutMat C, bo
     }
     Problem pb{M, N, K, A, B, C, accumulate, bias, false};
     if (M <= kDotMaxRows && A.cs == 1 && B.rs == 1) {
-      run_parallel(ceil_div(N, kDotCols), &pb, dot_task);
+      run_parallel(ceil_div(N, kDotCols), M * N * K, &pb, dot_task);
       return;
     }
     const int64_t n_panels = ceil_div(N, kNr), m_panels = ceil_div(M, kMr);
     // 64-column panels when there are enough of them to share out evenly.
     pb.split_n = n_panels >= 8 || n_panels >= m_panels;
-    run_parallel(pb.split_n ? n_panels : m_panels, &pb, gemm_task);
+    run_parallel(pb.split_n ? n_panels : m_panels, M * N * K, &pb, gemm_task);
     return;
   }
 #endif

@@ -31,6 +31,19 @@ namespace detail {
 void run_parallel(int64_t n_tasks, void* ctx,
                   void (*task)(void*, int64_t, int64_t));
 
+// The same, but serial when the call's work (about `fmas` multiply-adds) is
+// too small to pay for waking the other threads.  Results do not depend on
+// it: every task computes its outputs the same way on any thread.
+constexpr int64_t kSerialFmas = int64_t(1) << 17;
+inline void run_parallel(int64_t n_tasks, int64_t fmas, void* ctx,
+                         void (*task)(void*, int64_t, int64_t)) {
+  if (fmas < kSerialFmas) {
+    if (n_tasks > 0) task(ctx, 0, n_tasks);
+  } else {
+    run_parallel(n_tasks, ctx, task);
+  }
+}
+
 // fast_step_supported() && !set_force_scalar(true).  Defined in fast_step.cpp.
 bool use_fast_path();
 
