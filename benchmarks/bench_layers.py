@@ -779,14 +779,21 @@ def import_fusedrnn():
 
 
 def cpu_model():
+    """The CPU's model name, with its family/model numbers where the name alone
+    does not tell the generation (virtual machines report "AMD EPYC" for
+    Zen 4 and Zen 5 alike)."""
+    info = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, val = line.partition(":")
+                info.setdefault(key.strip(), val.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown cpu"
+    name = info.get("model name") or platform.processor() or platform.machine() or "unknown cpu"
+    if "cpu family" in info and "model" in info:
+        name += f" (family {info['cpu family']} model {info['model']})"
+    return name
 
 
 def slugify(text):
