@@ -132,3 +132,29 @@ def test_bitwise_same_run_to_run_and_across_thread_counts(cell, T, B):
     for other in runs[1:]:
         for a, b in zip(runs[0], other):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_concurrent_calls_from_python_threads(cell):
+    """Calls from several Python threads at once (each holding its own team of
+    OpenMP threads for its step loops) give the results of serial calls."""
+    import threading
+    fused, _ = _pair(cell, 32, 48, 2)
+    xs = [torch.randn(20, 8, 32, generator=torch.Generator().manual_seed(s)) for s in range(6)]
+    with torch.no_grad():
+        want = [_flat(fused(x))[0] for x in xs]
+    got = [None] * len(xs)
+
+    def work(i):
+        with torch.no_grad():
+            for _ in range(3):
+                got[i] = _flat(fused(xs[i]))[0]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a call did not return"
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)

@@ -104,13 +104,15 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
     cpu::gru_pack_forward(w_hh.data_ptr<float>(), b_hh ? b_hh->data_ptr<float>() : nullptr, H,
                           packed);
     float* out_p = out.data_ptr<float>();
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t o = q.off[t];
-      const float* h_prev = t == 0 ? h0.data_ptr<float>() : out_p + q.off[t - 1] * H;
-      cpu::gru_step_forward(q.bs[t], H, packed, gx.data_ptr<float>() + o * G3, G3, h_prev, H,
-                            out_p + o * H, H,
-                            saved ? saved->data_ptr<float>() + o * G4 : nullptr);
-    }
+    cpu::run_steps([&] {
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t o = q.off[t];
+        const float* h_prev = t == 0 ? h0.data_ptr<float>() : out_p + q.off[t - 1] * H;
+        cpu::gru_step_forward(q.bs[t], H, packed, gx.data_ptr<float>() + o * G3, G3, h_prev, H,
+                              out_p + o * H, H,
+                              saved ? saved->data_ptr<float>() + o * G4 : nullptr);
+      }
+    });
   } else {
     Tensor gh = at::empty({q.B, G3}, x.options());
     Tensor w_hh_t = w_hh.t();
@@ -230,21 +232,23 @@ void layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& w_hh,
     float* carry_p = carry.data_ptr<float>();
     float* dgx_p = dgx.data_ptr<float>();
     float* dgh_p = dgh.data_ptr<float>();
-    for (int64_t t = T - 1; t >= 0; --t) {
-      const int64_t o = q.off[t], n = q.bs[t];
-      const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;  // rows that continue to t+1
-      const float* h_prev = t > 0 ? out_p + q.off[t - 1] * H : h0.data_ptr<float>();
-      if (nn > 0) {
-        cpu::gru_step_backward(nn, H, packed, dy_p + o * H, H, dgh_p + q.off[t + 1] * G3,
-                               saved_p + o * G4, h_prev, H, carry_p, dgx_p + o * G3,
-                               dgh_p + o * G3);
+    cpu::run_steps([&] {
+      for (int64_t t = T - 1; t >= 0; --t) {
+        const int64_t o = q.off[t], n = q.bs[t];
+        const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;  // rows that continue to t+1
+        const float* h_prev = t > 0 ? out_p + q.off[t - 1] * H : h0.data_ptr<float>();
+        if (nn > 0) {
+          cpu::gru_step_backward(nn, H, packed, dy_p + o * H, H, dgh_p + q.off[t + 1] * G3,
+                                 saved_p + o * G4, h_prev, H, carry_p, dgx_p + o * G3,
+                                 dgh_p + o * G3);
+        }
+        if (n > nn) {
+          cpu::gru_step_backward(n - nn, H, packed, dy_p + (o + nn) * H, H, nullptr,
+                                 saved_p + (o + nn) * G4, h_prev + nn * H, H, carry_p + nn * H,
+                                 dgx_p + (o + nn) * G3, dgh_p + (o + nn) * G3);
+        }
       }
-      if (n > nn) {
-        cpu::gru_step_backward(n - nn, H, packed, dy_p + (o + nn) * H, H, nullptr,
-                               saved_p + (o + nn) * G4, h_prev + nn * H, H, carry_p + nn * H,
-                               dgx_p + (o + nn) * G3, dgh_p + (o + nn) * G3);
-      }
-    }
+    });
   } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "gru_backward_cpu", [&] {
       for (int64_t t = T - 1; t >= 0; --t) {

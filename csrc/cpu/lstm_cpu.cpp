@@ -34,7 +34,10 @@ using at::Tensor;
 // Grain for the pointwise passes: batch rows per task.
 int64_t row_grain(int64_t H) { return std::max<int64_t>(1, 2048 / std::max<int64_t>(H, 1)); }
 
+// The kernels' threading hook: the team holding torch's threads inside a
+// step loop (cpu::run_steps), at::parallel_for elsewhere.
 void torch_parallel_for(int64_t n, void* ctx, void (*task)(void*, int64_t, int64_t)) {
+  if (cpu::team_run(n, ctx, task)) return;
   at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) { task(ctx, b, e); });
 }
 
@@ -125,15 +128,17 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
     float* out_p = out.data_ptr<float>();
     float* c_state = cy.data_ptr<float>();
     float* cells_p = cells ? cells->data_ptr<float>() : nullptr;
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t o = q.off[t];
-      const float* h_prev = !pack ? nullptr : t == 0 ? h0.data_ptr<float>() : out_p + q.off[t - 1] * H;
-      float* c_out = cells_p ? cells_p + o * H : c_state;
-      const float* c_prev = (cells_p && t > 0) ? cells_p + q.off[t - 1] * H : c_state;
-      cpu::lstm_step_forward(q.bs[t], H, packed, gx.data_ptr<float>() + o * G4, G4, h_prev, H,
-                             c_prev, c_out, out_p + o * H, H,
-                             gates ? gates->data_ptr<float>() + o * G4 : nullptr);
-    }
+    cpu::run_steps([&] {
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t o = q.off[t];
+        const float* h_prev = !pack ? nullptr : t == 0 ? h0.data_ptr<float>() : out_p + q.off[t - 1] * H;
+        float* c_out = cells_p ? cells_p + o * H : c_state;
+        const float* c_prev = (cells_p && t > 0) ? cells_p + q.off[t - 1] * H : c_state;
+        cpu::lstm_step_forward(q.bs[t], H, packed, gx.data_ptr<float>() + o * G4, G4, h_prev, H,
+                               c_prev, c_out, out_p + o * H, H,
+                               gates ? gates->data_ptr<float>() + o * G4 : nullptr);
+      }
+    });
   } else {
     Tensor w_hh_t = w_hh.t();
     Tensor w_hr_t = w_hr ? w_hr->t() : Tensor();
@@ -272,21 +277,23 @@ Tensor layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& dcy,
     const float* gates_p = gates.data_ptr<float>();
     const float* cells_p = cells.data_ptr<float>();
     float* dG_p = dG.data_ptr<float>();
-    for (int64_t t = T - 1; t >= 0; --t) {
-      const int64_t o = q.off[t], n = q.bs[t];
-      const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;  // rows that continue to t+1
-      const float* c_prev = t > 0 ? cells_p + q.off[t - 1] * H : c0.data_ptr<float>();
-      // Rows [0, nn) receive dG_{t+1}·W_hh; rows [nn, n) end here (no t+1 term).
-      if (nn > 0) {
-        cpu::lstm_step_backward(nn, H, packed, dy_p + o * H, H, dG_p + q.off[t + 1] * G4,
-                                gates_p + o * G4, c_prev, cells_p + o * H, dc, dG_p + o * G4);
+    cpu::run_steps([&] {
+      for (int64_t t = T - 1; t >= 0; --t) {
+        const int64_t o = q.off[t], n = q.bs[t];
+        const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;  // rows that continue to t+1
+        const float* c_prev = t > 0 ? cells_p + q.off[t - 1] * H : c0.data_ptr<float>();
+        // Rows [0, nn) receive dG_{t+1}·W_hh; rows [nn, n) end here (no t+1 term).
+        if (nn > 0) {
+          cpu::lstm_step_backward(nn, H, packed, dy_p + o * H, H, dG_p + q.off[t + 1] * G4,
+                                  gates_p + o * G4, c_prev, cells_p + o * H, dc, dG_p + o * G4);
+        }
+        if (n > nn) {
+          cpu::lstm_step_backward(n - nn, H, packed, dy_p + (o + nn) * H, H, nullptr,
+                                  gates_p + (o + nn) * G4, c_prev + nn * H,
+                                  cells_p + (o + nn) * H, dc + nn * H, dG_p + (o + nn) * G4);
+        }
       }
-      if (n > nn) {
-        cpu::lstm_step_backward(n - nn, H, packed, dy_p + (o + nn) * H, H, nullptr,
-                                gates_p + (o + nn) * G4, c_prev + nn * H,
-                                cells_p + (o + nn) * H, dc + nn * H, dG_p + (o + nn) * G4);
-      }
-    }
+    });
   } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "lstm_backward_cpu", [&] {
       Tensor dh = at::empty({q.B, P}, dy.options());

@@ -82,12 +82,14 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
     float* packed = packed_t.data_ptr<float>();
     cpu::rnn_pack_forward(w_hh.data_ptr<float>(), H, packed);
     float* out_p = out.data_ptr<float>();
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t o = q.off[t];
-      const float* h_prev = t == 0 ? h0.data_ptr<float>() : out_p + q.off[t - 1] * H;
-      cpu::rnn_step_forward(q.bs[t], H, relu, packed, gx.data_ptr<float>() + o * H, H, h_prev,
-                            H, out_p + o * H, H);
-    }
+    cpu::run_steps([&] {
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t o = q.off[t];
+        const float* h_prev = t == 0 ? h0.data_ptr<float>() : out_p + q.off[t - 1] * H;
+        cpu::rnn_step_forward(q.bs[t], H, relu, packed, gx.data_ptr<float>() + o * H, H, h_prev,
+                              H, out_p + o * H, H);
+      }
+    });
   } else {
     Tensor w_hh_t = w_hh.t();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rnn_forward_cpu", [&] {
@@ -169,18 +171,20 @@ void layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& w_hh, co
     const float* dy_p = dy.data_ptr<float>();
     const float* out_p = out.data_ptr<float>();
     float* dG_p = dG.data_ptr<float>();
-    for (int64_t t = T - 1; t >= 0; --t) {
-      const int64_t o = q.off[t], n = q.bs[t];
-      const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;  // rows that continue to t+1
-      if (nn > 0) {
-        cpu::rnn_step_backward(nn, H, relu, packed, dy_p + o * H, H, dG_p + q.off[t + 1] * H,
-                               out_p + o * H, H, dG_p + o * H);
+    cpu::run_steps([&] {
+      for (int64_t t = T - 1; t >= 0; --t) {
+        const int64_t o = q.off[t], n = q.bs[t];
+        const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;  // rows that continue to t+1
+        if (nn > 0) {
+          cpu::rnn_step_backward(nn, H, relu, packed, dy_p + o * H, H, dG_p + q.off[t + 1] * H,
+                                 out_p + o * H, H, dG_p + o * H);
+        }
+        if (n > nn) {
+          cpu::rnn_step_backward(n - nn, H, relu, packed, dy_p + (o + nn) * H, H, nullptr,
+                                 out_p + (o + nn) * H, H, dG_p + (o + nn) * H);
+        }
       }
-      if (n > nn) {
-        cpu::rnn_step_backward(n - nn, H, relu, packed, dy_p + (o + nn) * H, H, nullptr,
-                               out_p + (o + nn) * H, H, dG_p + (o + nn) * H);
-      }
-    }
+    });
   } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "rnn_backward_cpu", [&] {
       for (int64_t t = T - 1; t >= 0; --t) {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cpu/products.h"
+#include "cpu/team.h"
 #include "rnn_checks.h"
 
 namespace fusedrnn {
@@ -48,6 +49,13 @@ class LayerOutputs {
 // (a decoding loop's call) does not earn back; there the step runs as a
 // product straight from W_hh (products.h) plus the pointwise cell.
 inline bool packing_pays(const SeqLayout& q) { return q.T > 1; }
+
+// Runs a layer's step loop (the fused step kernels, one parallel region per
+// step) with torch's threads held for the whole loop (team.h).
+template <typename F>
+void run_steps(F&& loop) {
+  with_team(at::get_num_threads(), loop);
+}
 
 // ------------------------------------------------------------------------
 // Row-space helpers.  Inside the CPU ops every per-row tensor is handled as a
