@@ -201,13 +201,13 @@ static PyMethodDef fusedrnn_methods[] = {
      "set_option(name, value): set a kernel switch (see csrc/options.h)."},
     {"get_option", get_option, METH_VARARGS, "get_option(name): a kernel switch's value."},
     {"cpu_fast_step_available", cpu_fast_step_available, METH_NOARGS,
-     "True when this CPU runs the AVX-512 fused float32 step kernels."},
+     "True when this CPU runs the AVX-512 float32 kernels (fused steps, packed products)."},
     {"cpu_fast_step_enabled", cpu_fast_step_enabled, METH_NOARGS,
-     "Whether float32 CPU calls use the fused step kernels when available."},
+     "Whether float32 CPU calls use the AVX-512 kernels when available."},
     {"set_cpu_fast_step_enabled", set_cpu_fast_step_enabled, METH_O,
-     "Enable (True) or disable (False) the fused float32 CPU step kernels; when "
-     "disabled the CPU path uses at::addmm plus a pointwise pass (for tests and "
-     "benchmarks)."},
+     "Enable (True) or disable (False) the AVX-512 float32 CPU kernels (the fused "
+     "steps and the packed products); when disabled the CPU path uses ATen's "
+     "products plus a pointwise pass per step (for tests and benchmarks)."},
     {"persistent_plan", persistent_plan, METH_VARARGS,
      "persistent_plan(H, I, L, B, dtype_bytes, smem_per_sm, smem_per_block, regs_per_sm, "
      "num_sms, T=1, option=0, backward=0, max_batch_split=1, mma=0, cta_epilogue=0, "
