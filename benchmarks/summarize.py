@@ -6,7 +6,7 @@ For every configuration, cell and mode measured in all the runs: torch's and
 the implementation's time (the median over the runs of each run's median),
 the speedup over torch (median over the runs, and the lowest and highest run),
 the implementation's matrix-product GFLOP/s and, on the CPU, its share of the
-measured FMA peak.  Prints Markdown, headed by the runs' device, dates,
+measured FMA peak, and torch's GFLOP/s.  Prints Markdown, headed by the runs' device, dates,
 versions and commits; the README's result tables are this output.
 """
 import argparse
@@ -55,6 +55,7 @@ def table(runs, impl):
             "x torch (median)", "x torch (runs' range)", f"{impl} GFLOP/s"]
     if cpu:
         head.append(f"{impl} % peak")
+    head.append("torch GFLOP/s")
     body = []
     for k in keys:
         rows = [by[k] for by in per_run if k in by and impl in by[k] and "torch" in by[k]]
@@ -73,6 +74,7 @@ def table(runs, impl):
         if cpu:
             shares = [r[impl].get("peak_share") for r in rows]
             line.append(f"{100 * statistics.median(shares):.0f}" if all(shares) else "-")
+        line.append(f"{statistics.median(r['torch']['gflops'] for r in rows):.0f}")
         body.append(line)
     out = ["| " + " | ".join(head) + " |",
            "|" + "|".join("---" if i < 2 or i == 7 else "---:" for i in range(len(head))) + "|"]
