@@ -1,7 +1,9 @@
 // See team.h.
 #include "team.h"
 
+#ifdef _OPENMP
 #include <omp.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -42,7 +44,7 @@ void run_chunk(Task task, void* ctx, int64_t n, int parts, int c) {
   if (b < e) task(ctx, b, e);
 }
 
-void helper(Team& team) {
+[[maybe_unused]] void helper(Team& team) {
   const int idx = team.joined.fetch_add(1) + 1;
   // 0, not the current gen: a region posted between joining and this load
   // may count on this helper.
@@ -92,6 +94,11 @@ bool team_run(int64_t n, void* ctx, Task task) {
 }
 
 void run_with_team(int threads, void (*body)(void*), void* ctx) {
+#ifndef _OPENMP
+  // A torch without OpenMP: no team; the kernels use at::parallel_for.
+  (void)threads;
+  body(ctx);
+#else
   if (threads <= 1 || omp_in_parallel() || t_team != nullptr) {
     body(ctx);
     return;
@@ -114,6 +121,7 @@ void run_with_team(int threads, void (*body)(void*), void* ctx) {
     }
   }
   if (error) std::rethrow_exception(error);
+#endif
 }
 
 }  // namespace cpu
