@@ -11,15 +11,16 @@
 // A tile's accumulators start from 0 / the bias / C on the first K block and
 // from C afterwards, so every element is summed in k order, block by block.
 //
-// Threads: C is cut along its wider dimension, in 64-column panels or 6-row
-// panels, into one contiguous range per thread; each thread packs what its
-// range needs.
+// Threads: C is cut into one contiguous range per thread, of 64-column
+// panels (when there are at least 8, or as many as 6-row panels) or else of
+// 6-row panels; each thread packs what its range needs.
 #include "gemm.h"
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <new>
 
 #include "simd_math.h"
 
@@ -66,7 +67,8 @@ struct Scratch {
     if (want > n) {
       const size_t bytes = ((want * sizeof(float) + 63) / 64) * 64;
       buf.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
-      n = buf ? want : 0;
+      if (!buf) throw std::bad_alloc();  // (ends the process inside a parallel task)
+      n = want;
     }
     return buf.get();
   }
