@@ -218,14 +218,9 @@ void layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& w_hh,
   // only become active going backwards, so they are still untouched then).
   Tensor carry = at::zeros({q.B, H}, dy.options());
   if (use_fast_step(dy)) {
-    // A single step has no step t+1: no product, nothing to pack.
     Tensor packed_t;
-    float* packed = nullptr;
-    if (cpu::packing_pays(q)) {
-      packed_t = at::empty({static_cast<int64_t>(cpu::gru_packed_backward_size(H))}, dy.options());
-      packed = packed_t.data_ptr<float>();
-      cpu::gru_pack_backward(w_hh.data_ptr<float>(), H, packed);
-    }
+    const float* packed = cpu::pack_for_steps(
+        q, w_hh, H, cpu::gru_packed_backward_size(H), packed_t, cpu::gru_pack_backward);
     const float* dy_p = dy.data_ptr<float>();
     const float* out_p = out.data_ptr<float>();
     const float* saved_p = saved.data_ptr<float>();

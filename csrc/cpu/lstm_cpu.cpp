@@ -114,14 +114,10 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
     // Packed once per call, reused by all T steps (uninitialised: packing
     // fills it).  A single step instead adds h0 W_hhᵀ to gx with a product
     // straight from W_hh, and the kernel runs only the cell (no h_prev).
-    const bool pack = cpu::packing_pays(q);
     Tensor packed_t;
-    float* packed = nullptr;
-    if (pack) {
-      packed_t = at::empty({static_cast<int64_t>(cpu::packed_forward_size(H))}, x.options());
-      packed = packed_t.data_ptr<float>();
-      cpu::pack_forward(w_hh.data_ptr<float>(), H, packed);
-    } else {
+    const float* packed =
+        cpu::pack_for_steps(q, w_hh, H, cpu::packed_forward_size(H), packed_t, cpu::pack_forward);
+    if (!packed) {
       Tensor g0 = gx.narrow(0, 0, q.bs[0]);
       cpu::product_into(g0, h0.narrow(0, 0, q.bs[0]), w_hh.t(), true);
     }
@@ -131,7 +127,9 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
     cpu::run_steps([&] {
       for (int64_t t = 0; t < T; ++t) {
         const int64_t o = q.off[t];
-        const float* h_prev = !pack ? nullptr : t == 0 ? h0.data_ptr<float>() : out_p + q.off[t - 1] * H;
+        const float* h_prev = !packed  ? nullptr
+                              : t == 0 ? h0.data_ptr<float>()
+                                       : out_p + q.off[t - 1] * H;
         float* c_out = cells_p ? cells_p + o * H : c_state;
         const float* c_prev = (cells_p && t > 0) ? cells_p + q.off[t - 1] * H : c_state;
         cpu::lstm_step_forward(q.bs[t], H, packed, gx.data_ptr<float>() + o * G4, G4, h_prev, H,
@@ -264,14 +262,9 @@ Tensor layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& dcy,
   if (T == 0) return dG;  // (the caller passes grad_hy through to grad_h0)
 
   if (!w_hr && use_fast_step(dy)) {
-    // A single step has no step t+1: no product, nothing to pack.
     Tensor packed_t;
-    float* packed = nullptr;
-    if (cpu::packing_pays(q)) {
-      packed_t = at::empty({static_cast<int64_t>(cpu::packed_backward_size(H))}, dy.options());
-      packed = packed_t.data_ptr<float>();
-      cpu::pack_backward(w_hh.data_ptr<float>(), H, packed);
-    }
+    const float* packed =
+        cpu::pack_for_steps(q, w_hh, H, cpu::packed_backward_size(H), packed_t, cpu::pack_backward);
     float* dc = grad_c0.data_ptr<float>();
     const float* dy_p = dy.data_ptr<float>();
     const float* gates_p = gates.data_ptr<float>();

@@ -160,14 +160,9 @@ void layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& w_hh, co
   const int64_t T = q.T, H = w_hh.size(1);
   if (T == 0) return;
   if (use_fast_step(dy)) {
-    // A single step has no step t+1: no product, nothing to pack.
     Tensor packed_t;
-    float* packed = nullptr;
-    if (cpu::packing_pays(q)) {
-      packed_t = at::empty({static_cast<int64_t>(cpu::rnn_packed_backward_size(H))}, dy.options());
-      packed = packed_t.data_ptr<float>();
-      cpu::rnn_pack_backward(w_hh.data_ptr<float>(), H, packed);
-    }
+    const float* packed = cpu::pack_for_steps(
+        q, w_hh, H, cpu::rnn_packed_backward_size(H), packed_t, cpu::rnn_pack_backward);
     const float* dy_p = dy.data_ptr<float>();
     const float* out_p = out.data_ptr<float>();
     float* dG_p = dG.data_ptr<float>();

@@ -50,6 +50,20 @@ class LayerOutputs {
 // product straight from W_hh (products.h) plus the pointwise cell.
 inline bool packing_pays(const SeqLayout& q) { return q.T > 1; }
 
+// W_hh packed for a layer's step loop by pack(w_hh, H, dst) into `floats`
+// floats held by `holder`, or nullptr when packing does not pay (a single
+// step: its product runs straight from W_hh, and a backward step has no
+// product at all).
+template <typename Pack>
+float* pack_for_steps(const SeqLayout& q, const at::Tensor& w_hh, int64_t H, size_t floats,
+                      at::Tensor& holder, Pack pack) {
+  if (!packing_pays(q)) return nullptr;
+  holder = at::empty({static_cast<int64_t>(floats)}, w_hh.options());
+  float* packed = holder.data_ptr<float>();
+  pack(w_hh.data_ptr<float>(), H, packed);
+  return packed;
+}
+
 // Runs a layer's step loop (the fused step kernels, one parallel region per
 // step) with torch's threads held for the whole loop (team.h).
 template <typename F>
