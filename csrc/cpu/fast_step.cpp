@@ -26,6 +26,7 @@
 #include <cstring>
 
 #include "../cell_math.h"
+#include "pack.h"
 #include "simd_math.h"
 
 namespace fusedrnn {
@@ -472,34 +473,21 @@ size_t packed_backward_size(int64_t H) {
 }
 
 void pack_forward(const float* w_hh, int64_t H, float* packed) {
-  const int64_t np = ceil_div(H, 16);
-  for (int64_t p = 0; p < np; ++p) {
-    float* dst = packed + p * H * 64;
-    for (int64_t k = 0; k < H; ++k) {
-      for (int g = 0; g < 4; ++g) {
-        for (int u = 0; u < 16; ++u) {
-          const int64_t j = p * 16 + u;
-          dst[k * 64 + g * 16 + u] = j < H ? w_hh[(g * H + j) * H + k] : 0.0f;
-        }
-      }
-    }
-  }
+  // Panel p: gate g's 16 units (rows g·H + 16p ... of W_hh) side by side.
+  pack_panels(ceil_div(H, 16), 4 * H * H, [&](int64_t p) {
+    for (int g = 0; g < 4; ++g)
+      pack_panel(w_hh + (g * H + 16 * p) * H, H, true, H, std::min<int64_t>(16, H - 16 * p),
+                 packed + p * H * 64 + g * 16, 64);
+  });
 }
 
 void pack_backward(const float* w_hh, int64_t H, float* packed) {
-  const int64_t K = 4 * H;
+  // Panel q: columns 64q ... of W_hh, all 4H rows.
   const int64_t Hp = ceil_div(H, 16) * 16;
-  const int64_t nq = ceil_div(H, 64);
-  for (int64_t q = 0; q < nq; ++q) {
-    const int64_t width = std::min<int64_t>(64, Hp - 64 * q);
-    float* dst = packed + q * K * 64;
-    for (int64_t k = 0; k < K; ++k) {
-      for (int64_t u = 0; u < width; ++u) {
-        const int64_t j = q * 64 + u;
-        dst[k * width + u] = j < H ? w_hh[k * H + j] : 0.0f;
-      }
-    }
-  }
+  pack_panels(ceil_div(H, 64), 4 * H * H, [&](int64_t q) {
+    pack_panel(w_hh + 64 * q, H, false, 4 * H, std::min<int64_t>(64, H - 64 * q),
+               packed + q * 4 * H * 64, std::min<int64_t>(64, Hp - 64 * q));
+  });
 }
 
 void lstm_step_forward(int64_t B, int64_t H, const float* packed_fwd,

@@ -27,6 +27,7 @@
 #include <cmath>
 
 #include "../cell_math.h"
+#include "pack.h"
 #include "simd_math.h"
 
 namespace fusedrnn {
@@ -109,20 +110,16 @@ struct RnnBwdArgs {
   RowSplit rows;
 };
 
-// Wide packing: panel q at q*K*64, row stride width = min(64, Hp - 64q).
-template <class Get>
-void pack_wide(int64_t K, int64_t H, float* packed, Get get) {
+// Wide packing: panel q at q*K*64, row stride width = min(64, Hp - 64q),
+// holding columns 64q ... of S (K × H): S = src (straight) or srcᵀ
+// (transposed: src is H × K).
+void pack_wide(const float* src, bool transposed, int64_t K, int64_t H, float* packed) {
   const int64_t Hp = round16(H);
-  const int64_t nq = ceil_div(H, 64);
-  for (int64_t q = 0; q < nq; ++q) {
-    const int64_t width = std::min<int64_t>(64, Hp - 64 * q);
-    float* dst = packed + q * K * 64;
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t u = 0; u < width; ++u) {
-        const int64_t j = q * 64 + u;
-        dst[k * width + u] = j < H ? get(k, j) : 0.0f;
-      }
-  }
+  pack_panels(ceil_div(H, 64), K * H, [&](int64_t q) {
+    pack_panel(src + 64 * q * (transposed ? K : 1), transposed ? K : H, transposed, K,
+               std::min<int64_t>(64, H - 64 * q), packed + q * K * 64,
+               std::min<int64_t>(64, Hp - 64 * q));
+  });
 }
 
 // Number of 16-wide vectors in wide panel q.
@@ -598,34 +595,31 @@ size_t rnn_packed_forward_size(int64_t H) { return static_cast<size_t>(H * round
 size_t rnn_packed_backward_size(int64_t H) { return static_cast<size_t>(H * round16(H)); }
 
 void gru_pack_forward(const float* w_hh, const float* b_hh, int64_t H, float* packed) {
-  const int64_t np = ceil_div(H, 16);
-  for (int64_t p = 0; p < np; ++p) {
+  // Panel p: b_hh, then gate g's 16 units (rows g·H + 16p ... of W_hh) side
+  // by side.
+  pack_panels(ceil_div(H, 16), 3 * H * H, [&](int64_t p) {
     float* dst = packed + p * (H + 1) * 48;
     for (int g = 0; g < 3; ++g)
       for (int u = 0; u < 16; ++u) {
         const int64_t j = p * 16 + u;
         dst[g * 16 + u] = (j < H && b_hh != nullptr) ? b_hh[g * H + j] : 0.0f;
       }
-    float* w = dst + 48;
-    for (int64_t k = 0; k < H; ++k)
-      for (int g = 0; g < 3; ++g)
-        for (int u = 0; u < 16; ++u) {
-          const int64_t j = p * 16 + u;
-          w[k * 48 + g * 16 + u] = j < H ? w_hh[(g * H + j) * H + k] : 0.0f;
-        }
-  }
+    for (int g = 0; g < 3; ++g)
+      pack_panel(w_hh + (g * H + 16 * p) * H, H, true, H, std::min<int64_t>(16, H - 16 * p),
+                 dst + 48 + g * 16, 48);
+  });
 }
 
 void gru_pack_backward(const float* w_hh, int64_t H, float* packed) {
-  pack_wide(3 * H, H, packed, [&](int64_t k, int64_t j) { return w_hh[k * H + j]; });
+  pack_wide(w_hh, false, 3 * H, H, packed);
 }
 
 void rnn_pack_forward(const float* w_hh, int64_t H, float* packed) {
-  pack_wide(H, H, packed, [&](int64_t k, int64_t j) { return w_hh[j * H + k]; });
+  pack_wide(w_hh, true, H, H, packed);
 }
 
 void rnn_pack_backward(const float* w_hh, int64_t H, float* packed) {
-  pack_wide(H, H, packed, [&](int64_t k, int64_t j) { return w_hh[k * H + j]; });
+  pack_wide(w_hh, false, H, H, packed);
 }
 
 void gru_step_forward(int64_t B, int64_t H, const float* packed_fwd,

@@ -22,6 +22,7 @@
 #include <memory>
 #include <new>
 
+#include "pack.h"
 #include "simd_math.h"
 
 namespace fusedrnn {
@@ -75,13 +76,6 @@ struct Scratch {
 };
 
 #if FUSEDRNN_X86
-// Full-mask forms (GCC 12's plain ones merge into _mm512_undefined_ps(),
-// which trips -Wmaybe-uninitialized).
-FS_INLINE __m512 v_unpacklo(__m512 a, __m512 b) { return _mm512_mask_unpacklo_ps(a, kAll, a, b); }
-FS_INLINE __m512 v_unpackhi(__m512 a, __m512 b) { return _mm512_mask_unpackhi_ps(a, kAll, a, b); }
-#define V_SHUF(a, b, imm) _mm512_mask_shuffle_ps((a), kAll, (a), (b), (imm))
-#define V_SHUF128(a, b, imm) _mm512_mask_shuffle_f32x4((a), kAll, (a), (b), (imm))
-
 // Sum of the 16 lanes, in a fixed order.
 FS_INLINE float hsum(__m512 v) {
   const __m512d d = _mm512_castps_pd(v);
@@ -94,59 +88,6 @@ FS_INLINE float hsum(__m512 v) {
   return _mm_cvtss_f32(t);
 }
 
-// r[i] = row i of a 16 × 16 block  ->  r[k] = column k.
-FS_INLINE void transpose16(__m512 (&r)[16]) {
-  __m512 a[16], b[16];
-  for (int i = 0; i < 8; ++i) {
-    a[2 * i] = v_unpacklo(r[2 * i], r[2 * i + 1]);
-    a[2 * i + 1] = v_unpackhi(r[2 * i], r[2 * i + 1]);
-  }
-  // b[4q + c], 128-bit lane l: rows 4q..4q+3 at column 4l + c.
-  for (int q = 0; q < 4; ++q) {
-    b[4 * q + 0] = V_SHUF(a[4 * q], a[4 * q + 2], 0x44);
-    b[4 * q + 1] = V_SHUF(a[4 * q], a[4 * q + 2], 0xEE);
-    b[4 * q + 2] = V_SHUF(a[4 * q + 1], a[4 * q + 3], 0x44);
-    b[4 * q + 3] = V_SHUF(a[4 * q + 1], a[4 * q + 3], 0xEE);
-  }
-  for (int c = 0; c < 4; ++c) {
-    const __m512 e_lo = V_SHUF128(b[c], b[4 + c], 0x44);
-    const __m512 e_hi = V_SHUF128(b[c], b[4 + c], 0xEE);
-    const __m512 f_lo = V_SHUF128(b[8 + c], b[12 + c], 0x44);
-    const __m512 f_hi = V_SHUF128(b[8 + c], b[12 + c], 0xEE);
-    r[c] = V_SHUF128(e_lo, f_lo, 0x88);
-    r[4 + c] = V_SHUF128(e_lo, f_lo, 0xDD);
-    r[8 + c] = V_SHUF128(e_hi, f_hi, 0x88);
-    r[12 + c] = V_SHUF128(e_hi, f_hi, 0xDD);
-  }
-}
-
-// pack_b's panel for B with unit row stride (a weight used transposed):
-// columns are contiguous along k, so 16 × 16 blocks are read as rows and
-// transposed in registers.  src = &B(k0, jp), w valid columns, ws = 16·nv.
-FS_TARGET void pack_b_panel_t(const float* src, int64_t cs, int64_t kc, int64_t w, int64_t ws,
-                              float* d) {
-  for (int64_t jb = 0; jb < ws; jb += 16) {
-    const int64_t nj = std::min<int64_t>(16, w - jb);
-    for (int64_t k = 0; k < kc; k += 16) {
-      const int64_t nk = std::min<int64_t>(16, kc - k);
-      const __mmask16 m = tail_mask(nk);
-      __m512 r[16];
-      for (int j = 0; j < 16; ++j)
-        r[j] = j < nj ? _mm512_maskz_loadu_ps(m, src + (jb + j) * cs + k) : _mm512_setzero_ps();
-      transpose16(r);
-      for (int64_t u = 0; u < nk; ++u) _mm512_store_ps(d + (k + u) * ws + jb, r[u]);
-    }
-  }
-}
-
-// pack_b's panel for row-major B: src = &B(k0, jp), w valid columns.
-FS_TARGET void pack_b_panel_n(const float* src, int64_t rs, int64_t kc, int64_t w, int64_t ws,
-                              float* d) {
-  for (int64_t k = 0; k < kc; ++k)
-    for (int64_t j = 0; j < ws; j += 16)
-      _mm512_store_ps(d + k * ws + j, _mm512_maskz_loadu_ps(tail_mask(w - j), src + k * rs + j));
-}
-
 // Packs B rows [k0, k0+kc), columns [j0, j1) into panels of up to 64 columns:
 // panel q (columns j0 + 64q ...) at dst + q·kc·64, k-major with a row stride
 // of 16·nv floats (nv = the panel's vector count); columns past j1 are zero.
@@ -157,9 +98,9 @@ FS_TARGET void pack_b(const ConstMat& B, int64_t k0, int64_t kc, int64_t j0, int
     const int64_t ws = ceil_div(w, 16) * 16;
     float* d = dst + ((jp - j0) / kNr) * kc * kNr;
     if (B.cs == 1) {
-      pack_b_panel_n(B.p + k0 * B.rs + jp, B.rs, kc, w, ws, d);
+      pack_panel_avx512(B.p + k0 * B.rs + jp, B.rs, false, kc, w, d, ws);
     } else if (B.rs == 1) {
-      pack_b_panel_t(B.p + jp * B.cs + k0, B.cs, kc, w, ws, d);
+      pack_panel_avx512(B.p + jp * B.cs + k0, B.cs, true, kc, w, d, ws);
     } else {
       for (int64_t j = 0; j < ws; ++j) {
         const float* s = B.p + (jp + j) * B.cs + k0 * B.rs;

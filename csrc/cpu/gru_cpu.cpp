@@ -90,8 +90,6 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
                    Tensor& hy, Tensor* saved) {
   const int64_t T = q.T, H = w_hh.size(1);
   const int64_t G3 = 3 * H, G4 = 4 * H;
-  Tensor gx = at::empty({q.N, G3}, x.options());
-  cpu::product_into(gx, x, w_ih.t(), false, b_ih);
   if (T == 0) {
     hy.copy_(h0);
     return;
@@ -104,29 +102,34 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
     cpu::gru_pack_forward(w_hh.data_ptr<float>(), b_hh ? b_hh->data_ptr<float>() : nullptr, H,
                           packed);
     float* out_p = out.data_ptr<float>();
-    cpu::run_steps([&] {
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t o = q.off[t];
-        const float* h_prev = t == 0 ? h0.data_ptr<float>() : out_p + q.off[t - 1] * H;
-        cpu::gru_step_forward(q.bs[t], H, packed, gx.data_ptr<float>() + o * G3, G3, h_prev, H,
-                              out_p + o * H, H,
-                              saved ? saved->data_ptr<float>() + o * G4 : nullptr);
-      }
+    cpu::project_in_chunks(q, x, w_ih, b_ih, G3, nullptr, [&](int64_t t0, int64_t t1, Tensor& gx) {
+      const float* gx_p = gx.data_ptr<float>();
+      cpu::run_steps([&] {
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t o = q.off[t];
+          const float* h_prev = t == 0 ? h0.data_ptr<float>() : out_p + q.off[t - 1] * H;
+          cpu::gru_step_forward(q.bs[t], H, packed, gx_p + (o - q.off[t0]) * G3, G3, h_prev, H,
+                                out_p + o * H, H,
+                                saved ? saved->data_ptr<float>() + o * G4 : nullptr);
+        }
+      });
     });
   } else {
     Tensor gh = at::empty({q.B, G3}, x.options());
     Tensor w_hh_t = w_hh.t();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "gru_forward_cpu", [&] {
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t o = q.off[t], n = q.bs[t];
-        const Tensor h_prev = t == 0 ? h0.narrow(0, 0, n) : out.narrow(0, q.off[t - 1], n);
-        Tensor gh_t = gh.narrow(0, 0, n);
-        cpu::product_into(gh_t, h_prev, w_hh_t, false, b_hh);
-        gru_forward_pass<scalar_t>(n, H, gx.data_ptr<scalar_t>() + o * G3,
-                                   gh_t.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(),
-                                   out.data_ptr<scalar_t>() + o * H,
-                                   saved ? saved->data_ptr<scalar_t>() + o * G4 : nullptr);
-      }
+      cpu::project_in_chunks(q, x, w_ih, b_ih, G3, nullptr, [&](int64_t t0, int64_t t1, Tensor& gx) {
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t o = q.off[t], n = q.bs[t];
+          const Tensor h_prev = t == 0 ? h0.narrow(0, 0, n) : out.narrow(0, q.off[t - 1], n);
+          Tensor gh_t = gh.narrow(0, 0, n);
+          cpu::product_into(gh_t, h_prev, w_hh_t, false, b_hh);
+          gru_forward_pass<scalar_t>(n, H, gx.data_ptr<scalar_t>() + (o - q.off[t0]) * G3,
+                                     gh_t.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(),
+                                     out.data_ptr<scalar_t>() + o * H,
+                                     saved ? saved->data_ptr<scalar_t>() + o * G4 : nullptr);
+        }
+      });
     });
   }
   cpu::gather_final(q, out, hy);

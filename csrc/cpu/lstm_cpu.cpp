@@ -96,19 +96,16 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
                    Tensor* cells) {
   const int64_t T = q.T, B = q.B, H = w_hh.size(0) / 4;
   const int64_t G4 = 4 * H;
-  // Training: the input projection goes straight into the layer's saved-gates
-  // rows, which the step kernels then overwrite in place with the activations
-  // (each tile reads its pre-activations before writing the same elements).
-  // That saves a fresh (N, 4H) buffer per layer, whose first touch (page
-  // faults) cost about 1 ms per layer at the D2L size.
-  Tensor gx = gates ? *gates : at::empty({q.N, G4}, x.options());
-  const Tensor bias = b_ih ? *b_ih + *b_hh : Tensor();
-  cpu::product_into(gx, x, w_ih.t(), false, b_ih ? &bias : nullptr);
   cy.copy_(c0);
   if (T == 0) {
     hy.copy_(h0);
     return;
   }
+  // Training: the input projection goes straight into the layer's saved-gates
+  // rows, which the steps then overwrite in place with the activations (each
+  // tile reads its pre-activations before writing the same elements).
+  const Tensor bias = b_ih ? *b_ih + *b_hh : Tensor();
+  const Tensor* bias_p = b_ih ? &bias : nullptr;
 
   if (!w_hr && use_fast_step(x)) {
     // Packed once per call, reused by all T steps (uninitialised: packing
@@ -117,25 +114,29 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
     Tensor packed_t;
     const float* packed =
         cpu::pack_for_steps(q, w_hh, H, cpu::packed_forward_size(H), packed_t, cpu::pack_forward);
-    if (!packed) {
-      Tensor g0 = gx.narrow(0, 0, q.bs[0]);
-      cpu::product_into(g0, h0.narrow(0, 0, q.bs[0]), w_hh.t(), true);
-    }
     float* out_p = out.data_ptr<float>();
     float* c_state = cy.data_ptr<float>();
     float* cells_p = cells ? cells->data_ptr<float>() : nullptr;
-    cpu::run_steps([&] {
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t o = q.off[t];
-        const float* h_prev = !packed  ? nullptr
-                              : t == 0 ? h0.data_ptr<float>()
-                                       : out_p + q.off[t - 1] * H;
-        float* c_out = cells_p ? cells_p + o * H : c_state;
-        const float* c_prev = (cells_p && t > 0) ? cells_p + q.off[t - 1] * H : c_state;
-        cpu::lstm_step_forward(q.bs[t], H, packed, gx.data_ptr<float>() + o * G4, G4, h_prev, H,
-                               c_prev, c_out, out_p + o * H, H,
-                               gates ? gates->data_ptr<float>() + o * G4 : nullptr);
+    cpu::project_in_chunks(q, x, w_ih, bias_p, G4, gates, [&](int64_t t0, int64_t t1, Tensor& gx) {
+      if (!packed) {
+        Tensor g0 = gx.narrow(0, 0, q.bs[0]);
+        cpu::product_into(g0, h0.narrow(0, 0, q.bs[0]), w_hh.t(), true);
       }
+      float* gx_p = gx.data_ptr<float>();
+      const int64_t r0 = q.off[t0];
+      cpu::run_steps([&] {
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t o = q.off[t];
+          const float* h_prev = !packed  ? nullptr
+                                : t == 0 ? h0.data_ptr<float>()
+                                         : out_p + q.off[t - 1] * H;
+          float* c_out = cells_p ? cells_p + o * H : c_state;
+          const float* c_prev = (cells_p && t > 0) ? cells_p + q.off[t - 1] * H : c_state;
+          float* g = gx_p + (o - r0) * G4;
+          cpu::lstm_step_forward(q.bs[t], H, packed, g, G4, h_prev, H, c_prev, c_out,
+                                 out_p + o * H, H, gates ? g : nullptr);
+        }
+      });
     });
   } else {
     Tensor w_hh_t = w_hh.t();
@@ -144,21 +145,23 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "lstm_forward_cpu", [&] {
       scalar_t* cells_p = cells ? cells->data_ptr<scalar_t>() : nullptr;
       scalar_t* c_state = cy.data_ptr<scalar_t>();
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t o = q.off[t], n = q.bs[t];
-        Tensor g_t = gx.narrow(0, o, n);
-        Tensor h_prev = t == 0 ? h0.narrow(0, 0, n) : out.narrow(0, q.off[t - 1], n);
-        cpu::product_into(g_t, h_prev, w_hh_t, true);
-        scalar_t* c_out = cells_p ? cells_p + o * H : c_state;
-        const scalar_t* c_prev = (cells_p && t > 0) ? cells_p + q.off[t - 1] * H : c_state;
-        scalar_t* h_dst = w_hr ? h_raw.data_ptr<scalar_t>() : out.data_ptr<scalar_t>() + o * H;
-        cell_forward_pass<scalar_t>(n, H, g_t.data_ptr<scalar_t>(), c_prev, c_out, h_dst,
-                                    gates ? gates->data_ptr<scalar_t>() + o * G4 : nullptr);
-        if (w_hr) {
-          Tensor out_t = out.narrow(0, o, n);
-          cpu::product_into(out_t, h_raw.narrow(0, 0, n), w_hr_t);
+      cpu::project_in_chunks(q, x, w_ih, bias_p, G4, gates, [&](int64_t t0, int64_t t1, Tensor& gx) {
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t o = q.off[t], n = q.bs[t];
+          Tensor g_t = gx.narrow(0, o - q.off[t0], n);
+          Tensor h_prev = t == 0 ? h0.narrow(0, 0, n) : out.narrow(0, q.off[t - 1], n);
+          cpu::product_into(g_t, h_prev, w_hh_t, true);
+          scalar_t* c_out = cells_p ? cells_p + o * H : c_state;
+          const scalar_t* c_prev = (cells_p && t > 0) ? cells_p + q.off[t - 1] * H : c_state;
+          scalar_t* h_dst = w_hr ? h_raw.data_ptr<scalar_t>() : out.data_ptr<scalar_t>() + o * H;
+          cell_forward_pass<scalar_t>(n, H, g_t.data_ptr<scalar_t>(), c_prev, c_out, h_dst,
+                                      gates ? g_t.data_ptr<scalar_t>() : nullptr);
+          if (w_hr) {
+            Tensor out_t = out.narrow(0, o, n);
+            cpu::product_into(out_t, h_raw.narrow(0, 0, n), w_hr_t);
+          }
         }
-      }
+      });
     });
   }
   cpu::gather_final(q, out, hy);

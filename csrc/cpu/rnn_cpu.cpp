@@ -66,40 +66,43 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
                    const Tensor* b_ih, const Tensor* b_hh, const Tensor& h0, bool relu,
                    Tensor& out, Tensor& hy) {
   const int64_t T = q.T, H = w_hh.size(1);
-  const bool fast = use_fast_step(x) && cpu::packing_pays(q);
-  // The generic path projects straight into `out` and finishes each step in
-  // place; the kernel's output must not alias its gx, so it gets a buffer.
-  Tensor gx = fast ? at::empty({q.N, H}, x.options()) : out;
-  const Tensor bias = b_ih ? *b_ih + *b_hh : Tensor();
-  cpu::product_into(gx, x, w_ih.t(), false, b_ih ? &bias : nullptr);
   if (T == 0) {
     hy.copy_(h0);
     return;
   }
-  if (fast) {
+  const Tensor bias = b_ih ? *b_ih + *b_hh : Tensor();
+  const Tensor* bias_p = b_ih ? &bias : nullptr;
+  if (use_fast_step(x) && cpu::packing_pays(q)) {
     Tensor packed_t =
         at::empty({static_cast<int64_t>(cpu::rnn_packed_forward_size(H))}, x.options());
     float* packed = packed_t.data_ptr<float>();
     cpu::rnn_pack_forward(w_hh.data_ptr<float>(), H, packed);
     float* out_p = out.data_ptr<float>();
-    cpu::run_steps([&] {
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t o = q.off[t];
-        const float* h_prev = t == 0 ? h0.data_ptr<float>() : out_p + q.off[t - 1] * H;
-        cpu::rnn_step_forward(q.bs[t], H, relu, packed, gx.data_ptr<float>() + o * H, H, h_prev,
-                              H, out_p + o * H, H);
-      }
+    // The kernel's output must not alias its gx: the chunks get a buffer.
+    cpu::project_in_chunks(q, x, w_ih, bias_p, H, nullptr, [&](int64_t t0, int64_t t1, Tensor& gx) {
+      const float* gx_p = gx.data_ptr<float>();
+      cpu::run_steps([&] {
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t o = q.off[t];
+          const float* h_prev = t == 0 ? h0.data_ptr<float>() : out_p + q.off[t - 1] * H;
+          cpu::rnn_step_forward(q.bs[t], H, relu, packed, gx_p + (o - q.off[t0]) * H, H, h_prev,
+                                H, out_p + o * H, H);
+        }
+      });
     });
   } else {
+    // The projection goes straight into `out`, each step finished in place.
     Tensor w_hh_t = w_hh.t();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rnn_forward_cpu", [&] {
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t o = q.off[t], n = q.bs[t];
-        Tensor o_t = out.narrow(0, o, n);
-        cpu::product_into(o_t, t == 0 ? h0.narrow(0, 0, n) : out.narrow(0, q.off[t - 1], n),
-                          w_hh_t, true);
-        rnn_forward_pass<scalar_t>(n * H, o_t.data_ptr<scalar_t>(), relu);
-      }
+      cpu::project_in_chunks(q, x, w_ih, bias_p, H, &out, [&](int64_t t0, int64_t t1, Tensor&) {
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t o = q.off[t], n = q.bs[t];
+          Tensor o_t = out.narrow(0, o, n);
+          cpu::product_into(o_t, t == 0 ? h0.narrow(0, 0, n) : out.narrow(0, q.off[t - 1], n),
+                            w_hh_t, true);
+          rnn_forward_pass<scalar_t>(n * H, o_t.data_ptr<scalar_t>(), relu);
+        }
+      });
     });
   }
   cpu::gather_final(q, out, hy);

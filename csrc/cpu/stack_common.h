@@ -11,6 +11,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <utility>
 #include <vector>
 
@@ -69,6 +70,42 @@ float* pack_for_steps(const SeqLayout& q, const at::Tensor& w_hh, int64_t H, siz
 template <typename F>
 void run_steps(F&& loop) {
   with_team(at::get_num_threads(), loop);
+}
+
+// Bytes of input projection a forward computes ahead of its steps (see
+// project_in_chunks): well inside the L3 cache, large enough that the
+// product of a chunk runs at full rate.
+#ifndef FUSEDRNN_CHUNK_BYTES
+#define FUSEDRNN_CHUNK_BYTES (8 << 20)
+#endif
+
+// A forward layer's input projection gx = x · W_ihᵀ (+ bias), G columns,
+// computed a chunk of steps at a time just before those steps run:
+// steps(t0, t1, gx) runs steps [t0, t1), whose rows are gx's (step t's
+// first row is gx's row q.off[t] - q.off[t0]).  The chunk's rows are then
+// still in the cache when the steps read them, and without `dst` one
+// buffer of a chunk's size serves every chunk: a whole-sequence buffer
+// (52 MB at B64 T100 H512 for the LSTM) is fresh memory on every call,
+// whose page faults alone cost about a tenth of the call.  With `dst`
+// (N, G) (the LSTM's saved gates) the chunks are dst's rows.
+template <typename Steps>
+void project_in_chunks(const SeqLayout& q, const at::Tensor& x, const at::Tensor& w_ih,
+                       const at::Tensor* bias, int64_t G, at::Tensor* dst, Steps&& steps) {
+  if (q.T == 0) return;
+  const int64_t row_bytes = std::max<int64_t>(1, G * x.element_size());
+  const int64_t want =
+      std::max<int64_t>(1, FUSEDRNN_CHUNK_BYTES / row_bytes / std::max<int64_t>(1, q.B));
+  const int64_t n_chunks = (q.T + want - 1) / want;
+  const int64_t per = (q.T + n_chunks - 1) / n_chunks;  // the same size for all
+  const at::Tensor w_t = w_ih.t();
+  at::Tensor buf = dst ? at::Tensor() : at::empty({std::min(q.N, per * q.B), G}, x.options());
+  for (int64_t t0 = 0; t0 < q.T; t0 += per) {
+    const int64_t t1 = std::min(q.T, t0 + per);
+    const int64_t r0 = q.off[t0], r1 = q.off[t1];
+    at::Tensor gx = dst ? dst->narrow(0, r0, r1 - r0) : buf.narrow(0, 0, r1 - r0);
+    product_into(gx, x.narrow(0, r0, r1 - r0), w_t, false, bias);
+    steps(t0, t1, gx);
+  }
 }
 
 // ------------------------------------------------------------------------
