@@ -100,17 +100,28 @@ CHUNK_BYTES = 8 << 20
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", CELLS + ["LSTM-proj"])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "inference"])
-def test_projection_in_chunks_matches_torch(step_path, cell, train):
-    """Sequences long enough for 3 chunks, packed with lengths from T down to
+def test_chunks_match_torch(step_path, cell, train):
+    """Sequences long enough for 3 chunks of the forward's input projection
+    and of the backward's gradient rows, packed with lengths from T down to
     1, so chunks start mid-batch-shrink and the last ones hold fewer rows."""
     B, I, H, L = 64, 20, 128, 2
+    proj = cell == "LSTM-proj"
+    cell = "LSTM" if proj else cell
     T = 5 * (CHUNK_BYTES // (GATES[cell] * H * 4) // B) // 2
     lengths = torch.linspace(T, 1, B).long()
-    fused, ref = _pair(cell, I, H, L)
+    if proj:
+        torch.manual_seed(0)
+        fused = fusedrnn.LSTM(I, H, L, proj_size=48)
+        ref = torch.nn.LSTM(I, H, L, proj_size=48)
+        ref.load_state_dict(fused.state_dict())
+    else:
+        fused, ref = _pair(cell, I, H, L)
     x = torch.randn(T, B, I, generator=torch.Generator().manual_seed(1))
     hx = _states(cell, L, B, H)
+    if proj:
+        hx = (hx[0][..., :48].contiguous(), hx[1])
     for packed in (False, True):
         def run(mod):
             inp = x.clone().requires_grad_(train)

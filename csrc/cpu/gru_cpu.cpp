@@ -209,13 +209,13 @@ void gru_backward_pass(int64_t B, int64_t H, scalar_t* dh, const scalar_t* saved
 
 // Backward through one layer.  dy (N, H): the gradient reaching the layer's
 // outputs, grad_hy already added at each sequence's last step; out (N, H):
-// the layer's h_t; saved (N, 4H).  Fills dGx, dGh (N, 3H) and, when T > 0,
-// grad_h0 (B, H).
+// the layer's h_t; saved (N, 4H).  Writes dgx, dgh (3H each) through g
+// (cpu::GradChunks, sets 0 and 1) and, when T > 0 and defined, grad_h0 (B, H).
 void layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& w_hh,
-                    const Tensor& saved, const Tensor& h0, const Tensor& out, Tensor& dgx,
-                    Tensor& dgh, Tensor& grad_h0) {
+                    const Tensor& saved, const Tensor& h0, const Tensor& out, Tensor& grad_h0,
+                    cpu::GradChunks& g) {
   const int64_t T = q.T, H = w_hh.size(1);
-  const int64_t G3 = 3 * H, G4 = 4 * H;
+  const int64_t G4 = 4 * H;
   if (T == 0) return;
   // z_{t+1}·dh_{t+1} per sequence: zero for rows that end at step t (rows
   // only become active going backwards, so they are still untouched then).
@@ -228,44 +228,47 @@ void layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& w_hh,
     const float* out_p = out.data_ptr<float>();
     const float* saved_p = saved.data_ptr<float>();
     float* carry_p = carry.data_ptr<float>();
-    float* dgx_p = dgx.data_ptr<float>();
-    float* dgh_p = dgh.data_ptr<float>();
-    cpu::run_steps([&] {
-      for (int64_t t = T - 1; t >= 0; --t) {
-        const int64_t o = q.off[t], n = q.bs[t];
-        const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;  // rows that continue to t+1
-        const float* h_prev = t > 0 ? out_p + q.off[t - 1] * H : h0.data_ptr<float>();
-        if (nn > 0) {
-          cpu::gru_step_backward(nn, H, packed, dy_p + o * H, H, dgh_p + q.off[t + 1] * G3,
-                                 saved_p + o * G4, h_prev, H, carry_p, dgx_p + o * G3,
-                                 dgh_p + o * G3);
+    g.run([&](int64_t t0, int64_t t1) {
+      cpu::run_steps([&] {
+        for (int64_t t = t1 - 1; t >= t0; --t) {
+          const int64_t o = q.off[t], n = q.bs[t];
+          const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;  // rows that continue to t+1
+          const float* h_prev = t > 0 ? out_p + q.off[t - 1] * H : h0.data_ptr<float>();
+          float* dgx = g.at<float>(0, t);
+          float* dgh = g.at<float>(1, t);
+          if (nn > 0) {
+            cpu::gru_step_backward(nn, H, packed, dy_p + o * H, H, g.at<float>(1, t + 1),
+                                   saved_p + o * G4, h_prev, H, carry_p, dgx, dgh);
+          }
+          if (n > nn) {
+            const int64_t G3 = 3 * H;
+            cpu::gru_step_backward(n - nn, H, packed, dy_p + (o + nn) * H, H, nullptr,
+                                   saved_p + (o + nn) * G4, h_prev + nn * H, H, carry_p + nn * H,
+                                   dgx + nn * G3, dgh + nn * G3);
+          }
         }
-        if (n > nn) {
-          cpu::gru_step_backward(n - nn, H, packed, dy_p + (o + nn) * H, H, nullptr,
-                                 saved_p + (o + nn) * G4, h_prev + nn * H, H, carry_p + nn * H,
-                                 dgx_p + (o + nn) * G3, dgh_p + (o + nn) * G3);
-        }
-      }
+      });
     });
   } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "gru_backward_cpu", [&] {
-      for (int64_t t = T - 1; t >= 0; --t) {
-        const int64_t o = q.off[t], n = q.bs[t];
-        const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;
-        Tensor dh = carry.narrow(0, 0, n);  // becomes the full dh_t
-        dh.add_(dy.narrow(0, o, n));
-        if (nn > 0) dh.narrow(0, 0, nn).addmm_(dgh.narrow(0, q.off[t + 1], nn), w_hh);
-        const scalar_t* h_prev =
-            t > 0 ? out.data_ptr<scalar_t>() + q.off[t - 1] * H : h0.data_ptr<scalar_t>();
-        gru_backward_pass<scalar_t>(n, H, dh.data_ptr<scalar_t>(),
-                                    saved.data_ptr<scalar_t>() + o * G4, h_prev,
-                                    dgx.data_ptr<scalar_t>() + o * G3,
-                                    dgh.data_ptr<scalar_t>() + o * G3);
-      }
+      g.run([&](int64_t t0, int64_t t1) {
+        for (int64_t t = t1 - 1; t >= t0; --t) {
+          const int64_t o = q.off[t], n = q.bs[t];
+          const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;
+          Tensor dh = carry.narrow(0, 0, n);  // becomes the full dh_t
+          dh.add_(dy.narrow(0, o, n));
+          if (nn > 0) dh.narrow(0, 0, nn).addmm_(g.step(1, t + 1), w_hh);
+          const scalar_t* h_prev =
+              t > 0 ? out.data_ptr<scalar_t>() + q.off[t - 1] * H : h0.data_ptr<scalar_t>();
+          gru_backward_pass<scalar_t>(n, H, dh.data_ptr<scalar_t>(),
+                                      saved.data_ptr<scalar_t>() + o * G4, h_prev,
+                                      g.at<scalar_t>(0, t), g.at<scalar_t>(1, t));
+        }
+      });
     });
   }
   // Every sequence is active at step 0 (bs[0] = B).
-  if (grad_h0.defined()) at::addmm_out(grad_h0, carry, dgh.narrow(0, 0, q.B), w_hh);
+  if (grad_h0.defined()) at::addmm_out(grad_h0, carry, g.step(1, 0), w_hh);
 }
 
 std::tuple<Tensor, Tensor, std::vector<Tensor>> gru_backward_cpu(
@@ -290,18 +293,16 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> gru_backward_cpu(
   std::vector<Tensor> w;
   for (const auto& t : weights_) w.push_back(t.contiguous());
 
-  const auto opts = input.options();
   Tensor grad_hx = at::empty_like(hx);
   std::vector<Tensor> grad_w(w.size());
   // A private copy: grad_hy is added into it at each sequence's last step.
   Tensor dy = grad_output_.contiguous().view({N, H}).clone();
-  Tensor dgx = at::empty({N, G3}, opts), dgh = at::empty({N, G3}, opts);
   dy = cpu::stack_backward(s, dy, input, output, hiddens, hx, grad_hy, w, has_biases, grad_hx,
-                           grad_w, mask, [&](int64_t l, const Tensor& dy_l, Tensor& gh0) {
+                           grad_w, mask, G3, 2,
+                           [&](int64_t l, const Tensor& dy_l, Tensor& gh0, cpu::GradChunks& g) {
                              const Tensor out = l == L - 1 ? output : hiddens[l];
                              layer_backward(q, dy_l, w[l * s.per_layer + 1], saved[l], hx[l],
-                                            out, dgx, dgh, gh0);
-                             return std::make_pair(dgx, dgh);
+                                            out, gh0, g);
                            });
   Tensor grad_input = mask.input ? dy.view(input_.sizes()) : Tensor();
   finish_masked(mask, input_.options(), grad_input, {&grad_hx}, grad_w);

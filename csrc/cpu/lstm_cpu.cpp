@@ -251,18 +251,18 @@ void cell_backward_pass(int64_t B, int64_t H, const scalar_t* dh, const scalar_t
 }
 
 // Backward through one layer.  dy (N, P): the gradient reaching the layer's
-// outputs, grad_hy already added at each sequence's last step.  Returns dG
-// (N, 4H); writes grad_h0 (B, P) (when T > 0) and grad_c0 (B, H).  With a projection,
-// dh_proj (N, P) receives every step's dh (for dW_hr afterwards).
-Tensor layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& dcy,
-                      const Tensor& w_hh, const Tensor* w_hr, const Tensor& gates,
-                      const Tensor& cells, const Tensor& c0, Tensor& grad_h0, Tensor& grad_c0,
-                      Tensor* dh_proj) {
+// outputs, grad_hy already added at each sequence's last step.  Writes dG
+// through g (cpu::GradChunks, one set of 4H), grad_h0 (B, P) (when T > 0
+// and defined) and grad_c0 (B, H).  With a projection, dh_proj (N, P)
+// receives every step's dh (for dW_hr afterwards).
+void layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& dcy, const Tensor& w_hh,
+                    const Tensor* w_hr, const Tensor& gates, const Tensor& cells,
+                    const Tensor& c0, Tensor& grad_h0, Tensor& grad_c0, Tensor* dh_proj,
+                    cpu::GradChunks& g) {
   const int64_t T = q.T, H = w_hh.size(0) / 4, P = w_hh.size(1);
   const int64_t G4 = 4 * H;
-  Tensor dG = at::empty({q.N, G4}, dy.options());
   grad_c0.copy_(dcy);  // dc of each row, updated in place from its last step down to t = -1
-  if (T == 0) return dG;  // (the caller passes grad_hy through to grad_h0)
+  if (T == 0) return;  // (the caller passes grad_hy through to grad_h0)
 
   if (!w_hr && use_fast_step(dy)) {
     Tensor packed_t;
@@ -272,51 +272,54 @@ Tensor layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& dcy,
     const float* dy_p = dy.data_ptr<float>();
     const float* gates_p = gates.data_ptr<float>();
     const float* cells_p = cells.data_ptr<float>();
-    float* dG_p = dG.data_ptr<float>();
-    cpu::run_steps([&] {
-      for (int64_t t = T - 1; t >= 0; --t) {
-        const int64_t o = q.off[t], n = q.bs[t];
-        const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;  // rows that continue to t+1
-        const float* c_prev = t > 0 ? cells_p + q.off[t - 1] * H : c0.data_ptr<float>();
-        // Rows [0, nn) receive dG_{t+1}·W_hh; rows [nn, n) end here (no t+1 term).
-        if (nn > 0) {
-          cpu::lstm_step_backward(nn, H, packed, dy_p + o * H, H, dG_p + q.off[t + 1] * G4,
-                                  gates_p + o * G4, c_prev, cells_p + o * H, dc, dG_p + o * G4);
+    g.run([&](int64_t t0, int64_t t1) {
+      cpu::run_steps([&] {
+        for (int64_t t = t1 - 1; t >= t0; --t) {
+          const int64_t o = q.off[t], n = q.bs[t];
+          const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;  // rows that continue to t+1
+          const float* c_prev = t > 0 ? cells_p + q.off[t - 1] * H : c0.data_ptr<float>();
+          float* dG = g.at<float>(0, t);
+          // Rows [0, nn) receive dG_{t+1}·W_hh; rows [nn, n) end here (no t+1 term).
+          if (nn > 0) {
+            cpu::lstm_step_backward(nn, H, packed, dy_p + o * H, H, g.at<float>(0, t + 1),
+                                    gates_p + o * G4, c_prev, cells_p + o * H, dc, dG);
+          }
+          if (n > nn) {
+            cpu::lstm_step_backward(n - nn, H, packed, dy_p + (o + nn) * H, H, nullptr,
+                                    gates_p + (o + nn) * G4, c_prev + nn * H,
+                                    cells_p + (o + nn) * H, dc + nn * H, dG + nn * G4);
+          }
         }
-        if (n > nn) {
-          cpu::lstm_step_backward(n - nn, H, packed, dy_p + (o + nn) * H, H, nullptr,
-                                  gates_p + (o + nn) * G4, c_prev + nn * H,
-                                  cells_p + (o + nn) * H, dc + nn * H, dG_p + (o + nn) * G4);
-        }
-      }
+      });
     });
   } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "lstm_backward_cpu", [&] {
       Tensor dh = at::empty({q.B, P}, dy.options());
       Tensor dh_raw = w_hr ? at::empty({q.B, H}, dy.options()) : Tensor();
-      for (int64_t t = T - 1; t >= 0; --t) {
-        const int64_t o = q.off[t], n = q.bs[t];
-        const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;
-        Tensor dh_t = w_hr ? dh_proj->narrow(0, o, n) : dh.narrow(0, 0, n);
-        dh_t.copy_(dy.narrow(0, o, n));
-        if (nn > 0) dh_t.narrow(0, 0, nn).addmm_(dG.narrow(0, q.off[t + 1], nn), w_hh);
-        Tensor dcell = dh_t;
-        if (w_hr) {
-          dcell = dh_raw.narrow(0, 0, n);
-          at::mm_out(dcell, dh_t, *w_hr);
+      g.run([&](int64_t t0, int64_t t1) {
+        for (int64_t t = t1 - 1; t >= t0; --t) {
+          const int64_t o = q.off[t], n = q.bs[t];
+          const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;
+          Tensor dh_t = w_hr ? dh_proj->narrow(0, o, n) : dh.narrow(0, 0, n);
+          dh_t.copy_(dy.narrow(0, o, n));
+          if (nn > 0) dh_t.narrow(0, 0, nn).addmm_(g.step(0, t + 1).narrow(0, 0, nn), w_hh);
+          Tensor dcell = dh_t;
+          if (w_hr) {
+            dcell = dh_raw.narrow(0, 0, n);
+            at::mm_out(dcell, dh_t, *w_hr);
+          }
+          const scalar_t* c_prev =
+              t > 0 ? cells.data_ptr<scalar_t>() + q.off[t - 1] * H : c0.data_ptr<scalar_t>();
+          cell_backward_pass<scalar_t>(n, H, dcell.data_ptr<scalar_t>(),
+                                       gates.data_ptr<scalar_t>() + o * G4, c_prev,
+                                       cells.data_ptr<scalar_t>() + o * H,
+                                       grad_c0.data_ptr<scalar_t>(), g.at<scalar_t>(0, t));
         }
-        const scalar_t* c_prev =
-            t > 0 ? cells.data_ptr<scalar_t>() + q.off[t - 1] * H : c0.data_ptr<scalar_t>();
-        cell_backward_pass<scalar_t>(n, H, dcell.data_ptr<scalar_t>(),
-                                     gates.data_ptr<scalar_t>() + o * G4, c_prev,
-                                     cells.data_ptr<scalar_t>() + o * H,
-                                     grad_c0.data_ptr<scalar_t>(), dG.data_ptr<scalar_t>() + o * G4);
-      }
+      });
     });
   }
   // Every sequence is active at step 0 (bs[0] = B): the gradient flowing to t = -1.
-  if (grad_h0.defined()) at::mm_out(grad_h0, dG.narrow(0, 0, q.B), w_hh);
-  return dG;
+  if (grad_h0.defined()) at::mm_out(grad_h0, g.step(0, 0), w_hh);
 }
 
 std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cpu(
@@ -353,19 +356,18 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cpu(
   Tensor dy = grad_output_.contiguous().view({N, P}).clone();
   Tensor dh_proj = s.has_proj ? at::empty({N, P}, dy.options()) : Tensor();
   dy = cpu::stack_backward(
-      s, dy, input, output, hiddens, hx, grad_hy, w, has_biases, grad_hx, grad_w, mask,
-      [&](int64_t l, const Tensor& dy_l, Tensor& gh) {
+      s, dy, input, output, hiddens, hx, grad_hy, w, has_biases, grad_hx, grad_w, mask, 4 * H, 1,
+      [&](int64_t l, const Tensor& dy_l, Tensor& gh, cpu::GradChunks& g) {
         const Tensor* wl = &w[l * s.per_layer];
         const Tensor* w_hr = s.has_proj ? &wl[s.per_layer - 1] : nullptr;
         Tensor gc = grad_cx[l];
-        Tensor dG = layer_backward(q, dy_l, grad_cy[l], wl[1], w_hr, gates[l], cells[l], cx[l],
-                                   gh, gc, s.has_proj ? &dh_proj : nullptr);
+        layer_backward(q, dy_l, grad_cy[l], wl[1], w_hr, gates[l], cells[l], cx[l], gh, gc,
+                       s.has_proj ? &dh_proj : nullptr, g);
         if (w_hr && mask.weights) {
           // h_t = h_raw_t W_hrᵀ with h_raw = o ⊙ tanh(c): dW_hr = Σ dh_tᵀ h_raw_t.
           const Tensor h_raw = gates[l].narrow(1, 3 * H, H) * at::tanh(cells[l]);
           grad_w[l * s.per_layer + s.per_layer - 1] = at::mm(dh_proj.t(), h_raw);
         }
-        return std::make_pair(dG, dG);
       });
   Tensor grad_input = mask.input ? dy.view(input_.sizes()) : Tensor();
   finish_masked(mask, input_.options(), grad_input, {&grad_hx, &grad_cx}, grad_w);

@@ -156,10 +156,10 @@ void rnn_backward_pass(int64_t n, scalar_t* dG, const scalar_t* h, bool relu) {
 
 // Backward through one layer.  dy (N, H): the gradient reaching the layer's
 // outputs, grad_hy already added at each sequence's last step; out (N, H):
-// the layer's h_t.  Fills dG (N, H), the pre-activation gradients, and, when
-// T > 0, grad_h0 (B, H).
+// the layer's h_t.  Writes the pre-activation gradients dG (H) through g
+// (cpu::GradChunks, one set) and, when T > 0 and defined, grad_h0 (B, H).
 void layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& w_hh, const Tensor& out,
-                    bool relu, Tensor& dG, Tensor& grad_h0) {
+                    bool relu, Tensor& grad_h0, cpu::GradChunks& g) {
   const int64_t T = q.T, H = w_hh.size(1);
   if (T == 0) return;
   if (use_fast_step(dy)) {
@@ -168,36 +168,40 @@ void layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& w_hh, co
         q, w_hh, H, cpu::rnn_packed_backward_size(H), packed_t, cpu::rnn_pack_backward);
     const float* dy_p = dy.data_ptr<float>();
     const float* out_p = out.data_ptr<float>();
-    float* dG_p = dG.data_ptr<float>();
-    cpu::run_steps([&] {
-      for (int64_t t = T - 1; t >= 0; --t) {
-        const int64_t o = q.off[t], n = q.bs[t];
-        const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;  // rows that continue to t+1
-        if (nn > 0) {
-          cpu::rnn_step_backward(nn, H, relu, packed, dy_p + o * H, H, dG_p + q.off[t + 1] * H,
-                                 out_p + o * H, H, dG_p + o * H);
+    g.run([&](int64_t t0, int64_t t1) {
+      cpu::run_steps([&] {
+        for (int64_t t = t1 - 1; t >= t0; --t) {
+          const int64_t o = q.off[t], n = q.bs[t];
+          const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;  // rows that continue to t+1
+          float* dG = g.at<float>(0, t);
+          if (nn > 0) {
+            cpu::rnn_step_backward(nn, H, relu, packed, dy_p + o * H, H, g.at<float>(0, t + 1),
+                                   out_p + o * H, H, dG);
+          }
+          if (n > nn) {
+            cpu::rnn_step_backward(n - nn, H, relu, packed, dy_p + (o + nn) * H, H, nullptr,
+                                   out_p + (o + nn) * H, H, dG + nn * H);
+          }
         }
-        if (n > nn) {
-          cpu::rnn_step_backward(n - nn, H, relu, packed, dy_p + (o + nn) * H, H, nullptr,
-                                 out_p + (o + nn) * H, H, dG_p + (o + nn) * H);
-        }
-      }
+      });
     });
   } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "rnn_backward_cpu", [&] {
-      for (int64_t t = T - 1; t >= 0; --t) {
-        const int64_t o = q.off[t], n = q.bs[t];
-        const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;
-        Tensor dG_t = dG.narrow(0, o, n);
-        dG_t.copy_(dy.narrow(0, o, n));
-        if (nn > 0) dG_t.narrow(0, 0, nn).addmm_(dG.narrow(0, q.off[t + 1], nn), w_hh);
-        rnn_backward_pass<scalar_t>(n * H, dG_t.data_ptr<scalar_t>(),
-                                    out.data_ptr<scalar_t>() + o * H, relu);
-      }
+      g.run([&](int64_t t0, int64_t t1) {
+        for (int64_t t = t1 - 1; t >= t0; --t) {
+          const int64_t o = q.off[t], n = q.bs[t];
+          const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;
+          Tensor dG_t = g.step(0, t);
+          dG_t.copy_(dy.narrow(0, o, n));
+          if (nn > 0) dG_t.narrow(0, 0, nn).addmm_(g.step(0, t + 1), w_hh);
+          rnn_backward_pass<scalar_t>(n * H, dG_t.data_ptr<scalar_t>(),
+                                      out.data_ptr<scalar_t>() + o * H, relu);
+        }
+      });
     });
   }
   // Every sequence is active at step 0 (bs[0] = B).
-  if (grad_h0.defined()) at::mm_out(grad_h0, dG.narrow(0, 0, q.B), w_hh);
+  if (grad_h0.defined()) at::mm_out(grad_h0, g.step(0, 0), w_hh);
 }
 
 std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_cpu(
@@ -225,12 +229,11 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_cpu(
   std::vector<Tensor> grad_w(w.size());
   // A private copy: grad_hy is added into it at each sequence's last step.
   Tensor dy = grad_output_.contiguous().view({N, H}).clone();
-  Tensor dG = at::empty({N, H}, input.options());
   dy = cpu::stack_backward(s, dy, input, output, hiddens, hx, grad_hy, w, has_biases, grad_hx,
-                           grad_w, mask, [&](int64_t l, const Tensor& dy_l, Tensor& gh0) {
+                           grad_w, mask, H, 1,
+                           [&](int64_t l, const Tensor& dy_l, Tensor& gh0, cpu::GradChunks& g) {
                              const Tensor out = l == L - 1 ? output : hiddens[l];
-                             layer_backward(q, dy_l, w[l * s.per_layer + 1], out, relu, dG, gh0);
-                             return std::make_pair(dG, dG);
+                             layer_backward(q, dy_l, w[l * s.per_layer + 1], out, relu, gh0, g);
                            });
   Tensor grad_input = mask.input ? dy.view(input_.sizes()) : Tensor();
   finish_masked(mask, input_.options(), grad_input, {&grad_hx}, grad_w);

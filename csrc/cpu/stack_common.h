@@ -12,6 +12,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <functional>
 #include <utility>
 #include <vector>
 
@@ -72,12 +73,23 @@ void run_steps(F&& loop) {
   with_team(at::get_num_threads(), loop);
 }
 
-// Bytes of input projection a forward computes ahead of its steps (see
-// project_in_chunks): well inside the L3 cache, large enough that the
-// product of a chunk runs at full rate.
+// Bytes of rows a layer's loop handles per chunk of steps: the forward's
+// input projection (project_in_chunks), the backward's pre-activation
+// gradients (GradChunks).  Well inside the L3 cache, large enough that the
+// products over a chunk run at full rate.  tests/test_cpu_products.py sizes
+// its several-chunk cases from this value.
 #ifndef FUSEDRNN_CHUNK_BYTES
 #define FUSEDRNN_CHUNK_BYTES (8 << 20)
 #endif
+
+// Steps per chunk for rows of row_bytes bytes: about FUSEDRNN_CHUNK_BYTES,
+// at least one step, the same for every chunk but the last.
+inline int64_t chunk_steps(const SeqLayout& q, int64_t row_bytes) {
+  const int64_t want = std::max<int64_t>(
+      1, FUSEDRNN_CHUNK_BYTES / std::max<int64_t>(1, row_bytes) / std::max<int64_t>(1, q.B));
+  const int64_t n_chunks = (q.T + want - 1) / want;
+  return n_chunks == 0 ? 1 : (q.T + n_chunks - 1) / n_chunks;
+}
 
 // A forward layer's input projection gx = x · W_ihᵀ (+ bias), G columns,
 // computed a chunk of steps at a time just before those steps run:
@@ -92,11 +104,7 @@ template <typename Steps>
 void project_in_chunks(const SeqLayout& q, const at::Tensor& x, const at::Tensor& w_ih,
                        const at::Tensor* bias, int64_t G, at::Tensor* dst, Steps&& steps) {
   if (q.T == 0) return;
-  const int64_t row_bytes = std::max<int64_t>(1, G * x.element_size());
-  const int64_t want =
-      std::max<int64_t>(1, FUSEDRNN_CHUNK_BYTES / row_bytes / std::max<int64_t>(1, q.B));
-  const int64_t n_chunks = (q.T + want - 1) / want;
-  const int64_t per = (q.T + n_chunks - 1) / n_chunks;  // the same size for all
+  const int64_t per = chunk_steps(q, G * x.element_size());
   const at::Tensor w_t = w_ih.t();
   at::Tensor buf = dst ? at::Tensor() : at::empty({std::min(q.N, per * q.B), G}, x.options());
   for (int64_t t0 = 0; t0 < q.T; t0 += per) {
@@ -107,6 +115,62 @@ void project_in_chunks(const SeqLayout& q, const at::Tensor& x, const at::Tensor
     steps(t0, t1, gx);
   }
 }
+
+// The pre-activation gradients of a layer's reverse recurrence, (rows, G)
+// for each of `sets` kinds (1: dG of the LSTM and RNN; 2: the GRU's dgx and
+// dgh), held a chunk of steps at a time.  run(steps) runs the chunks from
+// the last: steps(t0, t1) runs the recurrence over steps [t0, t1), writing
+// their rows (at / step), and reading those of step t1 from the chunk run
+// before it (two buffers alternate); then on_chunk(t0, t1) takes the
+// chunk's rows for the products that need no sequential loop (stack_backward
+// sets it).  The whole-sequence gradients are never held: no fresh (N, G)
+// buffer per call, and the products read rows that are still in the cache.
+class GradChunks {
+ public:
+  GradChunks(const SeqLayout& q, int64_t G, int sets, const at::TensorOptions& opts)
+      : q_(q), G_(G), sets_(sets),
+        per_(chunk_steps(q, G * static_cast<int64_t>(opts.dtype().itemsize()))) {
+    const int64_t n_chunks = (q.T + per_ - 1) / per_;
+    const int64_t rows = std::min(q.N, per_ * q.B);
+    for (int slot = 0; slot < (n_chunks > 1 ? 2 : 1); ++slot)
+      for (int k = 0; k < sets; ++k) buf_[slot][k] = at::empty({rows, G}, opts);
+  }
+
+  std::function<void(int64_t, int64_t)> on_chunk;
+
+  template <typename Steps>
+  void run(Steps&& steps) {
+    const int64_t n_chunks = (q_.T + per_ - 1) / per_;
+    for (int64_t c = n_chunks - 1; c >= 0; --c) {
+      const int64_t t0 = c * per_, t1 = std::min(q_.T, t0 + per_);
+      steps(t0, t1);
+      if (on_chunk) on_chunk(t0, t1);
+    }
+  }
+
+  // Rows [q.off[t0], q.off[t1]) of set k, for the chunk [t0, t1).
+  at::Tensor rows(int k, int64_t t0, int64_t t1) const {
+    return buf_[slot(t0)][k].narrow(0, 0, q_.off[t1] - q_.off[t0]);
+  }
+  // Step t's rows of set k (the chunk being run or the one run before it).
+  at::Tensor step(int k, int64_t t) const {
+    return buf_[slot(t)][k].narrow(0, row(t), q_.bs[t]);
+  }
+  template <typename T>
+  T* at(int k, int64_t t) const {
+    return buf_[slot(t)][k].template data_ptr<T>() + row(t) * G_;
+  }
+
+ private:
+  int slot(int64_t t) const { return static_cast<int>((t / per_) % 2); }
+  int64_t row(int64_t t) const { return q_.off[t] - q_.off[t / per_ * per_]; }
+
+  const SeqLayout& q_;
+  int64_t G_;
+  int sets_;
+  int64_t per_;
+  at::Tensor buf_[2][2];
+};
 
 // ------------------------------------------------------------------------
 // Row-space helpers.  Inside the CPU ops every per-row tensor is handled as a
@@ -129,95 +193,90 @@ inline void add_final_grad(const SeqLayout& q, at::Tensor& dy, const at::Tensor&
   }
 }
 
-// h_{t-1} of every row (N, X): h0's first bs[0] rows for step 0, then for
-// step t the first bs[t] rows of step t-1 of out (N, X).
-inline at::Tensor prev_rows(const SeqLayout& q, const at::Tensor& h0, const at::Tensor& out) {
-  at::Tensor hp = at::empty({q.N, out.size(1)}, out.options());
-  if (q.T == 0) return hp;
-  hp.narrow(0, 0, q.bs[0]).copy_(h0.narrow(0, 0, q.bs[0]));
-  if (!q.packed) {
-    if (q.T > 1) hp.narrow(0, q.B, q.N - q.B).copy_(out.narrow(0, 0, q.N - q.B));
-    return hp;
-  }
-  for (int64_t t = 1; t < q.T; ++t) {
-    hp.narrow(0, q.off[t], q.bs[t]).copy_(out.narrow(0, q.off[t - 1], q.bs[t]));
+// h_{t-1} of the rows of steps [t0, t1) (as (rows, X)): h0's first bs[0]
+// rows for step 0, then for step t the first bs[t] rows of step t-1 of out
+// (N, X).  A view of out where the rows are contiguous there (padded, t0 > 0).
+inline at::Tensor prev_rows(const SeqLayout& q, const at::Tensor& h0, const at::Tensor& out,
+                            int64_t t0, int64_t t1) {
+  const int64_t r0 = q.off[t0], r1 = q.off[t1];
+  if (!q.packed && t0 > 0) return out.narrow(0, r0 - q.B, r1 - r0);
+  at::Tensor hp = at::empty({r1 - r0, out.size(1)}, out.options());
+  for (int64_t t = t0; t < t1; ++t) {
+    at::Tensor dst = hp.narrow(0, q.off[t] - r0, q.bs[t]);
+    dst.copy_(t == 0 ? h0.narrow(0, 0, q.bs[0]) : out.narrow(0, q.off[t - 1], q.bs[t]));
   }
   return hp;
 }
 
-// dgx (N, G): gradients of the input-side pre-activations x W_ihᵀ + b_ih.
-// dgh (N, G): gradients of the recurrent-side pre-activations h W_hhᵀ + b_hh
-//             (the same tensor as dgx for LSTM and RNN; they differ for the
-//             GRU, whose n gate keeps b_hn inside the r product).
-// x (N, I_l): the layer's input;  h0 (B, P): its initial state;
-// out (N, P): its outputs h_t (so h_{t-1} of step t's rows is h0, then the
-// first rows of step t-1).
-// Writes grad_w[base] = dW_ih, grad_w[base+1] = dW_hh and, with biases,
-// grad_w[base+2] = db_ih, grad_w[base+3] = db_hh; returns dX (N, I_l), the
-// gradient for the layer below (or the op's input).  weights = false skips
-// the weight and bias gradients, want_dx = false dX (then undefined).
-inline at::Tensor layer_param_grads(const SeqLayout& q, const at::Tensor& dgx,
-                                    const at::Tensor& dgh, const at::Tensor& x,
-                                    const at::Tensor& h0, const at::Tensor& out,
-                                    const at::Tensor& w_ih, bool has_biases,
-                                    std::vector<at::Tensor>& grad_w, int64_t base,
-                                    bool weights = true, bool want_dx = true) {
-  const int64_t G = dgx.size(1), P = out.size(1);
-  if (!weights) return want_dx ? product(dgx, w_ih) : at::Tensor();
-  grad_w[base] = product(dgx.t(), x);  // dW_ih = dGᵀ·X
-  at::Tensor dw_hh;
-  if (q.T == 0) {
-    dw_hh = at::zeros({G, P}, dgx.options());
-  } else if (!q.packed) {
-    // Padded: h_{t-1} rows are h0 then out's rows shifted by one step; two
-    // products instead of a copy.
-    dw_hh = product(dgh.narrow(0, 0, q.B).t(), h0);
-    if (q.T > 1) product_into(dw_hh, dgh.narrow(0, q.B, q.N - q.B).t(), out.narrow(0, 0, q.N - q.B), true);
-  } else {
-    dw_hh = product(dgh.t(), prev_rows(q, h0, out));
-  }
-  grad_w[base + 1] = dw_hh;
-  if (has_biases) {
-    grad_w[base + 2] = dgx.sum(0);
-    grad_w[base + 3] = dgh.is_same(dgx) ? grad_w[base + 2].clone() : dgh.sum(0);
-  }
-  return want_dx ? product(dgx, w_ih) : at::Tensor();
-}
-
 // The layer loop of a stack's backward, shared by the LSTM, GRU and RNN ops:
-// layers from the top down, each one's reverse recurrence, then its weight,
-// bias and input gradients as large GEMMs (layer_param_grads), whose input
-// gradient is the next layer's dy.
+// layers from the top down, each one's reverse recurrence chunk by chunk
+// (GradChunks), and after each chunk the products over its rows that need no
+// sequential loop: dW_ih += dgxᵀ·X, dW_hh += dghᵀ·H_prev, the bias sums, and
+// the chunk's rows of dX = dgx·W_ih, the gradient for the layer below.
 //   dy        (N, P) a private copy of grad_output (grad_hy is added into it
 //             at each sequence's last step)
 //   input     (N, I) the op's input; output (N, P); hiddens (L-1, N, P)
 //   hx (L, B, P); grad_hy (L, B, P); grad_hx (L, B, P) receives grad_h0
 //             (left undefined, and grad_h0 too, when mask.states is false)
-//   recur(l, dy, grad_h0) -> {dgx, dgh}: layer l's reverse recurrence on dy
-//             (writing grad_h0 when T > 0 and it is defined); dgx, dgh as in
-//             layer_param_grads
+//   G, sets   the gradient rows' width and kinds (GradChunks); with two,
+//             set 0 is dgx (of x W_ihᵀ + b_ih) and set 1 dgh (of
+//             h W_hhᵀ + b_hh): the GRU's n gate keeps b_hn inside the r
+//             product.  With one, both are set 0.
+//   recur(l, dy, grad_h0, chunks) layer l's reverse recurrence on dy
+//             through chunks.run (writing grad_h0 when T > 0 and it is
+//             defined)
 //   mask      the op's output_mask (weight gradients, the input's)
-// Returns the gradient of the op's input, (N, I), undefined when mask.input
-// is false.
+// grad_w[l·per_layer + 0..3] receive dW_ih, dW_hh, db_ih, db_hh.  Returns
+// the gradient of the op's input, (N, I), undefined when mask.input is
+// false.
 template <typename Recur>
 at::Tensor stack_backward(const RnnSizes& s, at::Tensor dy, const at::Tensor& input,
                           const at::Tensor& output, const at::Tensor& hiddens,
                           const at::Tensor& hx, const at::Tensor& grad_hy,
                           const std::vector<at::Tensor>& w, bool has_biases,
                           at::Tensor& grad_hx, std::vector<at::Tensor>& grad_w,
-                          const GradMask& mask, Recur recur) {
+                          const GradMask& mask, int64_t G, int sets, Recur recur) {
   const SeqLayout& q = s.seq;
+  GradChunks chunks(q, G, sets, dy.options());
   for (int64_t l = s.L - 1; l >= 0; --l) {
     const at::Tensor x = l == 0 ? input : hiddens[l - 1];       // layer input (N, I_l)
     const at::Tensor out = l == s.L - 1 ? output : hiddens[l];  // layer output h_t (N, P)
+    const at::Tensor& w_ih = w[l * s.per_layer];
+    const int64_t base = l * s.per_layer;
+    const bool want_dx = l > 0 || mask.input;
     add_final_grad(q, dy, grad_hy[l]);
+    at::Tensor dx = want_dx ? at::empty({q.N, x.size(1)}, x.options()) : at::Tensor();
+    if (mask.weights) {
+      grad_w[base] = at::zeros_like(w_ih);
+      grad_w[base + 1] = at::zeros({G, out.size(1)}, x.options());
+      if (has_biases) {
+        grad_w[base + 2] = at::zeros({G}, x.options());
+        grad_w[base + 3] = at::zeros({G}, x.options());
+      }
+    }
+    chunks.on_chunk = [&](int64_t t0, int64_t t1) {
+      const int64_t r0 = q.off[t0], n = q.off[t1] - r0;
+      const at::Tensor dgx = chunks.rows(0, t0, t1);
+      const at::Tensor dgh = sets == 2 ? chunks.rows(1, t0, t1) : dgx;
+      if (want_dx) {
+        at::Tensor dx_c = dx.narrow(0, r0, n);
+        product_into(dx_c, dgx, w_ih);
+      }
+      if (!mask.weights) return;
+      product_into(grad_w[base], dgx.t(), x.narrow(0, r0, n), true);
+      product_into(grad_w[base + 1], dgh.t(), prev_rows(q, hx[l], out, t0, t1), true);
+      if (has_biases) {
+        grad_w[base + 2].add_(dgx.sum(0));
+        if (sets == 2) grad_w[base + 3].add_(dgh.sum(0));
+      }
+    };
     at::Tensor gh0 = mask.states ? grad_hx[l] : at::Tensor();
-    const auto dg = recur(l, dy, gh0);
+    recur(l, dy, gh0, chunks);
+    if (has_biases && mask.weights && sets == 1) grad_w[base + 3].copy_(grad_w[base + 2]);
     if (q.T == 0 && gh0.defined()) gh0.copy_(grad_hy[l]);  // hy = hx
-    dy = layer_param_grads(q, dg.first, dg.second, x, hx[l], out, w[l * s.per_layer],
-                           has_biases, grad_w, l * s.per_layer, mask.weights,
-                           l > 0 || mask.input);
+    dy = dx;
   }
+  chunks.on_chunk = nullptr;
   return dy;
 }
 
