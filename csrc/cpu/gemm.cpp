@@ -279,8 +279,12 @@ FS_TARGET void dot_block(const Problem& pb, int64_t i0, int64_t j0, int64_t j1) 
   for (int64_t j = j0; j < j1; j += 4) {
     const int nj = static_cast<int>(std::min<int64_t>(4, j1 - j));
     const float* bcol[4];
+    const float* bnext[4];  // the next 4 columns, prefetched a line per k step
 #pragma GCC unroll 4
-    for (int q = 0; q < 4; ++q) bcol[q] = pb.B.p + (j + std::min(q, nj - 1)) * pb.B.cs;
+    for (int q = 0; q < 4; ++q) {
+      bcol[q] = pb.B.p + (j + std::min(q, nj - 1)) * pb.B.cs;
+      bnext[q] = pb.B.p + std::min(j + 4 + q, j1 - 1) * pb.B.cs;
+    }
     __m512 acc[MB][4];
 #pragma GCC unroll 4
     for (int r = 0; r < MB; ++r)
@@ -291,6 +295,9 @@ FS_TARGET void dot_block(const Problem& pb, int64_t i0, int64_t j0, int64_t j1) 
       __m512 b[4];
 #pragma GCC unroll 4
       for (int q = 0; q < 4; ++q) b[q] = _mm512_maskz_loadu_ps(m, bcol[q] + k);
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q)
+        _mm_prefetch(reinterpret_cast<const char*>(bnext[q] + k), _MM_HINT_T0);
 #pragma GCC unroll 4
       for (int r = 0; r < MB; ++r) {
         const __m512 a = _mm512_maskz_loadu_ps(m, arow[r] + k);

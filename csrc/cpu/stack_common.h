@@ -1,11 +1,12 @@
 // Stack plumbing shared by the LSTM, GRU and RNN CPU ops:
 //   LayerOutputs       where each layer of the forward writes its h_t;
-//   layer_param_grads  the part of a layer's backward that needs no sequential
-//                      loop: once its reverse recurrence has produced the
-//                      pre-activation gradients of every step, its weight, bias
-//                      and input gradients are a few large GEMMs / reductions
-//                      over all N rows;
-//   gather_final, add_final_grad, prev_rows: the row bookkeeping of packed
+//   pack_for_steps, run_steps: a layer's step loop (W_hh packed, threads held);
+//   project_in_chunks  a forward's input projection, a chunk of steps ahead;
+//   GradChunks, stack_backward: a backward's layer loop, its gradient rows a
+//                      chunk of steps at a time, and after each chunk the
+//                      products that need no sequential loop (weight, bias
+//                      and input gradients over the chunk's rows);
+//   gather_final, add_final_grad, add_dw_hh: the row bookkeeping of packed
 //                      sequences (each sequence ends at its own step).
 #pragma once
 
@@ -128,7 +129,7 @@ void project_in_chunks(const SeqLayout& q, const at::Tensor& x, const at::Tensor
 class GradChunks {
  public:
   GradChunks(const SeqLayout& q, int64_t G, int sets, const at::TensorOptions& opts)
-      : q_(q), G_(G), sets_(sets),
+      : q_(q), G_(G),
         per_(chunk_steps(q, G * static_cast<int64_t>(opts.dtype().itemsize()))) {
     const int64_t n_chunks = (q.T + per_ - 1) / per_;
     const int64_t rows = std::min(q.N, per_ * q.B);
@@ -167,7 +168,6 @@ class GradChunks {
 
   const SeqLayout& q_;
   int64_t G_;
-  int sets_;
   int64_t per_;
   at::Tensor buf_[2][2];
 };
@@ -193,19 +193,27 @@ inline void add_final_grad(const SeqLayout& q, at::Tensor& dy, const at::Tensor&
   }
 }
 
-// h_{t-1} of the rows of steps [t0, t1) (as (rows, X)): h0's first bs[0]
-// rows for step 0, then for step t the first bs[t] rows of step t-1 of out
-// (N, X).  A view of out where the rows are contiguous there (padded, t0 > 0).
-inline at::Tensor prev_rows(const SeqLayout& q, const at::Tensor& h0, const at::Tensor& out,
-                            int64_t t0, int64_t t1) {
-  const int64_t r0 = q.off[t0], r1 = q.off[t1];
-  if (!q.packed && t0 > 0) return out.narrow(0, r0 - q.B, r1 - r0);
-  at::Tensor hp = at::empty({r1 - r0, out.size(1)}, out.options());
+// dw_hh (G, X) += dghᵀ · H_prev over the rows of steps [t0, t1): dgh
+// (rows, G) and their h_{t-1}, which is h0's first bs[0] rows for step 0, then
+// for step t the first bs[t] rows of step t-1 of out (N, X).  Padded, those
+// rows are contiguous in h0 and out (no copy); packed, they are gathered.
+inline void add_dw_hh(at::Tensor& dw_hh, const SeqLayout& q, const at::Tensor& dgh,
+                      const at::Tensor& h0, const at::Tensor& out, int64_t t0, int64_t t1) {
+  const int64_t r0 = q.off[t0], n = q.off[t1] - r0;
+  if (!q.packed) {
+    const int64_t skip = t0 == 0 ? q.B : 0;  // step 0's rows, against h0
+    if (skip > 0) product_into(dw_hh, dgh.narrow(0, 0, skip).t(), h0, true);
+    if (n > skip)
+      product_into(dw_hh, dgh.narrow(0, skip, n - skip).t(),
+                   out.narrow(0, r0 + skip - q.B, n - skip), true);
+    return;
+  }
+  at::Tensor hp = at::empty({n, out.size(1)}, out.options());
   for (int64_t t = t0; t < t1; ++t) {
     at::Tensor dst = hp.narrow(0, q.off[t] - r0, q.bs[t]);
     dst.copy_(t == 0 ? h0.narrow(0, 0, q.bs[0]) : out.narrow(0, q.off[t - 1], q.bs[t]));
   }
-  return hp;
+  product_into(dw_hh, dgh.t(), hp, true);
 }
 
 // The layer loop of a stack's backward, shared by the LSTM, GRU and RNN ops:
@@ -264,7 +272,7 @@ at::Tensor stack_backward(const RnnSizes& s, at::Tensor dy, const at::Tensor& in
       }
       if (!mask.weights) return;
       product_into(grad_w[base], dgx.t(), x.narrow(0, r0, n), true);
-      product_into(grad_w[base + 1], dgh.t(), prev_rows(q, hx[l], out, t0, t1), true);
+      add_dw_hh(grad_w[base + 1], q, dgh, hx[l], out, t0, t1);
       if (has_biases) {
         grad_w[base + 2].add_(dgx.sum(0));
         if (sets == 2) grad_w[base + 3].add_(dgh.sum(0));
