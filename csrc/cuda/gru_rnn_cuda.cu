@@ -34,7 +34,8 @@
 //   A sequence b whose last step is t (b >= bs[t+1], bs[T] = 0) gets no
 //   recurrent term and no carry; grad_hy[l, b] is added to its dh instead.
 //   Afterwards dW_ih, dW_hh, db_ih, db_hh and dX are large GEMMs / reductions
-//   over all N rows (as csrc/cpu/stack_common.h's layer_param_grads), with
+//   over all N rows (the CPU path accumulates the same products a chunk of
+//   steps at a time: csrc/cpu/stack_common.h's stack_backward), with
 //   h_{t-1}'s rows gathered for packed input.
 //
 // Precision: every kernel accumulates in acc_type (float, or double for
@@ -361,8 +362,9 @@ Tensor prev_row_index(const SeqLayout& seq, const at::Device& device) {
 }
 
 // A layer's weight, bias and input gradients once its reverse recurrence has
-// produced every row's pre-activation gradients (stack_common.h's
-// layer_param_grads over the row space):
+// produced every row's pre-activation gradients (the products that
+// csrc/cpu/stack_common.h's stack_backward accumulates chunk by chunk, here
+// over all rows at once):
 //   dgx (N, G)  gradients of x W_ihᵀ + b_ih;  dgh (N, G) of h W_hhᵀ + b_hh
 //               (the same tensor for the RNN);  x2 (N, I_l) the layer input;
 //   h0 (B, H);  out2 (N, H) the layer's h_t rows;  prev_idx: see prev_row_index
