@@ -228,42 +228,36 @@ void layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& w_hh,
     const float* out_p = out.data_ptr<float>();
     const float* saved_p = saved.data_ptr<float>();
     float* carry_p = carry.data_ptr<float>();
-    g.run([&](int64_t t0, int64_t t1) {
-      cpu::run_steps([&] {
-        for (int64_t t = t1 - 1; t >= t0; --t) {
-          const int64_t o = q.off[t], n = q.bs[t];
-          const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;  // rows that continue to t+1
-          const float* h_prev = t > 0 ? out_p + q.off[t - 1] * H : h0.data_ptr<float>();
-          float* dgx = g.at<float>(0, t);
-          float* dgh = g.at<float>(1, t);
-          if (nn > 0) {
-            cpu::gru_step_backward(nn, H, packed, dy_p + o * H, H, g.at<float>(1, t + 1),
-                                   saved_p + o * G4, h_prev, H, carry_p, dgx, dgh);
-          }
-          if (n > nn) {
-            const int64_t G3 = 3 * H;
-            cpu::gru_step_backward(n - nn, H, packed, dy_p + (o + nn) * H, H, nullptr,
-                                   saved_p + (o + nn) * G4, h_prev + nn * H, H, carry_p + nn * H,
-                                   dgx + nn * G3, dgh + nn * G3);
-          }
-        }
-      });
+    g.run_reverse(true, [&](int64_t t) {
+      const int64_t o = q.off[t], n = q.bs[t];
+      const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;  // rows that continue to t+1
+      const float* h_prev = t > 0 ? out_p + q.off[t - 1] * H : h0.data_ptr<float>();
+      float* dgx = g.at<float>(0, t);
+      float* dgh = g.at<float>(1, t);
+      if (nn > 0) {
+        cpu::gru_step_backward(nn, H, packed, dy_p + o * H, H, g.at<float>(1, t + 1),
+                               saved_p + o * G4, h_prev, H, carry_p, dgx, dgh);
+      }
+      if (n > nn) {
+        const int64_t G3 = 3 * H;
+        cpu::gru_step_backward(n - nn, H, packed, dy_p + (o + nn) * H, H, nullptr,
+                               saved_p + (o + nn) * G4, h_prev + nn * H, H, carry_p + nn * H,
+                               dgx + nn * G3, dgh + nn * G3);
+      }
     });
   } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "gru_backward_cpu", [&] {
-      g.run([&](int64_t t0, int64_t t1) {
-        for (int64_t t = t1 - 1; t >= t0; --t) {
-          const int64_t o = q.off[t], n = q.bs[t];
-          const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;
-          Tensor dh = carry.narrow(0, 0, n);  // becomes the full dh_t
-          dh.add_(dy.narrow(0, o, n));
-          if (nn > 0) dh.narrow(0, 0, nn).addmm_(g.step(1, t + 1), w_hh);
-          const scalar_t* h_prev =
-              t > 0 ? out.data_ptr<scalar_t>() + q.off[t - 1] * H : h0.data_ptr<scalar_t>();
-          gru_backward_pass<scalar_t>(n, H, dh.data_ptr<scalar_t>(),
-                                      saved.data_ptr<scalar_t>() + o * G4, h_prev,
-                                      g.at<scalar_t>(0, t), g.at<scalar_t>(1, t));
-        }
+      g.run_reverse(false, [&](int64_t t) {
+        const int64_t o = q.off[t], n = q.bs[t];
+        const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;
+        Tensor dh = carry.narrow(0, 0, n);  // becomes the full dh_t
+        dh.add_(dy.narrow(0, o, n));
+        if (nn > 0) dh.narrow(0, 0, nn).addmm_(g.step(1, t + 1), w_hh);
+        const scalar_t* h_prev =
+            t > 0 ? out.data_ptr<scalar_t>() + q.off[t - 1] * H : h0.data_ptr<scalar_t>();
+        gru_backward_pass<scalar_t>(n, H, dh.data_ptr<scalar_t>(),
+                                    saved.data_ptr<scalar_t>() + o * G4, h_prev,
+                                    g.at<scalar_t>(0, t), g.at<scalar_t>(1, t));
       });
     });
   }

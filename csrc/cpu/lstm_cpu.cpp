@@ -272,49 +272,43 @@ void layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& dcy, con
     const float* dy_p = dy.data_ptr<float>();
     const float* gates_p = gates.data_ptr<float>();
     const float* cells_p = cells.data_ptr<float>();
-    g.run([&](int64_t t0, int64_t t1) {
-      cpu::run_steps([&] {
-        for (int64_t t = t1 - 1; t >= t0; --t) {
-          const int64_t o = q.off[t], n = q.bs[t];
-          const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;  // rows that continue to t+1
-          const float* c_prev = t > 0 ? cells_p + q.off[t - 1] * H : c0.data_ptr<float>();
-          float* dG = g.at<float>(0, t);
-          // Rows [0, nn) receive dG_{t+1}·W_hh; rows [nn, n) end here (no t+1 term).
-          if (nn > 0) {
-            cpu::lstm_step_backward(nn, H, packed, dy_p + o * H, H, g.at<float>(0, t + 1),
-                                    gates_p + o * G4, c_prev, cells_p + o * H, dc, dG);
-          }
-          if (n > nn) {
-            cpu::lstm_step_backward(n - nn, H, packed, dy_p + (o + nn) * H, H, nullptr,
-                                    gates_p + (o + nn) * G4, c_prev + nn * H,
-                                    cells_p + (o + nn) * H, dc + nn * H, dG + nn * G4);
-          }
-        }
-      });
+    g.run_reverse(true, [&](int64_t t) {
+      const int64_t o = q.off[t], n = q.bs[t];
+      const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;  // rows that continue to t+1
+      const float* c_prev = t > 0 ? cells_p + q.off[t - 1] * H : c0.data_ptr<float>();
+      float* dG = g.at<float>(0, t);
+      // Rows [0, nn) receive dG_{t+1}·W_hh; rows [nn, n) end here (no t+1 term).
+      if (nn > 0) {
+        cpu::lstm_step_backward(nn, H, packed, dy_p + o * H, H, g.at<float>(0, t + 1),
+                                gates_p + o * G4, c_prev, cells_p + o * H, dc, dG);
+      }
+      if (n > nn) {
+        cpu::lstm_step_backward(n - nn, H, packed, dy_p + (o + nn) * H, H, nullptr,
+                                gates_p + (o + nn) * G4, c_prev + nn * H,
+                                cells_p + (o + nn) * H, dc + nn * H, dG + nn * G4);
+      }
     });
   } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "lstm_backward_cpu", [&] {
       Tensor dh = at::empty({q.B, P}, dy.options());
       Tensor dh_raw = w_hr ? at::empty({q.B, H}, dy.options()) : Tensor();
-      g.run([&](int64_t t0, int64_t t1) {
-        for (int64_t t = t1 - 1; t >= t0; --t) {
-          const int64_t o = q.off[t], n = q.bs[t];
-          const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;
-          Tensor dh_t = w_hr ? dh_proj->narrow(0, o, n) : dh.narrow(0, 0, n);
-          dh_t.copy_(dy.narrow(0, o, n));
-          if (nn > 0) dh_t.narrow(0, 0, nn).addmm_(g.step(0, t + 1).narrow(0, 0, nn), w_hh);
-          Tensor dcell = dh_t;
-          if (w_hr) {
-            dcell = dh_raw.narrow(0, 0, n);
-            at::mm_out(dcell, dh_t, *w_hr);
-          }
-          const scalar_t* c_prev =
-              t > 0 ? cells.data_ptr<scalar_t>() + q.off[t - 1] * H : c0.data_ptr<scalar_t>();
-          cell_backward_pass<scalar_t>(n, H, dcell.data_ptr<scalar_t>(),
-                                       gates.data_ptr<scalar_t>() + o * G4, c_prev,
-                                       cells.data_ptr<scalar_t>() + o * H,
-                                       grad_c0.data_ptr<scalar_t>(), g.at<scalar_t>(0, t));
+      g.run_reverse(false, [&](int64_t t) {
+        const int64_t o = q.off[t], n = q.bs[t];
+        const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;
+        Tensor dh_t = w_hr ? dh_proj->narrow(0, o, n) : dh.narrow(0, 0, n);
+        dh_t.copy_(dy.narrow(0, o, n));
+        if (nn > 0) dh_t.narrow(0, 0, nn).addmm_(g.step(0, t + 1).narrow(0, 0, nn), w_hh);
+        Tensor dcell = dh_t;
+        if (w_hr) {
+          dcell = dh_raw.narrow(0, 0, n);
+          at::mm_out(dcell, dh_t, *w_hr);
         }
+        const scalar_t* c_prev =
+            t > 0 ? cells.data_ptr<scalar_t>() + q.off[t - 1] * H : c0.data_ptr<scalar_t>();
+        cell_backward_pass<scalar_t>(n, H, dcell.data_ptr<scalar_t>(),
+                                     gates.data_ptr<scalar_t>() + o * G4, c_prev,
+                                     cells.data_ptr<scalar_t>() + o * H,
+                                     grad_c0.data_ptr<scalar_t>(), g.at<scalar_t>(0, t));
       });
     });
   }

@@ -168,35 +168,29 @@ void layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& w_hh, co
         q, w_hh, H, cpu::rnn_packed_backward_size(H), packed_t, cpu::rnn_pack_backward);
     const float* dy_p = dy.data_ptr<float>();
     const float* out_p = out.data_ptr<float>();
-    g.run([&](int64_t t0, int64_t t1) {
-      cpu::run_steps([&] {
-        for (int64_t t = t1 - 1; t >= t0; --t) {
-          const int64_t o = q.off[t], n = q.bs[t];
-          const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;  // rows that continue to t+1
-          float* dG = g.at<float>(0, t);
-          if (nn > 0) {
-            cpu::rnn_step_backward(nn, H, relu, packed, dy_p + o * H, H, g.at<float>(0, t + 1),
-                                   out_p + o * H, H, dG);
-          }
-          if (n > nn) {
-            cpu::rnn_step_backward(n - nn, H, relu, packed, dy_p + (o + nn) * H, H, nullptr,
-                                   out_p + (o + nn) * H, H, dG + nn * H);
-          }
-        }
-      });
+    g.run_reverse(true, [&](int64_t t) {
+      const int64_t o = q.off[t], n = q.bs[t];
+      const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;  // rows that continue to t+1
+      float* dG = g.at<float>(0, t);
+      if (nn > 0) {
+        cpu::rnn_step_backward(nn, H, relu, packed, dy_p + o * H, H, g.at<float>(0, t + 1),
+                               out_p + o * H, H, dG);
+      }
+      if (n > nn) {
+        cpu::rnn_step_backward(n - nn, H, relu, packed, dy_p + (o + nn) * H, H, nullptr,
+                               out_p + (o + nn) * H, H, dG + nn * H);
+      }
     });
   } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "rnn_backward_cpu", [&] {
-      g.run([&](int64_t t0, int64_t t1) {
-        for (int64_t t = t1 - 1; t >= t0; --t) {
-          const int64_t o = q.off[t], n = q.bs[t];
-          const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;
-          Tensor dG_t = g.step(0, t);
-          dG_t.copy_(dy.narrow(0, o, n));
-          if (nn > 0) dG_t.narrow(0, 0, nn).addmm_(g.step(0, t + 1), w_hh);
-          rnn_backward_pass<scalar_t>(n * H, dG_t.data_ptr<scalar_t>(),
-                                      out.data_ptr<scalar_t>() + o * H, relu);
-        }
+      g.run_reverse(false, [&](int64_t t) {
+        const int64_t o = q.off[t], n = q.bs[t];
+        const int64_t nn = t + 1 < T ? q.bs[t + 1] : 0;
+        Tensor dG_t = g.step(0, t);
+        dG_t.copy_(dy.narrow(0, o, n));
+        if (nn > 0) dG_t.narrow(0, 0, nn).addmm_(g.step(0, t + 1), w_hh);
+        rnn_backward_pass<scalar_t>(n * H, dG_t.data_ptr<scalar_t>(),
+                                    out.data_ptr<scalar_t>() + o * H, relu);
       });
     });
   }

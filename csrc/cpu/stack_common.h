@@ -119,32 +119,40 @@ void project_in_chunks(const SeqLayout& q, const at::Tensor& x, const at::Tensor
 
 // The pre-activation gradients of a layer's reverse recurrence, (rows, G)
 // for each of `sets` kinds (1: dG of the LSTM and RNN; 2: the GRU's dgx and
-// dgh), held a chunk of steps at a time.  run(steps) runs the chunks from
-// the last: steps(t0, t1) runs the recurrence over steps [t0, t1), writing
-// their rows (at / step), and reading those of step t1 from the chunk run
-// before it (two buffers alternate); then on_chunk(t0, t1) takes the
-// chunk's rows for the products that need no sequential loop (stack_backward
-// sets it).  The whole-sequence gradients are never held: no fresh (N, G)
-// buffer per call, and the products read rows that are still in the cache.
+// dgh), held a chunk of steps at a time.  run_reverse(held, step) runs
+// step(t) from the last step to the first, chunk by chunk: step t writes
+// its rows (at / step) and reads those of step t + 1, which may lie in the
+// chunk run before (two buffers alternate).  After each chunk,
+// on_chunk(t0, t1) takes the rows of its steps [t0, t1) for the products
+// that need no sequential loop (stack_backward sets it).  The
+// whole-sequence gradients are never held: no fresh (N, G) buffer per call,
+// and the products read rows that are still in the cache.
 class GradChunks {
  public:
   GradChunks(const SeqLayout& q, int64_t G, int sets, const at::TensorOptions& opts)
       : q_(q), G_(G),
         per_(chunk_steps(q, G * static_cast<int64_t>(opts.dtype().itemsize()))) {
-    const int64_t n_chunks = (q.T + per_ - 1) / per_;
     const int64_t rows = std::min(q.N, per_ * q.B);
-    for (int slot = 0; slot < (n_chunks > 1 ? 2 : 1); ++slot)
+    for (int slot = 0; slot < (n_chunks() > 1 ? 2 : 1); ++slot)
       for (int k = 0; k < sets; ++k) buf_[slot][k] = at::empty({rows, G}, opts);
   }
 
   std::function<void(int64_t, int64_t)> on_chunk;
 
-  template <typename Steps>
-  void run(Steps&& steps) {
-    const int64_t n_chunks = (q_.T + per_ - 1) / per_;
-    for (int64_t c = n_chunks - 1; c >= 0; --c) {
+  // With `held`, each chunk's loop holds torch's threads (run_steps, for the
+  // fused step kernels).
+  template <typename Step>
+  void run_reverse(bool held, Step&& step) {
+    for (int64_t c = n_chunks() - 1; c >= 0; --c) {
       const int64_t t0 = c * per_, t1 = std::min(q_.T, t0 + per_);
-      steps(t0, t1);
+      auto loop = [&] {
+        for (int64_t t = t1 - 1; t >= t0; --t) step(t);
+      };
+      if (held) {
+        run_steps(loop);
+      } else {
+        loop();
+      }
       if (on_chunk) on_chunk(t0, t1);
     }
   }
@@ -163,6 +171,7 @@ class GradChunks {
   }
 
  private:
+  int64_t n_chunks() const { return (q_.T + per_ - 1) / per_; }
   int slot(int64_t t) const { return static_cast<int>((t / per_) % 2); }
   int64_t row(int64_t t) const { return q_.off[t] - q_.off[t / per_ * per_]; }
 
