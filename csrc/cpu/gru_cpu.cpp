@@ -33,12 +33,6 @@
 
 namespace fusedrnn {
 
-// lstm_cpu.cpp owns the switch of the fused float32 step kernels
-// (fusedrnn._C.set_cpu_fast_step_enabled) and installs at::parallel_for as
-// their threading hook the first time availability is asked.
-bool cpu_fast_step_available();
-bool cpu_fast_step_enabled();
-
 namespace {
 
 using at::Tensor;
@@ -47,10 +41,6 @@ constexpr const char* kOp = "fusedrnn.gru";
 
 // Grain for the pointwise passes: batch rows per task.
 int64_t row_grain(int64_t H) { return std::max<int64_t>(1, 2048 / std::max<int64_t>(H, 1)); }
-
-bool use_fast_step(const Tensor& t) {
-  return t.scalar_type() == at::kFloat && cpu_fast_step_enabled() && cpu_fast_step_available();
-}
 
 // ---------------------------------------------------------------- forward --
 
@@ -94,7 +84,7 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
     hy.copy_(h0);
     return;
   }
-  if (use_fast_step(x) && cpu::packing_pays(q)) {
+  if (cpu::use_fast_kernels(x) && cpu::packing_pays(q)) {
     // W_hh and b_hh packed once per call, reused by all T steps.
     Tensor packed_t =
         at::empty({static_cast<int64_t>(cpu::gru_packed_forward_size(H))}, x.options());
@@ -220,7 +210,7 @@ void layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& w_hh,
   // z_{t+1}·dh_{t+1} per sequence: zero for rows that end at step t (rows
   // only become active going backwards, so they are still untouched then).
   Tensor carry = at::zeros({q.B, H}, dy.options());
-  if (use_fast_step(dy)) {
+  if (cpu::use_fast_kernels(dy)) {
     Tensor packed_t;
     const float* packed = cpu::pack_for_steps(
         q, w_hh, H, cpu::gru_packed_backward_size(H), packed_t, cpu::gru_pack_backward);

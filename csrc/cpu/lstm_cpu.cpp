@@ -52,11 +52,6 @@ bool fast_step_available() {
   return ok;
 }
 
-bool use_fast_step(const Tensor& input) {
-  return input.scalar_type() == at::kFloat && g_fast_step_enabled.load() &&
-         fast_step_available();
-}
-
 // ---------------------------------------------------------------- forward --
 
 // Generic fused step: G (B, 4H) already holds Gx_t + h_{t-1} W_hhᵀ; apply the
@@ -107,7 +102,7 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
   const Tensor bias = b_ih ? *b_ih + *b_hh : Tensor();
   const Tensor* bias_p = b_ih ? &bias : nullptr;
 
-  if (!w_hr && use_fast_step(x)) {
+  if (!w_hr && cpu::use_fast_kernels(x)) {
     // Packed once per call, reused by all T steps (uninitialised: packing
     // fills it).  A single step instead adds h0 W_hhᵀ to gx with a product
     // straight from W_hh, and the kernel runs only the cell (no h_prev).
@@ -264,7 +259,7 @@ void layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& dcy, con
   grad_c0.copy_(dcy);  // dc of each row, updated in place from its last step down to t = -1
   if (T == 0) return;  // (the caller passes grad_hy through to grad_h0)
 
-  if (!w_hr && use_fast_step(dy)) {
+  if (!w_hr && cpu::use_fast_kernels(dy)) {
     Tensor packed_t;
     const float* packed =
         cpu::pack_for_steps(q, w_hh, H, cpu::packed_backward_size(H), packed_t, cpu::pack_backward);

@@ -10,13 +10,17 @@
 
 namespace fusedrnn {
 
-// Defined in lstm_cpu.cpp (the switch of the fused float32 CPU kernels).
+// Defined in lstm_cpu.cpp, which owns the switch of the project's float32
+// CPU kernels (fusedrnn._C.set_cpu_fast_step_enabled) and installs their
+// threading hook the first time availability is asked.
 bool cpu_fast_step_available();
 bool cpu_fast_step_enabled();
 
 namespace cpu {
 
-inline bool use_fast_products(const at::Tensor& t) {
+// Whether t's op runs the project's kernels: the fused step kernels and the
+// products below (float32 on a CPU with AVX-512, the switch on).
+inline bool use_fast_kernels(const at::Tensor& t) {
   return t.is_cpu() && t.scalar_type() == at::kFloat && cpu_fast_step_enabled() &&
          cpu_fast_step_available();
 }
@@ -25,7 +29,7 @@ inline bool use_fast_products(const at::Tensor& t) {
 // tensors with any strides; bias (N) only with accumulate == false.
 inline void product_into(at::Tensor& C, const at::Tensor& A, const at::Tensor& B,
                     bool accumulate = false, const at::Tensor* bias = nullptr) {
-  if (use_fast_products(C) && A.scalar_type() == at::kFloat &&
+  if (use_fast_kernels(C) && A.scalar_type() == at::kFloat &&
       B.scalar_type() == at::kFloat) {
     const at::Tensor b = bias ? bias->contiguous() : at::Tensor();
     sgemm(C.size(0), C.size(1), A.size(1), {A.const_data_ptr<float>(), A.stride(0), A.stride(1)},

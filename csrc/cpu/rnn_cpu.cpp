@@ -30,12 +30,6 @@
 
 namespace fusedrnn {
 
-// lstm_cpu.cpp owns the switch of the fused float32 step kernels
-// (fusedrnn._C.set_cpu_fast_step_enabled) and installs at::parallel_for as
-// their threading hook the first time availability is asked.
-bool cpu_fast_step_available();
-bool cpu_fast_step_enabled();
-
 namespace {
 
 using at::Tensor;
@@ -44,10 +38,6 @@ constexpr const char* kOp = "fusedrnn.rnn";
 
 // Grain for the pointwise passes: elements per task.
 constexpr int64_t kGrain = 4096;
-
-bool use_fast_step(const Tensor& t) {
-  return t.scalar_type() == at::kFloat && cpu_fast_step_enabled() && cpu_fast_step_available();
-}
 
 // ---------------------------------------------------------------- forward --
 
@@ -72,7 +62,7 @@ void layer_forward(const SeqLayout& q, const Tensor& x, const Tensor& w_ih, cons
   }
   const Tensor bias = b_ih ? *b_ih + *b_hh : Tensor();
   const Tensor* bias_p = b_ih ? &bias : nullptr;
-  if (use_fast_step(x) && cpu::packing_pays(q)) {
+  if (cpu::use_fast_kernels(x) && cpu::packing_pays(q)) {
     Tensor packed_t =
         at::empty({static_cast<int64_t>(cpu::rnn_packed_forward_size(H))}, x.options());
     float* packed = packed_t.data_ptr<float>();
@@ -162,7 +152,7 @@ void layer_backward(const SeqLayout& q, const Tensor& dy, const Tensor& w_hh, co
                     bool relu, Tensor& grad_h0, cpu::GradChunks& g) {
   const int64_t T = q.T, H = w_hh.size(1);
   if (T == 0) return;
-  if (use_fast_step(dy)) {
+  if (cpu::use_fast_kernels(dy)) {
     Tensor packed_t;
     const float* packed = cpu::pack_for_steps(
         q, w_hh, H, cpu::rnn_packed_backward_size(H), packed_t, cpu::rnn_pack_backward);
