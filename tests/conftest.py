@@ -15,6 +15,8 @@
   and ``loss_weights(...)``.
 * ``make_pair(...)`` — a ``fusedrnn.LSTM`` and a ``torch.nn.LSTM`` with
   identical weights.
+* ``cpu_step_path`` fixture — a test runs with the project's float32 CPU
+  kernels and with the generic CPU path.
 * ``seed`` fixture (autouse) — every test starts from ``torch.manual_seed(0)``.
 * ``hang_watchdog`` fixture (autouse) — with ``FUSEDRNN_TEST_TIMEOUT=S`` a test
   running over S seconds ends the process with every thread's traceback.
@@ -117,6 +119,24 @@ def step_launch():
         yield lambda v: fusedrnn.set_option("cuda_step_launch", v)
     finally:
         fusedrnn.set_option("cuda_step_launch", old)
+
+
+@pytest.fixture(params=["fast", "generic"])
+def cpu_step_path(request):
+    """Runs a test once with the project's AVX-512 float32 CPU kernels (the
+    fused step kernels and the packed products) and once with the generic path
+    (ATen products + one pointwise pass per step) that other CPUs and dtypes
+    use; one switch covers LSTM, GRU and RNN."""
+    import fusedrnn
+    C = fusedrnn._C
+    if request.param == "fast" and not C.cpu_fast_step_available():
+        pytest.skip("this CPU has no AVX-512: the fused float32 step kernels cannot run")
+    before = C.cpu_fast_step_enabled()
+    C.set_cpu_fast_step_enabled(request.param == "fast")
+    try:
+        yield request.param
+    finally:
+        C.set_cpu_fast_step_enabled(before)
 
 
 @contextlib.contextmanager

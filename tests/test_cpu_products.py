@@ -21,17 +21,6 @@ fusedrnn = fusedrnn_or_skip()
 CELLS = ["LSTM", "GRU", "RNN"]
 
 
-@pytest.fixture(params=["fast", "generic"])
-def step_path(request):
-    C = fusedrnn._C
-    if request.param == "fast" and not C.cpu_fast_step_available():
-        pytest.skip("this CPU has no AVX-512: the fused float32 kernels cannot run")
-    before = C.cpu_fast_step_enabled()
-    C.set_cpu_fast_step_enabled(request.param == "fast")
-    yield request.param
-    C.set_cpu_fast_step_enabled(before)
-
-
 def _pair(cell, I, H, L):
     torch.manual_seed(0)
     fused = getattr(fusedrnn, cell)(I, H, L)
@@ -75,7 +64,7 @@ SIZES = [(1, 1, 37, 70, 2), (1, 3, 64, 33, 1), (1, 16, 40, 48, 2), (9, 33, 70, 6
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("T,B,I,H,L", SIZES)
-def test_products_match_torch(step_path, cell, T, B, I, H, L):
+def test_products_match_torch(cpu_step_path, cell, T, B, I, H, L):
     fused, ref = _pair(cell, I, H, L)
     x = torch.randn(T, B, I, generator=torch.Generator().manual_seed(1))
     hx = _states(cell, L, B, H)
@@ -102,7 +91,7 @@ GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 @pytest.mark.parametrize("cell", CELLS + ["LSTM-proj"])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "inference"])
-def test_chunks_match_torch(step_path, cell, train):
+def test_chunks_match_torch(cpu_step_path, cell, train):
     """Sequences long enough for 3 chunks of the forward's input projection
     and of the backward's gradient rows, packed with lengths from T down to
     1, so chunks start mid-batch-shrink and the last ones hold fewer rows."""

@@ -135,19 +135,6 @@ def test_parity(L, I, H, T, B, batch_first, bias, unbatched, with_hx, dtype):
         assert got[0][0].shape == (T, H) and got[0][1].shape == (L, H)
 
 
-@pytest.fixture(params=["fast", "generic"])
-def cpu_step_path(request):
-    """Runs a test once with the AVX-512 fused float32 step kernels and once with
-    the generic path (at::addmm + one pointwise pass) that other CPUs and dtypes use."""
-    C = fusedrnn._C
-    if request.param == "fast" and not C.cpu_fast_step_available():
-        pytest.skip("this CPU has no AVX-512: the fused float32 step kernels cannot run")
-    before = C.cpu_fast_step_enabled()
-    C.set_cpu_fast_step_enabled(request.param == "fast")
-    yield request.param
-    C.set_cpu_fast_step_enabled(before)
-
-
 @pytest.mark.parametrize("L,I,H,T,B", [(2, 3, 5, 7, 3), (2, 19, 37, 9, 33), (1, 8, 16, 4, 1),
                                        (2, 28, 64, 12, 32)])
 def test_parity_both_float32_step_paths(cpu_step_path, L, I, H, T, B):

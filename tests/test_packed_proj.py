@@ -140,26 +140,18 @@ def test_parity_float64(kind, L, bidir, proj, packed, batch_first):
     _compare(results[0], results[2], TIGHT, "fusedrnn vs reference")
 
 
-@pytest.mark.parametrize("fast", (True, False))
 @pytest.mark.parametrize("kind", KINDS)
-def test_packed_float32_both_step_paths(kind, fast):
-    if fast and not fusedrnn._C.cpu_fast_step_available():
-        pytest.skip("this CPU has no AVX-512: the fused float32 step kernels are not used")
+def test_packed_float32_both_step_paths(cpu_step_path, kind):
     I, H, L, T, B = 16, 40, 2, 9, 6
     fused, ref = _modules(kind, I, H, L, dtype=F32)
     x = torch.randn(T, B, I)
     lengths = torch.tensor([9, 8, 8, 4, 2, 1])
-    old = fusedrnn._C.cpu_fast_step_enabled()
-    fusedrnn._C.set_cpu_fast_step_enabled(fast)
-    try:
-        out = []
-        for m in (fused, ref):
-            xx = x.clone().requires_grad_()
-            out.append(_run(kind, m, xx, lengths, _states(kind, m, B, F32), False, True,
-                            list(m.parameters())))
-    finally:
-        fusedrnn._C.set_cpu_fast_step_enabled(old)
-    _compare(out[0], out[1], F32_TOL, f"float32 packed {kind} (fast step {fast})")
+    out = []
+    for m in (fused, ref):
+        xx = x.clone().requires_grad_()
+        out.append(_run(kind, m, xx, lengths, _states(kind, m, B, F32), False, True,
+                        list(m.parameters())))
+    _compare(out[0], out[1], F32_TOL, f"float32 packed {kind} ({cpu_step_path} path)")
 
 
 @pytest.mark.parametrize("kind", KINDS)
